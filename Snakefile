@@ -1,0 +1,24 @@
+# emolens: where and how language models represent emotion, and whether it is the same across models.
+# Table of contents: config and its validation, one rule file per phase, the final targets.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/organisms.smk"
+include: "workflow/rules/activations.smk"
+include: "workflow/rules/vectors.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

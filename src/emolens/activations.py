@@ -1,0 +1,108 @@
+"""Phase 2, activations: the residual stream at every layer, for every prompt.
+
+Method. Each prompt is the dataset text followed by the readout suffix. One clean forward pass per
+batch records the residual stream entering every block (index l < L, equal to Hugging Face
+``hidden_states[l]``) and the last block's output (index L, before the final norm), and stops
+there: no final norm, no unembedding. Batches group prompts of equal token length, so no padding
+enters any sum. We keep the last token's vector and the mean over the prompt's tokens. Widths of
+1024 and more are stored as float16 to halve the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from emolens.dataset import load_dataset
+from emolens.io import provenance, save_pickle
+from emolens.models import ModelAdapter, load_model
+from emolens.readout import READOUT_SUFFIX, prompt
+
+log = logging.getLogger(__name__)
+SCHEMA = "emolens.activations/1"
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the highest needed site, so nothing after it is computed."""
+
+
+def capture_residual(adapter: ModelAdapter, input_ids: torch.Tensor,
+                     indices: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Residual stream [batch, pos, d_model] at each index, from one forward that stops early."""
+    captured: dict[int, torch.Tensor] = {}
+    last = max(indices)
+
+    def keep(idx: int):
+        def fn(hidden: torch.Tensor) -> None:
+            captured[idx] = hidden.detach()
+            if idx == last:
+                raise _StopForward
+        return fn
+
+    with adapter.hooks(resid={idx: keep(idx) for idx in indices}):
+        try:
+            adapter.forward_final(input_ids.to(adapter.device), use_cache=False)
+        except _StopForward:
+            pass
+    return captured
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by equal length, then cut into batches of at most ``batch_size``."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(lengths):
+        by_length[n].append(i)
+    return [idx[s:s + batch_size] for n in sorted(by_length) for idx in [by_length[n]]
+            for s in range(0, len(idx), batch_size)]
+
+
+def tokenize(adapter: ModelAdapter, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each readout prompt (the tokenizer's own special tokens included)."""
+    return [adapter.tokenizer(prompt(t))["input_ids"] for t in texts]
+
+
+@torch.inference_mode()
+def extract(adapter: ModelAdapter, texts: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+    """Last-token and token-mean residuals of every prompt: {"last", "mean"} -> [N, L+1, d]."""
+    tokens = tokenize(adapter, texts)
+    n, n_sites = len(texts), adapter.n_layers + 1
+    dtype = np.float16 if adapter.d_model >= 1024 else np.float32
+    last = np.zeros((n, n_sites, adapter.d_model), dtype=dtype)
+    mean = np.zeros_like(last)
+    for batch in tqdm(length_buckets([len(t) for t in tokens], batch_size), desc=f"activations {adapter.name}"):
+        ids = torch.tensor([tokens[i] for i in batch])
+        resid = capture_residual(adapter, ids, range(n_sites))
+        stacked = torch.stack([resid[i] for i in range(n_sites)], dim=1).float()  # [batch, site, pos, d]
+        last[batch] = stacked[:, :, -1].cpu().numpy()
+        mean[batch] = stacked.mean(dim=2).cpu().numpy()
+    return {"last": last, "mean": mean}
+
+
+def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: str,
+        device: str = "auto") -> None:
+    """Load the model and dataset, extract every layer's residual stream, save the pickle."""
+    started = time.time()
+    records = load_dataset(dataset)
+    adapter = load_model(settings, name=name, device=device)
+    resid = extract(adapter, [r["text"] for r in records], settings.get("batch_size", 16))
+    save_pickle({
+        "schema": SCHEMA,
+        "resid": resid,
+        "ids": [r["id"] for r in records],
+        "emotions": [r["emotion"] for r in records],
+        "item_ids": [r["item_id"] for r in records],
+        "n_layers": adapter.n_layers,
+        "d_model": adapter.d_model,
+        "suffix": READOUT_SUFFIX,
+        "quantization": adapter.quantization,
+        "provenance": provenance(settings, started, model=name),
+    }, out)
+    log.info("wrote %s: %d prompts x %d sites x %d", out, len(records), adapter.n_layers + 1, adapter.d_model)

@@ -1,0 +1,233 @@
+"""The model seam: loading checkpoints and the one adapter per architecture family.
+
+Everything outside this module sees a :class:`ModelAdapter` and nothing else: the decoder layers
+(the residual stream entering layer l is that layer's input), the attention output projection of
+each layer (head h's output is its slice of that projection's input), the head geometry, and the
+label-token readout (final norm, then the few unembedding rows). No other module knows the family.
+
+Site naming, written down once: residual index l < L is the stream entering block l (HF
+``hidden_states[l]``); index L is the last block's output before the final norm. A head site is
+(layer, head), the head's d_head slice of the attention output projection's input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded as configured; the message names the setting to change."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one architecture family keeps its blocks, attention output projection and body."""
+
+    layers: str  # attribute path of the decoder block list, from the CausalLM object
+    attn_out: str  # attribute path of the attention output projection, from one block
+    body: str  # attribute path of the module whose last_hidden_state is final-normed
+
+
+FAMILIES: dict[str, Family] = {
+    "gpt2": Family("transformer.h", "attn.c_proj", "transformer"),
+    "gpt_neox": Family("gpt_neox.layers", "attention.dense", "gpt_neox"),
+    "gpt_neo": Family("transformer.h", "attn.attention.out_proj", "transformer"),
+    "llama": Family("model.layers", "self_attn.o_proj", "model"),
+    "qwen3": Family("model.layers", "self_attn.o_proj", "model"),
+    "gemma3_text": Family("model.layers", "self_attn.o_proj", "model"),
+    "gemma3": Family("model.language_model.layers", "self_attn.o_proj", "model.language_model"),
+}
+
+
+def _get(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def family_of(model_type: str) -> Family:
+    """The adapter table entry for a Hugging Face ``model_type``; a clear error for unknown ones."""
+    if model_type not in FAMILIES:
+        raise ModelLoadError(
+            f"unknown model family {model_type!r}; supported: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[model_type]
+
+
+class ModelAdapter:
+    """A causal LM seen through its residual stream, attention heads and label readout."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, name: str = "model",
+                 quantization: str | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.quantization = quantization
+        self.config = model.config
+        self.text_config = model.config.get_text_config()
+        fam = family_of(model.config.model_type)
+        self.layers: list[nn.Module] = list(_get(model, fam.layers))
+        self.attn_out: list[nn.Module] = [_get(layer, fam.attn_out) for layer in self.layers]
+        self.body: nn.Module = _get(model, fam.body)
+        tc = self.text_config
+        self.n_layers: int = len(self.layers)
+        self.n_heads: int = tc.num_attention_heads
+        self.d_model: int = tc.hidden_size
+        self.d_head: int = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        self.softcap: float | None = getattr(tc, "final_logit_softcapping", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    # --- readout -------------------------------------------------------------------------------
+    def label_logits(self, final_hidden: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+        """Logits of a few label tokens from final-normed hidden states [..., d] -> [..., n_labels]."""
+        head = self.model.get_output_embeddings()
+        w = head.weight[list(token_ids)].float()  # [n_labels, d]
+        logits = final_hidden.float() @ w.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[list(token_ids)].float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def forward_final(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      **kwargs: Any) -> Any:
+        """Run the body (no unembedding); returns the model output with final-normed states."""
+        return self.body(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    # --- hooks ---------------------------------------------------------------------------------
+    @contextmanager
+    def hooks(self, resid: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] | None = None,
+              head_inputs: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] | None = None,
+              ) -> Iterator[None]:
+        """Attach functions to residual indices (0..L) and attention-output inputs (per layer).
+
+        Each function gets the tensor [batch, pos, d] at that site and may return a replacement
+        (or None to leave it). Residual index l < L is block l's input; index L is the last
+        block's output. Head-input tensors are [batch, pos, n_heads * d_head].
+        """
+        handles = []
+        for idx, fn in (resid or {}).items():
+            if not 0 <= idx <= self.n_layers:
+                raise IndexError(f"residual index {idx} outside 0..{self.n_layers} for {self.name}")
+            if idx < self.n_layers:
+                handles.append(self.layers[idx].register_forward_pre_hook(_pre_hook(fn), with_kwargs=True))
+            else:
+                handles.append(self.layers[-1].register_forward_hook(_post_hook(fn)))
+        for layer, fn in (head_inputs or {}).items():
+            handles.append(self.attn_out[layer].register_forward_pre_hook(_pre_hook(fn), with_kwargs=True))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _pre_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        if args:
+            new = fn(args[0])
+            return None if new is None else ((new, *args[1:]), kwargs)
+        new = fn(kwargs["hidden_states"])
+        return None if new is None else (args, {**kwargs, "hidden_states": new})
+    return hook
+
+
+def _post_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = fn(hidden)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+    return hook
+
+
+# --- loading ---------------------------------------------------------------------------------------
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` means CUDA when present, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(settings: dict[str, Any], name: str = "model", device: str = "auto") -> ModelAdapter:
+    """Load a model from its settings (``path`` or ``hf_id``, ``dtype``, ``quantization``, ``offload``).
+
+    A load that reports missing weights is refused: a text-only class on a multimodal checkpoint
+    would otherwise silently randomise them.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    source = _model_source(settings, name)
+    dtype_name = settings.get("dtype", "float32")
+    if dtype_name not in _DTYPES:
+        raise ModelLoadError(f"models.{name}.dtype: {dtype_name!r} is not one of {sorted(_DTYPES)}")
+    kwargs: dict[str, Any] = {"dtype": _DTYPES[dtype_name], "output_loading_info": True}
+    device = resolve_device(device)
+    quantization = settings.get("quantization")
+    if quantization == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = device
+    elif settings.get("offload"):
+        kwargs["device_map"] = "auto"
+        kwargs["max_memory"] = settings["offload"].get("max_memory")
+    try:
+        config = AutoConfig.from_pretrained(source, revision=settings.get("revision"))
+        family_of(config.model_type)
+        model, info = AutoModelForCausalLM.from_pretrained(source, revision=settings.get("revision"), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=settings.get("revision"))
+    except OSError as e:
+        raise ModelLoadError(
+            f"models.{name}: cannot load {source!r} ({e}). Set models.{name}.path to a local "
+            f"checkpoint directory, or run once with network access to fill the Hugging Face cache."
+        ) from None
+    missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k or not config.tie_word_embeddings]
+    if missing:
+        raise ModelLoadError(
+            f"models.{name}: loading {source!r} as {type(model).__name__} left {len(missing)} weights "
+            f"uninitialised (e.g. {missing[:3]}); is this the right checkpoint class?")
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    log.info("loaded %s (%s) from %s: %s, quantization=%s", name, config.model_type, source,
+             dtype_name, quantization)
+    return ModelAdapter(model, tokenizer, name=name, quantization=quantization)
+
+
+def _model_source(settings: dict[str, Any], name: str) -> str:
+    """The local path if set (it must exist), else the hub id (which must be cached when offline)."""
+    path = settings.get("path")
+    if path:
+        if not Path(path).is_dir():
+            raise ModelLoadError(f"models.{name}.path: {path!r} is not a directory")
+        return str(path)
+    hf_id = settings.get("hf_id")
+    if not hf_id:
+        raise ModelLoadError(f"models.{name}: set either 'path' or 'hf_id'")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(hf_id, "config.json"), str):
+            raise ModelLoadError(
+                f"models.{name}: {hf_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
+                f"set models.{name}.path to a local checkpoint directory")
+    return hf_id

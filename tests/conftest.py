@@ -1,0 +1,67 @@
+"""Shared fixtures: a trained tokenizer and two-layer, random-weight checkpoints of all six families.
+
+Fixtures (all session-scoped, built once per test run in a few seconds on CPU):
+
+- ``tiny_settings``: ``{family: settings}`` the tiny checkpoints were built from (:data:`TINY`).
+- ``tokenizer``: the organism tokenizer (byte-level BPE, 512 tokens) trained on the built-in dataset;
+  label words are single tokens; ``<|endoftext|>`` is eos and pad (right padding).
+- ``tiny_checkpoints``: ``{family: Path}`` for the six families in :data:`TINY`, each an ordinary
+  Hugging Face checkpoint directory (``save_pretrained`` + tokenizer), fp32, random init, untrained.
+  Gemma-3 is the multimodal ``Gemma3ForConditionalGeneration`` (as gemma3_12b). Widths differ across
+  families and Qwen3/Gemma-3 have an attention width n_heads * d_head different from d_model.
+- ``tiny_adapters``: ``{family: ModelAdapter}`` loaded from those directories with the real loader,
+  ``load_model({"path": dir, "dtype": "float32"}, name=family, device="cpu")``. Shared by every test:
+  use ``adapter.hooks(...)`` freely (hooks are removed on exit) but never change the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emolens.dataset import build_dataset
+from emolens.models import ModelAdapter, load_model
+from emolens.organisms import build_organism, train_tokenizer
+
+# Two-layer organisms for tests: family -> build_organism settings (widths differ on purpose).
+TINY: dict[str, dict] = {
+    "gpt2": {"d_model": 32, "n_layers": 2, "n_heads": 4},
+    "gpt_neox": {"d_model": 48, "n_layers": 2, "n_heads": 4},
+    "gpt_neo": {"d_model": 32, "n_layers": 2, "n_heads": 4},
+    "llama": {"d_model": 64, "n_layers": 2, "n_heads": 4},
+    "qwen3": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_head": 24},
+    "gemma3": {"d_model": 48, "n_layers": 2, "n_heads": 4, "d_head": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_settings() -> dict[str, dict]:
+    """``{family: build_organism settings}`` of the tiny checkpoints (n_layers, n_heads, d_head...)."""
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The organism tokenizer trained on the built-in dataset's texts."""
+    return train_tokenizer([r["text"] for r in build_dataset()])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tokenizer, tmp_path_factory) -> dict[str, Path]:
+    """``{family: checkpoint dir}``: two-layer random-weight fp32 checkpoints with the tokenizer."""
+    root = tmp_path_factory.mktemp("tiny_checkpoints")
+    out = {}
+    for seed, (family, settings) in enumerate(TINY.items()):
+        model = build_organism(family, vocab_size=len(tokenizer), seed=seed, **settings)
+        out[family] = root / family
+        model.save_pretrained(out[family])
+        tokenizer.save_pretrained(out[family])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_checkpoints) -> dict[str, ModelAdapter]:
+    """``{family: ModelAdapter}`` loaded from :func:`tiny_checkpoints` through ``load_model``."""
+    return {family: load_model({"path": str(path), "dtype": "float32"}, name=family, device="cpu")
+            for family, path in tiny_checkpoints.items()}

@@ -1,0 +1,50 @@
+"""The workflow as a whole: both profiles lint clean and dry-run with every rule; bad configs fail fast."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--directory", str(ROOT), "--snakefile", str(ROOT / "Snakefile")]
+BASELINE_RULES = {"dataset", "activations", "vectors", "all"}
+
+
+def _snakemake(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def _jobs(dry_run_stdout: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run, rule -> count."""
+    table = dry_run_stdout.split("Job stats:")[1].split("total")[0]
+    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
+    return {rule: int(n) for rule, n in rows}
+
+
+def test_baseline_dry_run_lists_every_rule():
+    out = _snakemake("-n", "--cores", "1", "--forceall")
+    assert out.returncode == 0, out.stderr
+    jobs = _jobs(out.stdout)
+    assert BASELINE_RULES <= set(jobs)
+    assert jobs["activations"] == 6 and "organism" not in jobs
+
+
+def test_demo_dry_run_builds_organisms():
+    out = _snakemake("-n", "--cores", "2", "--configfile", "config/demo.yaml", "--forceall")
+    assert out.returncode == 0, out.stderr
+    assert _jobs(out.stdout)["organism"] == 6
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/demo.yaml"])
+def test_lint_clean(configfile):
+    out = _snakemake("--lint", "--configfile", configfile)
+    assert out.returncode == 0 and "Congratulations" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_config_typo_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "config/demo.yaml").read_text().replace("n_positions: 4", "n_positionz: 4"))
+    out = _snakemake("-n", "--cores", "1", "--configfile", str(bad))
+    assert out.returncode != 0
+    assert "n_positionz" in out.stderr + out.stdout

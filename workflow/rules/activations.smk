@@ -1,0 +1,24 @@
+# Phase 2: residual-stream activations at every layer, one job per model.
+
+
+rule activations:
+    input:
+        dataset=config["dataset"],
+        checkpoint=model_checkpoint,
+    output:
+        f"{RESULTS}/activations/{{model}}.pkl",
+    log:
+        f"{RESULTS}/logs/activations/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/activations/{{model}}.tsv"
+    params:
+        device=config["device"],
+        settings=model_settings,
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens activations --name {wildcards.model} --settings {params.settings:q} "
+        "--dataset {input.dataset} --out {output} --device {params.device} 2> {log}"

@@ -1,0 +1,23 @@
+# Embedded demo: tiny model organisms built and trained offline, saved as Hugging Face checkpoints.
+
+
+rule organism:
+    input:
+        dataset=config["dataset"],
+    output:
+        f"{RESULTS}/models/{{model}}/readout_accuracy.json",
+    log:
+        f"{RESULTS}/logs/organism/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/organism/{{model}}.tsv"
+    params:
+        device=config["device"],
+        settings=model_settings,
+        out=lambda w, output: os.path.dirname(output[0]),
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens organism --name {wildcards.model} --settings {params.settings:q} "
+        "--dataset {input.dataset} --out {params.out} --device {params.device} 2> {log}"

@@ -1,0 +1,25 @@
+# Phase 3: emotion vectors, cross-validated probes and emotion subspaces, one job per model.
+
+
+rule vectors:
+    input:
+        f"{RESULTS}/activations/{{model}}.pkl",
+    output:
+        vectors=f"{RESULTS}/emotion_vectors/{{model}}_vectors.pkl",
+        subspaces=f"{RESULTS}/emotion_subspaces/{{model}}_subspaces.pkl",
+    log:
+        f"{RESULTS}/logs/vectors/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/vectors/{{model}}.tsv"
+    params:
+        k_max=config["subspace"]["k_max"],
+        folds=config["subspace"]["probe_folds"],
+        seed=config["seed"],
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens vectors --activations {input} --vectors-out {output.vectors} "
+        "--subspaces-out {output.subspaces} --k-max {params.k_max} --folds {params.folds} "
+        "--seed {params.seed} 2> {log}"
