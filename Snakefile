@@ -5,9 +5,6 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
-
-
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -16,6 +13,11 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/organisms.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/vectors.smk"
+include: "workflow/rules/alignment.smk"
+include: "workflow/rules/patching.smk"
+include: "workflow/rules/heads.smk"
+include: "workflow/rules/statistics.smk"
+include: "workflow/rules/verify.smk"
 
 
 rule all:

@@ -19,7 +19,7 @@ from emolens.dataset import DatasetError
 from emolens.io import ResultFileError
 from emolens.models import ModelLoadError
 
-USER_ERRORS = (ConfigError, DatasetError, ModelLoadError, ResultFileError, FileNotFoundError, IndexError)
+USER_ERRORS = (ConfigError, ValueError, DatasetError, ModelLoadError, ResultFileError, FileNotFoundError, IndexError)
 
 
 def _settings(text: str) -> dict[str, Any]:
@@ -29,6 +29,13 @@ def _settings(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"--settings is not JSON: {e}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--settings must be a JSON object")
+    return value
+
+
+def _jobs(text: str) -> list[dict[str, Any]]:
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("--jobs must be a JSON list")
     return value
 
 
@@ -45,7 +52,7 @@ def _cmd_dataset(a: argparse.Namespace) -> None:
 def _cmd_organism(a: argparse.Namespace) -> None:
     from emolens import organisms
 
-    organisms.run(a.dataset, a.name, a.settings["organism"], a.out, device=a.device)
+    organisms.run(a.dataset, a.name, a.settings["organism"], a.out)
 
 
 def _cmd_activations(a: argparse.Namespace) -> None:
@@ -58,6 +65,100 @@ def _cmd_vectors(a: argparse.Namespace) -> None:
     from emolens import vectors
 
     vectors.run(a.activations, a.vectors_out, a.subspaces_out, k_max=a.k_max, folds=a.folds, seed=a.seed)
+
+
+def _model_and_records(a: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
+    """The model adapter and dataset records a model job works on."""
+    from emolens.dataset import load_dataset
+    from emolens.models import load_model
+
+    records = load_dataset(a.dataset)
+    return load_model(a.settings, name=a.name, device=a.device), records
+
+
+def _patching_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    return {"max_pairs": a.max_pairs, "batch_size": a.settings.get("batch_size", 16), "seed": a.seed,
+            "direction": a.direction, "settings": {**a.settings, "max_pairs": a.max_pairs,
+                                                   "direction": a.direction, "seed": a.seed}}
+
+
+def _cmd_residual_chunk(a: argparse.Namespace) -> None:
+    from emolens import residual
+
+    first, _, last = a.layers.partition("-")
+    adapter, records = _model_and_records(a)
+    residual.run_chunk(adapter, records, range(int(first), int(last or first) + 1), a.out,
+                       n_positions=a.n_positions, **_patching_kwargs(a))
+
+
+def _cmd_residual_merge(a: argparse.Namespace) -> None:
+    from emolens import residual
+
+    residual.merge(a.chunks, a.out, a.n_layers, seed=a.seed, n_resamples=a.n_boot)
+
+
+def _cmd_screen_heads(a: argparse.Namespace) -> None:
+    from emolens import heads
+
+    adapter, records = _model_and_records(a)
+    heads.run_screening(adapter, records, a.out, top_k=a.top_k, **_patching_kwargs(a))
+
+
+def _cmd_patch_heads(a: argparse.Namespace) -> None:
+    from emolens import heads
+
+    adapter, records = _model_and_records(a)
+    heads.run_head_patching(adapter, records, a.screening, a.out, n_resamples=a.n_boot, **_patching_kwargs(a))
+
+
+def _cmd_align(a: argparse.Namespace) -> None:
+    from emolens import alignment
+
+    alignment.run_pair(*a.activations, *a.vectors, *a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm,
+                       k_nn=a.knn_k)
+
+
+def _cmd_align_summary(a: argparse.Namespace) -> None:
+    from emolens import alignment
+
+    alignment.run_summary(a.pairs, a.out, alpha=a.alpha)
+
+
+def _cmd_stats(a: argparse.Namespace) -> None:
+    from emolens import statistics
+
+    if a.mode == "effect":
+        statistics.run_effect(a.sweeps, a.heads, a.out, seed=a.seed, n_boot=a.n_boot, n_perm=a.n_perm,
+                              alpha=a.alpha)
+    elif a.mode == "power":
+        statistics.run_power(a.sweeps, a.heads, a.out, alpha=a.alpha, power=a.power)
+    else:
+        statistics.run_k(a.activations, a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm)
+
+
+def _cmd_verify(a: argparse.Namespace) -> None:
+    from emolens import verify
+    from emolens.dataset import load_dataset
+
+    failed = verify.run(a.results, a.models, len(load_dataset(a.dataset)), a.out, min_spearman=a.min_spearman)
+    if failed:
+        raise VerificationFailed(f"{failed} check(s) failed; see {a.out} and the log above")
+
+
+def _cmd_timing(a: argparse.Namespace) -> None:
+    from emolens import timing
+
+    timing.run(a.jobs, a.out)
+
+
+def _cmd_plan(a: argparse.Namespace) -> None:
+    from emolens import plan
+
+    plan.run(a.configfile)
+
+
+class VerificationFailed(RuntimeError):
+    """At least one verification check failed."""
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -98,6 +199,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-max", type=int, default=8)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    for name, fn, help in (("residual-chunk", _cmd_residual_chunk, "phase 5: residual patching of one layer chunk"),
+                           ("screen-heads", _cmd_screen_heads, "phase 6a: exact and attribution scores of every head"),
+                           ("patch-heads", _cmd_patch_heads, "phase 6b: the top-K heads, alone and jointly")):
+        p = command(name, fn, help)
+        _model_args(p)
+        p.add_argument("--out", required=True)
+        p.add_argument("--direction", choices=["denoising", "noising"], default="denoising")
+        p.add_argument("--max-pairs", type=int, default=None, help="deterministic subsample of pairs")
+        p.add_argument("--seed", type=int, default=0)
+        if name == "residual-chunk":
+            p.add_argument("--layers", required=True, help="residual indices a-b (inclusive)")
+            p.add_argument("--n-positions", type=int, default=6)
+        if name == "screen-heads":
+            p.add_argument("--top-k", type=int, default=8)
+        if name == "patch-heads":
+            p.add_argument("--screening", required=True, help="phase-6a head_scores JSON")
+            p.add_argument("--n-boot", type=int, default=1000)
+
+    p = command("residual-merge", _cmd_residual_merge, "phase 5: check and merge a model's chunk files")
+    p.add_argument("--chunks", nargs="+", required=True)
+    p.add_argument("--n-layers", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000)
+
+    p = command("align", _cmd_align, "phase 4: compare two models of any widths on the same prompts")
+    p.add_argument("--activations", nargs=2, required=True, metavar=("A", "B"))
+    p.add_argument("--vectors", nargs=2, required=True, metavar=("A", "B"))
+    p.add_argument("--subspaces", nargs=2, required=True, metavar=("A", "B"))
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-perm", type=int, default=200)
+    p.add_argument("--knn-k", type=int, default=10)
+
+    p = command("align-summary", _cmd_align_summary, "phase 4: headline numbers of every model pair")
+    p.add_argument("--pairs", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha", type=float, default=0.05)
+
+    p = command("stats", _cmd_stats, "phase 7: effect sizes, power, or aligned subspace dimensions (k)")
+    p.add_argument("mode", choices=["effect", "power", "k"])
+    p.add_argument("--sweeps", nargs="*", default=[])
+    p.add_argument("--heads", nargs="*", default=[])
+    p.add_argument("--activations", nargs="*", default=[])
+    p.add_argument("--subspaces", nargs="*", default=[])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--n-perm", type=int, default=1000)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--power", type=float, default=0.8)
+
+    p = command("verify", _cmd_verify, "check every output of every phase; non-zero exit on any failure")
+    p.add_argument("--results", required=True, help="results/<profile>")
+    p.add_argument("--models", nargs="+", required=True, help="model names from the config")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--min-spearman", type=float, default=0.0)
+    p.add_argument("--out", required=True)
+
+    p = command("timing", _cmd_timing, "one timing record per job, from Snakemake benchmark files")
+    p.add_argument("--jobs", type=_jobs, required=True, help="JSON list of {rule, model, chunk, benchmark, output}")
+    p.add_argument("--out", required=True)
+
+    p = command("plan", _cmd_plan, "memory each model needs, whether it fits, and the batch sizes used")
+    p.add_argument("--configfile", required=True)
     return parser
 
 
@@ -108,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         args.func(args)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, VerificationFailed) as e:
         print(f"emolens {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

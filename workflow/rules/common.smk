@@ -1,12 +1,21 @@
 # The one place with logic: config reading, wildcard constraints, input and param functions.
+import itertools
 import json
+
+from snakemake.exceptions import WorkflowError
+
+from emolens.plan import known_architectures, resolve_architecture
+from emolens.residual import chunk_name, chunk_ranges
 
 RESULTS = f"results/{config['profile']}"
 MODELS = list(config["models"])
+PAIRS = [f"{a}__{b}" for a, b in itertools.combinations(MODELS, 2)]
 
 
 wildcard_constraints:
-    model="|".join(MODELS),
+    model="|".join(map(re.escape, MODELS)),
+    first=r"\d+",
+    last=r"\d+",
 
 
 def model_settings(wildcards):
@@ -21,16 +30,75 @@ def model_checkpoint(wildcards):
         return []
     home = f"{RESULTS}/models/{wildcards.model}"
     if settings.get("path") != home:
-        raise ValueError(f"models.{wildcards.model}.path must be {home!r}: the workflow builds its organism there")
+        raise WorkflowError(f"models.{wildcards.model}.path must be {home!r}: the workflow builds its organism there")
     return f"{home}/readout_accuracy.json"
 
 
+def pair_flags():
+    """CLI flags that choose the source/target pairs and the patching direction."""
+    p = config["patching"]
+    subsample = f"--max-pairs {p['max_pairs']}" if p["max_pairs"] else ""
+    return f"--direction {p['direction']} --seed {config['seed']} {subsample}"
+
+
+def n_layers(model):
+    """Decoder layers of a model: its setting, its organism, its config.json or architectures.json."""
+    settings = config["models"][model]
+    if "n_layers" in settings:
+        return settings["n_layers"]
+    arch, why = resolve_architecture(model, settings, known_architectures())
+    if arch is None:
+        raise WorkflowError(f"models.{model}: {why}; set models.{model}.n_layers")
+    return arch.n_layers
+
+
+def residual_chunks(wildcards):
+    """The phase-5 chunk files of one model: one job per layer chunk."""
+    size = config["models"][wildcards.model]["layer_chunk"]
+    return [
+        f"{RESULTS}/patching/residual/chunks/{wildcards.model}/{chunk_name(a, b)}"
+        for a, b in chunk_ranges(n_layers(wildcards.model), size)
+    ]
+
+
+def pair_inputs(wildcards):
+    """Activations, vectors and subspaces of the two models of an alignment pair."""
+    a, b = wildcards.pair.split("__")
+    return {
+        "activations": [f"{RESULTS}/activations/{m}.pkl" for m in (a, b)],
+        "vectors": [f"{RESULTS}/emotion_vectors/{m}_vectors.pkl" for m in (a, b)],
+        "subspaces": [f"{RESULTS}/emotion_subspaces/{m}_subspaces.pkl" for m in (a, b)],
+    }
+
+
+def per_model(pattern):
+    """One path per model."""
+    return expand(pattern, model=MODELS)
+
+
+def timed_jobs():
+    """Every timed job: rule, model, chunk, its benchmark file and its output."""
+    jobs = []
+    for m in MODELS:
+        if "organism" in config["models"][m]:
+            jobs.append(("organism", m, None, f"{RESULTS}/models/{m}/readout_accuracy.json"))
+        jobs.append(("activations", m, None, f"{RESULTS}/activations/{m}.pkl"))
+        jobs.append(("vectors", m, None, f"{RESULTS}/emotion_vectors/{m}_vectors.pkl"))
+        for a, b in chunk_ranges(n_layers(m), config["models"][m]["layer_chunk"]):
+            chunk = chunk_name(a, b).removesuffix(".pkl")
+            jobs.append(("residual_chunk", m, chunk, f"{RESULTS}/patching/residual/chunks/{m}/{chunk}.pkl"))
+        jobs.append(("residual_merge", m, None, f"{RESULTS}/patching/residual/{m}_residual_sweep.pkl"))
+        jobs.append(("screen_heads", m, None, f"{RESULTS}/screening/head_scores_{m}.json"))
+        jobs.append(("patch_heads", m, None, f"{RESULTS}/patching/head/{m}_head_patching.pkl"))
+    jobs += [("align_pair", p, None, f"{RESULTS}/alignment/{p}.pkl") for p in PAIRS]
+    jobs += [(f"stats_{mode}", None, None, f"{RESULTS}/statistics/{mode}.json") for mode in ("effect", "power", "k")]
+    return [
+        {"rule": r, "model": m, "chunk": c, "output": out,
+         "benchmark": f"{RESULTS}/benchmarks/{r}/{m or 'all'}{f'__{c}' if c else ''}.tsv"}
+        for r, m, c, out in jobs
+    ]
+
+
 def all_targets():
-    """Every final output of the phases included so far."""
-    return expand(
-        [
-            f"{RESULTS}/emotion_vectors/{{model}}_vectors.pkl",
-            f"{RESULTS}/emotion_subspaces/{{model}}_subspaces.pkl",
-        ],
-        model=MODELS,
-    )
+    """Every final output: verification (which needs every phase), timing and the report figures."""
+    return [f"{RESULTS}/verification.json", f"{RESULTS}/timing/phase_timings.jsonl"]

@@ -1,0 +1,38 @@
+# Phase 4: cross-model alignment for every model pair, any widths, then a summary.
+
+
+rule align_pair:
+    input:
+        unpack(pair_inputs),
+    output:
+        f"{RESULTS}/alignment/{{pair}}.pkl",
+    log:
+        f"{RESULTS}/logs/align_pair/{{pair}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/align_pair/{{pair}}.tsv"
+    params:
+        alignment=config["alignment"],
+        seed=config["seed"],
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens align --activations {input.activations} --vectors {input.vectors} "
+        "--subspaces {input.subspaces} --out {output} --seed {params.seed} "
+        "--n-perm {params.alignment[n_perm]} --knn-k {params.alignment[knn_k]} 2> {log}"
+
+
+rule align_summary:
+    input:
+        expand(f"{RESULTS}/alignment/{{pair}}.pkl", pair=PAIRS),
+    output:
+        f"{RESULTS}/alignment/summary.json",
+    log:
+        f"{RESULTS}/logs/align_summary.log",
+    params:
+        alpha=config["statistics"]["alpha"],
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens align-summary --pairs {input} --out {output} --alpha {params.alpha} 2> {log}"

@@ -1,0 +1,56 @@
+# Phase 6: (a) screening of every attention head, exact and attribution; (b) patching of the top heads.
+
+
+rule screen_heads:
+    input:
+        dataset=config["dataset"],
+        checkpoint=model_checkpoint,
+    output:
+        f"{RESULTS}/screening/head_scores_{{model}}.json",
+    log:
+        f"{RESULTS}/logs/screen_heads/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/screen_heads/{{model}}.tsv"
+    params:
+        device=config["device"],
+        settings=model_settings,
+        top_k=config["patching"]["top_k_heads"],
+        pairs=pair_flags(),
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+    retries: 1
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens screen-heads --name {wildcards.model} --settings {params.settings:q} "
+        "--dataset {input.dataset} --out {output} --top-k {params.top_k} {params.pairs} "
+        "--device {params.device} 2> {log}"
+
+
+rule patch_heads:
+    input:
+        dataset=config["dataset"],
+        checkpoint=model_checkpoint,
+        screening=f"{RESULTS}/screening/head_scores_{{model}}.json",
+    output:
+        f"{RESULTS}/patching/head/{{model}}_head_patching.pkl",
+    log:
+        f"{RESULTS}/logs/patch_heads/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/patch_heads/{{model}}.tsv"
+    params:
+        device=config["device"],
+        settings=model_settings,
+        n_boot=config["patching"]["n_boot"],
+        pairs=pair_flags(),
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+    retries: 1
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens patch-heads --name {wildcards.model} --settings {params.settings:q} "
+        "--dataset {input.dataset} --screening {input.screening} --out {output} "
+        "--n-boot {params.n_boot} {params.pairs} --device {params.device} 2> {log}"

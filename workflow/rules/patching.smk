@@ -1,0 +1,48 @@
+# Phase 5: residual-stream activation patching, one job per model x layer chunk, then a merge.
+
+
+rule residual_chunk:
+    input:
+        dataset=config["dataset"],
+        checkpoint=model_checkpoint,
+    output:
+        f"{RESULTS}/patching/residual/chunks/{{model}}/layers_{{first}}-{{last}}.pkl",
+    log:
+        f"{RESULTS}/logs/residual_chunk/{{model}}__layers_{{first}}-{{last}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/residual_chunk/{{model}}__layers_{{first}}-{{last}}.tsv"
+    params:
+        device=config["device"],
+        settings=model_settings,
+        n_positions=config["patching"]["n_positions"],
+        pairs=pair_flags(),
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+    retries: 1
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens residual-chunk --name {wildcards.model} --settings {params.settings:q} "
+        "--dataset {input.dataset} --layers {wildcards.first}-{wildcards.last} --out {output} "
+        "--n-positions {params.n_positions} {params.pairs} --device {params.device} 2> {log}"
+
+
+rule residual_merge:
+    input:
+        residual_chunks,
+    output:
+        f"{RESULTS}/patching/residual/{{model}}_residual_sweep.pkl",
+    log:
+        f"{RESULTS}/logs/residual_merge/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/residual_merge/{{model}}.tsv"
+    params:
+        n_layers=lambda wildcards: n_layers(wildcards.model),
+        n_boot=config["patching"]["n_boot"],
+        seed=config["seed"],
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens residual-merge --chunks {input} --n-layers {params.n_layers} --out {output} "
+        "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
