@@ -24,6 +24,7 @@ from tqdm import tqdm
 from emolens.dataset import load_dataset
 from emolens.io import provenance, save_pickle
 from emolens.models import ModelAdapter, load_model
+from emolens.oom import run_with_backoff
 from emolens.readout import READOUT_SUFFIX, prompt
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,10 @@ def extract(adapter: ModelAdapter, texts: Sequence[str], batch_size: int) -> dic
     for batch in tqdm(length_buckets([len(t) for t in tokens], batch_size), desc=f"activations {adapter.name}"):
         ids = torch.tensor([tokens[i] for i in batch])
         resid = capture_residual(adapter, ids, range(n_sites))
-        stacked = torch.stack([resid[i] for i in range(n_sites)], dim=1).float()  # [batch, site, pos, d]
-        last[batch] = stacked[:, :, -1].cpu().numpy()
-        mean[batch] = stacked.mean(dim=2).cpu().numpy()
+        for site in range(n_sites):
+            hidden = resid[site]  # [batch, pos, d_model]
+            last[batch, site] = hidden[:, -1].float().cpu().numpy()
+            mean[batch, site] = hidden.float().mean(dim=1).cpu().numpy()
     return {"last": last, "mean": mean}
 
 
@@ -92,7 +94,9 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
     started = time.time()
     records = load_dataset(dataset)
     adapter = load_model(settings, name=name, device=device)
-    resid = extract(adapter, [r["text"] for r in records], settings.get("batch_size", 16))
+    texts = [r["text"] for r in records]
+    resid, _ = run_with_backoff(lambda bs: extract(adapter, texts, bs), settings.get("batch_size", 16),
+                                what=f"activations {name}")
     save_pickle({
         "schema": SCHEMA,
         "resid": resid,

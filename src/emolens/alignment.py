@@ -264,6 +264,25 @@ def matched_layers(n_layers_a: int, n_layers_b: int) -> list[tuple[int, int]]:
     return [(la, int(np.floor(la * n_layers_b / n_layers_a + 0.5))) for la in range(n_layers_a + 1)]
 
 
+def varying_layers(resid: np.ndarray, rtol: float = 1e-8) -> np.ndarray:
+    """[n, L+1, d] -> [L+1] bool: layers whose vectors differ across prompts.
+
+    At index 0 the last token is the suffix's last word for every prompt, so a model without
+    learned absolute positions has the same vector for all prompts there: nothing to compare.
+    """
+    x = resid.astype(np.float64)
+    spread = ((x - x.mean(0)) ** 2).sum(axis=(0, 2))
+    return spread > rtol * (x**2).sum(axis=(0, 2))
+
+
+def comparable_layers(resid_a: np.ndarray, resid_b: np.ndarray, n_layers_a: int,
+                      n_layers_b: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Matched-depth layer pairs split into (comparable, skipped: one side is constant across prompts)."""
+    va, vb = varying_layers(resid_a), varying_layers(resid_b)
+    pairs = matched_layers(n_layers_a, n_layers_b)
+    return [p for p in pairs if va[p[0]] and vb[p[1]]], [p for p in pairs if not (va[p[0]] and vb[p[1]])]
+
+
 def split_halves(emotions: Sequence[str], seed: int,
                  groups: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Seeded half split (train, test) stratified by emotion; with groups, no scenario is in both halves.
@@ -291,7 +310,8 @@ def _normalised_grams(resid: np.ndarray) -> np.ndarray:
     for layer in range(resid.shape[1]):
         x = resid[:, layer].astype(np.float64)  # [n, d]
         g = center_gram(x @ x.T)
-        grams[layer] = g / np.linalg.norm(g)
+        norm = np.linalg.norm(g)
+        grams[layer] = g / norm if norm > 0 else np.nan  # a constant layer has no CKA
     return grams
 
 
@@ -357,7 +377,8 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
     rng = np.random.default_rng(seed)
     n_layers_a, n_layers_b = int(acts[0]["n_layers"]), int(acts[1]["n_layers"])
     matched = []
-    for la, lb in matched_layers(n_layers_a, n_layers_b):
+    comparable, skipped = comparable_layers(ra, rb, n_layers_a, n_layers_b)
+    for la, lb in comparable:
         xa, xb = ra[:, la].astype(np.float64), rb[:, lb].astype(np.float64)
         vec = (vecs[0]["vectors"][:, la], vecs[1]["vectors"][:, lb])
         sub = (subs[0]["basis"][la], subs[1]["basis"][lb])
@@ -369,7 +390,7 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
         "schema": SCHEMA, "models": models, "quantization": quant, "int8_involved": "int8" in quant,
         "d_model": [int(a["d_model"]) for a in acts], "n_layers": [n_layers_a, n_layers_b],
         "n_prompts": len(emotions), "train_idx": split[0], "test_idx": split[1], "cka_matrix": cka,
-        "matched": matched, "settings": settings,
+        "matched": matched, "skipped_layers": skipped, "settings": settings,
         "provenance": provenance(settings, started, models=models,
                                  inputs=[str(p) for p in (act_a, act_b, vec_a, vec_b, sub_a, sub_b)]),
     }, out)

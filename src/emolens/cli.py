@@ -18,8 +18,10 @@ from emolens.config import ConfigError
 from emolens.dataset import DatasetError
 from emolens.io import ResultFileError
 from emolens.models import ModelLoadError
+from emolens.oom import BatchOutOfMemoryError
 
-USER_ERRORS = (ConfigError, ValueError, DatasetError, ModelLoadError, ResultFileError, FileNotFoundError, IndexError)
+USER_ERRORS = (ConfigError, ValueError, DatasetError, ModelLoadError, ResultFileError, BatchOutOfMemoryError,
+               FileNotFoundError, IndexError)
 
 
 def _settings(text: str) -> dict[str, Any]:
@@ -77,9 +79,15 @@ def _model_and_records(a: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]
 
 
 def _patching_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    return {"max_pairs": a.max_pairs, "batch_size": a.settings.get("batch_size", 16), "seed": a.seed,
-            "direction": a.direction, "settings": {**a.settings, "max_pairs": a.max_pairs,
-                                                   "direction": a.direction, "seed": a.seed}}
+    return {"max_pairs": a.max_pairs, "seed": a.seed, "direction": a.direction,
+            "settings": {**a.settings, "max_pairs": a.max_pairs, "direction": a.direction, "seed": a.seed}}
+
+
+def _with_backoff(a: argparse.Namespace, job: Callable[..., Any]) -> None:
+    """Run a model job at the configured batch size, halving it on CUDA out-of-memory."""
+    from emolens.oom import run_with_backoff
+
+    run_with_backoff(lambda bs: job(batch_size=bs), a.settings.get("batch_size", 16), what=f"{a.command} {a.name}")
 
 
 def _cmd_residual_chunk(a: argparse.Namespace) -> None:
@@ -87,8 +95,9 @@ def _cmd_residual_chunk(a: argparse.Namespace) -> None:
 
     first, _, last = a.layers.partition("-")
     adapter, records = _model_and_records(a)
-    residual.run_chunk(adapter, records, range(int(first), int(last or first) + 1), a.out,
-                       n_positions=a.n_positions, **_patching_kwargs(a))
+    layers = range(int(first), int(last or first) + 1)
+    _with_backoff(a, lambda batch_size: residual.run_chunk(
+        adapter, records, layers, a.out, n_positions=a.n_positions, batch_size=batch_size, **_patching_kwargs(a)))
 
 
 def _cmd_residual_merge(a: argparse.Namespace) -> None:
@@ -101,14 +110,16 @@ def _cmd_screen_heads(a: argparse.Namespace) -> None:
     from emolens import heads
 
     adapter, records = _model_and_records(a)
-    heads.run_screening(adapter, records, a.out, top_k=a.top_k, **_patching_kwargs(a))
+    _with_backoff(a, lambda batch_size: heads.run_screening(
+        adapter, records, a.out, top_k=a.top_k, batch_size=batch_size, **_patching_kwargs(a)))
 
 
 def _cmd_patch_heads(a: argparse.Namespace) -> None:
     from emolens import heads
 
     adapter, records = _model_and_records(a)
-    heads.run_head_patching(adapter, records, a.screening, a.out, n_resamples=a.n_boot, **_patching_kwargs(a))
+    _with_backoff(a, lambda batch_size: heads.run_head_patching(
+        adapter, records, a.screening, a.out, n_resamples=a.n_boot, batch_size=batch_size, **_patching_kwargs(a)))
 
 
 def _cmd_align(a: argparse.Namespace) -> None:
@@ -151,10 +162,16 @@ def _cmd_timing(a: argparse.Namespace) -> None:
     timing.run(a.jobs, a.out)
 
 
+def _cmd_figures(a: argparse.Namespace) -> None:
+    from emolens import figures
+
+    figures.run(a.results, a.models, a.out)
+
+
 def _cmd_plan(a: argparse.Namespace) -> None:
     from emolens import plan
 
-    plan.run(a.configfile)
+    plan.run(a.configfile, tokens=a.prompt_tokens)
 
 
 class VerificationFailed(RuntimeError):
@@ -262,8 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_jobs, required=True, help="JSON list of {rule, model, chunk, benchmark, output}")
     p.add_argument("--out", required=True)
 
-    p = command("plan", _cmd_plan, "memory each model needs, whether it fits, and the batch sizes used")
-    p.add_argument("--configfile", required=True)
+    p = command("figures", _cmd_figures, "the report's figures from a profile's results")
+    p.add_argument("--results", required=True, help="results/<profile>")
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="directory for the PNG files")
+
+    p = command("plan", _cmd_plan, "memory plan: weights, KV cache, activations and batch sizes per model")
+    p.add_argument("--configfile", default="config/config.yaml", help="profile YAML to plan (validated)")
+    p.add_argument("--prompt-tokens", type=int, default=24, help="tokens per prompt assumed (plan.PROMPT_TOKENS)")
     return parser
 
 

@@ -7,6 +7,7 @@ leaves a file that looks finished.
 
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
 import io
 import json
@@ -50,14 +51,35 @@ _NUMPY_SCALAR_TYPES = {f"{t}" for t in ("float16", "float32", "float64", "int8",
                                          "uint8", "uint16", "uint32", "uint64", "bool_")}
 
 
+def _latin1_bytes(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as protocols 0-2 use it for bytes: latin-1 only."""
+    if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused to call _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()`` as protocols 0-2 use it for b"": no arguments."""
+    if args:
+        raise pickle.UnpicklingError("refused to call bytes() with arguments")
+    return b""
+
+
 class SafeUnpickler(pickle.Unpickler):
     """Unpickler that only reconstructs plain containers, numbers, strings and numpy arrays."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocols 0-2 name builtins the Python 2 way (__builtin__.set): check the Python 3 names.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         if module in ("numpy", "numpy.dtypes") and (name in _NUMPY_SCALAR_TYPES or name.endswith("DType")):
             return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes  # protocols 0-2 store bytes (numpy array data included) this way
+        if (module, name) == ("builtins", "bytes"):
+            return _empty_bytes  # and b"" as bytes()
         raise pickle.UnpicklingError(f"refused to load global {module}.{name}: not in the allow-list")
 
 

@@ -187,6 +187,8 @@ def load_model(settings: dict[str, Any], name: str = "model", device: str = "aut
     quantization = settings.get("quantization")
     if quantization == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        # bitsandbytes logs a cast warning on every int8 matmul whose input is not float16
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         kwargs["device_map"] = device
     elif settings.get("offload"):
         kwargs["device_map"] = "auto"

@@ -35,7 +35,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from emolens.alignment import fit_linear_map, matched_layers, split_halves, subspace_curve
+from emolens.alignment import comparable_layers, fit_linear_map, split_halves, subspace_curve
 from emolens.io import load_pickle, provenance, save_json
 
 COHEN_D = (0.2, 0.5, 0.8)  # Cohen's small, medium and large effects
@@ -234,9 +234,9 @@ def _pair_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, seed: int, n_per
     split = split_halves(act_a["emotions"], seed, act_a.get("item_ids"))[0]
     rng = np.random.default_rng(seed)
     depths = []
-    for la, lb in matched_layers(int(act_a["n_layers"]), int(act_b["n_layers"])):
-        xa = act_a["resid"][position][split, la].astype(np.float64)  # [n_train, da]
-        xb = act_b["resid"][position][split, lb].astype(np.float64)
+    ra, rb = act_a["resid"][position], act_b["resid"][position]
+    for la, lb in comparable_layers(ra, rb, int(act_a["n_layers"]), int(act_b["n_layers"]))[0]:
+        xa, xb = ra[split, la].astype(np.float64), rb[split, lb].astype(np.float64)  # [n_train, da], [n_train, db]
         lmap = fit_linear_map(xa, xb, ridge)
         curve = subspace_curve(sub_a["basis"][la], sub_b["basis"][lb], lmap, n_perm, rng)
         q95 = np.quantile(curve["null"], 0.95, axis=0)  # [k_max]

@@ -80,7 +80,8 @@ def check_sweep(path: Path, n_layers: int) -> tuple[bool, str]:
     ok = list(sweep["layers"]) == list(range(n_layers + 1)) and effect.shape[1] == n_layers + 1
     last = list(sweep["positions"]).index(-1)
     ok &= _finite(effect[:, :, last])
-    return ok, f"effect {effect.shape}, layers 0..{max(sweep['layers'])}, mean at L {np.nanmean(effect[:, -1, last]):.3f}"
+    mean_at_l = np.nanmean(effect[:, -1, last])
+    return ok, f"effect {effect.shape}, layers 0..{max(sweep['layers'])}, mean at L {mean_at_l:.3f}"
 
 
 def check_identities(path: Path) -> tuple[bool, str]:
@@ -124,7 +125,8 @@ def check_self_alignment(act_path: Path) -> tuple[bool, str]:
 
 def check_alignment(pair_files: list[Path], summary: Path, n_models: int) -> tuple[bool, str]:
     pairs = [load_pickle(p, schema="emolens.alignment/1") for p in pair_files]
-    ok = len(pairs) == n_models * (n_models - 1) // 2 and all(_finite(p["cka_matrix"]) for p in pairs)
+    ok = len(pairs) == n_models * (n_models - 1) // 2
+    ok &= all(p["matched"] and _finite([m["linear_cka"] for m in p["matched"]]) for p in pairs)
     ok &= len(json.loads(summary.read_text())["pairs"]) == len(pairs)
     return ok, f"{len(pairs)} model pairs"
 

@@ -11,6 +11,7 @@ from scipy.linalg import subspace_angles
 from emolens import EMOTIONS
 from emolens.alignment import (
     center_gram,
+    comparable_layers,
     debiased_cka,
     fit_linear_map,
     gram_permutation_null,
@@ -189,3 +190,11 @@ def test_run_pair_and_summary_write_promised_keys(tmp_path):
     summary = json.loads((tmp_path / "alignment" / "summary.json").read_text())
     assert summary["pairs"][0]["flags"] == ["int8_involved", "different_widths"]
     assert len(summary["pairs"][0]["measures"]["linear_cka"]["value"]) == 3 and "provenance" in summary
+
+
+def test_constant_layers_are_skipped_not_compared():
+    rng = np.random.default_rng(0)
+    ra, rb = rng.normal(size=(40, 3, 8)), rng.normal(size=(40, 5, 12))
+    ra[:, 0] = rng.normal(size=8)  # the same vector for every prompt, as at index 0 in rotary models
+    comparable, skipped = comparable_layers(ra, rb, 2, 4)
+    assert skipped == [(0, 0)] and comparable == [(1, 2), (2, 4)]

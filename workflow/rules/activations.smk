@@ -16,7 +16,8 @@ rule activations:
         settings=model_settings,
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+    retries: 1
     conda:
         "../../envs/emolens.yaml"
     shell:

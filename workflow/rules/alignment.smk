@@ -14,7 +14,7 @@ rule align_pair:
         alignment=config["alignment"],
         seed=config["seed"],
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
     conda:
         "../../envs/emolens.yaml"
     shell:

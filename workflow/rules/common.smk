@@ -12,6 +12,12 @@ MODELS = list(config["models"])
 PAIRS = [f"{a}__{b}" for a, b in itertools.combinations(MODELS, 2)]
 
 
+localrules:
+    all,
+    align_summary,
+    timing,
+
+
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     first=r"\d+",
@@ -99,6 +105,18 @@ def timed_jobs():
     ]
 
 
+def phase_outputs():
+    """The outputs of phases 3-7 that verification checks and the figures draw."""
+    return [
+        *per_model(f"{RESULTS}/emotion_vectors/{{model}}_vectors.pkl"),
+        *per_model(f"{RESULTS}/patching/residual/{{model}}_residual_sweep.pkl"),
+        *per_model(f"{RESULTS}/screening/head_scores_{{model}}.json"),
+        *per_model(f"{RESULTS}/patching/head/{{model}}_head_patching.pkl"),
+        f"{RESULTS}/alignment/summary.json",
+        *expand(f"{RESULTS}/statistics/{{mode}}.json", mode=["effect", "power", "k"]),
+    ]
+
+
 def all_targets():
-    """Every final output: verification (which needs every phase), timing and the report figures."""
-    return [f"{RESULTS}/verification.json", f"{RESULTS}/timing/phase_timings.jsonl"]
+    """Every final output: verification (which needs every phase), timing and the report's figures."""
+    return [f"{RESULTS}/verification.json", f"{RESULTS}/timing/phase_timings.jsonl", f"{RESULTS}/figures"]

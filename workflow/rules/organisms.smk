@@ -15,7 +15,7 @@ rule organism:
         settings=model_settings,
         out=lambda w, output: os.path.dirname(output[0]),
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
     conda:
         "../../envs/emolens.yaml"
     shell:

@@ -16,7 +16,7 @@ rule vectors:
         folds=config["subspace"]["probe_folds"],
         seed=config["seed"],
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
     conda:
         "../../envs/emolens.yaml"
     shell:

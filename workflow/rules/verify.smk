@@ -4,14 +4,7 @@
 rule verify:
     input:
         dataset=config["dataset"],
-        results=[
-            *per_model(f"{RESULTS}/emotion_vectors/{{model}}_vectors.pkl"),
-            *per_model(f"{RESULTS}/patching/residual/{{model}}_residual_sweep.pkl"),
-            *per_model(f"{RESULTS}/screening/head_scores_{{model}}.json"),
-            *per_model(f"{RESULTS}/patching/head/{{model}}_head_patching.pkl"),
-            f"{RESULTS}/alignment/summary.json",
-            *expand(f"{RESULTS}/statistics/{{mode}}.json", mode=["effect", "power", "k"]),
-        ],
+        results=phase_outputs(),
     output:
         f"{RESULTS}/verification.json",
     log:
@@ -40,3 +33,24 @@ rule timing:
         "../../envs/emolens.yaml"
     shell:
         "emolens timing --jobs {params.jobs:q} --out {output} 2> {log}"
+
+
+rule figures:
+    input:
+        phase_outputs(),
+    output:
+        report(
+            directory(f"{RESULTS}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    log:
+        f"{RESULTS}/logs/figures.log",
+    params:
+        results=lambda wildcards, output: os.path.dirname(output[0]),
+        models=" ".join(MODELS),
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens figures --results {params.results} --models {params.models} --out {output} 2> {log}"

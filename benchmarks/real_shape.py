@@ -1,0 +1,139 @@
+"""Real-shape benchmark: every GPU phase on a randomly initialised model of a baseline architecture.
+
+Builds the model from its published numbers (``emolens/architectures.json``; no weights), with a
+tokenizer trained on the dataset, and times at the baseline's size (900 prompts of about 24 tokens,
+12 ordered pairs per item): activation extraction, the residual last-position sweep, the all-heads
+last-position sweep and one attribution pass. Prints wall time, tokens per second and, on CUDA, the
+fraction of the GPU's dense bf16 peak the forward FLOPs (2 x parameters x tokens) reach.
+
+    python benchmarks/real_shape.py --model gpt2_small                      # CPU: fp32, subsampled pairs
+    python benchmarks/real_shape.py --model llama3_8b --dtype bfloat16      # one GPU
+    python benchmarks/real_shape.py --model gemma3_12b --int8               # one GPU, bitsandbytes LLM.int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from emolens.activations import extract
+from emolens.dataset import build_dataset
+from emolens.heads import exact_last_position
+from emolens.models import ModelAdapter
+from emolens.organisms import train_tokenizer
+from emolens.patching import attribute_heads, patch_pairs, prepare_pairs, resid_site
+from emolens.readout import prompt
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment.
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12, "A10": 125e12}
+
+
+def hf_config(name: str) -> Any:
+    """A transformers config of the real architecture (text tower for Gemma-3), from architectures.json."""
+    arch = dict(json.loads(resources.files("emolens").joinpath("architectures.json").read_text())[name])
+    model_type = arch.pop("text_model_type", arch.pop("model_type"))
+    for key in ("hf_id", "layer_pattern"):
+        arch.pop(key, None)
+    if model_type == "gpt_neo":
+        arch["attention_types"] = [[["global", "local"], arch["num_layers"] // 2]]
+    return AutoConfig.for_model(model_type, **{k: v for k, v in arch.items() if v is not None})
+
+
+def random_model(name: str, dtype: torch.dtype, device: str, int8: bool) -> torch.nn.Module:
+    """Randomly initialised weights of the real shape, created on the device (int8: bitsandbytes)."""
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(hf_config(name), dtype=dtype)
+    if int8:
+        _quantise_linear_int8(model)
+    return model.eval()
+
+
+def _quantise_linear_int8(model: torch.nn.Module) -> None:
+    """Swap each decoder nn.Linear for a bitsandbytes Linear8bitLt holding the same weights in int8."""
+    import bitsandbytes as bnb
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, torch.nn.Linear) or "lm_head" in f"{name}.{child_name}":
+                continue
+            int8 = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                       has_fp16_weights=False, threshold=6.0)
+            int8.weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
+            if child.bias is not None:
+                int8.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(module, child_name, int8.to(child.weight.device))  # quantised on the move to CUDA
+            del child
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def timed(label: str, fn: Callable[[], Any], tokens: int, flops_per_token: float, peak: float | None) -> Any:
+    """Run ``fn`` once, print wall time, tokens/s and (on CUDA) the fraction of bf16 peak."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    line = f"{label:<34} {wall:9.2f} s  {tokens / wall:12.0f} tok/s"
+    if peak:
+        line += f"  {flops_per_token * tokens / wall / peak:6.1%} of bf16 peak"
+    print(line, flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gpt2_small")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    parser.add_argument("--int8", action="store_true", help="bitsandbytes LLM.int8 decoder weights")
+    parser.add_argument("--max-pairs", type=int, default=None, help="subsample the 2700 pairs (CPU default 64)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    a = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, a.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    max_pairs = a.max_pairs if a.max_pairs is not None else (None if device == "cuda" else 64)
+    peak = next((v for k, v in BF16_PEAK.items() if k in torch.cuda.get_device_name()), None) \
+        if device == "cuda" else None
+
+    records = build_dataset()
+    tokenizer = train_tokenizer([prompt(r["text"]) for r in records])
+    start = time.perf_counter()
+    model = random_model(a.model, dtype, device, a.int8)
+    n_params = sum(p.numel() for p in model.parameters())
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"{a.model}: {n_params / 1e9:.2f}B parameters, {dtype}{' + int8' if a.int8 else ''} on {where}, "
+          f"built in {time.perf_counter() - start:.1f} s")
+    adapter = ModelAdapter(model, tokenizer, name=a.model, quantization="int8" if a.int8 else None)
+    flops = 2.0 * n_params
+    texts = [r["text"] for r in records]
+    n_tokens = sum(len(tokenizer(prompt(t))["input_ids"]) for t in texts)
+    timed(f"activations ({len(texts)} prompts)", lambda: extract(adapter, texts, a.batch_size), n_tokens, flops, peak)
+
+    pairs = prepare_pairs(adapter, records, max_pairs=max_pairs)
+    variants = [(resid_site(layer, (-1,)),) for layer in range(adapter.n_layers + 1)]
+    timed(f"residual sweep ({len(pairs)} pairs x {len(variants)})",
+          lambda: patch_pairs(adapter, pairs, variants, batch_size=a.batch_size),
+          len(pairs) * len(variants), flops, peak)
+    n_heads = adapter.n_layers * adapter.n_heads
+    timed(f"all-heads sweep ({len(pairs)} pairs x {n_heads})",
+          lambda: exact_last_position(adapter, pairs, a.batch_size),
+          len(pairs) * n_heads, flops, peak)
+    run_tokens = sum(len(t) for t in pairs.run)
+    timed(f"attribution ({len(pairs)} pairs)",
+          lambda: attribute_heads(adapter, pairs, all_positions=False, batch_size=a.batch_size),
+          run_tokens, 3 * flops, peak)
+    if device == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()

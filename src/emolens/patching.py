@@ -1,0 +1,491 @@
+"""Activation patching: one engine, two small site setters, a fast prefix-cached path and a reference.
+
+Method. A *pair* is an ordered (source, target) pair of prompts of the same item with different
+emotions. The metric is the logit difference LD = logit[source label] - logit[target label] at the
+run prompt's last position, read from the label tokens only (final norm, then the few unembedding
+rows). Denoising (the default) runs the target prompt and patches in the source prompt's
+activations; noising runs the source and patches in the target's. The normalised effect is
+(LD_patched - LD_run) / (LD_donor - LD_run): 0 = the run prompt unpatched, 1 = the donor clean.
+
+Site grammar, written down once. A :class:`Site` is (kind, layer, head, offsets):
+``kind="resid"``: residual index ``layer`` in 0..L (the stream entering block l; L = the last
+block's output before the final norm); ``kind="head"``: head ``head`` of attention layer ``layer``,
+i.e. its d_head slice of the attention output projection's input. ``offsets`` are positions counted
+from the end of the prompt (-1 = last token), so a donor of another length lines up at its end. A
+*variant* is a tuple of sites patched together in one forward.
+
+The engine. :func:`patch_reference` is the test oracle: for each variant, a full forward of the
+whole run prompt with the patch, full-vocabulary logits, batched over prompts (as TransformerLens's
+patching utilities do). :func:`patch_fast` uses causality: a patch at position p changes nothing
+before p, so the run prompt's prefix tokens[:p] is run once with the KV cache, the cache is copied
+along the batch, the variants go in the batch dimension, and only tokens[p:] are run, with label
+logits at the last position. For last-position patching that is one token per variant. Both paths
+build their hooks from the same setters (:func:`set_resid`, :func:`set_head`); the empty variant
+``()`` is the unpatched run, so one engine call also yields the clean LD of the run prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from emolens import EMOTIONS
+from emolens.activations import length_buckets, tokenize
+from emolens.models import ModelAdapter
+from emolens.readout import label_token_ids
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["resid", "head"]
+Key = tuple[str, int]  # (kind, layer): one hook point
+DIRECTIONS = ("denoising", "noising")
+
+
+# --- sites -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Site:
+    """One patch site: residual index or (layer, head), at positions counted from the end."""
+
+    kind: Kind
+    layer: int
+    head: int | None = None
+    offsets: tuple[int, ...] = (-1,)
+
+
+Variant = tuple[Site, ...]
+
+
+def resid_site(layer: int, offsets: Sequence[int] = (-1,)) -> Site:
+    """Residual index ``layer`` (0..L) at ``offsets`` from the end."""
+    return Site("resid", layer, None, tuple(offsets))
+
+
+def head_site(layer: int, head: int, offsets: Sequence[int] = (-1,)) -> Site:
+    """Head ``head`` of attention layer ``layer`` at ``offsets`` from the end."""
+    return Site("head", layer, head, tuple(offsets))
+
+
+@dataclass
+class Donor:
+    """Donor activations for a batch of pairs, at positions counted from the end of the donor prompt."""
+
+    offsets: tuple[int, ...]
+    acts: dict[Key, torch.Tensor]  # (kind, layer) -> [batch, len(offsets), width]
+
+
+# --- site setters: each builds one hook function --------------------------------------------------
+def set_resid(rows: torch.Tensor, pos: torch.Tensor, values: torch.Tensor) -> Callable:
+    """Hook that writes ``values`` [n, d_model] into the residual stream at (rows[i], pos[i])."""
+    def hook(x: torch.Tensor) -> torch.Tensor:  # x [batch, pos, d_model]
+        x = x.clone()
+        x[rows, pos] = values.to(x.dtype)
+        return x
+    return hook
+
+
+def set_head(rows: torch.Tensor, pos: torch.Tensor, heads: torch.Tensor, values: torch.Tensor,
+             n_heads: int) -> Callable:
+    """Hook that writes ``values`` [n, d_head] into head heads[i]'s slice of the o_proj input."""
+    def hook(x: torch.Tensor) -> torch.Tensor:  # x [batch, pos, n_heads * d_head]
+        x = x.clone(memory_format=torch.contiguous_format)
+        x.view(*x.shape[:2], n_heads, -1)[rows, pos, heads] = values.to(x.dtype)  # [batch, pos, head, d_head]
+        return x
+    return hook
+
+
+def _site_table(variants: Sequence[Variant], donor_offsets: tuple[int, ...]
+                ) -> list[dict[Key, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Per variant and hook point: (offsets from the end, index into donor offsets, head or -1)."""
+    table = []
+    for variant in variants:
+        entries: dict[Key, list[tuple[int, int, int]]] = defaultdict(list)
+        for site in variant:
+            for off in site.offsets:
+                if off not in donor_offsets:
+                    raise ValueError(f"site {site} patches offset {off}; donor has only {donor_offsets}")
+                entries[(site.kind, site.layer)].append(
+                    (off, donor_offsets.index(off), -1 if site.head is None else site.head))
+        table.append({k: tuple(np.array(c) for c in zip(*v, strict=True)) for k, v in entries.items()})
+    return table
+
+
+def _hooks(adapter: ModelAdapter, table: list, row_variant: np.ndarray, row_prompt: np.ndarray,
+           donor: Donor, start: int, length: int) -> dict[str, dict[int, Callable]]:
+    """Hooks for a batch whose row r runs variant row_variant[r] on prompt row_prompt[r].
+
+    The forward covers absolute positions start..length-1 of the run prompt, so the patch at offset
+    o lands at batch position length + o - start. Each hook point patches only its own rows.
+    """
+    parts: dict[Key, list[list[np.ndarray]]] = defaultdict(lambda: [[], [], [], [], []])
+    for v in np.unique(row_variant):
+        rows_v = np.flatnonzero(row_variant == v)
+        for key, (offs, off_idx, heads) in table[v].items():
+            m = len(offs)
+            p = parts[key]
+            p[0].append(np.repeat(rows_v, m))
+            p[1].append(np.tile(length + offs - start, len(rows_v)))
+            p[2].append(np.repeat(row_prompt[rows_v], m))
+            p[3].append(np.tile(off_idx, len(rows_v)))
+            p[4].append(np.tile(heads, len(rows_v)))
+    resid: dict[int, Callable] = {}
+    head_inputs: dict[int, Callable] = {}
+    device = adapter.device
+    for (kind, layer), p in parts.items():
+        rows, pos, prompt, off, heads = (torch.from_numpy(np.concatenate(a)).to(device) for a in p)
+        acts = donor.acts[(kind, layer)]  # [batch, n_offsets, width]
+        if kind == "resid":
+            resid[layer] = set_resid(rows, pos, acts[prompt, off])
+        else:
+            per_head = acts.unflatten(-1, (adapter.n_heads, adapter.d_head))  # [batch, n_off, head, d_head]
+            head_inputs[layer] = set_head(rows, pos, heads, per_head[prompt, off, heads], adapter.n_heads)
+    return {"resid": resid, "head_inputs": head_inputs}
+
+
+def _ld(logits: torch.Tensor, ld_index: torch.Tensor) -> torch.Tensor:
+    """Logit difference per row from label logits [rows, n_labels] and (source, target) [rows, 2]."""
+    return logits.gather(1, ld_index[:, :1]).squeeze(1) - logits.gather(1, ld_index[:, 1:]).squeeze(1)
+
+
+# --- the two implementations -----------------------------------------------------------------------
+@torch.inference_mode()
+def patch_reference(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, variants: Sequence[Variant],
+                    token_ids: Sequence[int], ld_index: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Patched LD [batch, n_variants] by full recompute: one whole-prompt forward per variant.
+
+    ``run_ids`` [batch, pos] are run prompts of one length; ``ld_index`` [batch, 2] holds each
+    row's (source, target) label as an index into ``token_ids``. Full-vocabulary logits.
+    """
+    n, length = run_ids.shape
+    table = _site_table(variants, donor.offsets)
+    out = torch.empty(n, len(variants))
+    device = adapter.device
+    for v in range(len(variants)):
+        for s in range(0, n, batch_size):
+            prompts = np.arange(s, min(n, s + batch_size))
+            hooks = _hooks(adapter, table, np.full(len(prompts), v), prompts, donor, 0, length)
+            with adapter.hooks(**hooks):
+                logits = adapter.model(input_ids=run_ids[prompts].to(device)).logits  # [batch, pos, vocab]
+            labels = logits[:, -1, list(token_ids)].float()  # [batch, n_labels]
+            out[prompts, v] = _ld(labels, ld_index[prompts].to(device)).cpu()
+    return out
+
+
+def expand_cache(cache: Any, index: torch.Tensor) -> Any:
+    """A new cache whose batch row i is row index[i] of ``cache``; the original is left untouched.
+
+    Layers are shallow-copied and then re-indexed into new key/value tensors (the forward appends
+    to the copy's tensors, never to the original's). Dynamic layers (full and sliding-window) use
+    ``index_select``, about 15x faster on CPU than the advanced indexing of
+    ``Cache.batch_select_indices``, which other layer types fall back to.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in new.layers:
+        if isinstance(layer, DynamicLayer):
+            if layer.get_seq_length() > 0:
+                layer.keys = layer.keys.index_select(0, index)  # [rows, kv_heads, pos, d_head]
+                layer.values = layer.values.index_select(0, index)
+        else:
+            layer.batch_select_indices(index)
+    return new
+
+
+@torch.inference_mode()
+def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, variants: Sequence[Variant],
+               token_ids: Sequence[int], ld_index: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Patched LD [batch, n_variants], prefix-cached; same contract as :func:`patch_reference`.
+
+    Variants are grouped by their earliest patched position p (the empty variant ``()``, the
+    unpatched run, joins the latest group). Groups go in order of p, and one KV cache of the
+    distinct run prompts grows from one group's prefix tokens[:p] to the next, so every prefix
+    token is run once per distinct prompt. Rows (variant, prompt) are cut into chunks of as many
+    tokens as ``batch_size`` whole prompts (batch_size * T / (T - p) rows); each chunk gets its
+    own copy of the cache rows it needs (:func:`expand_cache`; the forward appends to the cache, so
+    the prefix cache itself is never handed to it), and only tokens[p:] are run, with the label
+    logits read at the last position. The cache goes in as ``cache=`` (transformers 5 renamed
+    ``past_key_values``). Position ids of the suffix come from the cache length (HF derives them),
+    so learned absolute positions (GPT-2, GPT-Neo) are right as well as rotary ones; sliding-window
+    layers (Gemma-3, GPT-Neo local) keep the last window - 1 keys, which is all a suffix token can
+    see. A patch at p = 0 leaves no prefix: the whole prompt is run.
+    """
+    n, length = run_ids.shape
+    device = adapter.device
+    run_ids = run_ids.to(device)
+    token_ids = list(token_ids)
+    table = _site_table(variants, donor.offsets)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for v, variant in enumerate(variants):
+        if variant:
+            groups[length + min(o for s in variant for o in s.offsets)].append(v)
+    clean = [v for v, variant in enumerate(variants) if not variant]  # unpatched: ride along the cheapest
+    if clean:
+        groups[max(groups, default=length - 1)].extend(clean)
+    out = torch.empty(n, len(variants))
+    prompts, which = torch.unique(run_ids, dim=0, return_inverse=True)  # each distinct run prompt once
+    cache, cached = None, 0
+    for start in sorted(groups):
+        vs = groups[start]
+        if not 0 <= start < length:
+            raise ValueError(f"patch position {start} outside a prompt of {length} tokens")
+        if start > cached:  # grow the prefix cache to tokens[:start]; the variants only ever get copies
+            cache = adapter.forward_final(prompts[:, cached:start], cache=cache, use_cache=True).cache
+            cached = start
+        row_variant = np.repeat(np.array(vs), n)  # rows: variant-major, then prompt
+        row_prompt = np.tile(np.arange(n), len(vs))
+        step = batch_size * length // (length - start)  # rows of length - start tokens: as many tokens as
+        for s in range(0, len(row_variant), step):  # batch_size whole prompts
+            rv, rp = row_variant[s:s + step], row_prompt[s:s + step]
+            index = torch.from_numpy(rp).to(device)
+            kwargs = {"cache": expand_cache(cache, which[index])} if start > 0 else {}
+            hooks = _hooks(adapter, table, rv, rp, donor, start, length)
+            with adapter.hooks(**hooks):
+                hidden = adapter.forward_final(run_ids[index, start:], use_cache=start > 0,
+                                               **kwargs).last_hidden_state  # [rows, length - start, d_model]
+            labels = adapter.label_logits(hidden[:, -1], token_ids)  # [rows, n_labels]
+            out[rp, rv] = _ld(labels, ld_index.to(device)[index]).cpu()
+    return out
+
+
+ENGINES = {"fast": patch_fast, "reference": patch_reference}
+
+
+# --- clean runs and donor activations --------------------------------------------------------------
+def _keep(store: dict, key: Any, pos: torch.Tensor | None = None) -> Callable:
+    """Hook that stores its input [batch, pos, width] (only positions ``pos`` if given) under ``key``."""
+    def fn(x: torch.Tensor) -> None:
+        store[key] = x if pos is None else x[:, pos]
+    return fn
+
+
+@torch.inference_mode()
+def collect(adapter: ModelAdapter, tokens: Sequence[Sequence[int]], token_ids: Sequence[int], *,
+            offsets: Sequence[int] = (-1,), resid: Sequence[int] = (), heads: Sequence[int] = (),
+            batch_size: int = 32) -> tuple[torch.Tensor, dict[Key, torch.Tensor]]:
+    """Clean label logits [N, n_labels] and activations at ``offsets`` from each prompt's end.
+
+    ``resid``: residual indices to keep -> [N, n_offsets, d_model]; ``heads``: layers whose
+    o_proj input to keep -> [N, n_offsets, n_heads * d_head]. One forward per length bucket.
+    """
+    offsets = tuple(offsets)
+    if tokens and offsets and min(offsets) < -min(len(t) for t in tokens):
+        raise ValueError(f"offset {min(offsets)} reaches before the start of a {min(map(len, tokens))}-token prompt")
+    device = adapter.device
+    logits = torch.empty(len(tokens), len(token_ids))
+    acts: dict[Key, torch.Tensor] = {}
+    for batch in length_buckets([len(t) for t in tokens], batch_size):
+        ids = torch.tensor([list(tokens[i]) for i in batch], device=device)
+        pos = torch.tensor(offsets, device=device) + ids.shape[1]
+        captured: dict[Key, torch.Tensor] = {}
+        with adapter.hooks(resid={layer: _keep(captured, ("resid", layer), pos) for layer in resid},
+                           head_inputs={layer: _keep(captured, ("head", layer), pos) for layer in heads}):
+            hidden = adapter.forward_final(ids, use_cache=False).last_hidden_state
+        logits[batch] = adapter.label_logits(hidden[:, -1], list(token_ids)).cpu()
+        for key, x in captured.items():
+            if key not in acts:
+                acts[key] = x.new_empty(len(tokens), *x.shape[1:])
+            acts[key][torch.tensor(batch, device=device)] = x
+    return logits, acts
+
+
+# --- pairs -----------------------------------------------------------------------------------------
+def make_pairs(records: Sequence[dict[str, Any]], max_pairs: int | None = None,
+               seed: int = 0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Ordered (source, target) record pairs of distinct emotions within each item_id.
+
+    Items in order of first appearance; within an item, records in file order (12 pairs for a
+    quadruple). ``max_pairs`` keeps a seeded random subset, in the original order.
+    """
+    items: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        items[r["item_id"]].append(r)
+    pairs = [(s, t) for recs in items.values() for s in recs for t in recs if s["emotion"] != t["emotion"]]
+    if max_pairs is not None and len(pairs) > max_pairs:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
+@dataclass
+class Pairs:
+    """Tokenised pairs, ready to patch: run and donor prompts and the label indices of the metric."""
+
+    ids: list[tuple[str, str]]  # (source id, target id), the unit of statistics
+    run: list[list[int]]  # token ids of the prompt that is run (the target when denoising)
+    donor: list[list[int]]  # token ids of the prompt whose activations are patched in
+    ld_index: np.ndarray  # [P, 2] (source label, target label) as indices into token_ids
+    label_token_ids: dict[str, int]  # {emotion: first token id of its label word}
+    direction: str
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [self.label_token_ids[e] for e in EMOTIONS]
+
+    @property
+    def same_length(self) -> np.ndarray:  # [P] bool: run and donor tokenise to the same length
+        return np.array([len(r) == len(d) for r, d in zip(self.run, self.donor, strict=True)], dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def prepare_pairs(adapter: ModelAdapter, records: Sequence[dict[str, Any]], *, direction: str = "denoising",
+                  max_pairs: int | None = None, seed: int = 0) -> Pairs:
+    """Build, subsample and tokenise the pairs of ``records`` for ``direction``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"patching direction {direction!r} is not one of {DIRECTIONS}")
+    pairs = make_pairs(records, max_pairs, seed)
+    if not pairs:
+        raise ValueError("no (source, target) pairs: every item_id needs records of at least two emotions")
+    texts = sorted({r["id"]: r["text"] for pair in pairs for r in pair}.items())
+    tokens = dict(zip((i for i, _ in texts), tokenize(adapter, [t for _, t in texts]), strict=True))
+    run, donor = [], []
+    for s, t in pairs:
+        r, d = (t, s) if direction == "denoising" else (s, t)
+        run.append(tokens[r["id"]])
+        donor.append(tokens[d["id"]])
+    index = {e: i for i, e in enumerate(EMOTIONS)}
+    return Pairs(ids=[(s["id"], t["id"]) for s, t in pairs], run=run, donor=donor,
+                 ld_index=np.array([[index[s["emotion"]], index[t["emotion"]]] for s, t in pairs]),
+                 label_token_ids=label_token_ids(adapter.tokenizer), direction=direction)
+
+
+def clean_ld(adapter: ModelAdapter, pairs: Pairs, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Unpatched LD of each pair's run prompt and donor prompt: ([P], [P])."""
+    prompts = sorted({tuple(t) for t in pairs.run + pairs.donor})
+    where = {t: i for i, t in enumerate(prompts)}
+    logits, _ = collect(adapter, prompts, pairs.token_ids, offsets=(), batch_size=batch_size)
+    index = torch.from_numpy(pairs.ld_index)
+
+    def ld(tokens: list[list[int]]) -> np.ndarray:
+        return _ld(logits[[where[tuple(t)] for t in tokens]], index).double().numpy()
+    return ld(pairs.run), ld(pairs.donor)
+
+
+def normalised(ld_patched: np.ndarray, ld_run: np.ndarray, ld_donor: np.ndarray) -> np.ndarray:
+    """(LD_patched - LD_run) / (LD_donor - LD_run), broadcast over trailing axes of ``ld_patched``."""
+    shape = (-1,) + (1,) * (np.ndim(ld_patched) - 1)
+    run, denom = np.reshape(ld_run, shape), np.reshape(ld_donor - ld_run, shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom != 0, (ld_patched - run) / denom, np.nan)
+
+
+def patch_pairs(adapter: ModelAdapter, pairs: Pairs, variants: Sequence[Variant], *,
+                subset: Sequence[int] | None = None, method: str = "fast", batch_size: int = 32,
+                desc: str = "patching") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patched LD [S, n_variants] for the S pairs in ``subset`` (default all), and their clean LDs.
+
+    Each distinct donor prompt runs once (its clean label logits and the activations the variants
+    patch, at every offset they use). Pairs are then grouped by run-prompt length (pairs sharing a
+    run prompt side by side) into batches of at most ``batch_size`` pairs, and the engine
+    (``method``: "fast" or "reference") runs every variant plus the unpatched run prompt.
+    Returns (ld_patched [S, n_variants], ld_run [S], ld_donor [S]).
+    """
+    subset = np.arange(len(pairs)) if subset is None else np.asarray(subset, dtype=int)
+    offsets = tuple(sorted({o for v in variants for s in v for o in s.offsets}))
+    resid = sorted({s.layer for v in variants for s in v if s.kind == "resid"})
+    heads = sorted({s.layer for v in variants for s in v if s.kind == "head"})
+    engine = ENGINES[method]
+    token_ids = pairs.token_ids
+    donors = sorted({tuple(pairs.donor[i]) for i in subset})
+    which = {t: u for u, t in enumerate(donors)}
+    donor_logits, acts = collect(adapter, donors, token_ids, offsets=offsets, resid=resid, heads=heads,
+                                 batch_size=batch_size)  # [U, n_labels], {key: [U, n_off, width]}
+    u_of = np.array([which[tuple(pairs.donor[i])] for i in subset])
+    index = torch.from_numpy(pairs.ld_index[subset])
+    ld_donor = _ld(donor_logits[u_of], index).double().numpy()
+    out = np.full((len(subset), len(variants) + 1), np.nan)  # the variants, then the run prompt unpatched
+    order = sorted(range(len(subset)), key=lambda j: (len(pairs.run[subset[j]]), pairs.run[subset[j]]))
+    batches = length_buckets([len(pairs.run[subset[j]]) for j in order], batch_size)
+    for batch in tqdm(batches, desc=desc, leave=False):
+        rows = np.array(order)[batch]  # positions in subset
+        run_ids = torch.tensor([pairs.run[i] for i in subset[rows]])  # [batch, pos]
+        u = torch.from_numpy(u_of[rows]).to(adapter.device)
+        donor = Donor(offsets, {key: a[u] for key, a in acts.items()})
+        ld = engine(adapter, run_ids, donor, [*variants, ()], token_ids, index[rows], batch_size=batch_size)
+        out[rows] = ld.double().numpy()
+    return out[:, :-1], out[:, -1], ld_donor
+
+
+# --- attribution patching --------------------------------------------------------------------------
+def attribute_heads(adapter: ModelAdapter, pairs: Pairs, *, subset: Sequence[int] | None = None,
+                    all_positions: bool = True, batch_size: int = 32,
+                    desc: str = "attribution") -> np.ndarray:
+    """Attribution patching (gradient x activation difference) of every head: [len(subset), L, H, n_off].
+
+    For each pair, one forward and backward of the clean run prompt gives dLD/d(o_proj input); the
+    estimate for head h of layer l at a position is that gradient's d_head slice dotted with
+    (donor - run) at the same offset from the end. ``all_positions`` scores offsets -T..-1 (the
+    pairs must have equal run and donor lengths T; the last axis is then right-aligned, padded
+    with NaN for shorter prompts); otherwise only the last position (any pairs).
+    Divide by (LD_donor - LD_run) to compare with normalised effects.
+    """
+    subset = np.arange(len(pairs)) if subset is None else np.asarray(subset, dtype=int)
+    n_layers, n_heads = adapter.n_layers, adapter.n_heads
+    layers = list(range(n_layers))
+    width = max(len(pairs.run[i]) for i in subset) if all_positions else 1
+    out = np.full((len(subset), n_layers, n_heads, width), np.nan)
+    device = adapter.device
+    for batch in tqdm(length_buckets([len(pairs.run[i]) for i in subset], batch_size), desc=desc, leave=False):
+        idx = subset[batch]
+        length = len(pairs.run[idx[0]])
+        if all_positions and any(len(pairs.donor[i]) != length for i in idx):
+            raise ValueError("all-position attribution needs run and donor prompts of equal length")
+        offsets = tuple(range(-length, 0)) if all_positions else (-1,)
+        _, donor = collect(adapter, [pairs.donor[i] for i in idx], pairs.token_ids, offsets=offsets,
+                           heads=layers, batch_size=batch_size)
+        run_ids = torch.tensor([pairs.run[i] for i in idx], device=device)  # [batch, pos]
+        captured: dict[int, torch.Tensor] = {}
+
+        def leaf(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_model]: gradients start here
+            return x.detach().requires_grad_(True)
+
+        keep = {layer: _keep(captured, layer) for layer in layers}
+        with torch.enable_grad(), adapter.hooks(resid={0: leaf}, head_inputs=keep):
+            hidden = adapter.forward_final(run_ids, use_cache=False).last_hidden_state
+            labels = adapter.label_logits(hidden[:, -1], pairs.token_ids)  # [batch, n_labels]
+            ld = _ld(labels, torch.from_numpy(pairs.ld_index[idx]).to(device))
+            grads = torch.autograd.grad(ld.sum(), [captured[layer] for layer in layers])
+        pos = torch.tensor(offsets, device=device) + length
+        for layer, g in zip(layers, grads, strict=True):
+            run_act = captured[layer].detach()[:, pos].float()  # [batch, n_off, n_heads * d_head]
+            delta = donor[("head", layer)].float() - run_act
+            score = (g[:, pos].float() * delta).unflatten(-1, (n_heads, -1)).sum(-1)  # [batch, n_off, head]
+            out[batch, layer, :, width - len(offsets):] = score.permute(0, 2, 1).cpu().double().numpy()
+    return out
+
+
+# --- statistics over pairs -------------------------------------------------------------------------
+def bootstrap_ci(values: np.ndarray, n_resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over pairs (axis 0) and a seeded percentile bootstrap CI, ignoring NaN pairs per cell.
+
+    Each resample draws P pairs with replacement; its statistic is the mean of the drawn pairs
+    that are not NaN in that cell. Returns (mean, low, high), each of shape values.shape[1:].
+    """
+    values = np.asarray(values, dtype=float)
+    n = values.shape[0]
+    flat = values.reshape(n, -1)
+    ok = ~np.isnan(flat)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(flat, 0) / ok.sum(0)
+        rng = np.random.default_rng(seed)
+        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_resamples)])
+        boots = (counts @ np.where(ok, flat, 0.0)) / (counts @ ok)  # [n_resamples, cells]
+    boots[:, ok.sum(0) == 0] = np.nan
+    alpha = (1 - level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
+        low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0) if n else (mean, mean)
+    shape = values.shape[1:]
+    return mean.reshape(shape), np.reshape(low, shape), np.reshape(high, shape)

@@ -1,0 +1,363 @@
+"""The memory plan: what each model needs on the GPU and the host, and the batch size it will run at.
+
+Method. Nothing is loaded or measured. Each model's architecture numbers come from, in order: its
+``organism`` settings (the embedded demo), ``<path>/config.json`` when the model has a local path,
+or the published numbers of the six baseline models shipped in ``architectures.json`` (matched by
+hub id, else by name). From them we count parameters (embeddings, attention with grouped-query
+heads and an explicit head_dim, the MLP, norms, and an untied lm_head) and estimate, per batch:
+
+* weights: every parameter in the model's dtype; with ``quantization: int8`` (bitsandbytes
+  LLM.int8) the decoder's linear layers are stored as int8 (plus one float32 scale per output row)
+  while embeddings, lm_head, norms and biases stay in the compute dtype (``dtype``);
+* KV cache of the prefix-cached patching: 2 x layers x kv_heads x head_dim x tokens x bytes x batch
+  (the target prompt's cache is expanded along the batch, one copy per patch variant);
+* activations: the residual stream [batch, tokens, d_model] of every layer kept for extraction,
+  plus the largest transient tensor (attention scores or the MLP hidden);
+* a fixed allowance for the CUDA context and allocator fragmentation.
+
+A model fits when the sum stays under ``gpu_memory_gib`` less a safety margin. The configured
+``batch_size`` is halved (as the CUDA out-of-memory backoff does at run time) until it fits; a model
+whose weights alone do not fit is reported as not fitting at batch size 1. The host memory line is
+the activation pickle: N prompts x (L+1) x d_model x 2 arrays ("last" and "mean"), float16 when
+d_model >= 1024, else float32.
+
+Inputs: a validated config (:func:`emolens.config.load_config`). Output: one row (dict) per model,
+and a plain-text table of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from emolens.config import load_config
+
+PROMPT_TOKENS = 24  # typical readout prompt length (text + suffix) with the real tokenizers; not measured
+N_PROMPTS = 900  # prompts in the phase-1 dataset
+CUDA_OVERHEAD_GIB = 1.0  # CUDA context, cuBLAS workspace and allocator fragmentation
+SAFETY_MARGIN = 0.10  # fraction of gpu_memory_gib left unplanned
+ORGANISM_VOCAB = 512  # the organisms' BPE tokenizer (organisms.train_tokenizer)
+ORGANISM_POSITIONS = 128  # learned position table of the GPT-2 and GPT-Neo organisms (organisms.MAX_POSITIONS)
+# The Gemma-3 organism's tiny SigLIP vision tower (organisms.build_organism).
+ORGANISM_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "image_size": 28,
+                   "patch_size": 14}
+# Published vision_config of the Gemma-3 4B/12B/27B checkpoints (SigLIP-So400m at 896 px, no pooling
+# head). architectures.json holds only their text_config; the checkpoint class loads both towers.
+GEMMA3_VISION = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "image_size": 896,
+                 "patch_size": 14}
+GIB = 1024**3
+
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+_FAMILIES = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "gpt_neo": "gpt_neo", "llama": "llama", "qwen3": "qwen3",
+             "gemma3": "gemma3", "gemma3_text": "gemma3"}
+_GATED = {"llama", "qwen3", "gemma3"}  # gate, up and down projections; the others have two matrices
+_LEARNED_POSITIONS = {"gpt2", "gpt_neo"}
+_TIED_BY_DEFAULT = {"gpt2": True, "gpt_neo": True, "gpt_neox": False, "llama": False, "qwen3": False,
+                    "gemma3": True}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The numbers the memory plan needs; ``vision`` is a multimodal checkpoint's vision_config."""
+
+    family: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    vocab_size: int
+    n_positions: int = 0  # learned absolute positions (GPT-2, GPT-Neo); 0 for rotary families
+    tied: bool = True
+    vision: dict[str, int] | None = None
+
+
+# --- architecture numbers --------------------------------------------------------------------------
+def known_architectures() -> dict[str, dict[str, Any]]:
+    """The six baseline models' published config numbers shipped with the package."""
+    text = resources.files("emolens").joinpath("architectures.json").read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def _first(cfg: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    return None
+
+
+def from_hf_config(cfg: dict[str, Any]) -> Architecture:
+    """Numbers from a Hugging Face config.json (a multimodal Gemma-3 one uses its text_config).
+
+    Raises ValueError for a model type outside the six supported families.
+    """
+    model_type = cfg.get("model_type")
+    vision = None
+    if "text_config" in cfg:  # multimodal checkpoint: the language model is the text tower
+        vision = cfg.get("vision_config") or (GEMMA3_VISION if model_type == "gemma3" else None)
+        cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
+    elif model_type == "gemma3":  # architectures.json: text_config values flattened, vision tower implied
+        vision = GEMMA3_VISION
+    family = _FAMILIES.get(model_type or "")
+    if family is None:
+        raise ValueError(f"model_type {model_type!r} is not one of {sorted(set(_FAMILIES))}")
+    d_model = _first(cfg, "hidden_size", "n_embd")
+    n_heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
+    return Architecture(
+        family=family,
+        n_layers=_first(cfg, "num_hidden_layers", "n_layer", "num_layers"),
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=_first(cfg, "num_key_value_heads") or n_heads,
+        d_head=_first(cfg, "head_dim") or d_model // n_heads,
+        d_mlp=_first(cfg, "intermediate_size", "n_inner") or 4 * d_model,
+        vocab_size=cfg["vocab_size"],
+        n_positions=_first(cfg, "n_positions", "max_position_embeddings") if family in _LEARNED_POSITIONS else 0,
+        tied=cfg.get("tie_word_embeddings", _TIED_BY_DEFAULT[family]),
+        vision=dict(vision) if vision else None,
+    )
+
+
+def from_organism(org: dict[str, Any]) -> Architecture:
+    """Numbers of a demo organism, with the defaults of :func:`emolens.organisms.build_organism`."""
+    family, d_model, n_heads = org["family"], org["d_model"], org["n_heads"]
+    gqa = family in ("llama", "qwen3", "gemma3")
+    return Architecture(
+        family=family,
+        n_layers=org["n_layers"],
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=org.get("n_kv_heads", max(1, n_heads // 2)) if gqa else n_heads,
+        d_head=org.get("d_head") or d_model // n_heads,
+        d_mlp=org.get("d_mlp", (3 if family in ("llama", "qwen3") else 4) * d_model),
+        vocab_size=ORGANISM_VOCAB,
+        n_positions=ORGANISM_POSITIONS if family in _LEARNED_POSITIONS else 0,
+        tied=_TIED_BY_DEFAULT[family],
+        vision=dict(ORGANISM_VISION) if family == "gemma3" else None,
+    )
+
+
+def resolve_architecture(name: str, settings: dict[str, Any],
+                         known: dict[str, dict[str, Any]]) -> tuple[Architecture | None, str]:
+    """(architecture, where its numbers came from), or (None, why it is unknown)."""
+    if "organism" in settings:
+        return from_organism(settings["organism"]), "organism"
+    path, hf_id = settings.get("path"), settings.get("hf_id")
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if path and (Path(path) / "config.json").is_file():
+        sources.append(("config.json", json.loads((Path(path) / "config.json").read_text())))
+    by_id = [v for v in known.values() if hf_id and v.get("hf_id") == hf_id]
+    if by_id:
+        sources.append(("architectures.json", by_id[0]))
+    elif name in known and (not hf_id or known[name].get("hf_id") == hf_id) and not path:
+        sources.append(("architectures.json", known[name]))
+    if not sources:
+        where = f"no config.json in {path}" if path else f"{hf_id or name} not in architectures.json"
+        return None, f"unknown architecture ({where})"
+    source, cfg = sources[0]
+    try:
+        return from_hf_config(cfg), source
+    except ValueError as e:
+        return None, f"unknown architecture ({e})"
+
+
+# --- parameter counts ------------------------------------------------------------------------------
+def linear_params(a: Architecture) -> int:
+    """Weights of the decoder's linear layers (attention q, k, v, o and the MLP): LLM.int8's part."""
+    attn = a.d_model * a.d_head * (2 * a.n_heads + 2 * a.n_kv_heads)  # q and o, k and v
+    mlp = (3 if a.family in _GATED else 2) * a.d_model * a.d_mlp
+    return a.n_layers * (attn + mlp)
+
+
+def linear_rows(a: Architecture) -> int:
+    """Output rows of the decoder's linear layers (one float32 LLM.int8 scale each)."""
+    attn = a.d_head * (a.n_heads + 2 * a.n_kv_heads) + a.d_model
+    mlp = (2 * a.d_mlp if a.family in _GATED else a.d_mlp) + a.d_model
+    return a.n_layers * (attn + mlp)
+
+
+def other_params(a: Architecture) -> int:
+    """Everything else in the language model: embeddings, lm_head, norms and biases."""
+    d, L = a.d_model, a.n_layers
+    embed = a.vocab_size * d + a.n_positions * d + (0 if a.tied else a.vocab_size * d)
+    if a.family in ("gpt2", "gpt_neox"):  # biases on every linear; two LayerNorms per block
+        per_layer = a.d_head * (a.n_heads + 2 * a.n_kv_heads) + d + a.d_mlp + d + 4 * d
+    elif a.family == "gpt_neo":  # q, k, v without bias; out_proj and MLP with bias
+        per_layer = d + a.d_mlp + d + 4 * d
+    elif a.family == "llama":  # no biases; two RMSNorms
+        per_layer = 2 * d
+    elif a.family == "qwen3":  # two RMSNorms and the q/k norms over head_dim
+        per_layer = 2 * d + 2 * a.d_head
+    else:  # gemma3: four RMSNorms (pre/post attention and MLP) and the q/k norms
+        per_layer = 4 * d + 2 * a.d_head
+    final_norm = 2 * d if a.family in ("gpt2", "gpt_neox", "gpt_neo") else d
+    return embed + L * per_layer + final_norm
+
+
+def vision_params(a: Architecture) -> tuple[int, int]:
+    """(linear, other) parameters of a multimodal checkpoint's SigLIP tower and projector; (0, 0) if none."""
+    if not a.vision:
+        return 0, 0
+    h, m, n = a.vision["hidden_size"], a.vision["intermediate_size"], a.vision["num_hidden_layers"]
+    patches = (a.vision["image_size"] // a.vision["patch_size"]) ** 2
+    linear = n * (4 * h * h + 2 * h * m)
+    other = (3 * a.vision["patch_size"] ** 2 * h + h + patches * h  # patch conv and positions
+             + n * (4 * h + m + 5 * h)  # two LayerNorms, biases of q, k, v, o, fc1, fc2
+             + 2 * h  # post LayerNorm
+             + h * a.d_model + h)  # projector matrix and its RMSNorm
+    return linear, other
+
+
+def n_params(a: Architecture) -> int:
+    """Parameters of the language model (text tower only for a multimodal checkpoint)."""
+    return linear_params(a) + other_params(a)
+
+
+# --- memory -----------------------------------------------------------------------------------------
+def weight_bytes(a: Architecture, dtype: str, quantization: str | None) -> int:
+    """Weights on the device: LLM.int8 stores decoder linears as int8 (+ row scales), the rest in ``dtype``."""
+    b = _BYTES[dtype]
+    vis_linear, vis_other = vision_params(a)
+    if quantization == "int8":
+        return (linear_params(a) + vis_linear) + 4 * linear_rows(a) + (other_params(a) + vis_other) * b
+    return (n_params(a) + vis_linear + vis_other) * b
+
+
+def kv_cache_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> int:
+    """Keys and values of every layer for ``batch`` copies of a ``tokens``-long prefix."""
+    return 2 * a.n_layers * a.n_kv_heads * a.d_head * tokens * _BYTES[dtype] * batch
+
+
+def activation_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> int:
+    """Residual stream of every layer kept for extraction, plus the largest transient tensor."""
+    b = _BYTES[dtype]
+    kept = (a.n_layers + 1) * batch * tokens * a.d_model * b  # L+1 x [batch, tokens, d_model]
+    scores = batch * a.n_heads * tokens * tokens * b  # [batch, heads, tokens, tokens]
+    mlp = (3 if a.family in _GATED else 2) * batch * tokens * a.d_mlp * b  # [batch, tokens, d_mlp]: gate/up/act
+    return kept + max(scores, mlp)
+
+
+def pickle_bytes(a: Architecture, n_prompts: int) -> int:
+    """Host memory of the activation pickle: "last" and "mean", each [N, L+1, d_model]."""
+    return 2 * n_prompts * (a.n_layers + 1) * a.d_model * (2 if a.d_model >= 1024 else 4)
+
+
+def _gpu_weight_cap(offload: dict[str, Any] | None) -> float | None:
+    """Bytes of weights accelerate keeps on GPU 0 under an ``offload.max_memory`` budget, if any."""
+    budget = (offload or {}).get("max_memory") or {}
+    for key in (0, "0", "cuda:0", "cuda"):
+        if key in budget:
+            text = str(budget[key]).strip().upper().replace("IB", "B")
+            units = {"GB": GIB, "MB": 1024**2, "KB": 1024, "B": 1}
+            for unit, scale in units.items():
+                if text.endswith(unit):
+                    return float(text[: -len(unit)]) * scale
+            return float(text)
+    return None
+
+
+def plan_model(name: str, settings: dict[str, Any], gpu_gib: float, known: dict[str, dict[str, Any]],
+               tokens: int = PROMPT_TOKENS, n_prompts: int = N_PROMPTS) -> dict[str, Any]:
+    """One model's row: parameters, memory at the batch size it will use, and whether it fits."""
+    dtype, quant = settings.get("dtype", "float32"), settings.get("quantization")
+    batch = settings.get("batch_size", 16)
+    row: dict[str, Any] = {"model": name, "dtype": dtype, "quantization": quant, "batch_size": batch,
+                           "batch_used": batch, "gpu_gib": gpu_gib, "fits": None, "note": ""}
+    arch, source = resolve_architecture(name, settings, known)
+    row["source"] = source if arch else "unknown"
+    if arch is None:
+        row["note"] = source
+        return row
+    weights = weight_bytes(arch, dtype, quant)
+    cap = _gpu_weight_cap(settings.get("offload"))
+    gpu_weights = min(weights, cap) if cap is not None else weights
+    budget = gpu_gib * (1 - SAFETY_MARGIN) * GIB
+
+    def need(b: int) -> tuple[int, int, float]:
+        kv, act = kv_cache_bytes(arch, dtype, b, tokens), activation_bytes(arch, dtype, b, tokens)
+        return kv, act, gpu_weights + kv + act + CUDA_OVERHEAD_GIB * GIB
+
+    used = batch
+    while need(used)[2] > budget and used > 1:
+        used = max(1, used // 2)
+    kv, act, total = need(used)
+    vis_linear, vis_other = vision_params(arch)
+    row.update({
+        "family": arch.family, "n_layers": arch.n_layers, "d_model": arch.d_model,
+        "params": n_params(arch), "vision_params": vis_linear + vis_other,
+        "weights_gib": weights / GIB, "gpu_weights_gib": gpu_weights / GIB,
+        "kv_gib": kv / GIB, "activations_gib": act / GIB, "total_gib": total / GIB,
+        "host_pickle_gib": pickle_bytes(arch, n_prompts) / GIB,
+        "batch_used": used, "fits": total <= budget,
+    })
+    notes = []
+    if cap is not None and weights > cap:
+        notes.append(f"offload: {(weights - cap) / GIB:.1f} GiB of weights on CPU")
+    if not row["fits"]:
+        notes.append("does not fit even at batch size 1: use quantization: int8, offload, or a larger GPU")
+    elif used < batch:
+        notes.append(f"batch_size {batch} does not fit; lower it to {used}")
+    if vis_linear + vis_other:
+        notes.append(f"+{_count(vis_linear + vis_other)} vision tower params in weights")
+    row["note"] = "; ".join(notes)
+    return row
+
+
+def plan(config: dict[str, Any], tokens: int = PROMPT_TOKENS, n_prompts: int = N_PROMPTS) -> list[dict[str, Any]]:
+    """One row per model of a validated config, in config order."""
+    known = known_architectures()
+    gpu_gib = config.get("gpu_memory_gib", 24)
+    return [plan_model(name, settings, gpu_gib, known, tokens=tokens, n_prompts=n_prompts)
+            for name, settings in config["models"].items()]
+
+
+# --- output -----------------------------------------------------------------------------------------
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def _gib(x: float) -> str:
+    return f"{x:.2f}" if x >= 0.01 else f"{x:.4f}"
+
+
+def format_plan(rows: list[dict[str, Any]], tokens: int = PROMPT_TOKENS, n_prompts: int = N_PROMPTS) -> str:
+    """A plain-text table of the plan rows, with the assumptions underneath."""
+    header = ["model", "arch", "params", "weights", "GiB", "KV/batch", "act/batch", "total", "GPU", "fits",
+              "batch", "host pickle", "note"]
+    table = [header]
+    for r in rows:
+        batch = str(r["batch_size"]) if r["batch_used"] == r["batch_size"] else f"{r['batch_size']}->{r['batch_used']}"
+        if r["fits"] is None:
+            table.append([r["model"], r["source"], "?", r["dtype"], "?", "?", "?", "?", f"{r['gpu_gib']:g}", "?",
+                          batch, "?", r["note"]])
+            continue
+        weights = "int8+" + r["dtype"] if r["quantization"] == "int8" else r["dtype"]
+        table.append([r["model"], r["source"], _count(r["params"]), weights, _gib(r["weights_gib"]),
+                      _gib(r["kv_gib"]), _gib(r["activations_gib"]), _gib(r["total_gib"]), f"{r['gpu_gib']:g}",
+                      "yes" if r["fits"] else "NO", batch, _gib(r["host_pickle_gib"]), r["note"]])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+             for row in table]
+    lines.insert(1, "-" * len(lines[0].rstrip()))
+    lines += [
+        "",
+        f"Memory in GiB. KV/batch and act/batch at the batch size used; {tokens} tokens per prompt "
+        f"(PROMPT_TOKENS, not measured); total adds {CUDA_OVERHEAD_GIB:g} GiB CUDA overhead and must stay "
+        f"under GPU x {1 - SAFETY_MARGIN:.2f}.",
+        "int8 = bitsandbytes LLM.int8: decoder linear layers in int8; embeddings, lm_head and norms stay "
+        "in the compute dtype.",
+        f"host pickle = activations file in host memory: {n_prompts} prompts x (L+1) x d_model x 2 arrays "
+        "(float16 when d_model >= 1024).",
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run(configfile: str | Path, tokens: int = PROMPT_TOKENS) -> list[dict[str, Any]]:
+    """Load and validate the config, print the plan table, and return its rows."""
+    rows = plan(load_config(configfile), tokens=tokens)
+    print(format_plan(rows, tokens=tokens))
+    return rows

@@ -1,0 +1,83 @@
+"""Reading a profile's results in a notebook: plain arrays and one tidy table, no path strings.
+
+>>> from emolens.results import load
+>>> res = load("results/demo")
+>>> res.table.query("measure == 'probe_accuracy'")
+>>> res.sweeps["gpt2_small"]["effect"]        # [pairs, layers, positions]
+
+Every pickle goes through the allow-list unpickler.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from emolens.io import load_pickle
+
+
+@dataclass
+class Results:
+    """One profile's outputs, by model (and by model pair for alignment)."""
+
+    root: Path
+    vectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subspaces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    head_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    head_patching: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alignment: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statistics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _rows(res: Results) -> list[dict[str, Any]]:
+    """Long-format rows: model, measure, layer (relative depth), position/head, value."""
+    rows = []
+    for m, vec in res.vectors.items():
+        acc = vec["probe_accuracy"]
+        rows += [{"model": m, "measure": "probe_accuracy", "layer": i, "depth": i / (len(acc) - 1),
+                  "position": None, "head": None, "value": float(a)} for i, a in enumerate(acc)]
+    for m, sweep in res.sweeps.items():
+        n = max(sweep["layers"])
+        for li, layer in enumerate(sweep["layers"]):
+            for pi, pos in enumerate(sweep["positions"]):
+                rows.append({"model": m, "measure": "residual_effect", "layer": layer, "depth": layer / n,
+                             "position": pos, "head": None, "value": float(sweep["mean"][li][pi])})
+    for m, scores in res.head_scores.items():
+        for layer, row in enumerate(scores["exact_last_position"]):
+            rows += [{"model": m, "measure": "head_effect_last_position", "layer": layer,
+                      "depth": layer / len(scores["exact_last_position"]), "position": -1, "head": h,
+                      "value": float(v)} for h, v in enumerate(row)]
+    for pair, al in res.alignment.items():
+        for entry in al["matched"]:
+            rows.append({"model": pair, "measure": "linear_cka", "layer": entry["layer_a"],
+                         "depth": entry["relative_depth"], "position": None, "head": None,
+                         "value": float(entry["linear_cka"])})
+    return rows
+
+
+def load(root: str | Path) -> Results:
+    """Load everything a profile's results directory holds (missing phases are simply absent)."""
+    root = Path(root)
+    res = Results(root)
+    for path in sorted((root / "emotion_vectors").glob("*_vectors.pkl")):
+        res.vectors[path.name.removesuffix("_vectors.pkl")] = load_pickle(path, schema="emolens.vectors/1")
+    for path in sorted((root / "emotion_subspaces").glob("*_subspaces.pkl")):
+        res.subspaces[path.name.removesuffix("_subspaces.pkl")] = load_pickle(path, schema="emolens.subspaces/1")
+    for path in sorted((root / "patching" / "residual").glob("*_residual_sweep.pkl")):
+        res.sweeps[path.name.removesuffix("_residual_sweep.pkl")] = load_pickle(path, "emolens.residual_sweep/1")
+    for path in sorted((root / "screening").glob("head_scores_*.json")):
+        res.head_scores[path.stem.removeprefix("head_scores_")] = json.loads(path.read_text())
+    for path in sorted((root / "patching" / "head").glob("*_head_patching.pkl")):
+        res.head_patching[path.name.removesuffix("_head_patching.pkl")] = load_pickle(path, "emolens.head_patching/1")
+    for path in sorted((root / "alignment").glob("*__*.pkl")):
+        res.alignment[path.stem] = load_pickle(path, schema="emolens.alignment/1")
+    for path in sorted((root / "statistics").glob("*.json")):
+        res.statistics[path.stem] = json.loads(path.read_text())
+    res.table = pd.DataFrame(_rows(res), columns=["model", "measure", "layer", "depth", "position", "head", "value"])
+    return res

@@ -1,0 +1,166 @@
+"""Phase 6 on two-layer models of every family: head screening, attribution patching, head patching."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from emolens.dataset import build_dataset
+from emolens.heads import attribution, exact_last_position, run_head_patching, run_screening, top_heads
+from emolens.io import ResultFileError, load_pickle
+from emolens.models import load_model
+from emolens.patching import clean_ld, head_site, normalised, patch_pairs, prepare_pairs
+
+FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
+
+# What makes LD exactly linear in the last layer's head activations: the final norm (and Gemma-3's
+# norm on the attention output) become identities and the last block's MLP writes zeros, so the
+# path from a last-layer head to the label logits is o_proj, then the unembedding: linear maps.
+LINEARISE = {  # family -> (modules replaced by identity, linear layers zeroed)
+    "gpt2": (["transformer.ln_f"], ["transformer.h.1.mlp.c_proj"]),
+    "gpt_neox": (["gpt_neox.final_layer_norm"], ["gpt_neox.layers.1.mlp.dense_4h_to_h"]),
+    "gpt_neo": (["transformer.ln_f"], ["transformer.h.1.mlp.c_proj"]),
+    "llama": (["model.norm"], ["model.layers.1.mlp.down_proj"]),
+    "qwen3": (["model.norm"], ["model.layers.1.mlp.down_proj"]),
+    "gemma3": (["model.language_model.norm", "model.language_model.layers.1.post_attention_layernorm"],
+               ["model.language_model.layers.1.mlp.down_proj"]),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two-layer models gain nothing from intra-op threads, and lose 100x when cores are contended."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return build_dataset()[:12]  # three items, 36 pairs
+
+
+def _linearised(path):
+    """A fresh copy of a tiny checkpoint whose LD is linear in the last layer's head inputs."""
+    adapter = load_model({"path": str(path), "dtype": "float32"}, device="cpu")
+    identities, zeroed = LINEARISE[adapter.config.model_type]
+    for name in identities:
+        parent, _, child = name.rpartition(".")
+        setattr(adapter.model.get_submodule(parent), child, nn.Identity())
+    with torch.no_grad():
+        for name in zeroed:
+            for p in adapter.model.get_submodule(name).parameters():
+                p.zero_()
+        adapter.attn_out[-1].weight.mul_(100.0)  # still linear; lifts effects well above fp32 noise
+    return adapter
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attribution_is_exact_when_ld_is_linear(tiny_checkpoints, records, family):
+    adapter = _linearised(tiny_checkpoints[family])
+    assert adapter.softcap is None
+    pairs = prepare_pairs(adapter, records)
+    ld_run, ld_donor = clean_ld(adapter, pairs)
+    denom = (ld_donor - ld_run)[:, None]
+    exact = exact_last_position(adapter, pairs, batch_size=16)[0][:, -1] * denom  # [P, H]
+    atp_last, atp_all = attribution(adapter, pairs, ld_run, ld_donor, batch_size=16)
+    assert np.abs(exact).max() > 1e-2  # the heads do move the metric
+    tol = {"atol": 1e-4 * np.abs(exact).max(), "rtol": 1e-4}
+    np.testing.assert_allclose(atp_last[:, -1] * denom, exact, **tol)
+    same = pairs.same_length
+    assert same.any() and np.isnan(atp_all[~same]).all()
+    # Earlier positions of the last layer reach the last position through nothing: the same number.
+    np.testing.assert_allclose(atp_all[same, -1] * denom[same], exact[same], **tol)
+
+
+def test_attribution_is_not_exact_in_general(tiny_adapters, records):
+    """Control: through the nonlinear layers the estimate differs from the exact effect."""
+    adapter = tiny_adapters["llama"]
+    pairs = prepare_pairs(adapter, records)
+    ld_run, ld_donor = clean_ld(adapter, pairs)
+    denom = (ld_donor - ld_run)[:, None, None]
+    exact = exact_last_position(adapter, pairs, batch_size=16)[0] * denom
+    atp_last, _ = attribution(adapter, pairs, ld_run, ld_donor, batch_size=16)
+    assert np.abs(atp_last * denom - exact).max() > 1e-6
+
+
+@pytest.fixture(scope="module")
+def screenings(tiny_adapters, records, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("screening")
+    out = {}
+    for family in FAMILIES:
+        out[family] = folder / f"head_scores_{family}.json"
+        run_screening(tiny_adapters[family], records, out[family], top_k=3, max_pairs=24, batch_size=16,
+                      seed=0, settings={"dtype": "float32"})
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_run_screening(tiny_adapters, records, screenings, family):
+    adapter = tiny_adapters[family]
+    result = json.loads(screenings[family].read_text())
+    L, H = adapter.n_layers, adapter.n_heads
+    for key in ("exact_last_position", "attribution", "attribution_last_position"):
+        assert np.array(result[key], dtype=float).shape == (L, H), key
+    assert result["n_pairs"] == 24 and 0 < result["n_pairs_same_length"] < 24
+    assert -1 <= result["spearman"] <= 1 and -1 <= result["spearman_all_positions"] <= 1
+    exact = np.array(result["exact_last_position"], dtype=float)
+    assert result["top_heads"] == top_heads(exact, 3) and len(result["top_heads"]) == 3
+    assert abs(exact[tuple(result["top_heads"][0])]) == np.abs(exact).max()
+    # the saved exact effects are the reference engine's, averaged over pairs
+    pairs = prepare_pairs(adapter, records, max_pairs=24, seed=0)
+    ld_run, ld_donor = clean_ld(adapter, pairs)
+    variants = [(head_site(layer, h),) for layer in range(L) for h in range(H)]
+    ref = normalised(patch_pairs(adapter, pairs, variants, method="reference")[0], ld_run, ld_donor)
+    slack = 1e-6 / np.abs(ld_donor - ld_run).min()  # fp32 noise in LD, amplified by the smallest denominator
+    np.testing.assert_allclose(exact.ravel(), ref.mean(0), atol=1e-4 + slack, rtol=0)
+    assert result["provenance"]["settings"] == {"dtype": "float32"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_run_head_patching(tiny_adapters, records, screenings, family, tmp_path):
+    adapter = tiny_adapters[family]
+    out = tmp_path / f"{family}_head_patching.pkl"
+    run_head_patching(adapter, records, screenings[family], out, max_pairs=24, batch_size=16, seed=0,
+                      n_resamples=200)
+    res = load_pickle(out, schema="emolens.head_patching/1")
+    heads = json.loads(screenings[family].read_text())["top_heads"]
+    assert res["heads"] == heads
+    P, K = len(res["pairs"]), len(heads)
+    assert res["effect_single"].shape == (P, K) and res["effect_joint"].shape == (P,)
+    assert res["mean_single"].shape == (K,) and res["ci_single"].shape == (K, 2) and res["ci_joint"].shape == (2,)
+    assert (res["ci_single"][:, 0] <= res["mean_single"] + 1e-12).all()
+    assert res["ci_joint"][0] <= res["mean_joint"] <= res["ci_joint"][1]
+    # against the full-recompute reference, every position patched
+    pairs = prepare_pairs(adapter, records, max_pairs=24, seed=0)
+    keep = [pairs.ids.index(tuple(p)) for p in res["pairs"]]
+    assert all(pairs.same_length[keep])
+    ld_run, ld_donor = clean_ld(adapter, pairs)
+    for length in {len(pairs.run[i]) for i in keep}:
+        idx = [i for i in keep if len(pairs.run[i]) == length]
+        sites = [head_site(layer, h, range(-length, 0)) for layer, h in heads]
+        ref = patch_pairs(adapter, pairs, [(s,) for s in sites] + [tuple(sites)], subset=idx,
+                          method="reference")[0]
+        rows = [keep.index(i) for i in idx]
+        got = np.concatenate([res["effect_single"][rows], res["effect_joint"][rows, None]], axis=1)
+        ld_got = got * (ld_donor - ld_run)[idx, None] + ld_run[idx, None]
+        np.testing.assert_allclose(ld_got, ref, atol=1e-4, rtol=0)
+
+
+def test_head_patching_refuses_bad_screening(tiny_adapters, records, tmp_path):
+    adapter = tiny_adapters["gpt2"]
+    missing = tmp_path / "head_scores_gpt2.json"
+    with pytest.raises(ResultFileError, match=f"{missing}: head screening file not found"):
+        run_head_patching(adapter, records, missing, tmp_path / "out.pkl")
+    missing.write_text('{"top_heads": [[0, 1]')
+    with pytest.raises(ResultFileError, match="truncated or corrupt JSON"):
+        run_head_patching(adapter, records, missing, tmp_path / "out.pkl")
+    missing.write_text(json.dumps({"top_heads": [[0, 1], [7, 0]]}))
+    with pytest.raises(ResultFileError, match=r"head \(7, 0\) does not exist"):
+        run_head_patching(adapter, records, missing, tmp_path / "out.pkl")
+    assert not (tmp_path / "out.pkl").exists()

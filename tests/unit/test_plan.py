@@ -1,0 +1,204 @@
+"""The memory plan: parameter counts against published numbers and real (tiny) Hugging Face models,
+int8 weight memory against bitsandbytes, batch halving, and the table."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from emolens import plan as P
+from emolens.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+GIB = 1024**3
+
+
+@pytest.fixture(scope="module")
+def baseline_config():
+    return load_config(ROOT / "config/config.yaml")
+
+
+@pytest.fixture(scope="module")
+def baseline(baseline_config):
+    return {r["model"]: r for r in P.plan(baseline_config)}
+
+
+@pytest.fixture(scope="module")
+def demo_config():
+    return load_config(ROOT / "config/demo.yaml")
+
+
+def _hf_param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights counted once
+
+
+def test_gemma3_12b_int8_fits_24gib_at_its_batch_size(baseline, baseline_config):
+    row = baseline["gemma3_12b"]
+    assert row["quantization"] == "int8" and row["gpu_gib"] == 24
+    assert row["fits"] is True
+    assert row["batch_used"] == row["batch_size"] == baseline_config["models"]["gemma3_12b"]["batch_size"]
+    assert row["total_gib"] <= 24 * (1 - P.SAFETY_MARGIN)
+    # LLM.int8 roughly halves bf16 weights: embeddings stay bf16, so a bit over half of 2 bytes x 12.2e9.
+    bf16 = (row["params"] + row["vision_params"]) * 2 / GIB
+    assert 0.5 * bf16 < row["weights_gib"] < 0.6 * bf16
+
+
+def test_every_baseline_model_fits_at_its_configured_batch(baseline):
+    for name, row in baseline.items():
+        assert row["source"] == "architectures.json", name
+        assert row["fits"] is True and row["batch_used"] == row["batch_size"], name
+
+
+def test_llama3_8b_bf16_weights_are_about_16_gb(baseline):
+    row = baseline["llama3_8b"]
+    assert row["params"] == pytest.approx(8.03e9, rel=0.02)
+    assert row["weights_gib"] * GIB == pytest.approx(16.06e9, rel=0.02)
+    assert row["weights_gib"] * GIB == 2 * row["params"]
+
+
+@pytest.mark.parametrize(("model", "published", "rel"), [
+    ("gpt2_small", 124.44e6, 0.02),
+    ("pythia-160m", 162.32e6, 0.02),
+    ("gpt-neo-125m", 125.20e6, 0.02),
+    ("qwen3_8b", 8.19e9, 0.03),
+    ("gemma3_12b", 11.77e9, 0.05),  # text tower only
+])
+def test_parameter_counts_match_published(baseline, model, published, rel):
+    assert baseline[model]["params"] == pytest.approx(published, rel=rel)
+
+
+def test_gemma3_vision_tower_is_counted_apart(baseline):
+    row = baseline["gemma3_12b"]
+    assert row["vision_params"] == pytest.approx(0.42e9, rel=0.05)  # SigLIP-So400m + projector
+    assert baseline["llama3_8b"]["vision_params"] == 0
+
+
+def test_host_pickle_is_two_float16_arrays_for_wide_models(baseline):
+    assert baseline["gemma3_12b"]["host_pickle_gib"] * GIB == 2 * 900 * 49 * 3840 * 2
+    assert baseline["gpt2_small"]["host_pickle_gib"] * GIB == 2 * 900 * 13 * 768 * 4  # float32 below 1024
+
+
+def test_kv_cache_formula_and_prompt_tokens_override(baseline_config):
+    arch = P.from_hf_config(P.known_architectures()["llama3_8b"])
+    assert P.kv_cache_bytes(arch, "bfloat16", batch=32, tokens=24) == 2 * 32 * 8 * 128 * 24 * 2 * 32
+    short = {r["model"]: r for r in P.plan(baseline_config, tokens=24)}
+    long = {r["model"]: r for r in P.plan(baseline_config, tokens=48)}
+    assert long["llama3_8b"]["kv_gib"] == pytest.approx(2 * short["llama3_8b"]["kv_gib"])
+
+
+def test_batch_is_halved_until_the_plan_fits(baseline_config):
+    config = copy.deepcopy(baseline_config)
+    config["gpu_memory_gib"] = 3
+    config["models"] = {"gpt2_small": {**config["models"]["gpt2_small"], "batch_size": 4096}}
+    (row,) = P.plan(config)
+    assert row["fits"] is True and row["batch_used"] < 4096
+    assert 4096 % row["batch_used"] == 0  # reached by halving
+    known = P.known_architectures()
+    doubled = P.plan_model("gpt2_small", {**config["models"]["gpt2_small"], "batch_size": 2 * row["batch_used"]},
+                           3, known)
+    assert doubled["batch_used"] == row["batch_used"]  # twice the batch does not fit
+    assert "lower it to" in row["note"]
+
+
+def test_a_model_that_cannot_fit_at_batch_1_is_reported(baseline_config):
+    config = copy.deepcopy(baseline_config)
+    config["models"] = {"llama3_8b": {**config["models"]["llama3_8b"], "dtype": "float32"}}
+    (row,) = P.plan(config)
+    assert row["fits"] is False and row["batch_used"] == 1
+    assert row["weights_gib"] > 24 and "int8" in row["note"]
+    assert "NO" in P.format_plan([row])
+
+
+def test_offload_caps_the_weights_on_the_gpu(baseline_config):
+    settings = {**baseline_config["models"]["llama3_8b"], "dtype": "float32",
+                "offload": {"max_memory": {0: "18GiB", "cpu": "64GiB"}}}
+    row = P.plan_model("llama3_8b", settings, 24, P.known_architectures())
+    assert row["gpu_weights_gib"] == pytest.approx(18) and row["fits"] is True
+    assert "offload" in row["note"]
+
+
+def test_demo_plans_from_organism_settings(demo_config):
+    rows = P.plan(demo_config)
+    assert [r["model"] for r in rows] == list(demo_config["models"])
+    for row in rows:
+        org = demo_config["models"][row["model"]]["organism"]
+        assert row["source"] == "organism"
+        assert row["family"] == org["family"] and row["d_model"] == org["d_model"]
+        assert row["n_layers"] == org["n_layers"] and row["params"] < 2e6
+        assert row["fits"] is True
+
+
+def test_organism_counts_equal_the_built_models(demo_config):
+    """The counting formulas of all six families, exact against Hugging Face models."""
+    from emolens.organisms import build_organism
+
+    for name, settings in demo_config["models"].items():
+        org = dict(settings["organism"])
+        arch = P.from_organism(org)
+        model = build_organism(org.pop("family"), vocab_size=P.ORGANISM_VOCAB, **org)
+        assert P.n_params(arch) + sum(P.vision_params(arch)) == _hf_param_count(model), name
+
+
+def test_local_config_json_is_read_for_unknown_models(tmp_path):
+    """A multimodal Gemma-3 checkpoint's config.json: text_config plus its own vision_config."""
+    from emolens.organisms import build_organism
+
+    model = build_organism("gemma3", d_model=64, n_layers=2, n_heads=4, d_head=16, vocab_size=300)
+    model.config.save_pretrained(tmp_path)
+    row = P.plan_model("mine", {"path": str(tmp_path), "dtype": "float32", "batch_size": 8}, 24,
+                       P.known_architectures())
+    assert row["source"] == "config.json" and row["family"] == "gemma3"
+    assert row["params"] + row["vision_params"] == _hf_param_count(model)
+
+
+def test_int8_weights_match_bitsandbytes(tmp_path):
+    """LLM.int8 on CPU: the plan's int8 bytes (weights + row scales) within 5% of the loaded model."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from emolens.organisms import build_organism
+
+    org = {"family": "gemma3", "d_model": 96, "n_layers": 6, "n_heads": 4, "d_head": 32}
+    model = build_organism(vocab_size=P.ORGANISM_VOCAB, **org)
+    model.save_pretrained(tmp_path)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu", dtype=torch.float32)
+    kinds = {type(m).__name__ for m in quantized.modules()}
+    assert "Linear8bitLt" in kinds
+    measured = quantized.get_memory_footprint()
+    assert P.weight_bytes(P.from_organism(org), "float32", "int8") == pytest.approx(measured, rel=0.05)
+    assert P.weight_bytes(P.from_organism(org), "float32", None) > 2 * measured
+
+
+def test_unknown_architecture_is_a_row_not_an_error(baseline_config):
+    config = copy.deepcopy(baseline_config)
+    config["models"]["mystery"] = {"hf_id": "someone/mystery-7b", "dtype": "bfloat16", "batch_size": 8}
+    config["models"]["missing_local"] = {"path": "/nonexistent/model", "batch_size": 8}
+    rows = {r["model"]: r for r in P.plan(config)}
+    assert rows["mystery"]["fits"] is None and "unknown architecture" in rows["mystery"]["note"]
+    assert "unknown architecture" in rows["missing_local"]["note"]
+    assert "unknown architecture" in P.format_plan(list(rows.values()))
+
+
+def test_unsupported_model_type_in_config_json(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "hidden_size": 8}))
+    row = P.plan_model("m", {"path": str(tmp_path)}, 24, P.known_architectures())
+    assert row["fits"] is None and "mamba" in row["note"]
+
+
+def test_format_plan_lists_every_model(baseline, demo_config):
+    text = P.format_plan(list(baseline.values()))
+    lines = text.splitlines()
+    for name in baseline:
+        assert sum(line.startswith(name + " ") for line in lines) == 1, name
+    assert "int8" in text and "LLM.int8" in text and str(P.PROMPT_TOKENS) in text
+    demo_text = P.format_plan(P.plan(demo_config))
+    assert all(name in demo_text for name in demo_config["models"])
+
+
+def test_run_prints_the_table(capsys):
+    rows = P.run(ROOT / "config/config.yaml")
+    out = capsys.readouterr().out
+    assert len(rows) == 6 and "gemma3_12b" in out and "model" in out.splitlines()[0]
