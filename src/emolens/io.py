@@ -8,6 +8,7 @@ leaves a file that looks finished.
 from __future__ import annotations
 
 import _compat_pickle
+import collections
 import hashlib
 import io
 import json
@@ -26,61 +27,161 @@ import numpy as np
 
 from emolens import __version__
 
+try:
+    from numpy._core.multiarray import scalar as _np_scalar
+    from numpy._core.numeric import _frombuffer as _np_frombuffer
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar as _np_scalar
+    from numpy.core.numeric import _frombuffer as _np_frombuffer
+
 
 class ResultFileError(RuntimeError):
     """A result file is missing, truncated, foreign or unsafe."""
 
 
-# (module, name) pairs a result pickle may reference: numpy's array reconstruction and dtypes.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("builtins", "complex"),
-    ("builtins", "slice"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("collections", "OrderedDict"),
-}
-_NUMPY_SCALAR_TYPES = {f"{t}" for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                                         "uint8", "uint16", "uint32", "uint64", "bool_")}
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asks for something the allow-list does not hold; nothing of it was run."""
+
+
+# What a result pickle may reference, by (module, name). Plain containers, numbers and strings need
+# nothing; numpy arrays, dtypes and scalars need the functions numpy pickles them with, and old
+# protocols (0-2) need bytes. numpy itself does not check every state it is handed (an object array
+# whose shape is larger than its list of items reads past the list), so arrays and dtypes go through
+# checked constructors and their BUILD states are checked before numpy sees them.
+class _NDArray:
+    """Stands in for ``numpy.ndarray`` in a pickle: only :func:`_reconstruct` accepts it; it cannot be called."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickleError("refused to call numpy.ndarray")
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """``numpy._core.multiarray._reconstruct`` as numpy pickles arrays: an empty array its state fills."""
+    if subtype is not _NDArray or shape != (0,) or dtype != b"b":
+        raise UnsafePickleError("refused an array reconstruction numpy does not write")
+    return np.ndarray((0,), dtype=np.int8)
+
+
+_PLAIN_KINDS = "biufcUSO"  # bool, integers, floats, complex, str, bytes, object (items unpickled here too)
+
+
+def _dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    """``numpy.dtype`` for plain dtypes only: no structured, sub-array or datetime dtypes."""
+    if not isinstance(spec, str):
+        raise UnsafePickleError(f"refused dtype spec {spec!r}: only plain dtypes")
+    dtype = np.dtype(spec, align=bool(align), copy=bool(copy))
+    if dtype.kind not in _PLAIN_KINDS or dtype.names is not None or dtype.subdtype is not None:
+        raise UnsafePickleError(f"refused dtype {dtype}: only plain dtypes")
+    return dtype
+
+
+def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
+    """A dtype's state may set its byte order (numbers only) and nothing else."""
+    canonical = dtype.__reduce__()[2]
+    byte_order = (canonical[1], "<", ">", "=") if dtype.kind in "iufc" else (canonical[1],)
+    ok = isinstance(state, tuple) and len(state) == len(canonical) and state[0] == canonical[0] \
+        and state[1] in byte_order and state[2:] == canonical[2:]
+    if not ok:
+        raise UnsafePickleError(f"refused dtype state {state!r} for {dtype}")
+
+
+def _check_array_state(state: Any) -> None:
+    """An array's state: a shape, a plain dtype and exactly the items (object arrays) or bytes it needs."""
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        raise UnsafePickleError("refused an array state that is not (version, shape, dtype, fortran, data)")
+    shape, dtype, data = state[-4], state[-3], state[-1]
+    if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+        raise UnsafePickleError(f"refused array shape {shape!r}")
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _PLAIN_KINDS or dtype.names is not None:
+        raise UnsafePickleError(f"refused array dtype {dtype!r}")
+    size = int(np.prod(shape, dtype=object))
+    if dtype.kind == "O":
+        ok = isinstance(data, list) and len(data) == size
+    else:
+        ok = isinstance(data, (bytes, bytearray)) and len(data) == size * dtype.itemsize
+    if not ok:
+        raise UnsafePickleError(f"refused array data that does not fill its shape {shape} of {dtype}")
 
 
 def _latin1_bytes(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """``_codecs.encode`` as protocols 0-2 use it for bytes: latin-1 only."""
     if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"refused to call _codecs.encode with encoding {encoding!r}")
+        raise UnsafePickleError(f"refused to call _codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
 
 
 def _empty_bytes(*args: Any) -> bytes:
     """``bytes()`` as protocols 0-2 use it for b"": no arguments."""
     if args:
-        raise pickle.UnpicklingError("refused to call bytes() with arguments")
+        raise UnsafePickleError("refused to call bytes() with arguments")
     return b""
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that only reconstructs plain containers, numbers, strings and numpy arrays."""
+def _plain(dtype: Any) -> np.dtype:
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _PLAIN_KINDS or dtype.names is not None:
+        raise UnsafePickleError(f"refused dtype {dtype!r}: only plain dtypes")
+    return dtype
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """``numpy._core.numeric._frombuffer`` (protocol 5 arrays) for plain dtypes."""
+    return _np_frombuffer(buf, _plain(dtype), shape, order)
+
+
+def _scalar(dtype: Any, *args: Any) -> Any:
+    """``numpy._core.multiarray.scalar`` (numpy scalars) for plain dtypes."""
+    return _np_scalar(_plain(dtype), *args)
+
+
+_PLAIN_DTYPE_CLASSES = {type(np.dtype(c)).__name__: type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGUSO"}
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): _NDArray,
+    ("numpy", "dtype"): _dtype,
+    **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    **{(m, "scalar"): _scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{("numpy", t): getattr(np, t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                                             "uint8", "uint16", "uint32", "uint64", "bool_")},
+    **{("numpy.dtypes", name): cls for name, cls in _PLAIN_DTYPE_CLASSES.items()},
+    ("builtins", "complex"): complex,
+    ("builtins", "slice"): slice,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytes"): _empty_bytes,  # protocols 0-2 write b"" as bytes()
+    ("_codecs", "encode"): _latin1_bytes,  # and other bytes (numpy array data included) this way
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
+
+
+class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its BUILD step can be checked
+    """Unpickler that only reconstructs plain containers, numbers, strings and numpy arrays.
+
+    Any other global is refused; so is setting the state of anything but a numpy array or dtype,
+    and an array or dtype state numpy would not write itself.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocols 0-2 name builtins the Python 2 way (__builtin__.set): check the Python 3 names.
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        if module in ("numpy", "numpy.dtypes") and (name in _NUMPY_SCALAR_TYPES or name.endswith("DType")):
-            return super().find_class(module, name)
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_bytes  # protocols 0-2 store bytes (numpy array data included) this way
-        if (module, name) == ("builtins", "bytes"):
-            return _empty_bytes  # and b"" as bytes()
-        raise pickle.UnpicklingError(f"refused to load global {module}.{name}: not in the allow-list")
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UnsafePickleError(f"refused to load global {module}.{name}: not in the allow-list")
+        return _ALLOWED_GLOBALS[module, name]
+
+    def load_build(self) -> None:
+        inst, state = self.stack[-2], self.stack[-1]
+        if type(inst) is np.ndarray:
+            _check_array_state(state)
+        elif isinstance(inst, np.dtype):
+            _check_dtype_state(inst, state)
+        else:
+            raise UnsafePickleError(f"refused to set the state of a {type(inst).__name__}")
+        super().load_build()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("refused a persistent id")
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
 
 
 def load_pickle(path: str | Path, schema: str | None = None) -> dict[str, Any]:
@@ -89,12 +190,18 @@ def load_pickle(path: str | Path, schema: str | None = None) -> dict[str, Any]:
     if not path.exists():
         raise ResultFileError(f"{path}: file not found")
     try:
-        with open(path, "rb") as f:
-            obj = SafeUnpickler(io.BytesIO(f.read())).load()
-    except pickle.UnpicklingError as e:
-        raise ResultFileError(f"{path}: unsafe or unreadable pickle ({e})") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise ResultFileError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e})") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise ResultFileError(f"{path}: cannot read it ({e.strerror})") from None
+    stream = io.BytesIO(data)
+    try:
+        obj = SafeUnpickler(stream).load()
+    except UnsafePickleError as e:
+        raise ResultFileError(f"{path}: unsafe pickle, not loaded ({e})") from None
+    except Exception as e:  # whatever a damaged stream raises, the file is not a result
+        if stream.tell() >= len(data):
+            raise ResultFileError(f"{path}: truncated pickle (the file ends before the pickle does)") from None
+        raise ResultFileError(f"{path}: corrupt pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict) or "schema" not in obj:
         raise ResultFileError(f"{path}: not an emolens result (no 'schema' key)")
     if schema is not None and obj["schema"] != schema:

@@ -285,7 +285,7 @@ def collect(adapter: ModelAdapter, tokens: Sequence[Sequence[int]], token_ids: S
     acts: dict[Key, torch.Tensor] = {}
     for batch in length_buckets([len(t) for t in tokens], batch_size):
         ids = torch.tensor([list(tokens[i]) for i in batch], device=device)
-        pos = torch.tensor(offsets, device=device) + ids.shape[1]
+        pos = torch.tensor(offsets, dtype=torch.long, device=device) + ids.shape[1]
         captured: dict[Key, torch.Tensor] = {}
         with adapter.hooks(resid={layer: _keep(captured, ("resid", layer), pos) for layer in resid},
                            head_inputs={layer: _keep(captured, ("head", layer), pos) for layer in heads}):
@@ -455,9 +455,10 @@ def attribute_heads(adapter: ModelAdapter, pairs: Pairs, *, subset: Sequence[int
             hidden = adapter.forward_final(run_ids, use_cache=False).last_hidden_state
             labels = adapter.label_logits(hidden[:, -1], pairs.token_ids)  # [batch, n_labels]
             ld = _ld(labels, torch.from_numpy(pairs.ld_index[idx]).to(device))
-            grads = torch.autograd.grad(ld.sum(), [captured[layer] for layer in layers])
-        pos = torch.tensor(offsets, device=device) + length
+            grads = torch.autograd.grad(ld.sum(), [captured[layer] for layer in layers], allow_unused=True)
+        pos = torch.tensor(offsets, dtype=torch.long, device=device) + length
         for layer, g in zip(layers, grads, strict=True):
+            g = torch.zeros_like(captured[layer]) if g is None else g  # a head the readout never sees
             run_act = captured[layer].detach()[:, pos].float()  # [batch, n_off, n_heads * d_head]
             delta = donor[("head", layer)].float() - run_act
             score = (g[:, pos].float() * delta).unflatten(-1, (n_heads, -1)).sum(-1)  # [batch, n_off, head]
