@@ -68,24 +68,33 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: dataset file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}); a dataset is JSONL, one object a line") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read it ({e.strerror})") from None
     records, seen_ids, seen_texts = [], set(), set()
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e.msg})") from None
+            raise DatasetError(f"{where}: not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
         if not isinstance(rec, dict):
-            raise DatasetError(f"{where}: expected a JSON object")
+            raise DatasetError(f"{where}: expected a JSON object with fields {list(SCHEMA_FIELDS)}")
         missing = [f for f in SCHEMA_FIELDS if f not in rec]
         if missing:
             raise DatasetError(f"{where}: missing field(s) {missing}")
-        if rec["emotion"] not in EMOTIONS:
+        for f in ("id", "item_id"):
+            if not isinstance(rec[f], str) or not rec[f]:
+                raise DatasetError(f"{where}: {f} must be a non-empty string, not {rec[f]!r}")
+        if not isinstance(rec["emotion"], str) or rec["emotion"] not in EMOTIONS:
             raise DatasetError(f"{where}: unknown emotion label {rec['emotion']!r}; expected one of {EMOTIONS}")
         if not isinstance(rec["text"], str) or not rec["text"].strip():
-            raise DatasetError(f"{where}: empty text")
+            raise DatasetError(f"{where}: text must be a non-empty string, not {rec['text']!r}")
         if rec["id"] in seen_ids:
             raise DatasetError(f"{where}: duplicate id {rec['id']!r}")
         if rec["text"] in seen_texts:
@@ -93,9 +102,12 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
         seen_ids.add(rec["id"])
         seen_texts.add(rec["text"])
         records.append(rec)
+    if not records:
+        raise DatasetError(f"{path}: no prompts in the file")
     counts = Counter(r["emotion"] for r in records)
     if len({counts.get(e, 0) for e in EMOTIONS}) != 1:
-        raise DatasetError(f"{path}: unbalanced classes {dict(counts)}; every emotion needs the same count")
+        raise DatasetError(f"{path}: unbalanced classes {({e: counts.get(e, 0) for e in EMOTIONS})}; "
+                           f"every emotion needs the same count")
     return records
 
 

@@ -123,9 +123,9 @@ def _plain(dtype: Any) -> np.dtype:
     return dtype
 
 
-def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-    """``numpy._core.numeric._frombuffer`` (protocol 5 arrays) for plain dtypes."""
-    return _np_frombuffer(buf, _plain(dtype), shape, order)
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, *axis_order: Any) -> np.ndarray:
+    """``numpy._core.numeric._frombuffer`` (protocol 5 arrays; numpy 2 adds axis_order) for plain dtypes."""
+    return _np_frombuffer(buf, _plain(dtype), shape, order, *axis_order)
 
 
 def _scalar(dtype: Any, *args: Any) -> Any:

@@ -193,16 +193,25 @@ def load_model(settings: dict[str, Any], name: str = "model", device: str = "aut
     elif settings.get("offload"):
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = settings["offload"].get("max_memory")
+    supported = ", ".join(sorted(FAMILIES))
     try:
         config = AutoConfig.from_pretrained(source, revision=settings.get("revision"))
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0]
+        raise ModelLoadError(
+            f"models.{name}: cannot read a model config from {source!r} ({reason}). Set models.{name}.path to a "
+            f"checkpoint directory whose config.json has a model_type of {supported}, or run once with network "
+            f"access to fill the Hugging Face cache for models.{name}.hf_id") from None
+    try:
         family_of(config.model_type)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"models.{name} ({source!r}): {e}") from None
+    try:
         model, info = AutoModelForCausalLM.from_pretrained(source, revision=settings.get("revision"), **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=settings.get("revision"))
-    except OSError as e:
-        raise ModelLoadError(
-            f"models.{name}: cannot load {source!r} ({e}). Set models.{name}.path to a local "
-            f"checkpoint directory, or run once with network access to fill the Hugging Face cache."
-        ) from None
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0]
+        raise ModelLoadError(f"models.{name}: cannot load the weights or tokenizer of {source!r} ({reason})") from None
     missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k or not config.tie_word_embeddings]
     if missing:
         raise ModelLoadError(

@@ -3,7 +3,7 @@
 Each row: the command exits 2 with one line on stderr (``emolens <cmd>: error: ...``, no traceback)
 that names the file, line or setting to fix; it writes no output; a finished output it would have
 replaced is kept. :data:`ROWS` builds each bad input in a directory and returns the command; the
-table in docs/bad_inputs.md is these rows run with ``python tests/unit/test_bad_inputs.py``.
+table in README.md ("When the input is wrong") is these rows run with ``python tests/unit/test_bad_inputs.py``.
 """
 
 from __future__ import annotations
@@ -109,6 +109,11 @@ class _RunsCode:
         return os.system, ("touch PWNED",)
 
 
+def _binary_file(path: str) -> str:
+    Path(path).write_bytes(b"\x80\x05\x95" + bytes(range(256)))
+    return path
+
+
 def _empty_dir(path: str) -> str:
     Path(path).mkdir(parents=True)
     return path
@@ -140,9 +145,18 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         "The same text twice", ["dataset", "--check", _user_dataset(
             lambda lines: _set(lines, 8, text=json.loads(lines[4])["text"]))],
         ["my_prompts.jsonl:9:", "duplicate text"]),
+    "empty dataset": lambda ckpt: Row(
+        "An empty dataset file", ["dataset", "--check", _user_dataset(lambda lines: lines.clear())],
+        ["my_prompts.jsonl", "no prompts"]),
+    "dataset not text": lambda ckpt: Row(
+        "A dataset that is not text", ["dataset", "--check", _binary_file("my_prompts.jsonl")],
+        ["my_prompts.jsonl", "not UTF-8"]),
+    "id of the wrong type": lambda ckpt: Row(
+        "A field of the wrong type", ["dataset", "--check", _user_dataset(lambda lines: _set(lines, 3, id=[3]))],
+        ["my_prompts.jsonl:4:", "id must be a non-empty string"]),
     "unbalanced classes": lambda ckpt: Row(
         "Unbalanced classes", ["dataset", "--check", _user_dataset(lambda lines: lines.pop(1))],
-        ["my_prompts.jsonl:", "unbalanced classes", "'anger': 224"]),
+        ["my_prompts.jsonl:", "unbalanced classes", "'anger': 224", "'gratitude': 225"]),
     "unknown config key": lambda ckpt: Row(
         "A config key that does not exist (typo)", ["plan", "--configfile", _config(
             lambda c: c["patching"].update(n_positionz=c["patching"].pop("n_positions")))],
@@ -197,11 +211,7 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         outputs=[SWEEP, "PWNED"]),
 }
 # Rows whose message still needs a change outside dataset.py / io.py (see the note on each).
-PENDING = {
-    "unknown model family": "models.load_model: the message does not name the model (models.<name>) or its path",
-    "unknown model type": "models.load_model lets transformers' multi-line ValueError through (no setting named)",
-    "model directory without a checkpoint": "models.load_model: transformers' ValueError, no setting named",
-}
+PENDING: dict[str, str] = {}  # rows whose message is known to fall short, with the reason
 NEEDS_CHECKPOINT = {"layer range outside the model"}
 
 
@@ -246,6 +256,22 @@ def test_console_script_exits_2_with_one_line(name, tmp_path, monkeypatch):
     assert not Path("PWNED").exists()
 
 
+@pytest.mark.xfail(strict=True, reason="Snakefile: snakemake's validate() prints the whole JSON schema around the "
+                   "message; validate with emolens.config in common.smk instead (see the PR note)")
+@pytest.mark.parametrize("name", ["unknown config key", "wrong config type"])
+def test_snakemake_config_error_is_one_line(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    row = ROWS[name](None)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n",
+                          "--directory", str(tmp_path), "--configfile", row.argv[-1]],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    lines = [line for line in log.splitlines() if all(fragment in line for fragment in row.names)]
+    assert len(lines) == 1, log
+    assert "Failed validating" not in log and len(log.strip().splitlines()) <= 5, log
+
+
 def table(tiny_checkpoint: Path) -> str:
     """The bad-input table (markdown): each row run through the console script in a fresh directory."""
     import tempfile
@@ -270,7 +296,7 @@ def table(tiny_checkpoint: Path) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # print the table for docs/bad_inputs.md
+if __name__ == "__main__":  # print the table for the README
     from emolens.organisms import build_organism, train_tokenizer
 
     with __import__("tempfile").TemporaryDirectory() as ckpt:

@@ -221,3 +221,15 @@ def test_failed_writes_keep_the_finished_file(tmp_path):
 def test_save_json_writes_plain_values(tmp_path):
     save_json({"a": np.float32(0.5), "b": np.arange(3), "c": float("nan")}, tmp_path / "x.json")
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 0.5, "b": [0, 1, 2], "c": None}
+
+
+def test_loads_arrays_in_any_memory_layout(tmp_path):
+    """numpy 2 pickles non-contiguous arrays with an axis order (seen: stacked transposes of QR factors)."""
+    from emolens.io import load_pickle, save_pickle
+
+    q = np.linalg.qr(np.random.default_rng(0).normal(size=(10, 3)))[0]
+    arrays = {"stacked_transposes": np.stack([q.T, q.T]), "fortran": np.asfortranarray(q), "strided": q[::2]}
+    save_pickle({"schema": "x", "provenance": {}, **arrays}, tmp_path / "a.pkl")
+    loaded = load_pickle(tmp_path / "a.pkl")
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(loaded[key], value)
