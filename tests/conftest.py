@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from emolens.dataset import build_dataset
 from emolens.models import ModelAdapter, load_model
@@ -65,3 +66,12 @@ def tiny_adapters(tiny_checkpoints) -> dict[str, ModelAdapter]:
     """``{family: ModelAdapter}`` loaded from :func:`tiny_checkpoints` through ``load_model``."""
     return {family: load_model({"path": str(path), "dtype": "float32"}, name=family, device="cpu")
             for family, path in tiny_checkpoints.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Two-layer models gain nothing from intra-op threads, and lose 100x when cores are contended."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

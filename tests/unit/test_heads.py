@@ -31,15 +31,6 @@ LINEARISE = {  # family -> (modules replaced by identity, linear layers zeroed)
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two-layer models gain nothing from intra-op threads, and lose 100x when cores are contended."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def records():
     return build_dataset()[:12]  # three items, 36 pairs

@@ -41,15 +41,6 @@ def items(n: int, first: int = 0) -> list[dict]:
     return records[4 * first:4 * (first + n)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two-layer models gain nothing from intra-op threads, and lose 100x when cores are contended."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def records():
     return items(3)

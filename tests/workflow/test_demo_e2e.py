@@ -30,7 +30,7 @@ def test_every_phase_runs_to_a_passing_verification(mini_workdir, wf):
     assert {"organism", "activations", "vectors", "residual_chunk", "residual_merge", "screen_heads",
             "patch_heads", "align_pair", "stats_effect", "stats_power", "stats_k"} <= {t["rule"] for t in timings}
     assert sorted(t["chunk"] for t in timings if t["rule"] == "residual_chunk" and t["model"] == "pythia") == [
-        "layers_00-00", "layers_01-01", "layers_02-02"]
+        "layers_00-01", "layers_02-02"]
 
     assert len(list((results / "figures").glob("*.png"))) >= 4
     for m in ("pythia", "gemma"):  # every phase of both models, the int8 one included
@@ -67,7 +67,7 @@ def test_report_is_written(mini_workdir, wf, tmp_path):
 
 def test_rerun_one_chunk_reruns_that_chunk_and_the_merge_only(mini_workdir, wf, tmp_path):
     work = wf.clone(mini_workdir, tmp_path / "work")
-    chunk = f"{CHUNKS}/layers_01-01.pkl"
+    chunk = f"{CHUNKS}/layers_00-01.pkl"
 
     plan = wf.run(work, "-n", "--cores", "2", "-R", chunk)
     assert plan.returncode == 0, plan.stdout[-4000:]
@@ -75,7 +75,7 @@ def test_rerun_one_chunk_reruns_that_chunk_and_the_merge_only(mini_workdir, wf, 
     assert jobs["residual_chunk"] == 1 and jobs["residual_merge"] == 1 and set(jobs) <= SWEEP_AND_DOWNSTREAM, jobs
     assert re.findall(r"output: (\S*/chunks/\S+)", plan.stdout) == [chunk]
 
-    others = {p: p.stat().st_mtime_ns for p in (work / CHUNKS).glob("*.pkl") if p.name != "layers_01-01.pkl"}
+    others = {p: p.stat().st_mtime_ns for p in (work / CHUNKS).glob("*.pkl") if p.name != "layers_00-01.pkl"}
     before = (work / chunk).stat().st_mtime_ns
     rerun = wf.run(work, "--cores", "2", "-R", chunk, "--", SWEEP)
     assert rerun.returncode == 0, rerun.stdout[-4000:]
@@ -97,4 +97,4 @@ def test_summary_flags_a_deleted_chunk_as_missing(mini_workdir, wf, tmp_path):
     # (Snakemake keeps finished work), so the README says to rebuild it with `snakemake -R <chunk>`.
     assert rows[chunk][4:6] == ["missing", "no update"], rows[chunk]
     assert rows[SWEEP][4:6] == ["ok", "no update"], rows[SWEEP]
-    assert rows[f"{CHUNKS}/layers_00-00.pkl"][4:6] == ["ok", "no update"]
+    assert rows[f"{CHUNKS}/layers_00-01.pkl"][4:6] == ["ok", "no update"]

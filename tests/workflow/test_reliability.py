@@ -24,7 +24,7 @@ from emolens.config import load_config
 from emolens.io import load_pickle
 
 RESULTS = "results/mini"
-MODEL = "pythia"  # the mini model whose sweep runs as three chunk jobs
+MODEL = "pythia"  # the mini model whose sweep runs as two chunk jobs
 CHUNKS = f"{RESULTS}/patching/residual/chunks/{MODEL}"
 LOGS = f"{RESULTS}/logs/residual_chunk"
 SWEEP = f"{RESULTS}/patching/residual/{MODEL}_residual_sweep.pkl"
@@ -99,9 +99,9 @@ def test_kill_during_a_chunk_then_resume_recomputes_only_that_chunk(mini_workdir
     assert resume.returncode == 0, resume.stdout[-4000:]
 
     rerun = {Path(p).stem for p in re.findall(r"output: (\S*/chunks/\S+\.pkl)", resume.stdout)}
-    assert killed in rerun and not rerun & set(finished), (killed, rerun, finished)
+    assert rerun == {killed}, (killed, rerun, finished)
     assert {name: (work / CHUNKS / f"{name}.pkl").stat().st_mtime_ns for name in finished} == finished
-    assert len(list((work / CHUNKS).glob("layers_*.pkl"))) == 3
+    assert len(list((work / CHUNKS).glob("layers_*.pkl"))) == 2
     _assert_same_sweep(load_pickle(work / SWEEP), load_pickle(mini_workdir / SWEEP))
 
 
@@ -119,7 +119,7 @@ def test_chunk_computed_twice_is_equal(mini_workdir, wf, tmp_path):
     p = config["patching"]
     command = ["emolens", "residual-chunk", "--name", MODEL, "--settings",
                json.dumps(config["models"][MODEL], sort_keys=True), "--dataset", "data/emotion_dataset.jsonl",
-               "--layers", "01-01", "--n-positions", str(p["n_positions"]), "--direction", p["direction"],
+               "--layers", "02-02", "--n-positions", str(p["n_positions"]), "--direction", p["direction"],
                "--seed", str(config["seed"]), "--max-pairs", str(p["max_pairs"]), "--device", config["device"]]
     runs = [subprocess.Popen([*command, "--out", str(tmp_path / f"{k}.pkl")], cwd=mini_workdir, env=wf.env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in "ab"]
@@ -127,7 +127,7 @@ def test_chunk_computed_twice_is_equal(mini_workdir, wf, tmp_path):
         output, _ = r.communicate(timeout=300)
         assert r.returncode == 0, output[-3000:]
     a, b, workflow = (load_pickle(path) for path in (tmp_path / "a.pkl", tmp_path / "b.pkl",
-                                                      mini_workdir / CHUNKS / "layers_01-01.pkl"))
+                                                      mini_workdir / CHUNKS / "layers_02-02.pkl"))
     for other in (b, workflow):
         assert a["pairs"] == other["pairs"] and a["label_token_ids"] == other["label_token_ids"]
         for key in ("effect", "ld_patched", "ld_clean_run", "ld_clean_donor"):
