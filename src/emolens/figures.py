@@ -87,7 +87,7 @@ def alignment_matrix(summary: Path, models: Sequence[str], out: str | Path) -> N
     for pair in pairs:
         a, b = pair["models"]
         matrix[index[a], index[b]] = matrix[index[b], index[a]] = pair["measures"]["linear_cka"]["mean"]
-    fig, ax = plt.subplots(figsize=(5.5, 4.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), layout="constrained")
     im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
     for i in range(len(models)):
         for j in range(len(models)):
