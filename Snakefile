@@ -1,11 +1,17 @@
 # emolens: where and how language models represent emotion, and whether it is the same across models.
 # Table of contents: config and its validation, one rule file per phase, the final targets.
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+from emolens.config import ConfigError, first_error
 
 min_version("9.0")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError:  # Snakemake prints the whole schema around the message: say it in one line
+    raise WorkflowError(first_error(config, " + ".join(map(str, workflow.configfiles)))) from None
 
 
 include: "workflow/rules/common.smk"

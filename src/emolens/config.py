@@ -6,6 +6,7 @@ so a typo or a wrong type is named the same way wherever the config is read.
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ConfigError(f"{source}: {key}: {error.message}")
     return config
+
+
+def first_error(config: dict[str, Any], source: str) -> str:
+    """The one-line message of the config's first schema error (for the workflow's own validate)."""
+    try:
+        validate(copy.deepcopy(config), source)
+    except ConfigError as e:
+        return str(e)
+    return f"{source}: invalid config"
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -84,6 +84,17 @@ def check_sweep(path: Path, n_layers: int) -> tuple[bool, str]:
     return ok, f"effect {effect.shape}, layers 0..{max(sweep['layers'])}, mean at L {mean_at_l:.3f}"
 
 
+def check_chunks(chunk_dir: Path, n_layers: int) -> tuple[bool, str]:
+    """The phase-5 chunk files cover residual indices 0..L exactly once, each a readable chunk."""
+    covered: list[int] = []
+    for path in sorted(chunk_dir.glob("layers_*.pkl")):
+        covered += list(load_pickle(path, schema="emolens.residual_chunk/1")["layers"])
+    expected = list(range(n_layers + 1))
+    missing = sorted(set(expected) - set(covered))
+    ok = sorted(covered) == expected
+    return ok, f"{len(covered)} residual indices in {chunk_dir}" + (f"; missing {missing}" if missing else "")
+
+
 def check_identities(path: Path) -> tuple[bool, str]:
     sweep = load_pickle(path, schema="emolens.residual_sweep/1")
     effect, layers, positions = sweep["effect"], list(sweep["layers"]), list(sweep["positions"])
@@ -117,7 +128,7 @@ def check_head_patching(path: Path) -> tuple[bool, str]:
 
 def check_self_alignment(act_path: Path) -> tuple[bool, str]:
     act = load_pickle(act_path, schema="emolens.activations/1")
-    x = act["resid"]["last"][:, act["n_layers"] // 2].astype(np.float64)
+    x = act["resid"]["last"][:, act["n_layers"]].astype(np.float64)  # the last block's output varies by prompt
     rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(x.shape[1], x.shape[1])))
     cka = linear_cka(x, 3.0 * x @ rotation)
     return abs(cka - 1) < 1e-6, f"CKA(x, rotated and scaled x) = {cka:.8f}"
@@ -148,12 +159,13 @@ def verify(results: str | Path, models: list[str], n_prompts: int,
         try:
             n_layers[m] = load_pickle(act)["n_layers"]
         except ResultFileError:
-            continue
+            continue  # reported by the activations check; nothing downstream can be checked
         checks("vectors", m, lambda m=m: check_vectors(r / "emotion_vectors" / f"{m}_vectors.pkl",
                                                        r / "emotion_subspaces" / f"{m}_subspaces.pkl"))
         sweep = r / "patching" / "residual" / f"{m}_residual_sweep.pkl"
         checks("residual_sweep", m, lambda m=m, sweep=sweep: check_sweep(sweep, n_layers[m]))
         checks("identities", m, lambda sweep=sweep: check_identities(sweep))
+        checks("residual_chunks", m, lambda m=m: check_chunks(r / "patching" / "residual" / "chunks" / m, n_layers[m]))
         checks("head_screening", m, lambda m=m: check_screening(
             r / "screening" / f"head_scores_{m}.json", n_layers[m], min_spearman))
         checks("head_patching", m, lambda m=m: check_head_patching(r / "patching" / "head" / f"{m}_head_patching.pkl"))

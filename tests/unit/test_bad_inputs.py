@@ -256,8 +256,6 @@ def test_console_script_exits_2_with_one_line(name, tmp_path, monkeypatch):
     assert not Path("PWNED").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="Snakefile: snakemake's validate() prints the whole JSON schema around the "
-                   "message; validate with emolens.config in common.smk instead (see the PR note)")
 @pytest.mark.parametrize("name", ["unknown config key"])
 def test_snakemake_config_error_is_one_line(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

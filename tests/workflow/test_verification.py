@@ -1,0 +1,40 @@
+"""Verification fails, naming the check, when an output is wrong: a planted NaN, a missing chunk."""
+
+import json
+import pickle
+
+import numpy as np
+
+from emolens.io import load_pickle
+from emolens.verify import run as verify
+
+
+def _verify(workdir, wf):
+    results = workdir / wf.results
+    models = sorted(p.stem for p in (results / "activations").glob("*.pkl"))
+    failed = verify(results, models, 900, results / "check.json")
+    checks = json.loads((results / "check.json").read_text())["checks"]
+    return failed, {(c["check"], c["model"]) for c in checks if not c["passed"]}
+
+
+def test_mini_results_verify(mini_workdir, wf, tmp_path):
+    failed, which = _verify(wf.clone(mini_workdir, tmp_path / "w"), wf)
+    assert failed == 0, which
+
+
+def test_planted_nan_fails_activations(mini_workdir, wf, tmp_path):
+    work = wf.clone(mini_workdir, tmp_path / "w")
+    path = next((work / wf.results / "activations").glob("*.pkl"))
+    act = load_pickle(path)
+    act["resid"]["last"][3, 1, 0] = np.nan
+    path.write_bytes(pickle.dumps(act))
+    failed, which = _verify(work, wf)
+    assert failed >= 1 and ("activations", path.stem) in which
+
+
+def test_missing_chunk_fails(mini_workdir, wf, tmp_path):
+    work = wf.clone(mini_workdir, tmp_path / "w")
+    chunk = sorted((work / wf.results / "patching/residual/chunks").glob("*/layers_*.pkl"))[0]
+    chunk.unlink()
+    failed, which = _verify(work, wf)
+    assert which == {("residual_chunks", chunk.parent.name)}
