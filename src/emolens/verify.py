@@ -14,6 +14,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,17 @@ class Checks:
         return [e for e in self.entries if not e["passed"]]
 
 
+@lru_cache(maxsize=2)  # one model's activations and sweep, each read by several checks in a row
+def _load(path: Path, schema: str | None = None) -> dict[str, Any]:
+    return load_pickle(path, schema=schema)
+
+
 def _finite(*arrays: Any) -> bool:
     return all(np.isfinite(np.asarray(a, dtype=float)).all() for a in arrays)
 
 
 def check_activations(path: Path, n_prompts: int) -> tuple[bool, str]:
-    act = load_pickle(path, schema="emolens.activations/1")
+    act = _load(path, schema="emolens.activations/1")
     last, mean = act["resid"]["last"], act["resid"]["mean"]
     shape = (n_prompts, act["n_layers"] + 1, act["d_model"])
     counts = Counter(act["emotions"])
@@ -75,7 +81,7 @@ def check_vectors(vec_path: Path, sub_path: Path) -> tuple[bool, str]:
 
 
 def check_sweep(path: Path, n_layers: int) -> tuple[bool, str]:
-    sweep = load_pickle(path, schema="emolens.residual_sweep/1")
+    sweep = _load(path, schema="emolens.residual_sweep/1")
     effect = sweep["effect"]  # [P, layers, positions]
     ok = list(sweep["layers"]) == list(range(n_layers + 1)) and effect.shape[1] == n_layers + 1
     last = list(sweep["positions"]).index(-1)
@@ -96,7 +102,7 @@ def check_chunks(chunk_dir: Path, n_layers: int) -> tuple[bool, str]:
 
 
 def check_identities(path: Path) -> tuple[bool, str]:
-    sweep = load_pickle(path, schema="emolens.residual_sweep/1")
+    sweep = _load(path, schema="emolens.residual_sweep/1")
     effect, layers, positions = sweep["effect"], list(sweep["layers"]), list(sweep["positions"])
     last = positions.index(-1)
     at_l = effect[:, layers.index(max(layers)), last]
@@ -127,7 +133,7 @@ def check_head_patching(path: Path) -> tuple[bool, str]:
 
 
 def check_self_alignment(act_path: Path) -> tuple[bool, str]:
-    act = load_pickle(act_path, schema="emolens.activations/1")
+    act = _load(act_path, schema="emolens.activations/1")
     x = act["resid"]["last"][:, act["n_layers"]].astype(np.float64)  # the last block's output varies by prompt
     rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(x.shape[1], x.shape[1])))
     cka = linear_cka(x, 3.0 * x @ rotation)
@@ -151,13 +157,14 @@ def verify(results: str | Path, models: list[str], n_prompts: int,
            min_spearman: float = 0.0) -> Checks:
     """Run every check over a profile's results directory."""
     r = Path(results)
+    _load.cache_clear()  # files may have changed since an earlier call in this process
     checks = Checks()
     n_layers: dict[str, int] = {}
     for m in models:
         act = r / "activations" / f"{m}.pkl"
         checks("activations", m, lambda act=act: check_activations(act, n_prompts))
         try:
-            n_layers[m] = load_pickle(act)["n_layers"]
+            n_layers[m] = _load(act, schema="emolens.activations/1")["n_layers"]
         except ResultFileError:
             continue  # reported by the activations check; nothing downstream can be checked
         checks("vectors", m, lambda m=m: check_vectors(r / "emotion_vectors" / f"{m}_vectors.pkl",
