@@ -16,7 +16,7 @@ position (144 variants). Prints both times, their ratio and the largest differen
 may be shared: the reference (minutes) runs once, which averages the load over its run; the fast
 path (seconds) is the median of three runs, so one burst of someone else's work does not decide it.
 
-Run: ``python benchmarks/bench_patching.py`` (about ten minutes on 2 cores, mostly the reference).
+Run: ``python benchmarks/bench_patching.py`` (about five minutes on 2 cores, mostly the reference).
 """
 
 from __future__ import annotations

@@ -179,26 +179,53 @@ def patch_reference(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, 
     return out
 
 
-def expand_cache(cache: Any, index: torch.Tensor) -> Any:
-    """A new cache whose batch row i is row index[i] of ``cache``; the original is left untouched.
+def expand_cache(cache: Any, index: torch.Tensor, room: int, buffers: dict[Any, torch.Tensor]) -> Any:
+    """A cache for one forward whose batch row i is row index[i] of ``cache``, with room for ``room`` tokens.
 
-    Layers are shallow-copied and then re-indexed into new key/value tensors (the forward appends
-    to the copy's tensors, never to the original's). Dynamic layers (full and sliding-window) use
-    ``index_select``, about 15x faster on CPU than the advanced indexing of
-    ``Cache.batch_select_indices``, which other layer types fall back to.
+    Dynamic layers (full and sliding-window) are shallow-copied, their keys/values gathered into
+    ``buffers`` [rows, kv_heads, cached + room, d_head] that the caller reuses from chunk to chunk,
+    and ``update`` writes the suffix's keys/values in place and returns the full states, as those
+    layers do, without their torch.cat. The copy's state is not advanced: it serves one forward.
+    Reuse matters on CPU, where a fresh allocation of this size costs page faults worth ten times
+    the copy (``benchmarks/bench_patching.py``). Other layer types fall back to
+    ``batch_select_indices``. The original cache is left untouched.
     """
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     new = copy.copy(cache)
     new.layers = [copy.copy(layer) for layer in cache.layers]
-    for layer in new.layers:
-        if isinstance(layer, DynamicLayer):
-            if layer.get_seq_length() > 0:
-                layer.keys = layer.keys.index_select(0, index)  # [rows, kv_heads, pos, d_head]
-                layer.values = layer.values.index_select(0, index)
-        else:
+    for i, layer in enumerate(new.layers):
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or getattr(layer, "record_past", False):
             layer.batch_select_indices(index)
+        elif layer.get_seq_length() > 0:
+            cached = layer.keys.shape[-2]
+            full = [_buffer(buffers, (i, name), x, len(index), cached + room)
+                    for name, x in (("keys", layer.keys), ("values", layer.values))]
+            for x, buf in zip((layer.keys, layer.values), full, strict=True):
+                torch.index_select(x, 0, index, out=buf[:, :, :cached])
+            layer.keys, layer.values = (buf[:, :, :cached] for buf in full)
+            layer.update = _write_in_place(*full, cached)
     return new
+
+
+def _buffer(buffers: dict[Any, torch.Tensor], key: Any, like: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+    """``buffers[key]``'s first ``rows`` rows, shaped like ``like`` but ``length`` long; (re)made when too small."""
+    shape = (like.shape[1], length, like.shape[3])
+    buf = buffers.get(key)
+    if buf is None or buf.shape[0] < rows or buf.shape[1:] != shape or buf.dtype != like.dtype:
+        buf = buffers[key] = like.new_empty(rows, *shape)
+    return buf[:rows]
+
+
+def _write_in_place(keys: torch.Tensor, values: torch.Tensor, cached: int) -> Callable:
+    """A cache layer's ``update`` that writes new states after ``cached`` tokens and returns the full states."""
+    def update(key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        end = cached + key_states.shape[-2]
+        keys[:, :, cached:end] = key_states
+        values[:, :, cached:end] = value_states
+        return keys[:, :, :end], values[:, :, :end]
+    return update
 
 
 @torch.inference_mode()
@@ -211,8 +238,8 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
     distinct run prompts grows from one group's prefix tokens[:p] to the next, so every prefix
     token is run once per distinct prompt. Rows (variant, prompt) are cut into chunks of as many
     tokens as ``batch_size`` whole prompts (batch_size * T / (T - p) rows); each chunk gets its
-    own copy of the cache rows it needs (:func:`expand_cache`; the forward appends to the cache, so
-    the prefix cache itself is never handed to it), and only tokens[p:] are run, with the label
+    own copy of the cache rows it needs, in buffers reused from chunk to chunk (:func:`expand_cache`;
+    the prefix cache itself is never handed to the forward), and only tokens[p:] are run, with the label
     logits read at the last position. The cache goes in as ``cache=`` (transformers 5 renamed
     ``past_key_values``). Position ids of the suffix come from the cache length (HF derives them),
     so learned absolute positions (GPT-2, GPT-Neo) are right as well as rotary ones; sliding-window
@@ -233,7 +260,7 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
         groups[max(groups, default=length - 1)].extend(clean)
     out = torch.empty(n, len(variants))
     prompts, which = torch.unique(run_ids, dim=0, return_inverse=True)  # each distinct run prompt once
-    cache, cached = None, 0
+    cache, cached, buffers = None, 0, {}
     for start in sorted(groups):
         vs = groups[start]
         if not 0 <= start < length:
@@ -247,7 +274,7 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
         for s in range(0, len(row_variant), step):  # batch_size whole prompts
             rv, rp = row_variant[s:s + step], row_prompt[s:s + step]
             index = torch.from_numpy(rp).to(device)
-            kwargs = {"cache": expand_cache(cache, which[index])} if start > 0 else {}
+            kwargs = {"cache": expand_cache(cache, which[index], length - start, buffers)} if start > 0 else {}
             hooks = _hooks(adapter, table, rv, rp, donor, start, length)
             with adapter.hooks(**hooks):
                 hidden = adapter.forward_final(run_ids[index, start:], use_cache=start > 0,

@@ -19,6 +19,7 @@ from emolens.patching import (
     bootstrap_ci,
     clean_ld,
     collect,
+    expand_cache,
     head_site,
     make_pairs,
     normalised,
@@ -121,6 +122,27 @@ def test_fast_chunks_share_a_growing_prefix_cache(tiny_adapters, records, family
     for batch_size in (1, 100):  # 1: chunks of `length` one-token rows, so several per position
         fast = patch_fast(adapter, run_ids, donor, variants, pairs.token_ids, index, batch_size=batch_size)
         torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])  # full layers; sliding-window layers past their window
+@torch.inference_mode()
+def test_expand_cache_gathers_rows_into_reused_buffers(tiny_adapters, records, family):
+    """Copies hold the chosen rows, reuse one buffer per layer, and leave the prefix cache as it was."""
+    adapter = tiny_adapters[family]
+    ids = torch.tensor([t[:10] for t in prepare_pairs(adapter, records).run[:3]])
+    cache = adapter.forward_final(ids, use_cache=True).cache
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    index, buffers = torch.tensor([2, 0, 2, 1]), {}
+    first = expand_cache(cache, index, 1, buffers)
+    second = expand_cache(cache, index[:3], 1, buffers)
+    for layer, copy1, copy2, (keys, values) in zip(cache.layers, first.layers, second.layers, before, strict=True):
+        torch.testing.assert_close(copy1.keys, keys[index], atol=0, rtol=0)
+        torch.testing.assert_close(copy2.values, values[index[:3]], atol=0, rtol=0)
+        assert copy1.keys.data_ptr() == copy2.keys.data_ptr()  # the second copy reuses the first's buffer
+        assert torch.equal(layer.keys, keys) and layer.keys.shape[0] == 3  # the prefix cache is untouched
+    new_keys = torch.ones_like(first.layers[0].keys[:, :, :1])
+    full_keys, _ = second.layers[0].update(new_keys[:3], new_keys[:3])
+    assert full_keys.shape[-2] == before[0][0].shape[-2] + 1 and torch.equal(full_keys[:, :, -1:], new_keys[:3])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
