@@ -14,10 +14,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from emolens.config import ConfigError
+from emolens.config import ConfigError, ModelLoadError
 from emolens.dataset import DatasetError
 from emolens.io import ResultFileError
-from emolens.models import ModelLoadError
 from emolens.oom import BatchOutOfMemoryError
 
 USER_ERRORS = (ConfigError, ValueError, DatasetError, ModelLoadError, ResultFileError, BatchOutOfMemoryError,
@@ -90,12 +89,19 @@ def _with_backoff(a: argparse.Namespace, job: Callable[..., Any]) -> None:
     run_with_backoff(lambda bs: job(batch_size=bs), a.settings.get("batch_size", 16), what=f"{a.command} {a.name}")
 
 
+def _layer_range(text: str) -> range:
+    """``a-b`` (or ``a``) -> range(a, b + 1)."""
+    first, _, last = text.partition("-")
+    if not (first.isdigit() and (last or first).isdigit()) or int(first) > int(last or first):
+        raise ValueError(f"--layers: expected residual indices a-b with a <= b, got {text!r}")
+    return range(int(first), int(last or first) + 1)
+
+
 def _cmd_residual_chunk(a: argparse.Namespace) -> None:
     from emolens import residual
 
-    first, _, last = a.layers.partition("-")
+    layers = _layer_range(a.layers)
     adapter, records = _model_and_records(a)
-    layers = range(int(first), int(last or first) + 1)
     _with_backoff(a, lambda batch_size: residual.run_chunk(
         adapter, records, layers, a.out, n_positions=a.n_positions, batch_size=batch_size, **_patching_kwargs(a)))
 

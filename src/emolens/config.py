@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     """The configuration breaks the schema; the message names the key."""
 
 
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded as configured; the message names the setting to change."""
+
+
 def schema() -> dict[str, Any]:
     """The config JSON schema shipped with the package."""
     return yaml.safe_load(resources.files("emolens").joinpath("schemas/config.schema.yaml").read_text())

@@ -37,13 +37,13 @@ from emolens.models import ModelAdapter
 from emolens.patching import (
     Pairs,
     attribute_heads,
-    bootstrap_ci,
     head_site,
     normalised,
     patch_pairs,
     prepare_pairs,
 )
 from emolens.readout import READOUT_SUFFIX
+from emolens.statistics import mean_ci
 
 log = logging.getLogger(__name__)
 SCREENING_SCHEMA = "emolens.head_screening/1"
@@ -189,7 +189,7 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
                                                           batch_size=batch_size,
                                                           desc=f"heads, all positions ({length} tokens)")
     effect = normalised(ld, ld_run, ld_donor)[same]  # [P, K + 1]
-    mean, low, high = bootstrap_ci(effect, n_resamples=n_resamples, seed=seed)
+    mean, low, high = mean_ci(effect, n_resamples, seed)
     result = {
         "schema": PATCHING_SCHEMA,
         "model": adapter.name,
@@ -201,7 +201,7 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
         "ci_single": np.stack([low[:-1], high[:-1]], axis=1),
         "mean_joint": float(mean[-1]),
         "ci_joint": np.array([low[-1], high[-1]]),
-        "ci": "95% percentile bootstrap over pairs",
+        "ci": "95% BCa bootstrap over pairs (NaN pairs left out per cell)",
         "ld_clean_run": ld_run[same],
         "ld_clean_donor": ld_donor[same],
         "suffix": READOUT_SUFFIX,

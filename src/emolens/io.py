@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -267,10 +268,9 @@ def _git_commit() -> str | None:
 
 
 def peak_gpu_memory_bytes() -> int | None:
-    """Peak CUDA memory allocated by this process, or None off-GPU."""
-    import torch
-
-    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+    """Peak CUDA memory allocated by this process, or None off-GPU (or when torch was never imported)."""
+    torch = sys.modules.get("torch")
+    return int(torch.cuda.max_memory_allocated()) if torch and torch.cuda.is_available() else None
 
 
 def peak_rss_bytes() -> int:
@@ -281,15 +281,12 @@ def peak_rss_bytes() -> int:
 
 def provenance(settings: Any, started: float, **extra: Any) -> dict[str, Any]:
     """What produced a result: settings hash, versions, git commit, wall time and peak memory."""
-    import torch
-    import transformers
-
     return {
         "config_hash": settings_hash(settings),
         "settings": to_plain(settings),
         "emolens": __version__,
-        "torch": str(torch.__version__),
-        "transformers": str(transformers.__version__),
+        "torch": metadata.version("torch"),
+        "transformers": metadata.version("transformers"),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "git_commit": _git_commit(),

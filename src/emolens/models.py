@@ -23,11 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from emolens.config import ModelLoadError
+
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded as configured; the message names the setting to change."""
 
 
 @dataclass(frozen=True)
@@ -234,11 +232,12 @@ def _model_source(settings: dict[str, Any], name: str) -> str:
     hf_id = settings.get("hf_id")
     if not hf_id:
         raise ModelLoadError(f"models.{name}: set either 'path' or 'hf_id'")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    offline = os.environ.get("HF_HUB_OFFLINE", "")
+    if offline.upper() in {"1", "ON", "YES", "TRUE"}:  # the values huggingface_hub reads as true
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(hf_id, "config.json"), str):
             raise ModelLoadError(
-                f"models.{name}: {hf_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
+                f"models.{name}: {hf_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE={offline}; "
                 f"set models.{name}.path to a local checkpoint directory")
     return hf_id

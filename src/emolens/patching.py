@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -491,29 +490,3 @@ def attribute_heads(adapter: ModelAdapter, pairs: Pairs, *, subset: Sequence[int
             score = (g[:, pos].float() * delta).unflatten(-1, (n_heads, -1)).sum(-1)  # [batch, n_off, head]
             out[batch, layer, :, width - len(offsets):] = score.permute(0, 2, 1).cpu().double().numpy()
     return out
-
-
-# --- statistics over pairs -------------------------------------------------------------------------
-def bootstrap_ci(values: np.ndarray, n_resamples: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over pairs (axis 0) and a seeded percentile bootstrap CI, ignoring NaN pairs per cell.
-
-    Each resample draws P pairs with replacement; its statistic is the mean of the drawn pairs
-    that are not NaN in that cell. Returns (mean, low, high), each of shape values.shape[1:].
-    """
-    values = np.asarray(values, dtype=float)
-    n = values.shape[0]
-    flat = values.reshape(n, -1)
-    ok = ~np.isnan(flat)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nansum(flat, 0) / ok.sum(0)
-        rng = np.random.default_rng(seed)
-        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_resamples)])
-        boots = (counts @ np.where(ok, flat, 0.0)) / (counts @ ok)  # [n_resamples, cells]
-    boots[:, ok.sum(0) == 0] = np.nan
-    alpha = (1 - level) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
-        low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0) if n else (mean, mean)
-    shape = values.shape[1:]
-    return mean.reshape(shape), np.reshape(low, shape), np.reshape(high, shape)

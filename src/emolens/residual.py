@@ -29,8 +29,9 @@ import numpy as np
 
 from emolens.io import ResultFileError, load_pickle, provenance, save_pickle
 from emolens.models import ModelAdapter
-from emolens.patching import Pairs, bootstrap_ci, normalised, patch_pairs, prepare_pairs, resid_site
+from emolens.patching import Pairs, normalised, patch_pairs, prepare_pairs, resid_site
 from emolens.readout import READOUT_SUFFIX
+from emolens.statistics import mean_ci
 
 log = logging.getLogger(__name__)
 CHUNK_SCHEMA = "emolens.residual_chunk/1"
@@ -186,7 +187,7 @@ def merge(chunk_paths: Sequence[str | Path], out: str | Path, n_layers: int, *, 
     order = sorted(range(len(chunks)), key=lambda i: chunks[i]["layers"][0])
     first = chunks[order[0]]
     effect = np.concatenate([np.asarray(chunks[i]["effect"]) for i in order], axis=1)  # [P, L+1, positions]
-    mean, low, high = bootstrap_ci(effect, n_resamples=n_resamples, seed=seed)
+    mean, low, high = mean_ci(effect, n_resamples, seed)
     result = {
         "schema": SWEEP_SCHEMA,
         "model": first.get("model"),
@@ -198,7 +199,7 @@ def merge(chunk_paths: Sequence[str | Path], out: str | Path, n_layers: int, *, 
         "mean": mean,
         "ci_low": low,
         "ci_high": high,
-        "ci": "95% percentile bootstrap over pairs (NaN pairs left out per cell)",
+        "ci": "95% BCa bootstrap over pairs (NaN pairs left out per cell)",
         "ld_clean_run": first.get("ld_clean_run"),
         "ld_clean_donor": first.get("ld_clean_donor"),
         "suffix": first.get("suffix"),

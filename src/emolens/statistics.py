@@ -25,7 +25,7 @@ import itertools
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +77,39 @@ def sign_flip_pvalue(x: np.ndarray, n_perm: int, rng: np.random.Generator) -> np
     return (1 + np.sum(null >= observed * (1 - 1e-12), axis=0)) / (1 + n_perm)
 
 
+def applicable_groups(x: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, cols) of x [n, c] grouped by which rows are not NaN, so columns that share their
+    applicable pairs are resampled together."""
+    patterns, inverse = np.unique(~np.isnan(x.T), axis=0, return_inverse=True)
+    for g, rows in enumerate(patterns):
+        yield rows, np.flatnonzero(inverse.ravel() == g)
+
+
+def mean_ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over pairs (axis 0) of values [n, ...] and its BCa 95% CI, NaN pairs left out per cell.
+
+    Returns (mean, low, high) of shape values.shape[1:]; a cell with fewer than two pairs has a NaN CI.
+    """
+    values = np.asarray(values, dtype=float)
+    x = values.reshape(len(values), -1)
+    mean, low, high = (np.full(x.shape[1], np.nan) for _ in range(3))
+    rng = np.random.default_rng(seed)
+    for rows, cols in applicable_groups(x):
+        sub = x[np.ix_(rows, cols)]  # [n_valid, n_cols]
+        if rows.any():
+            mean[cols] = sub.mean(0)
+        if rows.sum() >= 2:
+            low[cols], high[cols] = bootstrap_ci(sub, n_boot, rng)
+    shape = values.shape[1:]
+    return mean.reshape(shape), low.reshape(shape), high.reshape(shape)
+
+
 def cell_statistics(x: np.ndarray, n_boot: int, n_perm: int,
                     rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Effect sizes, bootstrap CI and permutation p per column of x [n, c]; NaN rows skipped per column."""
     out = describe(x)
     out |= {key: np.full(x.shape[1], np.nan) for key in ("ci_low", "ci_high", "p_perm")}
-    valid = ~np.isnan(x)  # columns sharing a pattern of applicable pairs are tested together
-    patterns, inverse = np.unique(valid.T, axis=0, return_inverse=True)
-    for g, rows in enumerate(patterns):
-        cols = np.flatnonzero(inverse.ravel() == g)
+    for rows, cols in applicable_groups(x):
         if rows.sum() < 2:
             continue
         sub = x[np.ix_(rows, cols)]  # [n_valid, n_cols]

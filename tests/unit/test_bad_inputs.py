@@ -182,6 +182,10 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         "A layer range outside the model", _model_job(
             {"path": str(ckpt)}, "--layers", "0-9", command="residual-chunk", out=f"{CHUNKS}/layers_00-09.pkl"),
         ["residual indices", "outside 0..2"], outputs=[f"{CHUNKS}/layers_00-09.pkl"]),
+    "layer range that is not a range": lambda ckpt: Row(
+        "A layer range that is not a-b", _model_job(
+            {"path": "models/m"}, "--layers", "3-1", command="residual-chunk", out=f"{CHUNKS}/layers_03-01.pkl"),
+        ["--layers", "a-b", "'3-1'"], outputs=[f"{CHUNKS}/layers_03-01.pkl"]),
     "missing local model": lambda ckpt: Row(
         "A local model directory that does not exist", _model_job({"path": "models/llama-3-8b"}),
         ["models.m.path", "'models/llama-3-8b'", "not a directory"], outputs=["results/p/activations/m.pkl"]),

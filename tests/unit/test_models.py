@@ -157,8 +157,9 @@ def test_missing_local_path_names_setting(tmp_path):
         load_model({"path": str(tmp_path / "nope")}, name="mine", device="cpu")
 
 
-def test_offline_uncached_hub_id_names_path_setting(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.mark.parametrize("offline", ["1", "true", "ON"])  # the values huggingface_hub reads as true
+def test_offline_uncached_hub_id_names_path_setting(monkeypatch, offline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     with pytest.raises(ModelLoadError, match=r"models\.remote\.path"):
         load_model({"hf_id": "emolens-tests/no-such-model-anywhere"}, name="remote", device="cpu")
 

@@ -16,7 +16,6 @@ from emolens.dataset import build_dataset
 from emolens.io import ResultFileError, load_pickle
 from emolens.patching import (
     Donor,
-    bootstrap_ci,
     clean_ld,
     collect,
     expand_cache,
@@ -182,18 +181,6 @@ def test_direction_swaps_run_and_donor(tiny_adapters):
     assert (den.ld_index == noi.ld_index).all()  # LD is always source label minus target label
     with pytest.raises(ValueError, match="direction"):
         prepare_pairs(adapter, items(1), direction="sideways")
-
-
-def test_bootstrap_ci_is_nan_aware():
-    rng = np.random.default_rng(0)
-    x = np.stack([np.full(50, 2.0), rng.normal(1, 1, 50), np.full(50, np.nan)], axis=1)
-    x[:10, 1] = np.nan
-    mean, low, high = bootstrap_ci(x, n_resamples=500, seed=0)
-    assert mean[0] == low[0] == high[0] == 2.0
-    assert mean[1] == pytest.approx(np.nanmean(x[:, 1])) and low[1] < mean[1] < high[1]
-    assert np.isnan([mean[2], low[2], high[2]]).all()
-    again = bootstrap_ci(x, n_resamples=500, seed=0)
-    np.testing.assert_array_equal(np.nan_to_num(low), np.nan_to_num(again[1]))
 
 
 def test_chunk_ranges_and_names():

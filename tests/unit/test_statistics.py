@@ -14,6 +14,7 @@ from emolens.statistics import (
     bootstrap_ci,
     cell_statistics,
     describe,
+    mean_ci,
     pool_bh,
     required_n,
     required_n_per_group,
@@ -47,6 +48,22 @@ def test_bootstrap_ci_contains_mean_and_constant_column_is_its_value():
     low, high = bootstrap_ci(x, 500, np.random.default_rng(2))
     assert np.all(low <= x.mean(0)) and np.all(x.mean(0) <= high) and np.all(low[:2] < high[:2])
     assert low[2] == high[2] == 1.0
+
+
+def test_mean_ci_leaves_out_nan_pairs_per_cell_and_keeps_the_shape():
+    rng = np.random.default_rng(0)
+    x = np.stack([np.full(50, 2.0), rng.normal(1, 1, 50), np.full(50, np.nan), rng.normal(0, 1, 50)], 1)
+    x[:10, 1] = np.nan
+    mean, low, high = mean_ci(x.reshape(50, 2, 2), 500, seed=0)
+    assert mean.shape == low.shape == high.shape == (2, 2)
+    mean, low, high = mean.ravel(), low.ravel(), high.ravel()
+    assert mean[0] == low[0] == high[0] == 2.0
+    assert mean[1] == pytest.approx(x[10:, 1].mean()) and low[1] < mean[1] < high[1]
+    assert np.isnan([mean[2], low[2], high[2]]).all()
+    ref = bootstrap_ci(x[10:, 1:2], 500, np.random.default_rng(1))  # BCa over the 40 applicable pairs alone
+    assert abs(low[1] - ref[0][0]) < 0.1 and abs(high[1] - ref[1][0]) < 0.1
+    again = mean_ci(x.reshape(50, 2, 2), 500, seed=0)
+    np.testing.assert_array_equal(np.nan_to_num(low), np.nan_to_num(again[1].ravel()))
 
 
 def test_sign_flip_pvalue_separates_effect_from_null():
