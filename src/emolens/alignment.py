@@ -410,7 +410,8 @@ def run_summary(pair_files: Sequence[str | Path], out_json: str | Path, alpha: f
                            "mean": float(np.nanmean(values)), "n_significant": int(np.sum(pvals < alpha))}
         flags = (["int8_involved"] if r["int8_involved"] else []) + (
             ["different_widths"] if r["d_model"][0] != r["d_model"][1] else [])
-        pairs.append({"models": r["models"], "file": str(path), "int8_involved": r["int8_involved"],
+        pairs.append({"models": r["models"], "file": str(path), "quantization": r["quantization"],
+                      "int8_involved": r["int8_involved"],
                       "flags": flags, "d_model": r["d_model"], "n_prompts": r["n_prompts"],
                       "matched_layers": [[d["layer_a"], d["layer_b"]] for d in matched],
                       "map_r2": [d["map_r2"] for d in matched], "measures": measures})

@@ -80,21 +80,24 @@ def head_scores(score_files: dict[str, Path], out: str | Path) -> None:
 
 
 def alignment_matrix(summary: Path, models: Sequence[str], out: str | Path) -> None:
-    """Mean linear CKA at matched depths for every model pair (diagonal = 1 by definition)."""
+    """Mean linear CKA at matched depths for every model pair (diagonal = 1 by definition); int8 models marked."""
     pairs = json.loads(Path(summary).read_text())["pairs"]
     index = {m: i for i, m in enumerate(models)}
     matrix = np.eye(len(models))
+    int8 = set()
     for pair in pairs:
         a, b = pair["models"]
         matrix[index[a], index[b]] = matrix[index[b], index[a]] = pair["measures"]["linear_cka"]["mean"]
+        int8 |= {m for m, q in zip(pair["models"], pair.get("quantization", [None, None]), strict=True) if q == "int8"}
+    labels = [f"{m} (int8)" if m in int8 else m for m in models]
     fig, ax = plt.subplots(figsize=(6.4, 5.0), layout="constrained")
     im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
     for i in range(len(models)):
         for j in range(len(models)):
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if matrix[i, j] < 0.6 else "black")
-    ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(models)), models, fontsize=8)
+    ax.set_xticks(range(len(models)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(models)), labels, fontsize=8)
     ax.set_title("Cross-model alignment (linear CKA, matched depths)")
     fig.colorbar(im, ax=ax, shrink=0.8)
     _save(fig, out)

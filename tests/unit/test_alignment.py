@@ -30,6 +30,7 @@ from emolens.alignment import (
     transfer_vectors,
     u_center_gram,
 )
+from emolens.figures import alignment_matrix
 from emolens.io import load_pickle, save_pickle
 from emolens.vectors import emotion_vectors
 
@@ -189,6 +190,9 @@ def test_run_pair_and_summary_write_promised_keys(tmp_path):
     run_summary([out], tmp_path / "alignment" / "summary.json")
     summary = json.loads((tmp_path / "alignment" / "summary.json").read_text())
     assert summary["pairs"][0]["flags"] == ["int8_involved", "different_widths"]
+    assert summary["pairs"][0]["quantization"] == [None, "int8"]  # the figure marks the int8 model by it
+    alignment_matrix(tmp_path / "alignment" / "summary.json", ["small", "wide"], tmp_path / "alignment.png")
+    assert (tmp_path / "alignment.png").read_bytes().startswith(b"\x89PNG")
     assert len(summary["pairs"][0]["measures"]["linear_cka"]["value"]) == 3 and "provenance" in summary
 
 
