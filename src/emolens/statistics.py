@@ -273,17 +273,27 @@ def _pair_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, seed: int, n_per
     return {"k": best["k_chosen"], "k_layers": [best["layer_a"], best["layer_b"]], "depths": depths}
 
 
+def _keep_position(act: dict[str, Any], position: str) -> dict[str, Any]:
+    """An activations file with only the residual readout ``position`` ("last" or "mean") kept in memory."""
+    return act | {"resid": {position: act["resid"][position]}}
+
+
 def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_json: str | Path,
           seed: int = 0, n_perm: int = 200, ridge: float = 0.1, position: str = "last") -> None:
-    """How many emotion-subspace dimensions align across each model pair above a random-subspace null."""
+    """How many emotion-subspace dimensions align across each model pair above a random-subspace null.
+
+    Each model's files are read once (not once per pair it is in) and only the residual readout
+    ``position`` is kept.
+    """
     started = time.time()
     names = [Path(p).stem for p in act_files]
     if names != [_model_name(p, "_subspaces") for p in sub_files]:
         raise ValueError(f"activation files {names} and subspace files {list(map(str, sub_files))} differ")
+    acts = [_keep_position(load_pickle(p, "emolens.activations/1"), position) for p in act_files]
+    subs = [load_pickle(p, "emolens.subspaces/1") for p in sub_files]
     pairs = []
     for i, j in itertools.combinations(range(len(names)), 2):
-        act_a, act_b = (load_pickle(act_files[m], "emolens.activations/1") for m in (i, j))
-        sub_a, sub_b = (load_pickle(sub_files[m], "emolens.subspaces/1") for m in (i, j))
+        act_a, act_b, sub_a, sub_b = acts[i], acts[j], subs[i], subs[j]
         if list(act_a["ids"]) != list(act_b["ids"]):
             raise ValueError(f"{act_files[i]} and {act_files[j]} hold different prompts or orders")
         quant = [act_a.get("quantization"), act_b.get("quantization")]
