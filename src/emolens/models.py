@@ -232,10 +232,11 @@ def _model_source(settings: dict[str, Any], name: str) -> str:
     hf_id = settings.get("hf_id")
     if not hf_id:
         raise ModelLoadError(f"models.{name}: set either 'path' or 'hf_id'")
-    offline = os.environ.get("HF_HUB_OFFLINE", "")
-    if offline.upper() in {"1", "ON", "YES", "TRUE"}:  # the values huggingface_hub reads as true
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "")  # read now, not at huggingface_hub's import
+    if offline.upper() in ENV_VARS_TRUE_VALUES:
         if not isinstance(try_to_load_from_cache(hf_id, "config.json"), str):
             raise ModelLoadError(
                 f"models.{name}: {hf_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE={offline}; "
