@@ -18,7 +18,6 @@ and ``results/<p>/patching/residual/<m>_residual_sweep.pkl`` (schema ``emolens.r
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from emolens.chunks import CHUNK_NAME, chunk_name, chunk_ranges
 from emolens.io import ResultFileError, load_pickle, provenance, save_pickle
 from emolens.models import ModelAdapter
 from emolens.patching import Pairs, normalised, patch_pairs, prepare_pairs, resid_site
@@ -36,19 +36,6 @@ from emolens.statistics import mean_ci
 log = logging.getLogger(__name__)
 CHUNK_SCHEMA = "emolens.residual_chunk/1"
 SWEEP_SCHEMA = "emolens.residual_sweep/1"
-_CHUNK_NAME = re.compile(r"layers_(\d+)-(\d+)\.pkl$")
-
-
-def chunk_ranges(n_layers: int, chunk_size: int) -> list[tuple[int, int]]:
-    """Inclusive (first, last) residual indices of each chunk, covering 0..n_layers (L + 1 indices)."""
-    if chunk_size < 1:
-        raise ValueError(f"layer chunk size must be at least 1, got {chunk_size}")
-    return [(a, min(a + chunk_size - 1, n_layers)) for a in range(0, n_layers + 1, chunk_size)]
-
-
-def chunk_name(first: int, last: int) -> str:
-    """File name of the chunk with residual indices first..last (inclusive): ``layers_08-15.pkl``."""
-    return f"layers_{first:02d}-{last:02d}.pkl"
 
 
 def sweep(adapter: ModelAdapter, pairs: Pairs, layers: Sequence[int], n_positions: int,
@@ -127,7 +114,7 @@ def _load_chunk(path: Path) -> dict[str, Any]:
     expected = (len(chunk["pairs"]), len(chunk["layers"]), len(chunk["positions"]))
     if effect.shape != expected:
         raise ResultFileError(f"{path}: effect has shape {effect.shape}, expected {expected}; {_rebuild(path)}")
-    m = _CHUNK_NAME.search(path.name)
+    m = CHUNK_NAME.search(path.name)
     if m and list(chunk["layers"]) != list(range(int(m[1]), int(m[2]) + 1)):
         raise ResultFileError(f"{path}: holds residual indices {chunk['layers']}, not the "
                               f"{m[1]}-{m[2]} its name says; {_rebuild(path)}")

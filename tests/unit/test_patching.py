@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from emolens.chunks import chunk_name, chunk_ranges
 from emolens.dataset import build_dataset
 from emolens.io import ResultFileError, load_pickle
 from emolens.patching import (
@@ -28,7 +29,7 @@ from emolens.patching import (
     prepare_pairs,
     resid_site,
 )
-from emolens.residual import chunk_name, chunk_ranges, merge, run_chunk
+from emolens.residual import merge, run_chunk
 
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
 ABSOLUTE_POSITIONS = {"gpt2", "gpt_neo"}  # learned position embeddings; the others are rotary

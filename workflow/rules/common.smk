@@ -5,7 +5,7 @@ import json
 from snakemake.exceptions import WorkflowError
 
 from emolens.plan import known_architectures, resolve_architecture
-from emolens.residual import chunk_name, chunk_ranges
+from emolens.chunks import chunk_name, chunk_ranges
 
 RESULTS = f"results/{config['profile']}"
 MODELS = list(config["models"])
