@@ -22,23 +22,17 @@ class BatchOutOfMemoryError(RuntimeError):
 
 def is_out_of_memory(error: BaseException) -> bool:
     """True for torch's CUDA OutOfMemoryError and for RuntimeErrors that report running out of memory."""
-    try:
-        import torch
+    import torch
 
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            return True
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
 def free_cuda_memory() -> None:
     """Collect garbage and return cached CUDA blocks to the driver, when CUDA is in use."""
+    import torch
+
     gc.collect()
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
