@@ -70,10 +70,7 @@ def _dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
     """``numpy.dtype`` for plain dtypes only: no structured, sub-array or datetime dtypes."""
     if not isinstance(spec, str):
         raise UnsafePickleError(f"refused dtype spec {spec!r}: only plain dtypes")
-    dtype = np.dtype(spec, align=bool(align), copy=bool(copy))
-    if dtype.kind not in _PLAIN_KINDS or dtype.names is not None or dtype.subdtype is not None:
-        raise UnsafePickleError(f"refused dtype {dtype}: only plain dtypes")
-    return dtype
+    return _plain(np.dtype(spec, align=bool(align), copy=bool(copy)))
 
 
 def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
@@ -86,15 +83,21 @@ def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
         raise UnsafePickleError(f"refused dtype state {state!r} for {dtype}")
 
 
+def _plain(dtype: Any) -> np.dtype:
+    """``dtype`` itself if it is a plain numpy dtype (no structured or sub-array dtypes), else refused."""
+    if (not isinstance(dtype, np.dtype) or dtype.kind not in _PLAIN_KINDS or dtype.names is not None
+            or dtype.subdtype is not None):
+        raise UnsafePickleError(f"refused dtype {dtype!r}: only plain dtypes")
+    return dtype
+
+
 def _check_array_state(state: Any) -> None:
     """An array's state: a shape, a plain dtype and exactly the items (object arrays) or bytes it needs."""
     if not isinstance(state, tuple) or len(state) not in (4, 5):
         raise UnsafePickleError("refused an array state that is not (version, shape, dtype, fortran, data)")
-    shape, dtype, data = state[-4], state[-3], state[-1]
+    shape, dtype, data = state[-4], _plain(state[-3]), state[-1]
     if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
         raise UnsafePickleError(f"refused array shape {shape!r}")
-    if not isinstance(dtype, np.dtype) or dtype.kind not in _PLAIN_KINDS or dtype.names is not None:
-        raise UnsafePickleError(f"refused array dtype {dtype!r}")
     size = int(np.prod(shape, dtype=object))
     if dtype.kind == "O":
         ok = isinstance(data, list) and len(data) == size
@@ -116,12 +119,6 @@ def _empty_bytes(*args: Any) -> bytes:
     if args:
         raise UnsafePickleError("refused to call bytes() with arguments")
     return b""
-
-
-def _plain(dtype: Any) -> np.dtype:
-    if not isinstance(dtype, np.dtype) or dtype.kind not in _PLAIN_KINDS or dtype.names is not None:
-        raise UnsafePickleError(f"refused dtype {dtype!r}: only plain dtypes")
-    return dtype
 
 
 def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, *axis_order: Any) -> np.ndarray:
