@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from emolens.dataset import load_dataset
 from emolens.io import provenance, save_json
+from emolens.plan import ORGANISM_POSITIONS, ORGANISM_VISION, ORGANISM_VOCAB
 from emolens.readout import LABEL_WORDS, label_token_ids, prompt
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
 TARGET_ACCURACY = 0.9
-MAX_POSITIONS = 128  # readout prompts are ~20-40 tokens with the organism tokenizer
 
 
 class OrganismError(RuntimeError):
@@ -45,7 +45,7 @@ class OrganismError(RuntimeError):
 
 
 # --- tokenizer -------------------------------------------------------------------------------------
-def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int = ORGANISM_VOCAB) -> PreTrainedTokenizerFast:
     """A deterministic byte-level BPE tokenizer on the prompts, each label word one token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -68,7 +68,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
 
 # --- models ----------------------------------------------------------------------------------------
 def build_organism(family: str, d_model: int, n_layers: int, n_heads: int, vocab_size: int, seed: int = 0,
-                   d_head: int | None = None, max_positions: int = MAX_POSITIONS, **extras: Any) -> PreTrainedModel:
+                   d_head: int | None = None, max_positions: int = ORGANISM_POSITIONS,
+                   **extras: Any) -> PreTrainedModel:
     """A randomly initialised fp32 causal LM of one family; ``extras`` go to its (text) config.
 
     Recognised extras: ``d_mlp`` (MLP width, default 4 * d_model, 3 * d_model for Llama/Qwen3),
@@ -141,8 +142,7 @@ def build_organism(family: str, d_model: int, n_layers: int, n_heads: int, vocab
                                 num_key_value_heads=n_kv, head_dim=d_head, intermediate_size=d_mlp,
                                 query_pre_attn_scalar=d_head, sliding_window=window, layer_types=layer_types,
                                 max_position_embeddings=max_positions, **common, **extras)
-        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                    num_attention_heads=2, image_size=28, patch_size=14,
+        vision = SiglipVisionConfig(**ORGANISM_VISION, num_attention_heads=2,
                                     vision_use_head=False)  # as in Gemma-3 checkpoints
         config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
                               tie_word_embeddings=True)
@@ -248,7 +248,7 @@ def run(dataset_path: str | Path, name: str, organism_settings: dict[str, Any], 
     settings = dict(organism_settings)
     seed = int(settings.pop("seed", seed))
     train_kw = {k: settings.pop(k) for k in TRAINING_KEYS if k in settings}
-    vocab_size = int(train_kw.pop("vocab_size", 512))
+    vocab_size = int(train_kw.pop("vocab_size", ORGANISM_VOCAB))
     missing = [k for k in ("family", "d_model", "n_layers", "n_heads") if k not in settings]
     if missing:
         raise OrganismError(f"models.{name}: organism settings lack {missing}")
@@ -256,7 +256,7 @@ def run(dataset_path: str | Path, name: str, organism_settings: dict[str, Any], 
     records = load_dataset(dataset_path)
     tokenizer = train_tokenizer([r["text"] for r in records], vocab_size=vocab_size)
     longest = max(len(tokenizer.encode(prompt(r["text"]))) for r in records)
-    settings.setdefault("max_positions", max(MAX_POSITIONS, longest))
+    settings.setdefault("max_positions", max(ORGANISM_POSITIONS, longest))
     model = build_organism(family, vocab_size=len(tokenizer), seed=seed, **settings)
     t0 = time.time()
     accuracy = train_readout(model, tokenizer, records, seed=seed, **train_kw)
