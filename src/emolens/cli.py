@@ -1,8 +1,11 @@
-"""The ``emolens`` command: one subcommand per phase, so every step can be run by hand.
+"""The emolens command: one subcommand per phase, so every step can be run by hand.
 
 Snakemake rules call these subcommands and pass only a model's own settings (as JSON), so a job
 reruns exactly when its inputs or settings change. Known bad input ends in one line naming the
-file, line or setting, and exit status 2.
+file, line or setting, and exit status 2; running out of memory ends in exit status 3. A workflow
+job that is retried (``retries: 1``) passes ``--attempt`` and ``--input-error-file``: an input error
+is the same on every attempt, so the retry repeats attempt 1's error line and exits 2 at once
+instead of loading the model again; an out-of-memory error is retried (with more memory).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from emolens.config import ConfigError, ModelLoadError
@@ -19,18 +24,40 @@ from emolens.dataset import DatasetError
 from emolens.io import ResultFileError
 from emolens.oom import BatchOutOfMemoryError
 
-USER_ERRORS = (ConfigError, ValueError, DatasetError, ModelLoadError, ResultFileError, BatchOutOfMemoryError,
-               FileNotFoundError, IndexError)
+INPUT_ERROR = 2  # bad input: the same on every attempt, so a workflow retry is refused
+RESOURCE_ERROR = 3  # out of memory: another attempt (with more memory) may pass
+USER_ERRORS = (ConfigError, ValueError, DatasetError, ModelLoadError, ResultFileError, FileNotFoundError, IndexError)
+RESOURCE_ERRORS = (BatchOutOfMemoryError, MemoryError)
 
 
-def _settings(text: str) -> dict[str, Any]:
+def _json_object(flag: str) -> Callable[[str], dict[str, Any]]:
+    """An argparse type: a JSON object given as ``flag``."""
+
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"{flag} is not JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"{flag} must be a JSON object")
+        return value
+
+    return parse
+
+
+_settings = _json_object("--settings")
+
+
+def _readout(text: str) -> Any:
+    """``--readout JSON``: the config's readout section, as an :class:`emolens.readout.Readout`."""
+    from emolens.readout import Readout
+
     try:
-        value = json.loads(text)
+        return Readout.from_config(json.loads(text))
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"--settings is not JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--settings must be a JSON object")
-    return value
+        raise argparse.ArgumentTypeError(f"--readout is not JSON: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _jobs(text: str) -> list[dict[str, Any]]:
@@ -53,19 +80,26 @@ def _cmd_dataset(a: argparse.Namespace) -> None:
 def _cmd_organism(a: argparse.Namespace) -> None:
     from emolens import organisms
 
-    organisms.run(a.dataset, a.name, a.settings["organism"], a.out)
+    organisms.run(a.dataset, a.name, a.settings["organism"], a.out, readout=a.readout)
 
 
 def _cmd_activations(a: argparse.Namespace) -> None:
     from emolens import activations
 
-    activations.run(a.settings, a.dataset, a.out, name=a.name, device=a.device)
+    activations.run(a.settings, a.dataset, a.out, name=a.name, device=a.device, readout=a.readout)
+
+
+def _cmd_readout(a: argparse.Namespace) -> None:
+    from emolens import behaviour
+
+    behaviour.run(a.settings, a.dataset, a.out, name=a.name, device=a.device, readout=a.readout)
 
 
 def _cmd_vectors(a: argparse.Namespace) -> None:
     from emolens import vectors
 
-    vectors.run(a.activations, a.vectors_out, a.subspaces_out, k_max=a.k_max, folds=a.folds, seed=a.seed)
+    vectors.run(a.activations, a.dataset, a.vectors_out, a.subspaces_out, k_max=a.k_max, folds=a.folds,
+                seed=a.seed)
 
 
 def _model_and_records(a: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
@@ -78,8 +112,10 @@ def _model_and_records(a: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]
 
 
 def _patching_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    return {"max_pairs": a.max_pairs, "seed": a.seed, "direction": a.direction,
-            "settings": {**a.settings, "max_pairs": a.max_pairs, "direction": a.direction, "seed": a.seed}}
+    return {"max_pairs": a.max_pairs, "seed": a.seed, "direction": a.direction, "readout": a.readout,
+            "message_positions": a.message_positions,
+            "settings": {**a.settings, "max_pairs": a.max_pairs, "direction": a.direction, "seed": a.seed,
+                         "message_positions": a.message_positions, "readout": a.readout.as_dict()}}
 
 
 def _with_backoff(a: argparse.Namespace, job: Callable[..., Any]) -> None:
@@ -103,13 +139,13 @@ def _cmd_residual_chunk(a: argparse.Namespace) -> None:
     layers = _layer_range(a.layers)
     adapter, records = _model_and_records(a)
     _with_backoff(a, lambda batch_size: residual.run_chunk(
-        adapter, records, layers, a.out, n_positions=a.n_positions, batch_size=batch_size, **_patching_kwargs(a)))
+        adapter, records, layers, a.out, batch_size=batch_size, **_patching_kwargs(a)))
 
 
 def _cmd_residual_merge(a: argparse.Namespace) -> None:
     from emolens import residual
 
-    residual.merge(a.chunks, a.out, a.n_layers, seed=a.seed, n_resamples=a.n_boot)
+    residual.merge(a.chunks, a.out, a.n_layers, seed=a.seed, n_resamples=a.n_boot, min_separation=a.min_separation)
 
 
 def _cmd_screen_heads(a: argparse.Namespace) -> None:
@@ -117,7 +153,8 @@ def _cmd_screen_heads(a: argparse.Namespace) -> None:
 
     adapter, records = _model_and_records(a)
     _with_backoff(a, lambda batch_size: heads.run_screening(
-        adapter, records, a.out, top_k=a.top_k, batch_size=batch_size, **_patching_kwargs(a)))
+        adapter, records, a.out, top_k=a.top_k, min_separation=a.min_separation, batch_size=batch_size,
+        **_patching_kwargs(a)))
 
 
 def _cmd_patch_heads(a: argparse.Namespace) -> None:
@@ -125,7 +162,44 @@ def _cmd_patch_heads(a: argparse.Namespace) -> None:
 
     adapter, records = _model_and_records(a)
     _with_backoff(a, lambda batch_size: heads.run_head_patching(
-        adapter, records, a.screening, a.out, n_resamples=a.n_boot, batch_size=batch_size, **_patching_kwargs(a)))
+        adapter, records, a.screening, a.out, n_resamples=a.n_boot, min_separation=a.min_separation,
+        batch_size=batch_size, **_patching_kwargs(a)))
+
+
+def _steering_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    """The steering options both steering subcommands share, and the settings their provenance records."""
+    options = {"n_random": a.n_random, "max_prompts": a.max_prompts, "n_boot": a.n_boot, "seed": a.seed}
+    return {**options, "readout": a.readout, "dataset": a.dataset,
+            "settings": {**a.settings, **options, "readout": a.readout.as_dict()}}
+
+
+def _cmd_steer(a: argparse.Namespace) -> None:
+    from emolens import steering
+
+    adapter, records = _model_and_records(a)
+    kwargs = _steering_kwargs(a)
+    kwargs["settings"].update(alphas=a.alphas, layer_stride=a.layer_stride, kl_prompts=a.kl_prompts,
+                              n_random_subspaces=a.n_random_subspaces, transfer_alpha=a.transfer_alpha)
+    _with_backoff(a, lambda batch_size: steering.run_steering(
+        adapter, records, a.activations, a.out, alphas=a.alphas, layer_stride=a.layer_stride,
+        kl_prompts=a.kl_prompts, n_random_subspaces=a.n_random_subspaces, transfer_alpha=a.transfer_alpha,
+        batch_size=batch_size, **kwargs))
+
+
+def _cmd_steer_transfer(a: argparse.Namespace) -> None:
+    from emolens import steering
+
+    adapter, records = _model_and_records(a)
+    kwargs = _steering_kwargs(a)
+    kwargs["settings"]["ridge"] = a.ridge
+    _with_backoff(a, lambda batch_size: steering.run_transfer(
+        adapter, records, a.activations, a.steering, a.out, ridge=a.ridge, batch_size=batch_size, **kwargs))
+
+
+def _cmd_steer_transfer_summary(a: argparse.Namespace) -> None:
+    from emolens import steering
+
+    steering.run_transfer_summary(a.inputs, a.out)
 
 
 def _cmd_align(a: argparse.Namespace) -> None:
@@ -150,14 +224,14 @@ def _cmd_stats(a: argparse.Namespace) -> None:
     elif a.mode == "power":
         statistics.run_power(a.sweeps, a.heads, a.out, alpha=a.alpha, power=a.power)
     else:
-        statistics.run_k(a.activations, a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm)
+        statistics.run_k(a.activations, a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm, alpha=a.alpha)
 
 
 def _cmd_verify(a: argparse.Namespace) -> None:
     from emolens import verify
     from emolens.dataset import load_dataset
 
-    failed = verify.run(a.results, a.models, len(load_dataset(a.dataset)), a.out, min_spearman=a.min_spearman)
+    failed = verify.run(a.results, a.models, load_dataset(a.dataset), a.out, min_spearman=a.min_spearman)
     if failed:
         raise VerificationFailed(f"{failed} check(s) failed; see {a.out} and the log above")
 
@@ -171,7 +245,19 @@ def _cmd_timing(a: argparse.Namespace) -> None:
 def _cmd_figures(a: argparse.Namespace) -> None:
     from emolens import figures
 
-    figures.run(a.results, a.models, a.out)
+    figures.run(a.results, a.models, a.out, organisms=a.organisms, profile=a.profile)
+
+
+def _cmd_preflight(a: argparse.Namespace) -> None:
+    from emolens import preflight
+
+    preflight.run(a.configfile, models=a.models, out=a.out)
+
+
+def _cmd_findings(a: argparse.Namespace) -> None:
+    from emolens import findings
+
+    findings.run(a.results, a.out, organisms=list(a.organisms))
 
 
 def _cmd_plan(a: argparse.Namespace) -> None:
@@ -186,15 +272,33 @@ class VerificationFailed(RuntimeError):
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="model name from the config")
-    p.add_argument("--settings", type=_settings, required=True, help="the model's settings as JSON")
+    p.add_argument("--settings", type=_settings, required=True, metavar="JSON",
+                   help="the model's settings from the config, as a JSON object, e.g. "
+                        "'{\"hf_id\": \"openai-community/gpt2\", \"dtype\": \"float32\", \"batch_size\": 16}' or "
+                        "'{\"path\": \"results/demo/models/gpt2_small\"}' (keys: workflow/schemas/config.schema.yaml, "
+                        "models.<name>)")
     p.add_argument("--dataset", required=True, help="phase-1 dataset JSONL")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--readout", type=_readout, default=_readout("{}"), metavar="JSON",
+                   help="the config's readout section as JSON, e.g. '{\"suffix\": \"\\nThe emotion of this message "
+                        "is\", \"prefix\": \"\", \"labels\": {\"anger\": \" anger\"}}' (labels not given keep their "
+                        "defaults); default: the defaults")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: auto)")
+
+
+def _separation_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-separation", type=float, default=1.0,
+                   help="pairs whose clean LD_donor - LD_run is below this (logits) are left out of summaries")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every phase's subcommand."""
-    parser = argparse.ArgumentParser(prog="emolens", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="emolens", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                     epilog="Exit status: 0 done; 2 bad input (one line on stderr naming the file, line or "
+                            "setting; a workflow retry is refused); 3 out of memory (retried). "
+                            "Run 'emolens <command> --help' for a command's options.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _guard_args(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, fn: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
@@ -215,97 +319,236 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--out", required=True, help="activations pickle to write")
 
+    p = command("readout", _cmd_readout, "readout baseline: the model's own 4-way emotion prediction")
+    _model_args(p)
+    p.add_argument("--out", required=True, help="readout JSON to write")
+
     p = command("vectors", _cmd_vectors, "phase 3: emotion vectors, probes and subspaces")
-    p.add_argument("--activations", required=True)
-    p.add_argument("--vectors-out", required=True)
-    p.add_argument("--subspaces-out", required=True)
-    p.add_argument("--k-max", type=int, default=8)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")
+    p.add_argument("--dataset", required=True, help="the dataset JSONL the activations were extracted from")
+    p.add_argument("--vectors-out", required=True, help="emotion vectors and probe accuracies pickle to write")
+    p.add_argument("--subspaces-out", required=True, help="emotion subspaces pickle to write")
+    p.add_argument("--k-max", type=int, default=8, help="subspace dimensions kept per layer (default: 8)")
+    p.add_argument("--folds", type=int, default=5, help="GroupKFold folds over frames (items where no frame)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
     for name, fn, help in (("residual-chunk", _cmd_residual_chunk, "phase 5: residual patching of one layer chunk"),
                            ("screen-heads", _cmd_screen_heads, "phase 6a: exact and attribution scores of every head"),
                            ("patch-heads", _cmd_patch_heads, "phase 6b: the top-K heads, alone and jointly")):
         p = command(name, fn, help)
         _model_args(p)
-        p.add_argument("--out", required=True)
-        p.add_argument("--direction", choices=["denoising", "noising"], default="denoising")
+        p.add_argument("--out", required=True, help="result file to write (pickle; screen-heads: JSON)")
+        p.add_argument("--direction", choices=["denoising", "noising"], default="denoising",
+                       help="denoising patches the source run's activations into the target run; noising the "
+                            "reverse (default: denoising)")
         p.add_argument("--max-pairs", type=int, default=None, help="deterministic subsample of pairs")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0,
+                       help="seed of the pair subsample and of the head-screening item split (default: 0)")
+        p.add_argument("--message-positions", type=int, default=4,
+                       help="message tokens patched before the readout suffix (positions are roles from the end)")
+        if name != "residual-chunk":
+            _separation_arg(p)
         if name == "residual-chunk":
             p.add_argument("--layers", required=True, help="residual indices a-b (inclusive)")
-            p.add_argument("--n-positions", type=int, default=6)
         if name == "screen-heads":
-            p.add_argument("--top-k", type=int, default=8)
+            p.add_argument("--top-k", type=int, default=8, help="heads carried to head patching (default: 8)")
         if name == "patch-heads":
             p.add_argument("--screening", required=True, help="phase-6a head_scores JSON")
-            p.add_argument("--n-boot", type=int, default=1000)
+            p.add_argument("--n-boot", type=int, default=1000, help="item bootstrap resamples (default: 1000)")
 
     p = command("residual-merge", _cmd_residual_merge, "phase 5: check and merge a model's chunk files")
-    p.add_argument("--chunks", nargs="+", required=True)
-    p.add_argument("--n-layers", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--chunks", nargs="+", required=True, help="the model's chunk pickles (layers_<a>-<b>.pkl)")
+    p.add_argument("--n-layers", type=int, required=True,
+                   help="decoder layers L of the model: the chunks must cover residual indices 0..L once")
+    p.add_argument("--out", required=True, help="merged residual sweep pickle to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the item bootstrap (default: 0)")
+    p.add_argument("--n-boot", type=int, default=1000, help="item bootstrap resamples (default: 1000)")
+    _separation_arg(p)
+
+    for name, fn, help in (("steer", _cmd_steer, "steering dose-response, specificity, KL cost and directional "
+                                                  "ablation of the emotion vectors"),
+                           ("steer-transfer", _cmd_steer_transfer, "steer a model with every other model's emotion "
+                                                                   "vectors carried through a ridge map")):
+        p = command(name, fn, help)
+        _model_args(p)
+        p.add_argument("--out", required=True, help="JSON to write")
+        p.add_argument("--seed", type=int, default=0, help="seed of the item split, subsample, directions, bootstrap")
+        p.add_argument("--n-random", type=int, default=20, help="random unit directions of the null")
+        p.add_argument("--max-prompts", type=int, default=None, help="held-out prompts measured (whole items)")
+        p.add_argument("--n-boot", type=int, default=1000, help="item bootstrap resamples")
+        if name == "steer":
+            p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")
+            p.add_argument("--alphas", type=float, nargs="+", default=[0, 0.25, 0.5, 1, 2, 4],
+                           help="steering strengths, in units of the typical residual norm (0 is always added)")
+            p.add_argument("--layer-stride", type=int, default=1, help="steer every n-th residual index (and the last)")
+            p.add_argument("--kl-prompts", type=int, default=24, help="neutral held-out prompts for the KL cost")
+            p.add_argument("--n-random-subspaces", type=int, default=5, help="random subspaces ablated as the null")
+            p.add_argument("--transfer-alpha", type=float, default=2.0,
+                           help="alpha (nearest on the grid) at which the best index is chosen and transfer runs")
+        else:
+            p.add_argument("--activations", nargs="+", required=True,
+                           help="phase-2 activations of every model (<name>.pkl), this one included")
+            p.add_argument("--steering", required=True, help="this model's steering JSON (its best index and alpha)")
+            p.add_argument("--ridge", type=float, default=0.1, help="ridge of the map, relative to a's mean eigenvalue")
+
+    p = command("steer-transfer-summary", _cmd_steer_transfer_summary, "the steering-transfer matrix over model pairs")
+    p.add_argument("--inputs", nargs="+", required=True, help="steering/transfer/into_<m>.json files")
+    p.add_argument("--out", required=True, help="summary JSON to write")
 
     p = command("align", _cmd_align, "phase 4: compare two models of any widths on the same prompts")
-    p.add_argument("--activations", nargs=2, required=True, metavar=("A", "B"))
-    p.add_argument("--vectors", nargs=2, required=True, metavar=("A", "B"))
-    p.add_argument("--subspaces", nargs=2, required=True, metavar=("A", "B"))
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-perm", type=int, default=200)
-    p.add_argument("--knn-k", type=int, default=10)
+    p.add_argument("--activations", nargs=2, required=True, metavar=("A", "B"), help="the two models' activations")
+    p.add_argument("--vectors", nargs=2, required=True, metavar=("A", "B"), help="the two models' vectors pickles")
+    p.add_argument("--subspaces", nargs=2, required=True, metavar=("A", "B"),
+                   help="the two models' subspaces pickles")
+    p.add_argument("--out", required=True, help="alignment pickle of the pair to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the item split and the permutations (default: 0)")
+    p.add_argument("--n-perm", type=int, default=200, help="permutations of each null (default: 200)")
+    p.add_argument("--knn-k", type=int, default=10, help="neighbours in the mutual k-NN overlap (default: 10)")
 
     p = command("align-summary", _cmd_align_summary, "phase 4: headline numbers of every model pair")
-    p.add_argument("--pairs", nargs="+", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--pairs", nargs="+", required=True, help="alignment pickles of every model pair")
+    p.add_argument("--out", required=True, help="summary JSON to write")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="Benjamini-Hochberg FDR level within each family (default: 0.05)")
 
     p = command("stats", _cmd_stats, "phase 7: effect sizes, power, or aligned subspace dimensions (k)")
-    p.add_argument("mode", choices=["effect", "power", "k"])
-    p.add_argument("--sweeps", nargs="*", default=[])
-    p.add_argument("--heads", nargs="*", default=[])
-    p.add_argument("--activations", nargs="*", default=[])
-    p.add_argument("--subspaces", nargs="*", default=[])
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--n-perm", type=int, default=1000)
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--power", type=float, default=0.8)
+    p.add_argument("mode", choices=["effect", "power", "k"],
+                   help="effect: effect sizes, CIs and p-values; power: items needed; k: aligned dimensions")
+    p.add_argument("--sweeps", nargs="*", default=[], help="residual sweep pickles (effect, power)")
+    p.add_argument("--heads", nargs="*", default=[], help="head patching pickles (effect, power)")
+    p.add_argument("--activations", nargs="*", default=[], help="activations pickles of every model (k)")
+    p.add_argument("--subspaces", nargs="*", default=[], help="subspaces pickles of every model, same order (k)")
+    p.add_argument("--out", required=True, help="JSON to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, permutations and split (default: 0)")
+    p.add_argument("--n-boot", type=int, default=1000, help="item bootstrap resamples (effect; default: 1000)")
+    p.add_argument("--n-perm", type=int, default=1000, help="permutations (effect, k; default: 1000)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    p.add_argument("--power", type=float, default=0.8, help="target power of the items-needed rows (default: 0.8)")
 
     p = command("verify", _cmd_verify, "check every output of every phase; non-zero exit on any failure")
     p.add_argument("--results", required=True, help="results/<profile>")
     p.add_argument("--models", nargs="+", required=True, help="model names from the config")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--min-spearman", type=float, default=0.0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", required=True, help="the dataset JSONL every phase ran on")
+    p.add_argument("--min-spearman", type=float, default=0.0,
+                   help="least Spearman correlation of attribution with exact head scores that passes (default: 0)")
+    p.add_argument("--out", required=True, help="verification JSON to write")
 
     p = command("timing", _cmd_timing, "one timing record per job, from Snakemake benchmark files")
     p.add_argument("--jobs", type=_jobs, required=True, help="JSON list of {rule, model, chunk, benchmark, output}")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="timing JSONL to write")
 
     p = command("figures", _cmd_figures, "the report's figures from a profile's results")
     p.add_argument("--results", required=True, help="results/<profile>")
-    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--models", nargs="+", required=True, help="model names from the config, in config order")
     p.add_argument("--out", required=True, help="directory for the PNG files")
+    p.add_argument("--organisms", type=_json_object("--organisms"), default={}, metavar="JSON",
+                   help="the demo organisms' settings by model, e.g. '{\"gpt2_small\": {\"d_model\": 64, "
+                        "\"n_layers\": 4}}': they are labelled 'demo organism (d_model, layers)'; default: none")
+    p.add_argument("--profile", help="profile name in every title (default: the name of the --results directory)")
+
+    p = command("findings", _cmd_findings, "the findings page (markdown) from a profile's results")
+    p.add_argument("--results", required=True, help="results/<profile>")
+    p.add_argument("--out", required=True, help="markdown file to write, e.g. results/<profile>/findings.md")
+    p.add_argument("--organisms", type=_json_object("--organisms"), default={}, metavar="JSON",
+                   help="the demo organisms by model (as for figures): the caveats name them; default: none")
 
     p = command("plan", _cmd_plan, "memory plan: weights, KV cache, activations and batch sizes per model")
     p.add_argument("--configfile", default="config/config.yaml", help="profile YAML to plan (validated)")
     p.add_argument("--prompt-tokens", type=int, default=24, help="tokens per prompt assumed (plan.PROMPT_TOKENS)")
+
+    p = command("preflight", _cmd_preflight, "before a run: per model, are the weights cached or at their path, "
+                                             "their download size, gated or not, and free disk against the need")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--configfile", help="profile YAML to check (validated; default: config/config.yaml)")
+    group.add_argument("--models", type=_json_object("--models"), metavar="JSON",
+                       help="the config's models section as a JSON object, e.g. "
+                            "'{\"gpt2_small\": {\"hf_id\": \"openai-community/gpt2\"}}' (what the workflow passes)")
+    p.add_argument("--out", help="JSON report to write when every model can run")
     return parser
 
 
+@dataclass
+class RetryGuard:
+    """Refuses a workflow retry after an input error: attempt 1 records its error line in ``record``
+    (a file Snakemake leaves alone, unlike the job's log, which it deletes before every attempt); a
+    later attempt that finds it repeats the line and exits 2 without running. Attempt 1 first removes
+    a record an earlier run left, so a fixed input runs again."""
+
+    attempt: int = 1
+    record: Path | None = None
+
+    def refusal(self) -> str | None:
+        """The lines a retry prints instead of running, or None when the command should run."""
+        if self.record is None:
+            return None
+        if self.attempt <= 1:
+            self.record.unlink(missing_ok=True)
+            return None
+        if not self.record.is_file():
+            return None
+        return (f"emolens: attempt {self.attempt} not run: attempt 1 ended in an input error (exit 2), which "
+                f"another attempt cannot change; out-of-memory errors (exit 3) are retried\n"
+                + self.record.read_text().rstrip("\n"))
+
+    def input_error(self, message: str) -> int:
+        """Print the error line(s), record them for a retry, and return the input-error status."""
+        print(message, file=sys.stderr)
+        if self.record is not None:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            self.record.write_text(message + "\n")
+        return INPUT_ERROR
+
+
+class _UsageError(Exception):
+    """A command line argparse refused (its usage line is already printed)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises a usage error instead of exiting, so it is recorded like any input error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+def _guard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attempt", type=int, default=1, metavar="N",
+                   help="the workflow job's attempt, 1 on the first run (rules pass Snakemake's attempt); "
+                        "default: 1")
+    p.add_argument("--input-error-file", type=Path, metavar="PATH",
+                   help="where an input error (exit 2) is recorded, e.g. the job's log path + '.input_error'; "
+                        "with --attempt 2 or more, a recorded error is repeated and nothing runs")
+
+
+def _retry_guard(argv: list[str] | None) -> RetryGuard:
+    """The retry options, read before the full command line (whose own errors they must cover)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    _guard_args(pre)
+    known, _ = pre.parse_known_args(argv)
+    return RetryGuard(attempt=known.attempt, record=known.input_error_file)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``emolens`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the emolens console script: 0 done, 2 bad input, 3 out of memory."""
+    guard = _retry_guard(argv)
+    refusal = guard.refusal()
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return INPUT_ERROR
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        return guard.input_error(str(e))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         args.func(args)
-    except (*USER_ERRORS, VerificationFailed) as e:
-        print(f"emolens {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except RESOURCE_ERRORS as e:
+        detail = e if isinstance(e, BatchOutOfMemoryError) else f"out of host memory ({e!r})"
+        print(f"emolens {args.command}: error: {detail}", file=sys.stderr)
+        return RESOURCE_ERROR
+    except (*USER_ERRORS, VerificationFailed) as e:  # one line per problem (preflight may find several)
+        return guard.input_error("\n".join(f"emolens {args.command}: error: {line}"
+                                           for line in str(e).splitlines() or [""]))
     return 0
 
 

@@ -7,6 +7,7 @@ so a typo or a wrong type is named the same way wherever the config is read.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,23 +43,96 @@ def _with_defaults(validator_class: type) -> type:
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Fill defaults and check ``config``; raise ConfigError naming the offending key."""
+def _offending_path(error: jsonschema.ValidationError) -> list[str]:
+    """The keys that lead to the offending value; for an unexpected key, that key itself."""
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties", {}))
+        path += sorted(k for k in error.instance if k not in known)[:1]
+    return path
+
+
+def _within(path: list[str], overrides: Mapping[str, Any] | None) -> bool:
+    """True when ``path`` leads to (or into) a value that ``overrides`` set."""
+    node: Any = overrides
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+        if not isinstance(node, Mapping):
+            return True
+    return bool(path)
+
+
+def validate(config: dict[str, Any], source: str = "config",
+             overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fill defaults and check ``config``; raise ConfigError naming the offending key.
+
+    ``overrides``: the values given on Snakemake's command line (``--config key=value``), already
+    merged into ``config``; an error in one of them is reported as coming from ``--config``.
+    """
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        if _within(_offending_path(error), overrides):
+            source = "--config"
         raise ConfigError(f"{source}: {key}: {error.message}")
     return config
 
 
-def first_error(config: dict[str, Any], source: str) -> str:
+def first_error(config: dict[str, Any], source: str, overrides: Mapping[str, Any] | None = None) -> str:
     """The one-line message of the config's first schema error (for the workflow's own validate)."""
     try:
-        validate(copy.deepcopy(config), source)
+        validate(copy.deepcopy(config), source, overrides)
     except ConfigError as e:
         return str(e)
     return f"{source}: invalid config"
+
+
+def _schema_types(sub: dict[str, Any]) -> set[str]:
+    kind = sub.get("type", [])
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _coerce(value: Any, sub: dict[str, Any]) -> Any:
+    """A string that Snakemake left unparsed, read as YAML when the schema wants something else."""
+    if isinstance(value, str) and sub and "string" not in _schema_types(sub):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # validation names it
+    if isinstance(value, list) and isinstance(sub.get("items"), dict):
+        return [_coerce(v, sub["items"]) for v in value]
+    return value
+
+
+def coerce_overrides(config: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Read the nested ``--config`` values Snakemake left as strings as YAML scalars, where the schema
+    wants a number, boolean, null or list.
+
+    Snakemake parses a top-level ``--config seed=1`` as a number, but a nested one,
+    ``--config 'patching={message_positions: 2}'``, with YAML's BaseLoader: every leaf a string ('2').
+    Only values that came from the command line are touched, and only where the schema does not
+    accept a string (a label word such as ' anger' keeps its space); a value of a YAML file is
+    validated as written. ``config`` is changed in place and returned.
+    """
+
+    def walk(node: dict[str, Any], given: Mapping[str, Any], sub: dict[str, Any]) -> None:
+        for key, value in given.items():
+            if key not in node:
+                continue
+            child = sub.get("properties", {}).get(key)
+            if child is None and isinstance(sub.get("additionalProperties"), dict):
+                child = sub["additionalProperties"]
+            child = child or {}
+            if isinstance(value, Mapping) and isinstance(node[key], dict):
+                walk(node[key], value, child)
+            else:
+                node[key] = _coerce(node[key], child)
+
+    walk(config, overrides or {}, schema())
+    return config
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

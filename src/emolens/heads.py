@@ -4,15 +4,16 @@ Method (6a, screening). Every head of every layer is patched exactly at the last
 d_head slice of the attention output projection's input, donor into run), with the prefix-cached
 engine: one token per (head, pair). Attribution patching (gradient x activation difference; Nanda
 2023, AtP* Kramar et al. 2024) estimates every head's effect from one forward and backward of the
-clean run prompt: dLD/d(head input) . (donor - run), summed over d_head, normalised like the
-effects. It is scored at the last position (all pairs) and summed over all positions (pairs whose
-prompts have the same token length, positions aligned). Spearman's rho says how well the cheap
-estimate ranks heads against the exact last-position effects. The top-K heads by |exact effect|
-go to 6b.
-Method (6b, confirmation). Each top-K head is patched alone, then all K together, at every
-position, on the equal-length pairs. A patch at position 0 leaves no prefix to cache, so the fast
-engine runs the whole prompt here too; it still puts the K + 1 variants in the batch and reads only
-the label logits, and it is the same code the tests check against the full-recompute reference.
+clean run prompt: dLD/d(head input) . (donor - run), summed over d_head, at the last position and
+summed over the sweep's readout positions (the suffix and the end of the message, as roles counted
+from the end, so every pair takes part whatever its lengths). Effects are summarised with the
+bounded metric of :mod:`emolens.effects` (ratio of sums over the pairs the clean model separates).
+Spearman's rho says how well the cheap estimate ranks heads against the exact last-position
+effects. The top-K heads by |exact effect| go to 6b.
+Method (6b, confirmation). Each top-K head is patched alone, then all K together, at every readout
+position (the same roles as the residual sweep), on every pair, with item-level bootstrap CIs of
+the ratio-of-sums effect; the fast engine puts the K + 1 variants in the batch and reads only the
+label logits, and it is the same code the tests check against the full-recompute reference.
 
 Inputs: a model adapter, the dataset records (and 6a's JSON for 6b). Outputs:
 ``results/<p>/screening/head_scores_<m>.json`` and
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,58 +32,45 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from emolens.dataset import frame_groups
+from emolens.effects import MIN_SEPARATION, contrast_counts, kept_ratio, pair_labels, summarise
 from emolens.io import ResultFileError, provenance, save_json, save_pickle
 from emolens.models import ModelAdapter
-from emolens.patching import (
-    Pairs,
-    attribute_heads,
-    head_site,
-    normalised,
-    patch_pairs,
-    prepare_pairs,
-)
-from emolens.readout import READOUT_SUFFIX
-from emolens.statistics import mean_ci
+from emolens.patching import Pairs, attribute_heads, head_site, normalised, patch_pairs, prepare_pairs
+from emolens.readout import DEFAULT, Readout
+from emolens.residual import MESSAGE_POSITIONS, readout_positions
 
 log = logging.getLogger(__name__)
 SCREENING_SCHEMA = "emolens.head_screening/1"
 PATCHING_SCHEMA = "emolens.head_patching/1"
 
 
+def item_halves(records: Sequence[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The records split once by item into a selection half (6a) and a confirmation half (6b).
+
+    Seeded, and stratified by frame: each frame's items are shuffled and dealt alternately to the
+    two halves, continuing across frames, so the halves differ by at most one item.
+    """
+    rng = np.random.default_rng(seed)
+    frames: dict[str, list[str]] = {}
+    for record, group in zip(records, frame_groups(records), strict=True):
+        frames.setdefault(group, [])
+        if record["item_id"] not in frames[group]:
+            frames[group].append(record["item_id"])
+    dealt = [item for group in rng.permutation(sorted(frames)) for item in rng.permutation(frames[group])]
+    selection = set(dealt[::2])
+    return ([r for r in records if r["item_id"] in selection],
+            [r for r in records if r["item_id"] not in selection])
+
+
 def exact_last_position(adapter: ModelAdapter, pairs: Pairs,
                         batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised effect [P, L, H] of patching each head alone at the last position; clean LDs [P]."""
+    """Patched LD [P, L, H] of each head alone at the last position; the clean LDs [P] of run and donor."""
     n_layers, n_heads = adapter.n_layers, adapter.n_heads
     variants = [(head_site(layer, h, (-1,)),) for layer in range(n_layers) for h in range(n_heads)]
     ld, ld_run, ld_donor = patch_pairs(adapter, pairs, variants, batch_size=batch_size,
                                        desc="heads, exact last position")
-    return normalised(ld, ld_run, ld_donor).reshape(len(pairs), n_layers, n_heads), ld_run, ld_donor
-
-
-def attribution(adapter: ModelAdapter, pairs: Pairs, ld_run: np.ndarray, ld_donor: np.ndarray,
-                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """AtP estimates, normalised: last position [P, L, H] (all pairs), all positions [P, L, H].
-
-    One forward and backward per batch: equal-length pairs are scored at every position (their
-    last-position score is the last column); the others only at the last position (NaN over all
-    positions).
-    """
-    n_layers, n_heads = adapter.n_layers, adapter.n_heads
-    last = np.full((len(pairs), n_layers, n_heads), np.nan)
-    every = np.full_like(last, np.nan)
-    same = pairs.same_length
-    if same.any():
-        scores = attribute_heads(adapter, pairs, subset=np.flatnonzero(same), all_positions=True,
-                                 batch_size=batch_size, desc="heads, attribution (all positions)")
-        last[same] = scores[..., -1]
-        every[same] = np.nansum(scores, axis=-1)
-    if (~same).any():
-        scores = attribute_heads(adapter, pairs, subset=np.flatnonzero(~same), all_positions=False,
-                                 batch_size=batch_size, desc="heads, attribution (last position)")
-        last[~same] = scores[..., -1]
-    # An estimate of LD_patched - LD_run already; normalise by LD_donor - LD_run like the effects.
-    zero = np.zeros_like(ld_run)
-    return normalised(last, zero, ld_donor - ld_run), normalised(every, zero, ld_donor - ld_run)
+    return ld.reshape(len(pairs), n_layers, n_heads), ld_run, ld_donor
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -91,12 +78,6 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
         return None
     return float(spearmanr(a[ok], b[ok]).statistic)
-
-
-def _nanmean(x: np.ndarray) -> np.ndarray:
-    ok = ~np.isnan(x)
-    with np.errstate(invalid="ignore"):
-        return np.where(ok.any(0), np.nansum(x, 0) / ok.sum(0), np.nan)
 
 
 def top_heads(scores: np.ndarray, k: int) -> list[list[int]]:
@@ -108,15 +89,26 @@ def top_heads(scores: np.ndarray, k: int) -> list[list[int]]:
 
 def run_screening(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out_json: str | Path, *,
                   top_k: int = 10, max_pairs: int | None = None, batch_size: int = 32, seed: int = 0,
-                  direction: str = "denoising", settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Phase 6a: exact last-position effects and AtP estimates of every head; the top-K heads."""
+                  direction: str = "denoising", message_positions: int = MESSAGE_POSITIONS,
+                  min_separation: float = MIN_SEPARATION, readout: Readout = DEFAULT,
+                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Phase 6a on the selection half of the items: exact last-position effects and AtP estimates of
+    every head; the top-K heads."""
     started = time.time()
-    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed)
-    log.info("%s: screening %d x %d heads on %d pairs (%d of equal length), %s", adapter.name,
-             adapter.n_layers, adapter.n_heads, len(pairs), pairs.same_length.sum(), direction)
-    exact, ld_run, ld_donor = exact_last_position(adapter, pairs, batch_size)
-    exact = _nanmean(exact)  # [L, H]
-    atp_last, atp_all = (_nanmean(a) for a in attribution(adapter, pairs, ld_run, ld_donor, batch_size))
+    records = item_halves(records, seed)[0]
+    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
+    offsets, roles = readout_positions(adapter, pairs, message_positions)
+    items, contrasts = pair_labels(pairs.ids, records)
+    log.info("%s: screening %d x %d heads on %d pairs, %s", adapter.name, adapter.n_layers, adapter.n_heads,
+             len(pairs), direction)
+    ld, ld_run, ld_donor = exact_last_position(adapter, pairs, batch_size)
+    separation = ld_donor - ld_run
+    included = separation >= min_separation
+    exact = kept_ratio(ld - ld_run[:, None, None], separation, included)  # [L, H]
+    atp = attribute_heads(adapter, pairs, offsets=offsets, batch_size=batch_size,
+                          desc="heads, attribution")  # [P, L, H, n_offsets], an estimate of LD_patched - LD_run
+    atp_last = kept_ratio(atp[..., offsets.index(-1)], separation, included)
+    atp_all = kept_ratio(atp.sum(-1), separation, included)
     result = {
         "schema": SCREENING_SCHEMA,
         "model": adapter.name,
@@ -125,20 +117,28 @@ def run_screening(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out_
         "exact_last_position": exact,
         "attribution": atp_all,
         "attribution_last_position": atp_last,
+        "attribution_positions": offsets,
+        "attribution_position_roles": roles,
         "spearman": _spearman(atp_last.ravel(), exact.ravel()),
         "spearman_all_positions": _spearman(atp_all.ravel(), exact.ravel()),
         "top_heads": top_heads(exact, top_k),
+        "half": "selection",
+        "items": sorted(set(items)),
+        "effect": "ratio of sums over kept pairs: sum(LD_patched - LD_run) / sum(LD_donor - LD_run)",
         "n_pairs": len(pairs),
-        "n_pairs_same_length": int(pairs.same_length.sum()),
-        "suffix": READOUT_SUFFIX,
+        "n_pairs_included": int(included.sum()),
+        "min_separation": float(min_separation),
+        "contrast_counts": contrast_counts(contrasts, included),
+        "readout": readout.as_dict(),
+        "suffix": readout.suffix,
         "label_token_ids": pairs.label_token_ids,
         "direction": direction,
         "quantization": adapter.quantization,
         "provenance": provenance(settings or {}, started, model=adapter.name),
     }
     save_json(result, out_json)
-    log.info("wrote %s: spearman %s (last position), %s (all positions)", out_json, result["spearman"],
-             result["spearman_all_positions"])
+    log.info("wrote %s: %d of %d pairs kept; spearman %s (last position), %s (readout positions)", out_json,
+             included.sum(), len(pairs), result["spearman"], result["spearman_all_positions"])
     return result
 
 
@@ -163,48 +163,49 @@ def _load_screening(path: Path, adapter: ModelAdapter) -> dict[str, Any]:
 def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], screening_json: str | Path,
                       out: str | Path, *, max_pairs: int | None = None, batch_size: int = 32, seed: int = 0,
                       direction: str | None = None, n_resamples: int = 2000,
-                      settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Phase 6b: the top-K heads patched one at a time and jointly, at all positions, with CIs."""
+                      message_positions: int = MESSAGE_POSITIONS, min_separation: float = MIN_SEPARATION,
+                      readout: Readout = DEFAULT, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Phase 6b on the confirmation half of the items (6a never saw them): the top-K heads patched one
+    at a time and jointly, at every readout position, with CIs."""
     started = time.time()
     screening = _load_screening(Path(screening_json), adapter)
+    records = item_halves(records, seed)[1]
     heads = [tuple(map(int, h)) for h in screening["top_heads"]]
     direction = direction or screening.get("direction", "denoising")
-    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed)
-    same = np.flatnonzero(pairs.same_length)
-    if not len(same):
-        raise ValueError("head patching at all positions needs pairs whose prompts have equal token length; "
-                         "there are none")
-    log.info("%s: patching %d heads at all positions on %d equal-length pairs, %s", adapter.name,
-             len(heads), len(same), direction)
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i in same:
-        by_length[len(pairs.run[i])].append(int(i))
-    ld = np.full((len(pairs), len(heads) + 1), np.nan)  # K single heads, then all K jointly
-    ld_run, ld_donor = np.full(len(pairs), np.nan), np.full(len(pairs), np.nan)
-    for length, idx in sorted(by_length.items()):
-        offsets = range(-length, 0)
-        sites = [head_site(layer, h, offsets) for layer, h in heads]
-        variants = [(s,) for s in sites] + [tuple(sites)]
-        ld[idx], ld_run[idx], ld_donor[idx] = patch_pairs(adapter, pairs, variants, subset=idx,
-                                                          batch_size=batch_size,
-                                                          desc=f"heads, all positions ({length} tokens)")
-    effect = normalised(ld, ld_run, ld_donor)[same]  # [P, K + 1]
-    mean, low, high = mean_ci(effect, n_resamples, seed)
+    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
+    offsets, roles = readout_positions(adapter, pairs, message_positions)
+    items, contrasts = pair_labels(pairs.ids, records)
+    log.info("%s: patching %d heads at %d readout positions on %d pairs, %s", adapter.name, len(heads),
+             len(offsets), len(pairs), direction)
+    sites = [head_site(layer, h, offsets) for layer, h in heads]
+    variants = [(s,) for s in sites] + [tuple(sites)]  # K single heads, then all K jointly
+    ld, ld_run, ld_donor = patch_pairs(adapter, pairs, variants, batch_size=batch_size,
+                                       desc="heads, readout positions")
+    summary = summarise(ld, ld_run, ld_donor, items, contrasts, min_separation, n_resamples, seed)
+    effect = normalised(ld, ld_run, ld_donor)  # [P, K + 1]
     result = {
         "schema": PATCHING_SCHEMA,
         "model": adapter.name,
         "heads": [list(h) for h in heads],
-        "pairs": [pairs.ids[i] for i in same],
+        "positions": offsets,
+        "position_roles": roles,
+        "half": "confirmation",
+        "pairs": [tuple(p) for p in pairs.ids],
+        "items": items,
+        "contrasts": contrasts,
         "effect_single": effect[:, :-1],
         "effect_joint": effect[:, -1],
-        "mean_single": mean[:-1],
-        "ci_single": np.stack([low[:-1], high[:-1]], axis=1),
-        "mean_joint": float(mean[-1]),
-        "ci_joint": np.array([low[-1], high[-1]]),
-        "ci": "95% BCa bootstrap over pairs (NaN pairs left out per cell)",
-        "ld_clean_run": ld_run[same],
-        "ld_clean_donor": ld_donor[same],
-        "suffix": READOUT_SUFFIX,
+        "ld_patched": ld,
+        "summary_single": summary["summary"][:-1],
+        "ci_single": np.stack([summary["ci_low"][:-1], summary["ci_high"][:-1]], axis=1),
+        "summary_joint": float(summary["summary"][-1]),
+        "ci_joint": np.array([summary["ci_low"][-1], summary["ci_high"][-1]]),
+        **{k: summary[k] for k in ("separation", "included", "min_separation", "ci", "n_items",
+                                   "n_pairs_included", "contrast_counts")},
+        "ld_clean_run": ld_run,
+        "ld_clean_donor": ld_donor,
+        "readout": readout.as_dict(),
+        "suffix": readout.suffix,
         "label_token_ids": pairs.label_token_ids,
         "direction": direction,
         "quantization": adapter.quantization,
@@ -212,5 +213,6 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
                                  screening=str(screening_json)),
     }
     save_pickle(result, out)
-    log.info("wrote %s: joint effect %.3f [%.3f, %.3f]", out, result["mean_joint"], *result["ci_joint"])
+    log.info("wrote %s: joint effect %.3f [%.3f, %.3f] over %d kept pairs", out, result["summary_joint"],
+             *result["ci_joint"], summary["n_pairs_included"])
     return result

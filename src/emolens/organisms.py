@@ -1,19 +1,19 @@
 """The embedded demo's model organisms: six tiny causal LMs, one per architecture family, trained here.
 
 Method. A byte-level BPE tokenizer (512 tokens, ``<|endoftext|>`` as eos and pad) is trained on the
-dataset's readout prompts, with every label word made a single token. One organism per family is
-built from a few numbers (width, depth, heads) with the real family's Hugging Face class and its
-defining features: GPT-2's learned positions and tied embeddings; Pythia's partial rotary (25%) and
-parallel residual; GPT-Neo's alternating global/local attention with a short window; Llama's and
-Qwen3's grouped-query attention (Qwen3 with an explicit head_dim and QK norm); and Gemma-3 as the
-multimodal ``Gemma3ForConditionalGeneration`` that gemma3_12b is, with a tiny SigLIP vision tower,
-sliding/full layers, GQA and an attention width different from d_model. Each is trained from a fixed
-seed with AdamW on one task: predict the emotion's label token at the prompt's last position
-(cross-entropy over the vocabulary), until held-out accuracy (every fifth item_id held out; argmax over
-the four label logits) reaches the target. Inputs: the dataset JSONL and one organism's settings.
-Outputs: ``<out_dir>/`` as an ordinary Hugging Face checkpoint with its tokenizer, loadable by
-:func:`emolens.models.load_model`, and ``readout_accuracy.json``; an organism below the target is
-refused (error, nothing written).
+dataset's readout prompts (the configured :class:`~emolens.readout.Readout`), with every label word
+made a single token. One organism per family is built from a few numbers (width, depth, heads) with
+the real family's Hugging Face class and its defining features: GPT-2's learned positions and tied
+embeddings; Pythia's partial rotary (25%) and parallel residual; GPT-Neo's alternating global/local
+attention with a short window; Llama's and Qwen3's grouped-query attention (Qwen3 with an explicit
+head_dim and QK norm); and Gemma-3 as the multimodal ``Gemma3ForConditionalGeneration`` that
+gemma3_12b is, with a tiny SigLIP vision tower, sliding/full layers, GQA and an attention width
+different from d_model. Each is trained from a fixed seed with AdamW on one task: predict the
+emotion's label token at the prompt's last position (cross-entropy over the vocabulary), until
+held-out accuracy (every fifth item_id held out; argmax over the four label logits) reaches the
+target. Inputs: the dataset JSONL and one organism's settings. Outputs: ``<out_dir>/`` as an
+ordinary Hugging Face checkpoint with its tokenizer, loadable by :func:`emolens.models.load_model`,
+and ``readout_accuracy.json``; an organism below the target is refused (error, nothing written).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from emolens.dataset import load_dataset
 from emolens.io import provenance, save_json
 from emolens.plan import ORGANISM_POSITIONS, ORGANISM_VISION, ORGANISM_VOCAB
-from emolens.readout import LABEL_WORDS, label_token_ids, prompt
+from emolens.readout import DEFAULT, Readout
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ class OrganismError(RuntimeError):
 
 
 # --- tokenizer -------------------------------------------------------------------------------------
-def train_tokenizer(texts: list[str], vocab_size: int = ORGANISM_VOCAB) -> PreTrainedTokenizerFast:
-    """A deterministic byte-level BPE tokenizer on the prompts, each label word one token."""
+def train_tokenizer(texts: list[str], vocab_size: int = ORGANISM_VOCAB,
+                    readout: Readout = DEFAULT) -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE tokenizer on the readout's prompts, each of its label words one token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -55,14 +56,14 @@ def train_tokenizer(texts: list[str], vocab_size: int = ORGANISM_VOCAB) -> PreTr
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     # Label words repeated so their merges come first: each becomes one token with its leading space.
-    corpus = [prompt(t) for t in texts] + [w for w in LABEL_WORDS.values() for _ in range(1000)]
+    corpus = [readout.prompt(t) for t in texts] + [w for w in readout.labels.values() for _ in range(1000)]
     tok.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS,
                                         unk_token=EOS, padding_side="right")
-    for word in LABEL_WORDS.values():
+    for word in readout.labels.values():
         if len(tokenizer.encode(word, add_special_tokens=False)) != 1:
             raise OrganismError(f"label word {word!r} is not one token; raise the tokenizer vocab_size")
-    label_token_ids(tokenizer)  # distinct first tokens, or a ValueError
+    readout.label_token_ids(tokenizer)  # distinct tokens, or a ValueError
     return tokenizer
 
 
@@ -158,9 +159,10 @@ def heldout_mask(records: list[dict[str, Any]], every: int = 5) -> list[bool]:
     return [r["item_id"] in held for r in records]
 
 
-def _encode(tokenizer: Any, records: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(tokenizer: Any, records: list[dict[str, Any]],
+            readout: Readout = DEFAULT) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded prompt ids [N, T] and each prompt's length [N]."""
-    ids = [tokenizer.encode(prompt(r["text"]), add_special_tokens=False) for r in records]
+    ids = [tokenizer.encode(readout.prompt(r["text"]), add_special_tokens=False) for r in records]
     lengths = torch.tensor([len(x) for x in ids])
     padded = torch.full((len(ids), int(lengths.max())), tokenizer.pad_token_id, dtype=torch.long)
     for i, x in enumerate(ids):
@@ -191,21 +193,22 @@ def readout_accuracy(model: PreTrainedModel, ids: torch.Tensor, lengths: torch.T
 
 
 def train_readout(model: PreTrainedModel, tokenizer: Any, records: list[dict[str, Any]], *,
-                  max_steps: int = 1500, min_steps: int = 100, lr: float = 3e-3, batch_size: int = 16,
-                  eval_every: int = 25, target: float = TARGET_ACCURACY, seed: int = 0) -> float:
+                  max_steps: int = 1500, min_steps: int = 100, lr: float = 1e-3, batch_size: int = 64,
+                  eval_every: int = 25, target: float = TARGET_ACCURACY, seed: int = 0,
+                  readout: Readout = DEFAULT) -> float:
     """Train the last-position readout with AdamW until held-out accuracy >= target; return it.
 
     Held out: every fifth item_id (all four emotions of a scenario on the same side). Training runs at
     least ``min_steps`` and stops at the first evaluation at or above ``target``, or at ``max_steps``.
     """
-    emotions = list(LABEL_WORDS)
-    label_map = label_token_ids(tokenizer)
+    emotions = list(readout.labels)
+    label_map = readout.label_token_ids(tokenizer)
     label_ids = [label_map[e] for e in emotions]
     held = heldout_mask(records)
     train = [r for r, h in zip(records, held, strict=True) if not h]
     test = [r for r, h in zip(records, held, strict=True) if h]
-    tr_ids, tr_len = _encode(tokenizer, train)
-    te_ids, te_len = _encode(tokenizer, test)
+    tr_ids, tr_len = _encode(tokenizer, train, readout)
+    te_ids, te_len = _encode(tokenizer, test, readout)
     tr_target = torch.tensor([label_map[r["emotion"]] for r in train])  # vocabulary ids
     te_labels = torch.tensor([emotions.index(r["emotion"]) for r in test])  # 0..3
     gen = torch.Generator().manual_seed(seed)
@@ -234,13 +237,14 @@ TRAINING_KEYS = ("vocab_size", "max_steps", "min_steps", "lr", "batch_size")
 
 
 def run(dataset_path: str | Path, name: str, organism_settings: dict[str, Any], out_dir: str | Path,
-        seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+        seed: int = 0, threads: int | None = None, readout: Readout = DEFAULT) -> dict[str, Any]:
     """Train one organism and save it as a Hugging Face checkpoint directory, atomically.
 
     ``organism_settings``: ``family``, ``d_model``, ``n_layers``, ``n_heads``, optional ``d_head``,
     ``seed`` (else ``seed``), training knobs (``vocab_size``, ``max_steps``, ``min_steps``, ``lr``,
     ``batch_size``) and family extras for :func:`build_organism`. ``threads`` caps torch's CPU threads
     (set it to the job's cores: two jobs of two threads each on two cores run several times slower).
+    ``readout``: the prompts and label words the tokenizer is trained on and the organism learns.
     """
     started = time.time()
     if threads:
@@ -254,18 +258,19 @@ def run(dataset_path: str | Path, name: str, organism_settings: dict[str, Any], 
         raise OrganismError(f"models.{name}: organism settings lack {missing}")
     family = settings.pop("family")
     records = load_dataset(dataset_path)
-    tokenizer = train_tokenizer([r["text"] for r in records], vocab_size=vocab_size)
-    longest = max(len(tokenizer.encode(prompt(r["text"]))) for r in records)
+    tokenizer = train_tokenizer([r["text"] for r in records], vocab_size=vocab_size, readout=readout)
+    longest = max(len(tokenizer.encode(readout.prompt(r["text"]))) for r in records)
     settings.setdefault("max_positions", max(ORGANISM_POSITIONS, longest))
     model = build_organism(family, vocab_size=len(tokenizer), seed=seed, **settings)
     t0 = time.time()
-    accuracy = train_readout(model, tokenizer, records, seed=seed, **train_kw)
+    accuracy = train_readout(model, tokenizer, records, seed=seed, readout=readout, **train_kw)
     train_seconds = time.time() - t0
     if accuracy < TARGET_ACCURACY:
         raise OrganismError(f"models.{name}: organism reached held-out accuracy {accuracy:.3f} < "
                             f"{TARGET_ACCURACY}; raise its max_steps or change its size")
     summary = {"name": name, "family": family, "heldout_accuracy": accuracy,
-               "train_seconds": round(train_seconds, 2), "n_params": sum(p.numel() for p in model.parameters())}
+               "train_seconds": round(train_seconds, 2), "n_params": sum(p.numel() for p in model.parameters()),
+               "readout": readout.as_dict()}
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
@@ -273,7 +278,8 @@ def run(dataset_path: str | Path, name: str, organism_settings: dict[str, Any], 
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        summary["provenance"] = provenance({"organism": organism_settings, "seed": seed}, started,
+        summary["provenance"] = provenance({"organism": organism_settings, "seed": seed,
+                                            "readout": readout.as_dict()}, started,
                                            dataset=str(dataset_path), model_id=name)
         save_json(summary, tmp / "readout_accuracy.json")
         if out_dir.exists():

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from emolens import EMOTIONS
 from emolens.activations import length_buckets, tokenize
 from emolens.models import ModelAdapter
-from emolens.readout import label_token_ids
+from emolens.readout import DEFAULT, Readout
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,13 @@ def _ld(logits: torch.Tensor, ld_index: torch.Tensor) -> torch.Tensor:
 # --- the two implementations -----------------------------------------------------------------------
 @torch.inference_mode()
 def patch_reference(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, variants: Sequence[Variant],
-                    token_ids: Sequence[int], ld_index: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+                    token_ids: Sequence[int], ld_index: torch.Tensor, batch_size: int = 32,
+                    logits_to_keep: int = 0) -> torch.Tensor:
     """Patched LD [batch, n_variants] by full recompute: one whole-prompt forward per variant.
 
     ``run_ids`` [batch, pos] are run prompts of one length; ``ld_index`` [batch, 2] holds each
-    row's (source, target) label as an index into ``token_ids``. Full-vocabulary logits.
+    row's (source, target) label as an index into ``token_ids``. Full-vocabulary logits at every
+    position (``logits_to_keep=0``, as TransformerLens computes them) or at the last ``logits_to_keep``.
     """
     n, length = run_ids.shape
     table = _site_table(variants, donor.offsets)
@@ -172,7 +174,8 @@ def patch_reference(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, 
             prompts = np.arange(s, min(n, s + batch_size))
             hooks = _hooks(adapter, table, np.full(len(prompts), v), prompts, donor, 0, length)
             with adapter.hooks(**hooks):
-                logits = adapter.model(input_ids=run_ids[prompts].to(device)).logits  # [batch, pos, vocab]
+                logits = adapter.model(input_ids=run_ids[prompts].to(device),
+                                       logits_to_keep=logits_to_keep).logits  # [batch, pos or kept, vocab]
             labels = logits[:, -1, list(token_ids)].float()  # [batch, n_labels]
             out[prompts, v] = _ld(labels, ld_index[prompts].to(device)).cpu()
     return out
@@ -350,8 +353,9 @@ class Pairs:
     run: list[list[int]]  # token ids of the prompt that is run (the target when denoising)
     donor: list[list[int]]  # token ids of the prompt whose activations are patched in
     ld_index: np.ndarray  # [P, 2] (source label, target label) as indices into token_ids
-    label_token_ids: dict[str, int]  # {emotion: first token id of its label word}
+    label_token_ids: dict[str, int]  # {emotion: token id of its one-token label word}
     direction: str
+    readout: Readout = DEFAULT  # how the prompts were built and read
 
     @property
     def token_ids(self) -> list[int]:
@@ -366,15 +370,16 @@ class Pairs:
 
 
 def prepare_pairs(adapter: ModelAdapter, records: Sequence[dict[str, Any]], *, direction: str = "denoising",
-                  max_pairs: int | None = None, seed: int = 0) -> Pairs:
-    """Build, subsample and tokenise the pairs of ``records`` for ``direction``."""
+                  max_pairs: int | None = None, seed: int = 0, readout: Readout = DEFAULT) -> Pairs:
+    """Build, subsample and tokenise the pairs of ``records`` for ``direction``, in ``readout``'s prompts."""
     if direction not in DIRECTIONS:
         raise ValueError(f"patching direction {direction!r} is not one of {DIRECTIONS}")
     pairs = make_pairs(records, max_pairs, seed)
     if not pairs:
         raise ValueError("no (source, target) pairs: every item_id needs records of at least two emotions")
     texts = sorted({r["id"]: r["text"] for pair in pairs for r in pair}.items())
-    tokens = dict(zip((i for i, _ in texts), tokenize(adapter, [t for _, t in texts]), strict=True))
+    label_ids = readout.label_token_ids(adapter.tokenizer)  # refuses a label that is not one token
+    tokens = dict(zip((i for i, _ in texts), tokenize(adapter, [t for _, t in texts], readout), strict=True))
     run, donor = [], []
     for s, t in pairs:
         r, d = (t, s) if direction == "denoising" else (s, t)
@@ -383,7 +388,7 @@ def prepare_pairs(adapter: ModelAdapter, records: Sequence[dict[str, Any]], *, d
     index = {e: i for i, e in enumerate(EMOTIONS)}
     return Pairs(ids=[(s["id"], t["id"]) for s, t in pairs], run=run, donor=donor,
                  ld_index=np.array([[index[s["emotion"]], index[t["emotion"]]] for s, t in pairs]),
-                 label_token_ids=label_token_ids(adapter.tokenizer), direction=direction)
+                 label_token_ids=label_ids, direction=direction, readout=readout)
 
 
 def clean_ld(adapter: ModelAdapter, pairs: Pairs, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -444,30 +449,26 @@ def patch_pairs(adapter: ModelAdapter, pairs: Pairs, variants: Sequence[Variant]
 
 
 # --- attribution patching --------------------------------------------------------------------------
-def attribute_heads(adapter: ModelAdapter, pairs: Pairs, *, subset: Sequence[int] | None = None,
-                    all_positions: bool = True, batch_size: int = 32,
+def attribute_heads(adapter: ModelAdapter, pairs: Pairs, *, offsets: Sequence[int] = (-1,),
+                    subset: Sequence[int] | None = None, batch_size: int = 32,
                     desc: str = "attribution") -> np.ndarray:
-    """Attribution patching (gradient x activation difference) of every head: [len(subset), L, H, n_off].
+    """Attribution patching (gradient x activation difference) of every head: [len(subset), L, H, len(offsets)].
 
     For each pair, one forward and backward of the clean run prompt gives dLD/d(o_proj input); the
-    estimate for head h of layer l at a position is that gradient's d_head slice dotted with
-    (donor - run) at the same offset from the end. ``all_positions`` scores offsets -T..-1 (the
-    pairs must have equal run and donor lengths T; the last axis is then right-aligned, padded
-    with NaN for shorter prompts); otherwise only the last position (any pairs).
-    Divide by (LD_donor - LD_run) to compare with normalised effects.
+    estimate for head h of layer l at an offset from the end is that gradient's d_head slice dotted
+    with (donor - run) at the same offset from each prompt's end, so prompts of any lengths line up
+    by role. It estimates LD_patched - LD_run: divide by (LD_donor - LD_run) to compare with
+    normalised effects.
     """
     subset = np.arange(len(pairs)) if subset is None else np.asarray(subset, dtype=int)
     n_layers, n_heads = adapter.n_layers, adapter.n_heads
     layers = list(range(n_layers))
-    width = max(len(pairs.run[i]) for i in subset) if all_positions else 1
-    out = np.full((len(subset), n_layers, n_heads, width), np.nan)
+    offsets = tuple(offsets)
+    out = np.full((len(subset), n_layers, n_heads, len(offsets)), np.nan)
     device = adapter.device
     for batch in tqdm(length_buckets([len(pairs.run[i]) for i in subset], batch_size), desc=desc, leave=False):
         idx = subset[batch]
         length = len(pairs.run[idx[0]])
-        if all_positions and any(len(pairs.donor[i]) != length for i in idx):
-            raise ValueError("all-position attribution needs run and donor prompts of equal length")
-        offsets = tuple(range(-length, 0)) if all_positions else (-1,)
         _, donor = collect(adapter, [pairs.donor[i] for i in idx], pairs.token_ids, offsets=offsets,
                            heads=layers, batch_size=batch_size)
         run_ids = torch.tensor([pairs.run[i] for i in idx], device=device)  # [batch, pos]
@@ -488,5 +489,5 @@ def attribute_heads(adapter: ModelAdapter, pairs: Pairs, *, subset: Sequence[int
             run_act = captured[layer].detach()[:, pos].float()  # [batch, n_off, n_heads * d_head]
             delta = donor[("head", layer)].float() - run_act
             score = (g[:, pos].float() * delta).unflatten(-1, (n_heads, -1)).sum(-1)  # [batch, n_off, head]
-            out[batch, layer, :, width - len(offsets):] = score.permute(0, 2, 1).cpu().double().numpy()
+            out[batch, layer] = score.permute(0, 2, 1).cpu().double().numpy()
     return out

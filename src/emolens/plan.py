@@ -9,8 +9,17 @@ heads and an explicit head_dim, the MLP, norms, and an untied lm_head) and estim
 * weights: every parameter in the model's dtype; with ``quantization: int8`` (bitsandbytes
   LLM.int8) the decoder's linear layers are stored as int8 (plus one float32 scale per output row)
   while embeddings, lm_head, norms and biases stay in the compute dtype (``dtype``);
-* KV cache of the prefix-cached patching: 2 x layers x kv_heads x head_dim x tokens x bytes x batch
-  (the target prompt's cache is expanded along the batch, one copy per patch variant);
+* KV cache of the prefix-cached patching, as :func:`emolens.patching.patch_fast` builds it
+  (:func:`patching_kv_bytes`): the prefix cache of the batch's run prompts, plus the cache copies of
+  one chunk of (variant, prompt) rows: a group of variants patched from position p runs in chunks
+  of batch x T / (T - p) rows (at most variants x batch), each row with its own T-token cache, in
+  buffers reused from chunk to chunk and remade larger when a later group needs more rows (old and
+  new live together for that moment). The peak over the three sweeps counts: head screening (every
+  head at the last position, p = T - 1), a residual chunk (``layer_chunk`` indices at each of the
+  readout positions, p from T - positions to T - 1) and head patching (top-K heads, all positions);
+  positions = the readout suffix's :data:`SUFFIX_TOKENS` + ``patching.message_positions``. Every
+  layer is counted with the full T tokens (a sliding-window layer shorter than the prompt keeps
+  fewer: an upper bound there);
 * activations: the residual stream [batch, tokens, d_model] of every layer kept for extraction,
   plus the largest transient tensor (attention scores or the MLP hidden);
 * a fixed allowance for the CUDA context and allocator fragmentation.
@@ -18,8 +27,7 @@ heads and an explicit head_dim, the MLP, norms, and an untied lm_head) and estim
 A model fits when the sum stays under ``gpu_memory_gib`` less a safety margin. The configured
 ``batch_size`` is halved (as the CUDA out-of-memory backoff does at run time) until it fits; a model
 whose weights alone do not fit is reported as not fitting at batch size 1. The host memory line is
-the activation pickle: N prompts x (L+1) x d_model x 2 arrays ("last" and "mean"), float16 when
-d_model >= 1024, else float32.
+the activation pickle: N prompts x (L+1) x d_model x 2 arrays ("last" and "mean") in float32.
 
 Inputs: a validated config (:func:`emolens.config.load_config`). Output: one row (dict) per model,
 and a plain-text table of them.
@@ -36,6 +44,7 @@ from typing import Any
 from emolens.config import load_config
 
 PROMPT_TOKENS = 24  # typical readout prompt length (text + suffix) with the real tokenizers; not measured
+SUFFIX_TOKENS = 7  # "\nThe emotion of this message is" in the real tokenizers: the positions every prompt shares
 N_PROMPTS = 900  # prompts in the phase-1 dataset
 CUDA_OVERHEAD_GIB = 1.0  # CUDA context, cuBLAS workspace and allocator fragmentation
 SAFETY_MARGIN = 0.10  # fraction of gpu_memory_gib left unplanned
@@ -149,8 +158,9 @@ def resolve_architecture(name: str, settings: dict[str, Any],
         return from_organism(settings["organism"]), "organism"
     path, hf_id = settings.get("path"), settings.get("hf_id")
     sources: list[tuple[str, dict[str, Any]]] = []
-    if path and (Path(path) / "config.json").is_file():
-        sources.append(("config.json", json.loads((Path(path) / "config.json").read_text())))
+    for local in (path, settings.get("cache_dir")):  # a GGUF model's converted checkpoint is in cache_dir
+        if local and (Path(local) / "config.json").is_file():
+            sources.append(("config.json", json.loads((Path(local) / "config.json").read_text())))
     by_id = [v for v in known.values() if hf_id and v.get("hf_id") == hf_id]
     if by_id:
         sources.append(("architectures.json", by_id[0]))
@@ -233,6 +243,35 @@ def kv_cache_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> int:
     return 2 * a.n_layers * a.n_kv_heads * a.d_head * tokens * _BYTES[dtype] * batch
 
 
+def patching_kv_bytes(a: Architecture, dtype: str, batch: int, tokens: int, groups: list[tuple[int, int]]) -> int:
+    """Peak KV bytes of one :func:`emolens.patching.patch_fast` call on ``batch`` run prompts of ``tokens`` tokens.
+
+    ``groups``: (p, variants) in the order the engine runs them (p ascending), p the first patched
+    position. The prefix cache holds p tokens of each prompt; a chunk holds min(variants x batch,
+    batch x T // (T - p)) rows, each a copy of the whole T-token cache, in buffers that grow to the
+    largest chunk so far; when they grow, the old ones are still held by the previous chunk's cache.
+    """
+    peak, rows_held = 0, 0
+    for start, variants in groups:
+        rows = min(variants * batch, batch * tokens // (tokens - start))
+        live = rows_held + rows if rows > rows_held else rows_held
+        rows_held = max(rows_held, rows)
+        peak = max(peak, kv_cache_bytes(a, dtype, live, tokens) + kv_cache_bytes(a, dtype, batch, start))
+    return peak
+
+
+def sweep_groups(a: Architecture, tokens: int, positions: int, layer_chunk: int,
+                 top_k: int) -> dict[str, list[tuple[int, int]]]:
+    """(p, variants) groups of the three patching sweeps, the unpatched run riding along the last group."""
+    T, n_pos = tokens, max(1, min(positions, tokens - 1))
+    chunk = min(layer_chunk, a.n_layers + 1)
+    return {
+        "head screening": [(T - 1, a.n_layers * a.n_heads + 1)],  # every head at the last position
+        "residual chunk": [(T - k, chunk) for k in range(n_pos, 1, -1)] + [(T - 1, chunk + 1)],
+        "head patching": [(T - n_pos, top_k + 2)],  # K heads alone and jointly, all positions at once
+    }
+
+
 def activation_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> int:
     """Residual stream of every layer kept for extraction, plus the largest transient tensor."""
     b = _BYTES[dtype]
@@ -243,8 +282,8 @@ def activation_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> in
 
 
 def pickle_bytes(a: Architecture, n_prompts: int) -> int:
-    """Host memory of the activation pickle: "last" and "mean", each [N, L+1, d_model]."""
-    return 2 * n_prompts * (a.n_layers + 1) * a.d_model * (2 if a.d_model >= 1024 else 4)
+    """Host memory of the activation pickle: "last" and "mean", each [N, L+1, d_model] float32."""
+    return 2 * n_prompts * (a.n_layers + 1) * a.d_model * 4
 
 
 def _gpu_weight_cap(offload: dict[str, Any] | None) -> float | None:
@@ -262,8 +301,12 @@ def _gpu_weight_cap(offload: dict[str, Any] | None) -> float | None:
 
 
 def plan_model(name: str, settings: dict[str, Any], gpu_gib: float, known: dict[str, dict[str, Any]],
-               tokens: int = PROMPT_TOKENS, n_prompts: int = N_PROMPTS) -> dict[str, Any]:
-    """One model's row: parameters, memory at the batch size it will use, and whether it fits."""
+               tokens: int = PROMPT_TOKENS, n_prompts: int = N_PROMPTS, positions: int = SUFFIX_TOKENS + 4,
+               top_k: int = 8) -> dict[str, Any]:
+    """One model's row: parameters, memory at the batch size it will use, and whether it fits.
+
+    ``positions``: readout positions of the patching sweeps; ``top_k``: heads of head patching.
+    """
     dtype, quant = settings.get("dtype", "float32"), settings.get("quantization")
     batch = settings.get("batch_size", 16)
     row: dict[str, Any] = {"model": name, "dtype": dtype, "quantization": quant, "batch_size": batch,
@@ -278,8 +321,11 @@ def plan_model(name: str, settings: dict[str, Any], gpu_gib: float, known: dict[
     gpu_weights = min(weights, cap) if cap is not None else weights
     budget = gpu_gib * (1 - SAFETY_MARGIN) * GIB
 
+    sweeps = sweep_groups(arch, tokens, positions, settings.get("layer_chunk", 8), top_k)
+
     def need(b: int) -> tuple[int, int, float]:
-        kv, act = kv_cache_bytes(arch, dtype, b, tokens), activation_bytes(arch, dtype, b, tokens)
+        kv = max(patching_kv_bytes(arch, dtype, b, tokens, groups) for groups in sweeps.values())
+        act = activation_bytes(arch, dtype, b, tokens)
         return kv, act, gpu_weights + kv + act + CUDA_OVERHEAD_GIB * GIB
 
     used = batch
@@ -312,7 +358,10 @@ def plan(config: dict[str, Any], tokens: int = PROMPT_TOKENS, n_prompts: int = N
     """One row per model of a validated config, in config order."""
     known = known_architectures()
     gpu_gib = config.get("gpu_memory_gib", 24)
-    return [plan_model(name, settings, gpu_gib, known, tokens=tokens, n_prompts=n_prompts)
+    patching = config.get("patching", {})
+    positions = SUFFIX_TOKENS + patching.get("message_positions", 4)
+    return [plan_model(name, settings, gpu_gib, known, tokens=tokens, n_prompts=n_prompts, positions=positions,
+                       top_k=patching.get("top_k_heads", 8))
             for name, settings in config["models"].items()]
 
 
@@ -327,7 +376,7 @@ def _gib(x: float) -> str:
 
 def format_plan(rows: list[dict[str, Any]], tokens: int = PROMPT_TOKENS, n_prompts: int = N_PROMPTS) -> str:
     """A plain-text table of the plan rows, with the assumptions underneath."""
-    header = ["model", "arch", "params", "weights", "GiB", "KV/batch", "act/batch", "total", "GPU", "fits",
+    header = ["model", "arch", "params", "weights", "GiB", "KV", "act/batch", "total", "GPU", "fits",
               "batch", "host pickle", "note"]
     table = [header]
     for r in rows:
@@ -346,13 +395,15 @@ def format_plan(rows: list[dict[str, Any]], tokens: int = PROMPT_TOKENS, n_promp
     lines.insert(1, "-" * len(lines[0].rstrip()))
     lines += [
         "",
-        f"Memory in GiB. KV/batch and act/batch at the batch size used; {tokens} tokens per prompt "
+        f"Memory in GiB. KV and act/batch at the batch size used; {tokens} tokens per prompt "
         f"(PROMPT_TOKENS, not measured); total adds {CUDA_OVERHEAD_GIB:g} GiB CUDA overhead and must stay "
         f"under GPU x {1 - SAFETY_MARGIN:.2f}.",
+        "KV = the patching engine's peak: the prefix cache plus one chunk of batch x T / (T - p) rows, each "
+        "with a T-token cache copy (head screening, residual chunks or head patching, whichever is largest).",
         "int8 = bitsandbytes LLM.int8: decoder linear layers in int8; embeddings, lm_head and norms stay "
         "in the compute dtype.",
         f"host pickle = activations file in host memory: {n_prompts} prompts x (L+1) x d_model x 2 arrays "
-        "(float16 when d_model >= 1024).",
+        "in float32.",
     ]
     return "\n".join(line.rstrip() for line in lines)
 

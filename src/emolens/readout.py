@@ -1,39 +1,113 @@
-"""The readout task every phase shares: a fixed suffix after each message, and one label token per emotion.
+"""The readout task every phase shares: a prompt around each message, and one label token per emotion.
 
-A prompt is the message followed by :data:`READOUT_SUFFIX`; the model's answer is read at the last
-position as the logits of the four label words (each with its leading space). The metric uses each
-label word's first token id, so two labels that share a first token would be indistinguishable:
-:func:`label_token_ids` refuses such a tokenizer.
+A :class:`Readout` is the config's ``readout`` section: a prompt is ``prefix + message + suffix``
+(the prefix may hold a few-shot demonstration; empty by default), and the model's answer is read at
+the last position as the logits of the four label words (each with its leading space). A label word
+must be exactly one token in the model's tokenizer, and the four tokens must differ:
+:meth:`Readout.label_token_ids` refuses anything else (a word that splits would otherwise be scored
+by its first piece, which other words may share). :data:`DEFAULT` is the readout of the defaults;
+the module functions :func:`prompt` and :func:`label_token_ids` apply it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from emolens import EMOTIONS
 
 READOUT_SUFFIX = "\nThe emotion of this message is"
 LABEL_WORDS: dict[str, str] = {e: " " + e for e in EMOTIONS}
+KEYS = ("suffix", "prefix", "labels")
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How a message becomes a prompt (``prefix + text + suffix``) and which word names each emotion."""
+
+    suffix: str = READOUT_SUFFIX
+    prefix: str = ""
+    labels: dict[str, str] = field(default_factory=lambda: dict(LABEL_WORDS))  # {emotion: label word}
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.suffix, str) or not isinstance(self.prefix, str):
+            raise ValueError(f"readout.suffix and readout.prefix must be strings, got {self.suffix!r}, {self.prefix!r}")
+        unknown = sorted(set(self.labels) - set(EMOTIONS))
+        missing = [e for e in EMOTIONS if e not in self.labels]
+        if unknown or missing:
+            wrong = "; ".join(f"{what} {names}" for what, names in (("unknown", unknown), ("missing", missing))
+                              if names)
+            raise ValueError(f"readout.labels must name exactly the emotions {list(EMOTIONS)}: {wrong}")
+        for emotion, word in self.labels.items():
+            if not isinstance(word, str) or not word:
+                raise ValueError(f"readout.labels.{emotion} must be a non-empty string, got {word!r}")
+        object.__setattr__(self, "labels", {e: self.labels[e] for e in EMOTIONS})  # EMOTIONS order, own copy
+
+    def __hash__(self) -> int:  # the labels dict is never changed after construction
+        return hash((self.suffix, self.prefix, tuple(self.labels.items())))
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> Readout:
+        """The config's ``readout`` section (any key left out keeps its default; labels merge per emotion)."""
+        section = dict(section or {})
+        unknown = sorted(set(section) - set(KEYS))
+        if unknown:
+            raise ValueError(f"readout: unknown key(s) {unknown}; expected some of {list(KEYS)}")
+        labels = section.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            raise ValueError(f"readout.labels must be an object {{emotion: word}}, got {labels!r}")
+        return cls(suffix=section.get("suffix", READOUT_SUFFIX), prefix=section.get("prefix", ""),
+                   labels={**LABEL_WORDS, **labels})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, as the config section (``Readout.from_config(r.as_dict()) == r``)."""
+        return {"suffix": self.suffix, "prefix": self.prefix, "labels": dict(self.labels)}
+
+    def prompt(self, text: str) -> str:
+        """The readout prompt for one message: prefix, text, suffix."""
+        return self.prefix + text + self.suffix
+
+    def label_token_ids(self, tokenizer: Any) -> dict[str, int]:
+        """{emotion: token id} of each label word; a ValueError if a word is not one token or two share one."""
+        ids = {}
+        for emotion, word in self.labels.items():
+            tokens = list(tokenizer.encode(word, add_special_tokens=False))
+            if len(tokens) != 1:
+                raise ValueError(
+                    f"readout.labels.{emotion} = {word!r} is {len(tokens)} tokens in this tokenizer "
+                    f"({_pieces(tokenizer, tokens)}), and a label must be scored as one token: set "
+                    f"readout.labels.{emotion} to a word that is one token in this tokenizer")
+            ids[emotion] = int(tokens[0])
+        by_id: dict[int, list[str]] = {}
+        for emotion, tid in ids.items():
+            by_id.setdefault(tid, []).append(emotion)
+        shared = {tid: es for tid, es in by_id.items() if len(es) > 1}
+        if shared:
+            which = "; ".join(f"{es} -> {_pieces(tokenizer, [tid])}" for tid, es in shared.items())
+            raise ValueError(f"readout labels share a token, so the readout cannot tell them apart ({which}): "
+                             f"set readout.labels so that each emotion has its own one-token word")
+        return ids
+
+
+def _pieces(tokenizer: Any, tokens: list[int]) -> str:
+    """The tokens as readable strings, for error messages."""
+    decode = getattr(tokenizer, "decode", None)
+    try:
+        pieces = [decode([t]) for t in tokens] if decode else tokenizer.convert_ids_to_tokens(tokens)
+    except Exception:  # noqa: BLE001 - a message helper never hides the real error
+        pieces = tokens
+    return " + ".join(repr(p) for p in pieces) if pieces else "no tokens"
+
+
+DEFAULT = Readout()
 
 
 def prompt(text: str) -> str:
-    """The readout prompt for one message: the text, then the fixed suffix."""
-    return text + READOUT_SUFFIX
+    """The default readout prompt for one message: the text, then the default suffix."""
+    return DEFAULT.prompt(text)
 
 
 def label_token_ids(tokenizer: Any) -> dict[str, int]:
-    """The first token id of each emotion's label word; a ValueError if two labels share one."""
-    ids = {}
-    for emotion, word in LABEL_WORDS.items():
-        tokens = tokenizer.encode(word, add_special_tokens=False)
-        if not tokens:
-            raise ValueError(f"label word {word!r} encodes to no tokens")
-        ids[emotion] = int(tokens[0])
-    by_id: dict[int, list[str]] = {}
-    for emotion, tid in ids.items():
-        by_id.setdefault(tid, []).append(emotion)
-    shared = {tid: es for tid, es in by_id.items() if len(es) > 1}
-    if shared:
-        raise ValueError(f"label words share a first token, so the readout cannot tell them apart: "
-                         f"{ {tokenizer.convert_ids_to_tokens(t): es for t, es in shared.items()} }")
-    return ids
+    """The default label words' token ids (see :meth:`Readout.label_token_ids`)."""
+    return DEFAULT.label_token_ids(tokenizer)

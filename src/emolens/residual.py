@@ -2,13 +2,15 @@
 
 Method. For every (source, target) pair of the same item (denoising: run the target, patch in the
 source; noising: the reverse), the residual stream at index l (the stream entering block l; index
-L = the last block's output before the final norm) is replaced by the donor's, and the normalised
-logit difference of the two label tokens is read at the last position (0 = run unpatched, 1 = donor
-clean). Two sweeps per layer: the last position over ALL pairs (the donor's last token into the
-run's last token, whatever the two lengths), and positions -2..-n_positions over the pairs whose
-prompts tokenise to the same length (other pairs are NaN there). Both use the prefix-cached engine
-of :mod:`emolens.patching`. The work is cut into layer chunks (one job each, for the cluster);
-:func:`merge` checks the chunks and joins them, with a 95% bootstrap CI over pairs.
+L = the last block's output before the final norm) at one position is replaced by the donor's, and
+the logit difference LD of the two label tokens is read at the last position. Positions are roles
+counted from the end of the prompt: every token all prompts share at their end (the readout
+suffix), then the last ``message_positions`` tokens of the message before it; every pair is patched
+at every offset (the donor's token at offset o into the run's token at offset o, whatever the two
+lengths). The engine is the prefix-cached one of :mod:`emolens.patching`. The work is cut into
+layer chunks (one job each, for the cluster); :func:`merge` checks the chunks, joins them and
+summarises each cell with the bounded metric of :mod:`emolens.effects` (pairs the clean model does
+not separate are left out and counted; ratio of sums with an item-level bootstrap CI).
 
 Inputs: a model adapter, the dataset records, the chunk's residual indices. Outputs:
 ``results/<p>/patching/residual/chunks/<m>/layers_<a>-<b>.pkl`` (schema ``emolens.residual_chunk/1``)
@@ -27,65 +29,86 @@ from typing import Any
 import numpy as np
 
 from emolens.chunks import CHUNK_NAME, chunk_name, chunk_ranges
+from emolens.effects import MIN_SEPARATION, pair_labels, summarise
 from emolens.io import ResultFileError, load_pickle, provenance, save_pickle
 from emolens.models import ModelAdapter
 from emolens.patching import Pairs, normalised, patch_pairs, prepare_pairs, resid_site
-from emolens.readout import READOUT_SUFFIX
-from emolens.statistics import mean_ci
+from emolens.readout import DEFAULT, Readout
 
 log = logging.getLogger(__name__)
 CHUNK_SCHEMA = "emolens.residual_chunk/1"
 SWEEP_SCHEMA = "emolens.residual_sweep/1"
+MESSAGE_POSITIONS = 4  # the config's patching.message_positions default
 
 
-def sweep(adapter: ModelAdapter, pairs: Pairs, layers: Sequence[int], n_positions: int,
+def shared_suffix_length(tokens: Sequence[Sequence[int]]) -> int:
+    """How many trailing tokens every prompt shares (the readout suffix, as this tokenizer cuts it)."""
+    shortest = min(len(t) for t in tokens)
+    n = 0
+    while n < shortest and len({t[-1 - n] for t in tokens}) == 1:
+        n += 1
+    return n
+
+
+def readout_positions(adapter: ModelAdapter, pairs: Pairs, message_positions: int) -> tuple[list[int], list[str]]:
+    """Offsets from the end the sweep patches (-1, -2, ...) and their roles.
+
+    Every token all the pairs' prompts share at their end (role ``suffix '<token>'``), then the last
+    ``message_positions`` tokens before them (role ``message -k``). A ValueError if the shortest
+    prompt has fewer tokens than that.
+    """
+    prompts = pairs.run + pairs.donor
+    n_suffix = shared_suffix_length(prompts)
+    shortest = min(len(t) for t in prompts)
+    if n_suffix + message_positions > shortest:
+        raise ValueError(f"message_positions={message_positions} plus the {n_suffix} suffix tokens reach before "
+                         f"the start of the shortest prompt ({shortest} tokens)")
+    suffix = [adapter.tokenizer.decode([t]) for t in prompts[0][len(prompts[0]) - n_suffix:]]
+    roles = [f"suffix {tok!r}" for tok in reversed(suffix)] + [f"message -{k + 1}" for k in range(message_positions)]
+    return [-(k + 1) for k in range(len(roles))], roles
+
+
+def sweep(adapter: ModelAdapter, pairs: Pairs, layers: Sequence[int], offsets: Sequence[int],
           batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Patched LD [P, len(layers), n_positions] (offsets -1..-n_positions, NaN where not patched),
-    and the clean LDs of the run and donor prompts, [P] each."""
-    layers = list(layers)
-    offsets = [-(k + 1) for k in range(n_positions)]
-    ld = np.full((len(pairs), len(layers), n_positions), np.nan)
-    last = [(resid_site(layer, (-1,)),) for layer in layers]
-    ld[:, :, 0], ld_run, ld_donor = patch_pairs(adapter, pairs, last, batch_size=batch_size,
-                                                desc="residual, last position")
-    same = np.flatnonzero(pairs.same_length)
-    if n_positions > 1 and len(same):
-        earlier = [(resid_site(layer, (o,)),) for o in offsets[1:] for layer in layers]
-        out, _, _ = patch_pairs(adapter, pairs, earlier, subset=same, batch_size=batch_size,
-                                desc="residual, earlier positions")
-        ld[same, :, 1:] = out.reshape(len(same), n_positions - 1, len(layers)).transpose(0, 2, 1)
-    return ld, ld_run, ld_donor
+    """Patched LD [P, len(layers), len(offsets)] of every pair, and the clean LDs of its run and donor [P]."""
+    variants = [(resid_site(layer, (o,)),) for o in offsets for layer in layers]
+    ld, ld_run, ld_donor = patch_pairs(adapter, pairs, variants, batch_size=batch_size, desc="residual patching")
+    return ld.reshape(len(pairs), len(offsets), len(layers)).transpose(0, 2, 1), ld_run, ld_donor
 
 
 def run_chunk(adapter: ModelAdapter, records: Sequence[dict[str, Any]], layers: Sequence[int],
-              out: str | Path, *, n_positions: int = 5, max_pairs: int | None = None,
+              out: str | Path, *, message_positions: int = MESSAGE_POSITIONS, max_pairs: int | None = None,
               direction: str = "denoising", batch_size: int = 32, seed: int = 0,
-              settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Patch the residual indices ``layers`` for every pair and save one chunk file."""
+              readout: Readout = DEFAULT, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Patch the residual indices ``layers`` of every pair at every readout position; save one chunk file."""
     started = time.time()
     layers = [int(layer) for layer in layers]
     bad = [layer for layer in layers if not 0 <= layer <= adapter.n_layers]
     if bad:
         raise IndexError(f"residual indices {bad} outside 0..{adapter.n_layers} for {adapter.name}")
-    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed)
-    shortest = min(len(t) for t in pairs.run + pairs.donor)
-    if not 1 <= n_positions <= shortest:
-        raise ValueError(f"n_positions={n_positions} must be between 1 and the shortest prompt ({shortest} tokens)")
-    log.info("%s: residual indices %d-%d, %d pairs (%d of equal length), %s", adapter.name, layers[0],
-             layers[-1], len(pairs), pairs.same_length.sum(), direction)
-    ld, ld_run, ld_donor = sweep(adapter, pairs, layers, n_positions, batch_size)
+    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
+    offsets, roles = readout_positions(adapter, pairs, message_positions)
+    items, contrasts = pair_labels(pairs.ids, records)
+    log.info("%s: residual indices %d-%d, %d pairs of %d items at %d positions (%s), %s", adapter.name,
+             layers[0], layers[-1], len(pairs), len(set(items)), len(offsets), ", ".join(roles), direction)
+    ld, ld_run, ld_donor = sweep(adapter, pairs, layers, offsets, batch_size)
     result = {
         "schema": CHUNK_SCHEMA,
         "model": adapter.name,
         "n_layers": adapter.n_layers,
         "layers": layers,
-        "positions": [-(k + 1) for k in range(n_positions)],
+        "positions": offsets,
+        "position_roles": roles,
         "pairs": [tuple(p) for p in pairs.ids],
+        "items": items,
+        "contrasts": contrasts,
+        "same_length": pairs.same_length,
         "effect": normalised(ld, ld_run, ld_donor),
         "ld_patched": ld,
         "ld_clean_run": ld_run,
         "ld_clean_donor": ld_donor,
-        "suffix": READOUT_SUFFIX,
+        "readout": readout.as_dict(),
+        "suffix": readout.suffix,
         "label_token_ids": pairs.label_token_ids,
         "direction": direction,
         "quantization": adapter.quantization,
@@ -106,8 +129,8 @@ def _load_chunk(path: Path) -> dict[str, Any]:
         chunk = load_pickle(path, schema=CHUNK_SCHEMA)
     except ResultFileError as e:
         raise ResultFileError(f"{e}; {_rebuild(path)}") from None
-    missing = [k for k in ("layers", "positions", "pairs", "effect", "direction", "label_token_ids")
-               if k not in chunk]
+    missing = [k for k in ("layers", "positions", "pairs", "items", "contrasts", "effect", "ld_patched",
+                           "ld_clean_run", "ld_clean_donor", "direction", "label_token_ids") if k not in chunk]
     if missing:
         raise ResultFileError(f"{path}: residual chunk lacks {missing}; {_rebuild(path)}")
     effect = np.asarray(chunk["effect"])
@@ -129,8 +152,12 @@ def _fingerprint(chunk: dict[str, Any]) -> tuple:
 
 
 def merge(chunk_paths: Sequence[str | Path], out: str | Path, n_layers: int, *, seed: int = 0,
-          n_resamples: int = 2000) -> dict[str, Any]:
-    """Check the chunk files of one model, join them along the layers, add bootstrap CIs, save.
+          n_resamples: int = 2000, min_separation: float = MIN_SEPARATION) -> dict[str, Any]:
+    """Check the chunk files of one model, join them along the layers, summarise each cell, save.
+
+    The summary is the bounded metric of :mod:`emolens.effects`: pairs whose clean separation is
+    below ``min_separation`` are left out (and counted per contrast), a cell is the ratio of sums
+    over the pairs kept, with an item-level bootstrap CI.
 
     Refuses (naming the file and the command that rebuilds it) a missing, truncated or foreign
     chunk, and any layer covered twice or not at all in 0..n_layers.
@@ -174,32 +201,39 @@ def merge(chunk_paths: Sequence[str | Path], out: str | Path, n_layers: int, *, 
     order = sorted(range(len(chunks)), key=lambda i: chunks[i]["layers"][0])
     first = chunks[order[0]]
     effect = np.concatenate([np.asarray(chunks[i]["effect"]) for i in order], axis=1)  # [P, L+1, positions]
-    mean, low, high = mean_ci(effect, n_resamples, seed)
+    ld = np.concatenate([np.asarray(chunks[i]["ld_patched"]) for i in order], axis=1)  # [P, L+1, positions]
+    summary = summarise(ld, first["ld_clean_run"], first["ld_clean_donor"], first["items"], first["contrasts"],
+                        min_separation, n_resamples, seed)
     result = {
         "schema": SWEEP_SCHEMA,
         "model": first.get("model"),
         "n_layers": n_layers,
         "layers": list(range(n_layers + 1)),
         "positions": list(first["positions"]),
+        "position_roles": list(first.get("position_roles", [])),
         "pairs": [tuple(p) for p in first["pairs"]],
+        "items": list(first["items"]),
+        "contrasts": list(first["contrasts"]),
+        "same_length": np.asarray(first.get("same_length")),
         "effect": effect,
-        "mean": mean,
-        "ci_low": low,
-        "ci_high": high,
-        "ci": "95% BCa bootstrap over pairs (NaN pairs left out per cell)",
-        "ld_clean_run": first.get("ld_clean_run"),
-        "ld_clean_donor": first.get("ld_clean_donor"),
+        "ld_patched": ld,
+        "ld_clean_run": first["ld_clean_run"],
+        "ld_clean_donor": first["ld_clean_donor"],
+        **summary,
+        "readout": first.get("readout"),
         "suffix": first.get("suffix"),
         "label_token_ids": first["label_token_ids"],
         "direction": first["direction"],
         "quantization": first.get("quantization"),
         "chunks": [str(paths[i]) for i in order],
-        "provenance": provenance({"n_layers": n_layers, "seed": seed, "n_resamples": n_resamples}, started,
-                                 model=first.get("model"),
+        "provenance": provenance({"n_layers": n_layers, "seed": seed, "n_resamples": n_resamples,
+                                  "min_separation": min_separation}, started, model=first.get("model"),
                                  chunk_provenance=[chunks[i].get("provenance") for i in order]),
     }
     save_pickle(result, out)
-    log.info("wrote %s: %d pairs x %d layers x %d positions", out, *effect.shape)
+    log.info("wrote %s: %d pairs (%d kept, separation >= %g) x %d layers x %d positions; summary at the last "
+             "position %s", out, effect.shape[0], summary["n_pairs_included"], min_separation, *effect.shape[1:],
+             np.round(summary["summary"][:, 0], 2))
     return result
 
 

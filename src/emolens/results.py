@@ -31,7 +31,11 @@ class Results:
     head_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     head_patching: dict[str, dict[str, Any]] = field(default_factory=dict)
     alignment: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alignment_summary: dict[str, Any] = field(default_factory=dict)
     statistics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    readout: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steering: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steering_transfer: dict[str, Any] = field(default_factory=dict)
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
@@ -47,7 +51,7 @@ def _rows(res: Results) -> list[dict[str, Any]]:
         for li, layer in enumerate(sweep["layers"]):
             for pi, pos in enumerate(sweep["positions"]):
                 rows.append({"model": m, "measure": "residual_effect", "layer": layer, "depth": layer / n,
-                             "position": pos, "head": None, "value": float(sweep["mean"][li][pi])})
+                             "position": pos, "head": None, "value": float(sweep["summary"][li][pi])})
     for m, scores in res.head_scores.items():
         for layer, row in enumerate(scores["exact_last_position"]):
             rows += [{"model": m, "measure": "head_effect_last_position", "layer": layer,
@@ -79,5 +83,13 @@ def load(root: str | Path) -> Results:
         res.alignment[path.stem] = load_pickle(path, schema="emolens.alignment/1")
     for path in sorted((root / "statistics").glob("*.json")):
         res.statistics[path.stem] = json.loads(path.read_text())
+    for path in sorted((root / "readout").glob("*.json")):
+        res.readout[path.stem] = json.loads(path.read_text())
+    for path in sorted((root / "steering").glob("*.json")):
+        res.steering[path.stem] = json.loads(path.read_text())
+    for attr, path in (("alignment_summary", root / "alignment" / "summary.json"),
+                       ("steering_transfer", root / "steering" / "transfer" / "summary.json")):
+        if path.exists():
+            setattr(res, attr, json.loads(path.read_text()))
     res.table = pd.DataFrame(_rows(res), columns=["model", "measure", "layer", "depth", "position", "head", "value"])
     return res

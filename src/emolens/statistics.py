@@ -1,20 +1,26 @@
 """Effect sizes, power and aligned subspace dimension (phase 7).
 
-Methods. The unit of inference is the prompt pair. ``effect``: for every layer x position of each
-residual sweep and every patched head (singly, and all top-K jointly) we report the mean patching
-effect, Cohen's d for a one-sample contrast against 0 (mean / sd, ddof 1), Hedges' g = d (1 - 3 /
-(4 df - 1)) with df = n - 1, a BCa bootstrap 95% CI of the mean over pairs, and a two-sided
-sign-flip permutation p-value; Benjamini-Hochberg corrects, within each model, over all its
-residual cells and heads together (one family per model). ``power``: statsmodels' one-sample t-test
-power (TTestPower) at each test's n and |d|, and the n that reaches the target power; and the
-two-sample t-test power (TTestIndPower) of the readout contrast between two emotion groups at the
-dataset's n per group for Cohen's small, medium and large d. ``k``: for each model pair, a ridge map
-from a's residual space to b's (fit on half the prompts) carries a's top-k emotion-subspace axes
-into b's space; the score at k is the mean cosine of the principal angles with b's top-k axes, at
-every matched depth, for k = 1..k_max; the null is random k-dimensional subspaces of a's space
-carried through the same map. The chosen k at a depth is the LARGEST k whose score exceeds the
-null's 95th percentile at that k (0 if none, so smaller k may fail while a larger one passes); the
-pair's k is the largest chosen k over matched depths.
+Methods. The unit of inference is the item: an item's 12 ordered pairs share its 4 prompts, so
+pairs are not independent. ``effect``: for every residual cell (layer x readout position) and every
+patched head (singly, and the top-K jointly, measured on the confirmation half of the items), each
+item contributes its gain G_i = sum over its kept pairs of (LD_patched - LD_run) and separation
+D_i = sum of (LD_donor - LD_run) (pairs below ``min_separation`` are left out, :mod:`emolens.effects`).
+We report the effect as the ratio of sums sum(G) / sum(D) with a 95% BCa bootstrap CI over items,
+Cohen's d of the item effects r_i = G_i / D_i against 0 (mean / sd, ddof 1) and Hedges' g, and a
+two-sided sign-flip permutation p-value over items (flipping whole items). Identity cells (index L
+and index 0 at the last position, fixed by construction) are verification checks, not tests.
+Benjamini-Hochberg corrects within each model's family: all its residual cells and heads; every
+count of "significant" is after correction. ``power`` is prospective: statsmodels' one-sample
+t-test (TTestPower) gives the items needed to detect Cohen's d 0.2, 0.5 and 0.8 at alpha and the
+target power, and the smallest d each model's kept items detect; there is no post-hoc power.
+``k``: how many dimensions of emotion structure two models share, calibrated. Items are split once
+(seeded) into a fit and a held-out half. At every matched depth, a's emotion axes (principal axes of
+its four emotion means, item-centred activations, fit half) are carried through a ridge map a -> b
+(fit on the fit half) and orthonormalised in b's space; axis k scores the cross-validated agreement
+of a's mapped fit-half means with b's held-out means along it (near 0 when labels carry nothing).
+The null permutes the emotion labels within each item and reruns the whole pipeline. A max-statistic
+over all depths and k (standardised scores) controls the family-wise error at alpha; k at a depth is
+the number of leading axes above the threshold, the pair's k the largest over depths (``K_RULE``).
 
 Outputs: ``statistics/effect.json``, ``statistics/power.json``, ``statistics/k.json``.
 """
@@ -24,49 +30,35 @@ from __future__ import annotations
 import itertools
 import math
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestIndPower, TTestPower
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from statsmodels.stats.power import TTestPower
 
-from emolens.alignment import comparable_layers, fit_linear_map, split_halves, subspace_curve
+from emolens import EMOTIONS
+from emolens.alignment import (
+    EmotionGrams,
+    comparable_layers,
+    item_ids,
+    label_codes,
+    label_structure,
+    permuted_labels,
+    split_halves,
+)
 from emolens.io import load_pickle, provenance, save_json
 
 COHEN_D = (0.2, 0.5, 0.8)  # Cohen's small, medium and large effects
 
 
-# --- effect sizes and tests ---------------------------------------------------------------------------
+# --- effect sizes and tests, items as the unit -----------------------------------------------------------
 
 def hedges_g(d: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Hedges' small-sample correction of a one-sample Cohen's d (df = n - 1)."""
     return d * (1.0 - 3.0 / (4.0 * (n - 1.0) - 1.0))
-
-
-def describe(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per column of x [n, c] (NaN = not applicable): n, mean, sd, Cohen's d and Hedges' g against 0."""
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, on purpose
-        n = np.sum(~np.isnan(x), axis=0).astype(float)  # [c]
-        mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0, ddof=1)
-        d = np.where(sd > 0, mean / sd, np.nan)  # undefined when every pair has the same effect
-        return {"n": n, "mean": mean, "sd": sd, "cohen_d": d, "hedges_g": hedges_g(d, n)}
-
-
-def bootstrap_ci(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """BCa 95% CI of each column's mean over rows (x [n, c], no NaN); a constant column's CI is its value."""
-    low, high = x.mean(0), x.mean(0)  # [c]
-    vary = np.ptp(x, axis=0) > 0
-    if len(x) >= 3 and vary.any():
-        ci = stats.bootstrap((x[:, vary],), np.mean, n_resamples=n_boot, axis=0, vectorized=True,
-                             method="BCa", rng=rng, batch=max(1, 2**24 // x.size)).confidence_interval
-        low[vary], high[vary] = ci.low, ci.high
-    return low, high
 
 
 def sign_flip_pvalue(x: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
@@ -77,45 +69,65 @@ def sign_flip_pvalue(x: np.ndarray, n_perm: int, rng: np.random.Generator) -> np
     return (1 + np.sum(null >= observed * (1 - 1e-12), axis=0)) / (1 + n_perm)
 
 
-def applicable_groups(x: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(rows, cols) of x [n, c] grouped by which rows are not NaN, so columns that share their
-    applicable pairs are resampled together."""
-    patterns, inverse = np.unique(~np.isnan(x.T), axis=0, return_inverse=True)
-    for g, rows in enumerate(patterns):
-        yield rows, np.flatnonzero(inverse.ravel() == g)
+def ratio_of_sums(num: np.ndarray, den: np.ndarray, groups: Sequence[str], n_boot: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sum(num) / sum(den) over rows, per cell, and its BCa 95% CI resampling whole groups (items).
 
-
-def mean_ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over pairs (axis 0) of values [n, ...] and its BCa 95% CI, NaN pairs left out per cell.
-
-    Returns (mean, low, high) of shape values.shape[1:]; a cell with fewer than two pairs has a NaN CI.
+    ``num`` [P, ...] and ``den`` [P] are per-pair values (for patching: LD_patched - LD_run and
+    LD_donor - LD_run of the pairs kept); the rows of one group are resampled together, so the
+    pairs of an item count as one unit. Returns (ratio, low, high) of shape num.shape[1:]; fewer
+    than two groups give a NaN CI.
     """
-    values = np.asarray(values, dtype=float)
-    x = values.reshape(len(values), -1)
-    mean, low, high = (np.full(x.shape[1], np.nan) for _ in range(3))
-    rng = np.random.default_rng(seed)
-    for rows, cols in applicable_groups(x):
-        sub = x[np.ix_(rows, cols)]  # [n_valid, n_cols]
-        if rows.any():
-            mean[cols] = sub.mean(0)
-        if rows.sum() >= 2:
-            low[cols], high[cols] = bootstrap_ci(sub, n_boot, rng)
-    shape = values.shape[1:]
-    return mean.reshape(shape), low.reshape(shape), high.reshape(shape)
+    num = np.asarray(num, float)
+    shape = num.shape[1:]
+    item_num, item_den = item_sums(num.reshape(len(num), -1), den, groups)  # [I, cells], [I]
+    n_groups = len(item_den)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = item_num.sum(0) / item_den.sum()
+    low, high = np.full_like(ratio, np.nan), np.full_like(ratio, np.nan)
+    if n_groups >= 2 and np.isfinite(ratio).all():
+        with np.errstate(divide="ignore", invalid="ignore"):  # a cell every item puts at the same ratio
+            vary = np.ptp(item_num / item_den[:, None], axis=0) > 1e-12  # has a point CI, as BCa cannot
+        low[~vary], high[~vary] = ratio[~vary], ratio[~vary]
+        varying = item_num[:, vary]
+
+        def statistic(i: np.ndarray, axis: int = -1) -> np.ndarray:  # i [..., I] -> [cells, ...]
+            return np.moveaxis(varying[i].sum(-2) / item_den[i].sum(-1)[..., None], -1, 0)
+
+        if vary.any():
+            ci = stats.bootstrap((np.arange(n_groups),), statistic, n_resamples=n_boot, vectorized=True,
+                                 method="BCa", rng=np.random.default_rng(seed),
+                                 batch=max(1, 2**24 // varying.size)).confidence_interval
+            low[vary], high[vary] = ci.low, ci.high
+    return ratio.reshape(shape), low.reshape(shape), high.reshape(shape)
 
 
-def cell_statistics(x: np.ndarray, n_boot: int, n_perm: int,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Effect sizes, bootstrap CI and permutation p per column of x [n, c]; NaN rows skipped per column."""
-    out = describe(x)
-    out |= {key: np.full(x.shape[1], np.nan) for key in ("ci_low", "ci_high", "p_perm")}
-    for rows, cols in applicable_groups(x):
-        if rows.sum() < 2:
-            continue
-        sub = x[np.ix_(rows, cols)]  # [n_valid, n_cols]
-        out["ci_low"][cols], out["ci_high"][cols] = bootstrap_ci(sub, n_boot, rng)
-        out["p_perm"][cols] = sign_flip_pvalue(sub, n_perm, rng)
-    return out
+def item_sums(num: np.ndarray, den: np.ndarray, groups: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (item), in sorted order: the sums of num [P, c] -> [I, c] and of den [P] -> [I]."""
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
+    sums = np.zeros((n_groups, num.shape[1]))
+    np.add.at(sums, inverse, num)
+    return sums, np.bincount(inverse, weights=np.asarray(den, float), minlength=n_groups)
+
+
+def item_tests(gain: np.ndarray, separation: np.ndarray, items: Sequence[str], n_boot: int, n_perm: int,
+               seed: int) -> dict[str, np.ndarray]:
+    """Per column of the kept pairs' gains [P, c] (separations [P]): items as the unit.
+
+    ``effect`` = sum(gain) / sum(separation) with its item-bootstrap CI; Cohen's d and Hedges' g
+    of the item effects G_i / D_i against 0; a sign-flip p-value over items; ``n_items``.
+    """
+    effect, low, high = ratio_of_sums(gain, separation, items, n_boot, seed)
+    g, d = item_sums(gain, separation, items)
+    r = g / d[:, None]  # [I, c]: each item's effect in units of its separation
+    n = np.full(gain.shape[1], float(len(r)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = r.std(0, ddof=1) if len(r) > 1 else np.full(gain.shape[1], np.nan)
+        cohen = np.where(sd > 1e-12, r.mean(0) / sd, np.nan)  # undefined when every item has the same effect
+    p = sign_flip_pvalue(r, n_perm, np.random.default_rng(seed)) if len(r) > 1 else np.full(len(n), np.nan)
+    return {"effect": effect, "ci_low": low, "ci_high": high, "n_items": n, "cohen_d": cohen,
+            "hedges_g": hedges_g(cohen, n), "p_perm": p}
 
 
 def bh_adjust(pvalues: np.ndarray) -> np.ndarray:
@@ -127,8 +139,9 @@ def bh_adjust(pvalues: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def pool_bh(families: Sequence[dict[str, np.ndarray]], alpha: float = 0.05) -> None:
-    """Add ``p_bh`` and ``significant`` to each table from one BH correction over all their ``p_perm``."""
+def pool_bh(families: Sequence[dict[str, np.ndarray]], alpha: float = 0.05) -> int:
+    """Add ``p_bh`` and ``significant`` to each table from one BH correction over all their ``p_perm``;
+    return the number of significant tests."""
     adjusted = bh_adjust(np.concatenate([np.ravel(f["p_perm"]) for f in families]))
     start = 0
     for f in families:
@@ -136,6 +149,7 @@ def pool_bh(families: Sequence[dict[str, np.ndarray]], alpha: float = 0.05) -> N
         f["p_bh"] = adjusted[start:start + size].reshape(np.shape(f["p_perm"]))
         f["significant"] = f["p_bh"] < alpha
         start += size
+    return int(np.nansum(adjusted < alpha))
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -145,7 +159,7 @@ def _model_name(path: str | Path, suffix: str) -> str:
 
 
 def _load_effects(sweep_files: Sequence[str | Path], head_files: Sequence[str | Path]) -> dict[str, dict]:
-    """Per model: the residual sweep's and the head patching's per-pair effects."""
+    """Per model: the residual sweep and the head patching file."""
     models: dict[str, dict] = {}
     for path in sweep_files:
         s = load_pickle(path, "emolens.residual_sweep/1")
@@ -156,121 +170,191 @@ def _load_effects(sweep_files: Sequence[str | Path], head_files: Sequence[str | 
     return models
 
 
-def _tables(model: dict, fn: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
-    """Apply fn to [n_pairs, c] effect matrices of the residual cells, single heads and joint heads."""
+def _kept(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The kept pairs' gains [P_kept, ...] = LD_patched - LD_run, separations and items."""
+    kept = np.asarray(result["included"], bool)
+    run = np.asarray(result["ld_clean_run"], float)
+    ld = np.asarray(result["ld_patched"], float)
+    gain = ld - run.reshape((-1,) + (1,) * (ld.ndim - 1))
+    return gain[kept], np.asarray(result["separation"], float)[kept], [i for i, k in zip(result["items"], kept,
+                                                                                            strict=True) if k]
+
+
+def identity_cells(sweep: dict[str, Any]) -> np.ndarray:
+    """[layers, positions] bool: index L and index 0 at the last position, fixed by construction."""
+    mask = np.zeros((len(sweep["layers"]), len(sweep["positions"])), bool)
+    last = list(sweep["positions"]).index(-1)
+    mask[[0, -1], last] = True
+    return mask
+
+
+def _effect_tables(model: dict, n_boot: int, n_perm: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Item-level tests of the residual cells (identity cells not tested), single heads and the joint patch."""
     out: dict[str, dict[str, Any]] = {}
     if "residual" in model:
         s = model["residual"]
-        effect = np.asarray(s["effect"], float)  # [P, n_layers, n_positions]
-        table = fn(effect.reshape(len(effect), -1))
-        out["residual"] = {k: np.reshape(v, effect.shape[1:]) for k, v in table.items()}
-        out["residual"] |= {"layers": list(s["layers"]), "positions": list(s["positions"])}
+        gain, sep, items = _kept(s)
+        shape = gain.shape[1:]
+        table = item_tests(gain.reshape(len(gain), -1), sep, items, n_boot, n_perm, seed)
+        identity = identity_cells(s)
+        table["p_perm"] = np.where(identity.ravel(), np.nan, table["p_perm"])
+        out["residual"] = {k: np.reshape(v, shape) for k, v in table.items()}
+        out["residual"] |= {"layers": list(s["layers"]), "positions": list(s["positions"]),
+                            "position_roles": list(s["position_roles"]), "identity_cells": identity}
     if "heads" in model:
         h = model["heads"]
-        out["heads"] = fn(np.asarray(h["effect_single"], float)) | {"heads": [list(x) for x in h["heads"]]}
-        out["joint"] = {k: v[0] for k, v in fn(np.asarray(h["effect_joint"], float)[:, None]).items()}
+        gain, sep, items = _kept(h)  # [P_kept, K + 1]: K single heads, then the joint patch
+        table = item_tests(gain, sep, items, n_boot, n_perm, seed)
+        out["heads"] = {k: v[:-1] for k, v in table.items()} | {"heads": [list(x) for x in h["heads"]]}
+        out["joint"] = {k: v[-1] for k, v in table.items()}
     return out
 
 
 # --- power -----------------------------------------------------------------------------------------------
 
-def two_sided_power(analysis: TTestPower | TTestIndPower, d: float, n: float, alpha: float) -> float:
-    """statsmodels' two-sided t-test power at |d| and n (n per group for the two-sample test).
-
-    Where the far tail of the noncentral t underflows to NaN (very large |d| or n), the far tail is
-    negligible and the near one-sided tail at alpha / 2 is the two-sided power.
-    """
-    value = float(analysis.power(abs(d), n, alpha))
-    return value if np.isfinite(value) else float(analysis.power(abs(d), n, alpha / 2, alternative="larger"))
-
-
-def achieved_power(d: float, n: float, alpha: float) -> float | None:
-    """Power of a two-sided one-sample (or paired) t-test at effect size |d| and n."""
-    return two_sided_power(TTestPower(), d, n, alpha) if np.isfinite(d) and n >= 2 else None
-
-
-def required_n(d: float, alpha: float, power: float) -> int | None:
+def required_n(d: float, alpha: float, power: float) -> int:
     """Smallest n (>= 2) at which a two-sided one-sample t-test reaches the target power at |d|."""
-    if not (np.isfinite(d) and d != 0):
+    return max(2, math.ceil(TTestPower().solve_power(effect_size=abs(d), alpha=alpha, power=power)))
+
+
+def detectable_d(n: int, alpha: float, power: float) -> float | None:
+    """Smallest |d| a two-sided one-sample t-test on n units detects with the target power."""
+    if n < 3:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # fails (NaN) only at huge |d|: searched below
-        n = TTestPower().solve_power(effect_size=abs(d), alpha=alpha, power=power)
-    if np.isfinite(n):
-        return max(2, math.ceil(n))
-    return next((n for n in range(2, 100) if achieved_power(d, n, alpha) >= power), None)
-
-
-def required_n_per_group(d: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> int:
-    """n per group for a two-sided two-sample t-test (Cohen's table: 64 at d 0.5, alpha 0.05, power 0.8)."""
-    return math.ceil(TTestIndPower().solve_power(effect_size=d, alpha=alpha, power=power, ratio=1.0))
-
-
-def _power_table(x: np.ndarray, alpha: float, power: float) -> dict[str, np.ndarray]:
-    desc = describe(x)
-    n, d = desc["n"], desc["cohen_d"]
-    return {"n": n, "cohen_d": d,
-            "achieved_power": np.array([achieved_power(*a, alpha) for a in zip(d, n, strict=True)], float),
-            "n_required": np.array([required_n(v, alpha, power) for v in d], float)}
+    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power))
 
 
 # --- run --------------------------------------------------------------------------------------------------
 
 def run_effect(sweep_files: Sequence[str | Path], head_files: Sequence[str | Path], out_json: str | Path,
                seed: int = 0, n_boot: int = 2000, n_perm: int = 10000, alpha: float = 0.05) -> None:
-    """Effect sizes, bootstrap CIs, permutation and BH-adjusted p-values per layer/position and head."""
+    """Effect sizes, item-bootstrap CIs, item sign-flip and BH-adjusted p-values per residual cell and head."""
     started = time.time()
-    rng = np.random.default_rng(seed)
     models = {}
     for name, model in _load_effects(sweep_files, head_files).items():
-        tables = _tables(model, lambda x: cell_statistics(x, n_boot, n_perm, rng))
-        pool_bh(list(tables.values()), alpha)
+        tables = _effect_tables(model, n_boot, n_perm, seed)
+        n_tests = sum(int(np.sum(np.isfinite(t["p_perm"]))) for t in tables.values())
+        tables["family"] = {"tests": n_tests, "significant_after_bh": pool_bh(list(tables.values()), alpha)}
         models[name] = tables
     settings = {"seed": seed, "n_boot": n_boot, "n_perm": n_perm, "alpha": alpha}
     save_json(settings | {
-        "bh_family": "per model: all residual layer x position cells, single heads and the joint patch",
+        "unit": "item (all kept pairs of an item together)",
+        "effect": "ratio of sums over kept pairs, sum(LD_patched - LD_run) / sum(LD_donor - LD_run)",
+        "test": "two-sided sign-flip permutation over items of the item effects G_i / D_i",
+        "bh_family": "per model: all residual layer x position cells (identity cells excluded), single heads "
+                     "and the joint patch",
         "models": models,
         "provenance": provenance(settings, started, inputs=[str(p) for p in [*sweep_files, *head_files]]),
     }, out_json)
 
 
 def run_power(sweep_files: Sequence[str | Path], head_files: Sequence[str | Path], out_json: str | Path,
-              alpha: float = 0.05, power: float = 0.8, n_per_group: int = 225) -> None:
-    """Achieved power and required n of every effect test, and the two-sample readout design's power."""
+              alpha: float = 0.05, power: float = 0.8) -> None:
+    """Prospective power: items needed per effect size, and the smallest effect each model's items detect."""
     started = time.time()
-    models = {name: _tables(model, lambda x: _power_table(x, alpha, power))
-              for name, model in _load_effects(sweep_files, head_files).items()}
-    two_sample = {"test": "two-sided two-sample t-test (TTestIndPower), equal groups",
-                  "n_per_group": n_per_group, "cohen_d": list(COHEN_D),
-                  "achieved_power": [two_sided_power(TTestIndPower(), d, n_per_group, alpha) for d in COHEN_D],
-                  "n_required_per_group": [required_n_per_group(d, alpha, power) for d in COHEN_D]}
-    settings = {"alpha": alpha, "power": power, "n_per_group": n_per_group}
+    models = {}
+    for name, model in _load_effects(sweep_files, head_files).items():
+        models[name] = {}
+        for part, result in model.items():
+            n_items = len(set(_kept(result)[2]))
+            models[name][part] = {"n_items": n_items, "detectable_d": detectable_d(n_items, alpha, power)}
+    settings = {"alpha": alpha, "power": power}
     save_json(settings | {
-        "one_sample_test": "two-sided one-sample t-test on per-pair effects (TTestPower)",
-        "models": models, "two_sample_readout": two_sample,
+        "test": "two-sided one-sample t-test over items (statsmodels TTestPower), prospective",
+        "cohen_d": list(COHEN_D),
+        "items_required": [required_n(d, alpha, power) for d in COHEN_D],
+        "models": models,
         "provenance": provenance(settings, started, inputs=[str(p) for p in [*sweep_files, *head_files]]),
     }, out_json)
 
 
+# --- k: how many emotion dimensions align across a model pair -------------------------------------------
+
+K_SCORE = ("per matched depth and axis k = 1..k_max (k_max <= 3: four emotion means span three dimensions): a's "
+           "emotion axes are the principal axes of its four emotion means on the fit half of the items "
+           "(item-centred activations), ordered by variance, carried through the ridge map a -> b (fit on the "
+           "fit half's paired activations) and orthonormalised in b's space in that order (Gram-Schmidt). Axis "
+           "k scores sum_e (q_k . a_e)(q_k . b_e) / sqrt(v_a v_b), with a_e a's mapped fit-half emotion means, "
+           "b_e b's emotion means on the held-out half, and v_a, v_b the mean squared norms of the mapped "
+           "fit-half and held-out item-centred prompts (label-free): the cross-validated covariance of the two "
+           "emotion structures along axis k, as a share of the within-item variance. The held-out means come "
+           "from other items and average to 0 over within-item labellings, so the score is 0 in expectation "
+           "when the labels carry nothing. No dimension reduction: every quantity is an exact quadratic form "
+           "of the prompts' Gram matrices, whatever the widths.")
+K_NULL = ("emotion labels permuted within each item, n_perm times (the same permutations at every depth), the "
+          "whole pipeline recomputed each time: a's emotion means and axes, their mapped images, b's held-out "
+          "means; item-centring, the item split and the map read no labels and are computed once")
+K_RULE = ("standardise each (depth, k) score by its permutation null's mean and sd; for every permutation take "
+          "the max standardised score over all matched depths and k; threshold = the value an observed "
+          "standardised score must exceed for a max-statistic p = (1 + #{null max >= z}) / (1 + n_perm) <= "
+          "alpha (family-wise error over depths and k controlled at alpha, single step; infinite when n_perm "
+          "is too small to reach alpha); k at a depth = the number of leading axes k = 1, 2, ... whose "
+          "standardised score exceeds the threshold (counting stops at the first that does not); the pair's "
+          "k = the largest k over its matched depths (0 if none)")
+
+
+def k_axis_scores(e: EmotionGrams, q: int) -> np.ndarray:
+    """[P, q] score of each of a's top-q mapped emotion axes (``K_SCORE``), for every labelling in e."""
+    lam, v = np.linalg.eigh(e.a_fit)  # a's own fit-half means M_a: axis j = v_j^T M_a / sqrt(lam_j)
+    lam, v = lam[..., ::-1][..., :q], v[..., ::-1][..., :q]  # descending
+    coef = np.swapaxes(v, -1, -2) / np.sqrt(np.maximum(lam, 1e-300))[..., None]  # [P, q, 4]
+    gram = coef @ e.mm @ np.swapaxes(coef, -1, -2)  # [P, q, q]: the mapped axes' Gram
+    jitter = 1e-12 * np.trace(gram, axis1=-2, axis2=-1)[..., None, None] * np.eye(q)
+    chol = np.linalg.cholesky(gram + jitter)  # Gram-Schmidt in a's order: q = C^-1 (mapped axes)
+    on_a = np.linalg.solve(chol, coef @ e.mm)  # [P, q, 4]: q_k . a_e
+    on_b = np.linalg.solve(chol, coef @ e.mb)  # [P, q, 4]: q_k . b_e
+    return (on_a * on_b).sum(-1) / max(np.sqrt(e.mapped_var * e.b_test_var), 1e-300)
+
+
+def max_stat_threshold(max_null: np.ndarray, alpha: float) -> float:
+    """The value a standardised score must exceed for (1 + #{max_null >= z}) / (1 + n_perm) <= alpha."""
+    allowed = int(np.floor(alpha * (len(max_null) + 1) - 1 + 1e-9))  # null maxima allowed at or above z
+    return float(np.sort(max_null)[::-1][allowed]) if 0 <= allowed < len(max_null) else float("inf")
+
+
+def leading_count(above: np.ndarray) -> int:
+    """How many leading entries of a boolean curve are True (k = 1, 2, ... until the first False)."""
+    return int(np.cumprod(np.asarray(above, bool)).sum())
+
+
+def k_decision(scores: np.ndarray, alpha: float) -> dict[str, Any]:
+    """Max-statistic decision on scores [P+1, D, q] (row 0 observed, then permutations): see ``K_RULE``."""
+    null = scores[1:]
+    mean, sd = null.mean(0), null.std(0, ddof=1)  # [D, q]
+    z = (scores - mean) / np.where(sd > 0, sd, np.inf)
+    max_null = z[1:].reshape(len(null), -1).max(1)  # [n_perm]
+    threshold = max_stat_threshold(max_null, alpha)
+    p_fwer = (1 + (max_null[:, None, None] >= z[0][None]).sum(0)) / (len(null) + 1)  # [D, q]
+    k = np.array([leading_count(row > threshold) for row in z[0]], int)  # [D]
+    return {"z": z[0], "null_mean": mean, "null_sd": sd, "p_fwer": p_fwer, "threshold": threshold, "k": k}
+
+
 def _pair_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, seed: int, n_perm: int, ridge: float,
-            position: str) -> dict[str, Any]:
-    """The k-curve against its null at every matched depth of one model pair, and the chosen k."""
-    split = split_halves(act_a["emotions"], seed, act_a.get("item_ids"))[0]
-    rng = np.random.default_rng(seed)
-    depths = []
+            position: str, alpha: float = 0.05) -> dict[str, Any]:
+    """The k-curve against its null at every matched depth of one model pair, and the calibrated k."""
+    items, emotions = item_ids(act_a, "activations"), act_a["emotions"]
+    split = split_halves(emotions, seed, items)
+    labels = permuted_labels(label_codes(emotions), items, n_perm, np.random.default_rng(seed))  # [P+1, n]
+    q = min(sub_a["basis"].shape[1], sub_b["basis"].shape[1], len(EMOTIONS) - 1)
     ra, rb = act_a["resid"][position], act_b["resid"][position]
-    for la, lb in comparable_layers(ra, rb, int(act_a["n_layers"]), int(act_b["n_layers"]))[0]:
-        xa, xb = ra[split, la].astype(np.float64), rb[split, lb].astype(np.float64)  # [n_train, da], [n_train, db]
-        lmap = fit_linear_map(xa, xb, ridge)
-        curve = subspace_curve(sub_a["basis"][la], sub_b["basis"][lb], lmap, n_perm, rng)
-        q95 = np.quantile(curve["null"], 0.95, axis=0)  # [k_max]
-        above = np.flatnonzero(curve["score"] > q95)
-        p = (1 + np.sum(curve["null"] >= curve["score"], axis=0)) / (1 + n_perm)  # [k_max]
-        depths.append({"layer_a": la, "layer_b": lb, "score": curve["score"],
-                       "null_mean": curve["null"].mean(0), "null_q95": q95, "p": p,
-                       "k_chosen": int(above[-1] + 1) if len(above) else 0})
-    best = max(depths, key=lambda d: d["k_chosen"])
-    return {"k": best["k_chosen"], "k_layers": [best["layer_a"], best["layer_b"]], "depths": depths}
+    layers = comparable_layers(ra, rb, int(act_a["n_layers"]), int(act_b["n_layers"]))[0]
+    out = {"k": 0, "k_layers": None, "k_max": q, "threshold": float("inf"), "n_items": len(np.unique(items)),
+           "n_items_fit": len(np.unique(items[split[0]])), "depths": []}
+    if not layers:
+        return out
+    scores = np.stack([k_axis_scores(label_structure(ra[:, la].astype(np.float64), rb[:, lb].astype(np.float64),
+                                                     items, split, labels, ridge), q)
+                       for la, lb in layers], axis=1)  # [P+1, D, q]
+    dec = k_decision(scores, alpha)
+    for d, (la, lb) in enumerate(layers):
+        out["depths"].append({"layer_a": la, "layer_b": lb, "score": scores[0, d],
+                              "cumulative": np.cumsum(scores[0, d]), "null_mean": dec["null_mean"][d],
+                              "null_sd": dec["null_sd"][d], "z": dec["z"][d], "p_fwer": dec["p_fwer"][d],
+                              "threshold": dec["threshold"], "k": int(dec["k"][d])})
+    best = int(np.argmax(dec["k"]))
+    out |= {"k": int(dec["k"][best]), "threshold": dec["threshold"],
+            "k_layers": list(layers[best]) if dec["k"][best] else None}
+    return out
 
 
 def _keep_position(act: dict[str, Any], position: str) -> dict[str, Any]:
@@ -279,11 +363,12 @@ def _keep_position(act: dict[str, Any], position: str) -> dict[str, Any]:
 
 
 def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_json: str | Path,
-          seed: int = 0, n_perm: int = 200, ridge: float = 0.1, position: str = "last") -> None:
-    """How many emotion-subspace dimensions align across each model pair above a random-subspace null.
+          seed: int = 0, n_perm: int = 200, ridge: float = 0.1, position: str = "last",
+          alpha: float = 0.05) -> None:
+    """How many emotion dimensions align across each model pair, family-wise calibrated (``K_RULE``).
 
     Each model's files are read once (not once per pair it is in) and only the residual readout
-    ``position`` is kept.
+    ``position`` is kept; the subspace files give k_max (capped at 3).
     """
     started = time.time()
     names = [Path(p).stem for p in act_files]
@@ -298,13 +383,11 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
             raise ValueError(f"{act_files[i]} and {act_files[j]} hold different prompts or orders")
         quant = [act_a.get("quantization"), act_b.get("quantization")]
         pairs.append({"models": [names[i], names[j]], "int8_involved": "int8" in quant}
-                     | _pair_k(act_a, act_b, sub_a, sub_b, seed, n_perm, ridge, position))
-    settings = {"seed": seed, "n_perm": n_perm, "ridge": ridge, "position": position}
+                     | _pair_k(act_a, act_b, sub_a, sub_b, seed, n_perm, ridge, position, alpha))
+    settings = {"seed": seed, "n_perm": n_perm, "ridge": ridge, "position": position, "alpha": alpha}
     save_json(settings | {
-        "score": "mean cosine of principal angles between a's mapped top-k subspace and b's top-k subspace",
-        "null": "random k-dim subspaces of a's space through the same map",
-        "rule": "k = largest k whose score exceeds the null's 95th percentile (0 if none); "
-                "pair k = max over matched depths",
+        "score": K_SCORE, "null": K_NULL, "rule": K_RULE,
+        "family": "per model pair: all matched depths x k = 1..k_max",
         "pairs": pairs,
         "provenance": provenance(settings, started, inputs=[str(p) for p in [*act_files, *sub_files]]),
     }, out_json)

@@ -1,12 +1,23 @@
 """Phase 3, emotion vectors, subspaces and linear probes, per layer.
 
 Method. At every residual index, an emotion's vector is the mean last-token activation of its
-prompts minus the mean of all other prompts. A cross-validated multinomial logistic probe
-(folds grouped by ``item_id``, so no scenario is seen in training and test) measures how linearly
-decodable the emotion is. Four class means span at most three dimensions, so the subspace is
-taken from the item-centred activations instead: subtracting each scenario's mean over its
-emotions leaves the variation the emotion explains, whose principal directions (PCA) give an
+prompts minus the mean of all other prompts. Four class means span at most three dimensions, so the
+subspace is taken from the item-centred activations instead: subtracting each scenario's mean over
+its emotions leaves the variation the emotion explains, whose principal directions (PCA) give an
 orthonormal basis of up to ``k_max`` dimensions, with the share of that variance each explains.
+How linearly decodable the emotion is, is measured by a standardised multinomial logistic probe
+whose accuracy is cross-validated with whole sentence frames held out: ``GroupKFold`` over the
+dataset's ``frame`` (the ``item_id`` where a record has none) assigns every prompt one fold, once,
+and the same folds serve every layer and every baseline, so no frame seen in training is tested and
+all numbers are comparable. A probe that recognises frames instead of emotions therefore scores
+chance. Beside it stands a lexical baseline in the same folds: a logistic regression on TF-IDF word
+uni- and bigrams and character 2-5-grams of the message text alone, which tells how much of the
+emotion the words already give away. Where the dataset has both registers (explicit: the emotion is
+named; implicit: it is only implied), accuracy is reported per register from the same out-of-fold
+predictions, and transfer across registers is measured by fitting on all explicit prompts and
+testing on all implicit ones, and the reverse (in held-out folds instead, should a frame appear in
+both registers), for the probe at every layer and for the lexical baseline: a probe that transfers
+where the words do not reads the emotion rather than its vocabulary.
 """
 
 from __future__ import annotations
@@ -15,15 +26,19 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
+from sklearn.model_selection import GroupKFold, PredefinedSplit, cross_val_predict
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from emolens import EMOTIONS
+from emolens.dataset import REGISTERS, frame_groups, load_dataset
 from emolens.io import load_pickle, provenance, save_pickle
 
 log = logging.getLogger(__name__)
@@ -52,38 +67,177 @@ def subspace(xc: np.ndarray, k_max: int) -> tuple[np.ndarray, np.ndarray]:
     return vt[:k], var[:k] / max(var.sum(), 1e-30)
 
 
-def probe_accuracy(x: np.ndarray, emotions: Sequence[str], item_ids: Sequence[str], folds: int,
+def grouped_folds(groups: Sequence[str], folds: int) -> np.ndarray:
+    """Fold number [N] of every prompt: ``GroupKFold`` over ``groups``, so each group lies in one fold."""
+    n_groups = len(set(groups))
+    if folds < 2 or n_groups < folds:
+        raise ValueError(f"cannot make {folds} cross-validation folds from {n_groups} group(s) (frames, or items "
+                         f"where a record has no frame): set subspace.probe_folds between 2 and {n_groups}, "
+                         f"or use a dataset with more frames")
+    fold = np.full(len(groups), -1)
+    split = GroupKFold(n_splits=folds).split(np.zeros((len(groups), 1)), groups=np.asarray(groups))
+    for k, (_, test) in enumerate(split):
+        fold[test] = k
+    return fold
+
+
+def probe_model(seed: int) -> Pipeline:
+    """The probe: a standardised multinomial logistic regression on one layer's activations."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+
+
+def lexical_model(seed: int) -> Pipeline:
+    """The lexical baseline: TF-IDF word 1-2-grams and ``char_wb`` 2-5-grams of the text, then a logistic regression."""
+    words = TfidfVectorizer(analyzer="word", ngram_range=(1, 2))
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))
+    return make_pipeline(FeatureUnion([("words", words), ("chars", chars)]),
+                         LogisticRegression(max_iter=2000, random_state=seed))
+
+
+def out_of_fold(model: BaseEstimator, x: Any, labels: Sequence[str], fold: np.ndarray) -> np.ndarray:
+    """Prediction [N] for every prompt from a copy of ``model`` fitted on the other folds."""
+    return cross_val_predict(model, x, np.asarray(labels), cv=PredefinedSplit(fold))
+
+
+def probe_accuracy(x: np.ndarray, emotions: Sequence[str], groups: Sequence[str], folds: int,
                    seed: int) -> float:
-    """Cross-validated accuracy of a standardised multinomial logistic probe, folds grouped by item."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
-    scores = cross_val_score(probe, x, np.asarray(emotions), groups=np.asarray(item_ids),
-                             cv=GroupKFold(n_splits=folds))
-    return float(scores.mean())
+    """Cross-validated accuracy of the probe on [N, d] activations, whole groups held out."""
+    labels = np.asarray(emotions)
+    return float((out_of_fold(probe_model(seed), x, labels, grouped_folds(groups, folds)) == labels).mean())
 
 
-def run(activations: str | Path, vectors_out: str | Path, subspaces_out: str | Path, *, k_max: int,
-        folds: int, seed: int) -> None:
-    """Load one model's activations; save its emotion vectors, probe accuracies and subspaces."""
+def known_registers(records: Sequence[dict[str, Any]]) -> np.ndarray | None:
+    """Each record's ``register`` [N], or None when a record has none (a user's own dataset)."""
+    registers = [r.get("register") for r in records]
+    if not all(isinstance(g, str) and g for g in registers):
+        return None
+    return np.asarray(registers)
+
+
+def transfer_splits(groups: Sequence[str], registers: np.ndarray, fold: np.ndarray, source: str,
+                    target: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) indices from ``source``-register prompts to ``target``-register ones.
+
+    One split, all source prompts to all target prompts, when no group has prompts in both
+    registers; otherwise one split per fold (source prompts outside it, target prompts inside), so a
+    frame is never on both sides.
+    """
+    groups = np.asarray(groups)
+    src, tgt = registers == source, registers == target
+    if not set(groups[src]) & set(groups[tgt]):
+        return [(np.flatnonzero(src), np.flatnonzero(tgt))]
+    return [(np.flatnonzero(src & (fold != k)), np.flatnonzero(tgt & (fold == k))) for k in np.unique(fold)]
+
+
+def split_accuracy(model: BaseEstimator, x: Any, labels: np.ndarray,
+                   splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Accuracy over the test sides of ``splits``, a fresh copy of ``model`` fitted on each train side."""
+    correct = total = 0
+    for train, test in splits:
+        if len(train) and len(test):
+            fitted = clone(model).fit(x[train], labels[train])
+            correct += int((fitted.predict(x[test]) == labels[test]).sum())
+            total += len(test)
+    return correct / total if total else float("nan")
+
+
+def probe_report(x: np.ndarray, records: Sequence[dict[str, Any]], folds: int, seed: int,
+                 name: str | None = None) -> dict[str, Any]:
+    """Probe accuracy per layer of [N, S, d] activations, the lexical baseline and cross-register
+    transfer, all on one set of frame-grouped folds; ``records`` are the prompts, in the same order."""
+    labels = np.asarray([r["emotion"] for r in records])
+    texts = np.asarray([r["text"] for r in records], dtype=object)
+    groups = [str(g) for g in frame_groups(records)]
+    fold = grouped_folds(groups, folds)
+    registers = known_registers(records)
+    both = registers is not None and set(REGISTERS) <= set(registers)
+    if registers is None:
+        log.info("registers unknown (a record has no 'register'): no per-register accuracy, no transfer")
+    elif not both:
+        log.info("only the %s register in the dataset: no cross-register transfer", sorted(set(registers.tolist())))
+    pairs = (REGISTERS, REGISTERS[::-1])
+    splits = {pair: transfer_splits(groups, registers, fold, *pair) for pair in pairs} if both else {}
+    probe = probe_model(seed)
+    correct, transfer = [], {pair: [] for pair in splits}
+    for s in tqdm(range(x.shape[1]), desc=f"probes {name}"):
+        correct.append(out_of_fold(probe, x[:, s], labels, fold) == labels)
+        for pair, pair_splits in splits.items():
+            transfer[pair].append(split_accuracy(probe, x[:, s], labels, pair_splits))
+    correct = np.array(correct)  # [S, N]
+    lexical = out_of_fold(lexical_model(seed), texts, labels, fold) == labels  # [N]
+
+    def by_register(hits: np.ndarray) -> dict[str, Any] | None:  # [..., N] -> {register: mean over its prompts}
+        names = [] if registers is None else sorted(set(registers.tolist()))
+        return {g: hits[..., registers == g].mean(-1) for g in names} or None
+
+    report = {
+        "fold": fold, "groups": groups,
+        "registers": None if registers is None else registers.tolist(),
+        "probe_cv": f"{folds}-fold GroupKFold over frames (items where no frame), {len(set(groups))} groups; "
+                    f"the same folds for every layer and the lexical baseline",
+        "probe_accuracy": correct.mean(1),
+        "probe_accuracy_by_register": by_register(correct),
+        "lexical_accuracy": float(lexical.mean()),
+        "lexical_accuracy_by_register": {g: float(v) for g, v in (by_register(lexical) or {}).items()} or None,
+        "transfer_cv": None,
+    }
+    if both:
+        report["transfer_cv"] = ("fit on all prompts of one register, tested on all of the other"
+                                 if len(splits[REGISTERS]) == 1 else
+                                 "fold by fold: fit on one register outside the fold, tested on the other inside "
+                                 "it (some frames have prompts in both registers)")
+    for a, b in pairs:
+        report[f"transfer_{a}_to_{b}"] = np.array(transfer[a, b]) if both else None
+        report[f"lexical_transfer_{a}_to_{b}"] = (split_accuracy(lexical_model(seed), texts, labels, splits[a, b])
+                                                 if both else None)
+    return report
+
+
+def join_records(records: Sequence[dict[str, Any]], act: dict[str, Any], activations: str | Path,
+                 dataset: str | Path) -> list[dict[str, Any]]:
+    """The dataset records in the activations' prompt order, joined by ``id``; any mismatch is an error."""
+    by_id = {r["id"]: r for r in records}
+    ids = list(act["ids"])
+    missing, extra = [i for i in ids if i not in by_id], sorted(set(by_id) - set(ids))
+    if missing or extra:
+        raise ValueError(f"{activations} and {dataset} hold different prompts: {len(missing)} activation id(s) not "
+                         f"in the dataset {missing[:3]}, {len(extra)} dataset id(s) not in the activations "
+                         f"{extra[:3]}; extract the activations again from this dataset")
+    joined = [by_id[i] for i in ids]
+    stale = [r["id"] for r, e, item in zip(joined, act["emotions"], act["item_ids"], strict=True)
+             if (r["emotion"], r["item_id"]) != (e, item)]
+    if stale:
+        raise ValueError(f"{activations} and {dataset} disagree on the emotion or item of {len(stale)} prompt(s), "
+                         f"first {stale[:3]}; extract the activations again from this dataset")
+    return joined
+
+
+def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, subspaces_out: str | Path, *,
+        k_max: int, folds: int, seed: int) -> None:
+    """Load one model's activations and the dataset; save emotion vectors, probe results and subspaces."""
     started = time.time()
     act = load_pickle(activations, schema="emolens.activations/1")
+    records = join_records(load_dataset(dataset), act, activations, dataset)
     x = act["resid"]["last"].astype(np.float64)  # [N, L+1, d]
     emotions, items = act["emotions"], act["item_ids"]
     n_sites = x.shape[1]
     settings = {"k_max": k_max, "folds": folds, "seed": seed}
     name = act["provenance"].get("model")
-    accuracy = np.array([probe_accuracy(x[:, s], emotions, items, folds, seed)
-                         for s in tqdm(range(n_sites), desc=f"probes {name}")])
+    report = probe_report(x, records, folds, seed, name)
     xc = item_centred(x, items)
     bases, ratios = zip(*(subspace(xc[:, s], k_max) for s in range(n_sites)), strict=True)
     common = {"emotions": list(EMOTIONS), "n_layers": act["n_layers"], "d_model": act["d_model"],
               "quantization": act["quantization"]}
     save_pickle({"schema": "emolens.vectors/1", "vectors": emotion_vectors(x, emotions).astype(np.float32),
-                 "probe_accuracy": accuracy, **common,
+                 "ids": list(act["ids"]), **report, **common,
                  "provenance": provenance(settings, started, model=name)}, vectors_out)
     k = min(len(b) for b in bases)
     save_pickle({"schema": "emolens.subspaces/1",
                  "basis": np.stack([b[:k] for b in bases]).astype(np.float32),  # [L+1, k, d]
                  "explained_variance_ratio": np.stack([r[:k] for r in ratios]), **common,
                  "provenance": provenance(settings, started, model=name)}, subspaces_out)
-    log.info("wrote %s and %s; best probe accuracy %.3f at index %d", vectors_out, subspaces_out,
-             accuracy.max(), int(accuracy.argmax()))
+    accuracy, transfer = report["probe_accuracy"], report["transfer_explicit_to_implicit"]
+    log.info("wrote %s and %s; probe accuracy best %.3f at index %d (%s); lexical baseline %.3f; "
+             "explicit->implicit transfer best %s", vectors_out, subspaces_out, accuracy.max(),
+             int(accuracy.argmax()), report["probe_cv"], report["lexical_accuracy"],
+             "n/a" if transfer is None else f"{transfer.max():.3f}")

@@ -3,36 +3,49 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
 from scipy.linalg import subspace_angles
+from statsmodels.stats.multitest import multipletests
 
 from emolens import EMOTIONS
 from emolens.alignment import (
+    DESCRIPTIVE,
+    FAMILIES,
+    MEASURES,
     center_gram,
     comparable_layers,
     debiased_cka,
+    emotion_grams,
     fit_linear_map,
     gram_permutation_null,
     knn_indices,
     knn_permutation_null,
+    label_structure,
     linear_cka,
     matched_layers,
     mutual_knn,
     perm_pvalue,
+    permuted_labels,
     principal_angles,
     procrustes_pca,
     rsa,
+    rsa_cross_validated,
     run_pair,
     run_summary,
     split_halves,
-    transfer_vectors,
+    subspace_cosines,
+    transfer_cosines,
     u_center_gram,
+    within_group_permutations,
 )
 from emolens.figures import alignment_matrix
 from emolens.io import load_pickle, save_pickle
-from emolens.vectors import emotion_vectors
+from emolens.statistics import run_k
+from emolens.vectors import emotion_vectors, item_centred
+from emolens.verify import check_alignment, check_self_alignment, check_statistics
 
 
 def _rotation(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -103,21 +116,73 @@ def test_procrustes_recovers_planted_rotation_across_widths():
     assert procrustes_pca(x, rng.standard_normal((200, 50)), 10, train, test) < 0.3
 
 
+def _items_dataset(rng, n_items, da, db, effect):
+    """n_items x 4 emotions; two models embed a shared latent (item content + emotion means * effect)."""
+    items = np.repeat(np.arange(n_items), 4)
+    codes = np.tile(np.arange(4), n_items)
+    latent = (2 * rng.standard_normal((n_items, 3))[items] + effect * rng.standard_normal((4, 3))[codes]
+              + rng.standard_normal((4 * n_items, 3)))
+    xa = latent @ rng.standard_normal((3, da)) + 0.05 * rng.standard_normal((4 * n_items, da))
+    xb = latent @ rng.standard_normal((3, db)) + 0.05 * rng.standard_normal((4 * n_items, db))
+    return xa, xb, items, codes
+
+
+def test_within_item_permutations_stay_inside_items():
+    items = np.repeat(np.arange(30), 4)
+    perms = within_group_permutations(items, 50, np.random.default_rng(0))
+    assert perms.shape == (50, 120)
+    assert all(np.array_equal(np.sort(p), np.arange(120)) and np.array_equal(items[p], items) for p in perms)
+    assert (perms != np.arange(120)).any(1).all()  # they do move prompts
+
+
+def test_within_item_gram_null_equals_brute_force():
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((40, 6)), rng.standard_normal((40, 9))
+    perms = within_group_permutations(np.repeat(np.arange(10), 4), 3, rng)
+    gx, gy = center_gram(x @ x.T), center_gram(y @ y.T)
+    assert gram_permutation_null(gx, gy, perms, rng) == pytest.approx([linear_cka(x, y[p]) for p in perms], abs=1e-6)
+
+
+def test_emotion_grams_match_brute_force_class_means():
+    rng = np.random.default_rng(13)
+    xa, xb, items, codes = _items_dataset(rng, 20, 7, 11, effect=1.0)
+    split = split_halves(np.array(EMOTIONS)[codes], 0, items)
+    labels = permuted_labels(codes, items, 4, rng)
+    ca, cb = item_centred(xa, items), item_centred(xb, items)
+    lmap = fit_linear_map(xa[split[0]], xb[split[0]], 0.1)
+    eg = emotion_grams(ca, cb, lmap.directions(ca[split[0]]), split, labels)
+    transfer, subspace, rsa_cv = transfer_cosines(eg), subspace_cosines(eg), rsa_cross_validated(eg)
+    fit, test = split
+    for p, lab in enumerate(np.array(EMOTIONS)[labels]):
+        va, vb = lmap.directions(emotion_vectors(ca[fit], lab[fit])), emotion_vectors(cb[test], lab[test])
+        assert transfer[p] == pytest.approx(np.sum(_unit(va) * _unit(vb), 1))
+        means = [np.stack([x[half][lab[half] == e].mean(0) for e in EMOTIONS]) for x, half in
+                 ((ca, fit), (cb, test), (ca, test), (cb, fit))]
+        angles = subspace_angles(lmap.directions(means[0])[:3].T, means[1][:3].T)
+        assert subspace[p] == pytest.approx(np.sort(np.cos(angles))[::-1])
+        iu = np.triu_indices(4, 1)
+        dist = [np.linalg.norm(m[:, None] - m[None], axis=-1)[iu] for m in means]
+        expected = (np.corrcoef(dist[0], dist[1])[0, 1] + np.corrcoef(dist[2], dist[3])[0, 1]) / 2
+        assert rsa_cv[p] == pytest.approx(expected)
+
+
+def _unit(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
 @pytest.mark.parametrize(("da", "db"), [(20, 50), (50, 20)])
-def test_linear_map_transfers_emotion_vectors_across_widths(da, db):
+def test_label_tests_find_shared_emotion_across_widths_and_not_shuffled_labels(da, db):
     rng = np.random.default_rng(9)
-    emotions = np.repeat(EMOTIONS, 40)
-    means = np.eye(4)[np.repeat(np.arange(4), 40)] @ rng.standard_normal((4, 3))  # [160, 3]
-    latent = means + rng.standard_normal((160, 3))
-    xa = latent @ rng.standard_normal((3, da)) + 0.05 * rng.standard_normal((160, da))
-    xb = latent @ rng.standard_normal((3, db)) + 0.05 * rng.standard_normal((160, db))
-    train, test = split_halves(emotions, seed=0)
-    lmap = fit_linear_map(xa[train], xb[train], ridge=1e-3)
-    vec_a, vec_b = emotion_vectors(xa[train], emotions[train]), emotion_vectors(xb[test], emotions[test])
-    out = transfer_vectors(vec_a, vec_b, lmap, 200, rng)
-    assert np.all(out["transfer_cosine"] > 0.95)
-    assert np.all(out["transfer_cosine"] > out["transfer_null_q95"])
-    assert out["transfer_cosine_mean_p"] < 0.01
+    xa, xb, items, codes = _items_dataset(rng, 40, da, db, effect=4.0)
+    split = split_halves(np.array(EMOTIONS)[codes], 0, items)
+    for shuffle, check in ((False, lambda p: p <= 0.01), (True, lambda p: p > 0.02)):
+        labels = codes if not shuffle else codes[within_group_permutations(items, 1, rng)[0]]
+        eg = label_structure(xa, xb, items, split, permuted_labels(labels, items, 99, rng), 1e-3)
+        transfer = transfer_cosines(eg)
+        if not shuffle:
+            assert np.all(transfer[0] > 0.9)
+        for stat in (transfer.mean(1), subspace_cosines(eg).mean(1), rsa_cross_validated(eg)):
+            assert check(perm_pvalue(stat[0], stat[1:]))
 
 
 def test_principal_angles_match_scipy():
@@ -182,11 +247,14 @@ def test_run_pair_and_summary_write_promised_keys(tmp_path):
     assert r["models"] == ["small", "wide"] and r["int8_involved"] is True
     assert r["cka_matrix"].shape == (3, 5)
     assert [(d["layer_a"], d["layer_b"]) for d in r["matched"]] == [(0, 0), (1, 2), (2, 4)]
-    for key in ("linear_cka", "debiased_cka", "mutual_knn", "rsa", "procrustes", "transfer_cosine_mean",
-                "subspace_mean_cos"):
+    for key in MEASURES:
         assert {key, f"{key}_null_mean", f"{key}_null_q95", f"{key}_p"} <= r["matched"][0].keys()
+        assert r["matched"][0]["null"][key].shape == (20,)
+    assert set(DESCRIPTIVE) <= r["matched"][0].keys()
     assert r["matched"][0]["transfer_cosine"].shape == (4,)
     assert r["matched"][1]["linear_cka"] > r["matched"][1]["linear_cka_null_q95"]  # shared latent is found
+    assert r["matched"][1]["transfer_cosine_mean_p"] == pytest.approx(1 / 21)  # so is the shared emotion
+    assert r["self_cells"]["small"]["linear_cka"] == pytest.approx(1.0) and r["self_cells"]["wide"]["layer"] == 4
     run_summary([out], tmp_path / "alignment" / "summary.json")
     summary = json.loads((tmp_path / "alignment" / "summary.json").read_text())
     assert summary["pairs"][0]["flags"] == ["int8_involved", "different_widths"]
@@ -194,6 +262,108 @@ def test_run_pair_and_summary_write_promised_keys(tmp_path):
     alignment_matrix(tmp_path / "alignment" / "summary.json", ["small", "wide"], tmp_path / "alignment.png")
     assert (tmp_path / "alignment.png").read_bytes().startswith(b"\x89PNG")
     assert len(summary["pairs"][0]["measures"]["linear_cka"]["value"]) == 3 and "provenance" in summary
+    assert set(summary["families"]) == set(FAMILIES)
+    assert all(summary["measures"][m]["question"] and summary["measures"][m]["null"] for m in MEASURES)
+    assert all(summary["measures"][m]["null"] is None for m in DESCRIPTIVE)
+    assert summary["families"]["emotion_specific"]["n_tests"] == 9
+    assert "p" not in summary["pairs"][0]["measures"]["rsa_vectors"]  # the 4x4 vector RSA is no test
+
+
+def test_summary_counts_significance_after_bh_within_each_family(tmp_path):
+    latent = shared_latent()
+    files = [write_model(tmp_path, f"m{i}", 6 + 2 * i, 2, latent, seed=i) for i in range(3)]
+    pairs = []
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        pairs.append(tmp_path / f"m{i}__m{j}.pkl")
+        run_pair(files[i][0], files[j][0], files[i][1], files[j][1], files[i][2], files[j][2], pairs[-1],
+                 n_perm=20, k_nn=5, k_pca=4)
+    run_summary(pairs, tmp_path / "summary.json", alpha=0.05)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for family, info in summary["families"].items():
+        p = np.concatenate([s["measures"][m]["p"] for s in summary["pairs"] for m in info["measures"]])
+        reject, adjusted = multipletests(p, alpha=0.05, method="fdr_bh")[:2]
+        assert info["n_tests"] == len(p) and info["n_significant"] == reject.sum(), family
+        got = np.concatenate([s["measures"][m]["p_bh"] for s in summary["pairs"] for m in info["measures"]])
+        assert got == pytest.approx(adjusted)
+
+
+# --- verification checks fail on planted corruptions ------------------------------------------------------
+
+@pytest.fixture
+def profile(tmp_path):
+    """A three-model results tree with alignment pair files, summary.json and statistics/*.json."""
+    latent = shared_latent()
+    files = {f"m{i}": write_model(tmp_path, f"m{i}", 6 + 2 * i, 2, latent, seed=i) for i in range(3)}
+    (tmp_path / "alignment").mkdir()
+    pairs = []
+    for a, b in (("m0", "m1"), ("m0", "m2"), ("m1", "m2")):
+        pairs.append(tmp_path / "alignment" / f"{a}__{b}.pkl")
+        run_pair(files[a][0], files[b][0], files[a][1], files[b][1], files[a][2], files[b][2], pairs[-1],
+                 n_perm=20, k_nn=5, k_pca=4)
+    run_summary(pairs, tmp_path / "alignment" / "summary.json")
+    stats = tmp_path / "statistics"
+    stats.mkdir()
+    for mode in ("effect", "power"):
+        (stats / f"{mode}.json").write_text(json.dumps({"provenance": {}}))
+    run_k([f[0] for f in files.values()], [f[2] for f in files.values()], stats / "k.json", n_perm=39)
+    return tmp_path, pairs
+
+
+def test_verification_checks_pass_on_clean_outputs(profile):
+    root, pairs = profile
+    assert check_self_alignment("m2", pairs)[0]
+    assert check_alignment(pairs, root / "alignment" / "summary.json", 3)[0]
+    ok, detail = check_statistics(root / "statistics", 3)
+    assert ok, detail
+
+
+def _rewrite(path, change):
+    record = load_pickle(path)
+    change(record)
+    path.write_bytes(pickle.dumps(record))
+
+
+def test_self_alignment_check_fails_on_a_wrong_self_cell(profile):
+    _, pairs = profile
+    _rewrite(pairs[1], lambda r: r["self_cells"]["m2"].update(linear_cka=0.93))
+    ok, detail = check_self_alignment("m2", pairs)
+    assert not ok and "7.0e-02" in detail
+    assert check_self_alignment("m1", pairs)[0]  # m1's files are untouched
+
+
+def test_alignment_check_fails_on_a_p_value_that_its_null_does_not_give(profile):
+    root, pairs = profile
+    _rewrite(pairs[0], lambda r: r["matched"][1].update(transfer_cosine_mean_p=0.001))
+    ok, detail = check_alignment(pairs, root / "alignment" / "summary.json", 3)
+    assert not ok and "transfer_cosine_mean" in detail
+
+
+def test_alignment_check_fails_on_an_uncorrected_count(profile):
+    root, pairs = profile
+    path = root / "alignment" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["pairs"][2]["measures"]["rsa"]["n_significant"] += 1
+    path.write_text(json.dumps(summary))
+    ok, detail = check_alignment(pairs, path, 3)
+    assert not ok and "rsa" in detail
+
+
+@pytest.mark.parametrize("corruption", ["k_above_k_max", "no_rule", "infinite_threshold", "k_not_from_curve"])
+def test_statistics_check_fails_on_a_corrupt_k_file(profile, corruption):
+    root, _ = profile
+    path = root / "statistics" / "k.json"
+    k = json.loads(path.read_text())
+    pair = k["pairs"][0]
+    if corruption == "k_above_k_max":
+        pair["k"] = pair["k_max"] + 1
+    elif corruption == "no_rule":
+        del k["rule"]
+    elif corruption == "infinite_threshold":
+        pair["threshold"] = None
+    else:
+        pair["depths"][0]["k"] = 1 - min(pair["depths"][0]["k"], 1)
+    path.write_text(json.dumps(k))
+    assert not check_statistics(root / "statistics", 3)[0]
 
 
 def test_constant_layers_are_skipped_not_compared():

@@ -28,7 +28,7 @@ from emolens.io import save_pickle
 from emolens.residual import CHUNK_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
-DATASET = "data/emotion_dataset.jsonl"
+DATASET = "results/p/data/emotion_dataset.jsonl"  # where the workflow builds it for profile p
 CHUNKS = "results/p/patching/residual/chunks/m"
 SWEEP = "results/p/patching/residual/m_residual_sweep.pkl"
 
@@ -87,7 +87,9 @@ def _chunk(first: int, last: int, model: str = "m", n_pairs: int = 3) -> dict:
     n = last - first + 1
     return {"schema": CHUNK_SCHEMA, "model": model, "n_layers": 2, "layers": list(range(first, last + 1)),
             "positions": [-1, -2], "pairs": [(f"i{k:03d}_anger", f"i{k:03d}_neutral") for k in range(n_pairs)],
-            "effect": np.zeros((n_pairs, n, 2)), "ld_clean_run": np.zeros(n_pairs), "ld_clean_donor": np.ones(n_pairs),
+            "items": [f"i{k:03d}" for k in range(n_pairs)], "contrasts": ["anger-neutral"] * n_pairs,
+            "effect": np.zeros((n_pairs, n, 2)), "ld_patched": np.zeros((n_pairs, n, 2)),
+            "ld_clean_run": np.zeros(n_pairs), "ld_clean_donor": np.ones(n_pairs),
             "suffix": "\nThe emotion of this message is", "label_token_ids": {"anger": 5, "neutral": 6},
             "direction": "denoising", "quantization": None, "provenance": {}}
 
@@ -157,10 +159,17 @@ ROWS: dict[str, Callable[[Path], Row]] = {
     "unbalanced classes": lambda ckpt: Row(
         "Unbalanced classes", ["dataset", "--check", _user_dataset(lambda lines: lines.pop(1))],
         ["my_prompts.jsonl:", "unbalanced classes", "'anger': 224", "'gratitude': 225"]),
+    "implicit text with an emotion stem": lambda ckpt: Row(
+        "An implicit text with an emotion stem", ["dataset", "--check", _user_dataset(
+            lambda lines: _set(lines, 6, text=json.loads(lines[6])["text"] + " I am so sorry."))],
+        ["my_prompts.jsonl:7:", "implicit", "'sorry'"]),
+    "unknown register": lambda ckpt: Row(
+        "An unknown register", ["dataset", "--check", _user_dataset(lambda lines: _set(lines, 5, register="subtle"))],
+        ["my_prompts.jsonl:6:", "'subtle'", "explicit", "implicit"]),
     "unknown config key": lambda ckpt: Row(
         "A config key that does not exist (typo)", ["plan", "--configfile", _config(
-            lambda c: c["patching"].update(n_positionz=c["patching"].pop("n_positions")))],
-        ["my_config.yaml", "patching", "'n_positionz'"]),
+            lambda c: c["patching"].update(message_positionz=c["patching"].pop("message_positions")))],
+        ["my_config.yaml", "patching", "'message_positionz'"]),
     "wrong config type": lambda ckpt: Row(
         "A config value of the wrong type", ["plan", "--configfile", _config(
             lambda c: c["models"]["llama3_8b"].update(batch_size="64"))],

@@ -1,12 +1,29 @@
-"""Phase 1: the dataset contract and the checks on a user's JSONL."""
+"""Phase 1: the dataset contract (v2: frames, registers, stems) and the checks on a user's JSONL."""
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pytest
 
 from emolens import EMOTIONS
-from emolens.dataset import DatasetError, build_dataset, load_dataset, write_dataset
+from emolens.dataset import (
+    REGISTERS,
+    DatasetError,
+    build_dataset,
+    frame_groups,
+    load_dataset,
+    stem_hits,
+    write_dataset,
+)
+
+FIELDS = {"id", "emotion", "text", "item_id", "frame", "register"}
+
+
+def _quadruples(records):
+    quads = defaultdict(list)
+    for r in records:
+        quads[r["item_id"]].append(r)
+    return quads
 
 
 def test_dataset_contract(tmp_path):
@@ -15,21 +32,58 @@ def test_dataset_contract(tmp_path):
     assert Counter(r["emotion"] for r in records) == {e: 225 for e in EMOTIONS}
     assert len({r["text"] for r in records}) == 900
     assert len({r["id"] for r in records}) == 900
-    items = Counter(r["item_id"] for r in records)
-    assert len(items) == 225 and set(items.values()) == {4}
-    for item in {r["item_id"] for r in records}:
-        quad = [r for r in records if r["item_id"] == item]
-        assert sorted(r["emotion"] for r in quad) == sorted(EMOTIONS)
-        assert len({r["template"] for r in quad}) == 1
+    assert all(set(r) == FIELDS for r in records)
+    quads = _quadruples(records)
+    assert sorted(quads) == [f"i{k:03d}" for k in range(225)]
+    for item, quad in quads.items():
+        assert [r["emotion"] for r in quad] == list(EMOTIONS)
+        assert [r["id"] for r in quad] == [f"{item}_{e}" for e in EMOTIONS]
+        assert len({r["frame"] for r in quad}) == 1 and len({r["register"] for r in quad}) == 1
+    assert [r["item_id"] for r in records] == sorted(r["item_id"] for r in records)
+    assert max(len(r["text"]) for r in records) <= 170
     path = tmp_path / "d.jsonl"
     write_dataset(records, path)
     assert load_dataset(path) == records
 
 
-def test_build_is_deterministic(tmp_path):
-    write_dataset(build_dataset(), tmp_path / "a.jsonl")
-    write_dataset(build_dataset(), tmp_path / "b.jsonl")
-    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+def test_frames_are_many_and_balanced():
+    records = build_dataset()
+    for emotion in EMOTIONS:
+        assert len({r["frame"] for r in records if r["emotion"] == emotion}) >= 40
+    per_frame = defaultdict(Counter)
+    for r in records:
+        per_frame[r["frame"]][r["emotion"]] += 1
+    for counts in per_frame.values():
+        assert len({counts[e] for e in EMOTIONS}) == 1 and counts[EMOTIONS[0]] >= 2
+    registers = {}
+    for r in records:
+        assert registers.setdefault(r["frame"], r["register"]) == r["register"], "register belongs to the frame"
+    assert Counter(registers.values()) == {"explicit": 24, "implicit": 24}
+
+
+def test_registers_half_and_half():
+    records = build_dataset()
+    per_item = Counter(quad[0]["register"] for quad in _quadruples(records).values())
+    assert set(per_item) == set(REGISTERS) and abs(per_item["explicit"] - per_item["implicit"]) <= 1
+    assert Counter(r["register"] for r in records) == {"explicit": 452, "implicit": 448}
+
+
+def test_implicit_texts_have_no_stem_and_explicit_ones_do():
+    records = build_dataset()
+    implicit = [r["text"] for r in records if r["register"] == "implicit"]
+    assert [t for t in implicit if stem_hits(t)] == []
+    cued = [r["text"] for r in records if r["register"] == "explicit" and r["emotion"] != "neutral"]
+    assert sum(bool(stem_hits(t)) for t in cued) >= 0.9 * len(cued)
+    assert [r["text"] for r in records if r["emotion"] == "neutral" and stem_hits(r["text"])] == []
+
+
+def test_stem_hits():
+    assert stem_hits("I am so sorry") == ["sorry"]
+    assert stem_hits("Thanks, and I APOLOGISE.") == ["thank", "apolog"]
+    assert stem_hits("It makes me mad") == ["mad"]
+    assert stem_hits("Angry words") == ["ang"]
+    assert stem_hits("She made a trip to Madrid on a nomadic whim") == []
+    assert stem_hits("The triangle and the ingrate") == []
 
 
 def _write(path, records, raw_line=None):
@@ -39,11 +93,47 @@ def _write(path, records, raw_line=None):
     path.write_text("\n".join(lines) + "\n")
 
 
+def test_planted_stem_in_implicit_record_rejected(tmp_path):
+    records = build_dataset()[:8]
+    assert records[6]["register"] == "implicit" and records[6]["emotion"] == "apology"
+    records[6] = {**records[6], "text": records[6]["text"] + " I am so sorry."}
+    path = tmp_path / "my.jsonl"
+    _write(path, records)
+    with pytest.raises(DatasetError, match=rf"{path}:7: implicit text contains the emotion stem 'sorry'"):
+        load_dataset(path)
+    records[6]["register"] = "explicit"  # the same text is fine when it is marked explicit
+    _write(path, records)
+    assert len(load_dataset(path)) == 8
+
+
+def test_frame_and_register_are_optional(tmp_path):
+    records = [{k: r[k] for k in ("id", "emotion", "text", "item_id")} for r in build_dataset()[:8]]
+    path = tmp_path / "plain.jsonl"
+    _write(path, records)
+    loaded = load_dataset(path)
+    assert loaded == records
+    assert frame_groups(loaded) == ["i000"] * 4 + ["i001"] * 4
+    built = build_dataset()[:8]
+    assert frame_groups(built) == [r["frame"] for r in built] == ["x00"] * 4 + ["m00"] * 4
+    mixed = [built[0], records[1]]
+    assert frame_groups(mixed) == ["x00", "i000"]
+
+
+def test_build_is_deterministic(tmp_path):
+    write_dataset(build_dataset(), tmp_path / "a.jsonl")
+    write_dataset(build_dataset(), tmp_path / "b.jsonl")
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda rs: rs.__setitem__(5, {**rs[5], "emotion": "joy"}), ":6: unknown emotion label 'joy'"),
     (lambda rs: rs.pop(), "unbalanced classes"),
     (lambda rs: rs.__setitem__(1, {**rs[1], "text": rs[0]["text"]}), ":2: duplicate text"),
     (lambda rs: rs[3].pop("item_id"), ":4: missing field(s) ['item_id']"),
+    (lambda rs: rs.__setitem__(4, {**rs[4], "register": "subtle"}), ":5: unknown register 'subtle'"),
+    (lambda rs: rs.__setitem__(2, {**rs[2], "frame": ""}), ":3: frame must be a non-empty string"),
+    (lambda rs: rs.__setitem__(7, {**rs[7], "text": "Neutral note: nothing to add."}),
+     ":8: implicit text contains the emotion stem 'neutral'"),
 ])
 def test_bad_dataset_named(tmp_path, mutate, message):
     records = build_dataset()[:8]

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from emolens.dataset import build_dataset
-from emolens.heads import attribution, exact_last_position, run_head_patching, run_screening, top_heads
+from emolens.heads import exact_last_position, item_halves, run_head_patching, run_screening, top_heads
 from emolens.io import ResultFileError, load_pickle
 from emolens.models import load_model
-from emolens.patching import clean_ld, head_site, normalised, patch_pairs, prepare_pairs
+from emolens.patching import attribute_heads, clean_ld, head_site, patch_pairs, prepare_pairs
 
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
 
@@ -33,7 +33,7 @@ LINEARISE = {  # family -> (modules replaced by identity, linear layers zeroed)
 
 @pytest.fixture(scope="module")
 def records():
-    return build_dataset()[:12]  # three items, 36 pairs
+    return build_dataset()[:16]  # four items, 48 pairs: two items (24 pairs) in each half
 
 
 def _linearised(path):
@@ -56,28 +56,24 @@ def test_attribution_is_exact_when_ld_is_linear(tiny_checkpoints, records, famil
     adapter = _linearised(tiny_checkpoints[family])
     assert adapter.softcap is None
     pairs = prepare_pairs(adapter, records)
-    ld_run, ld_donor = clean_ld(adapter, pairs)
-    denom = (ld_donor - ld_run)[:, None]
-    exact = exact_last_position(adapter, pairs, batch_size=16)[0][:, -1] * denom  # [P, H]
-    atp_last, atp_all = attribution(adapter, pairs, ld_run, ld_donor, batch_size=16)
+    assert (~pairs.same_length).any()  # prompts of different lengths line up by role
+    ld_patched, ld_run, _ = exact_last_position(adapter, pairs, batch_size=16)
+    exact = ld_patched[:, -1] - ld_run[:, None]  # [P, H], LD_patched - LD_run of the last layer's heads
+    atp = attribute_heads(adapter, pairs, offsets=(-3, -2, -1), batch_size=16)  # [P, L, H, 3]
     assert np.abs(exact).max() > 1e-2  # the heads do move the metric
     tol = {"atol": 1e-4 * np.abs(exact).max(), "rtol": 1e-4}
-    np.testing.assert_allclose(atp_last[:, -1] * denom, exact, **tol)
-    same = pairs.same_length
-    assert same.any() and np.isnan(atp_all[~same]).all()
-    # Earlier positions of the last layer reach the last position through nothing: the same number.
-    np.testing.assert_allclose(atp_all[same, -1] * denom[same], exact[same], **tol)
+    np.testing.assert_allclose(atp[:, -1, :, -1], exact, **tol)
+    # Earlier positions of the last layer reach the last position through nothing: zero.
+    np.testing.assert_allclose(atp[:, -1, :, :-1], 0.0, atol=tol["atol"])
 
 
 def test_attribution_is_not_exact_in_general(tiny_adapters, records):
     """Control: through the nonlinear layers the estimate differs from the exact effect."""
     adapter = tiny_adapters["llama"]
     pairs = prepare_pairs(adapter, records)
-    ld_run, ld_donor = clean_ld(adapter, pairs)
-    denom = (ld_donor - ld_run)[:, None, None]
-    exact = exact_last_position(adapter, pairs, batch_size=16)[0] * denom
-    atp_last, _ = attribution(adapter, pairs, ld_run, ld_donor, batch_size=16)
-    assert np.abs(atp_last * denom - exact).max() > 1e-6
+    ld_patched, ld_run, _ = exact_last_position(adapter, pairs, batch_size=16)
+    atp = attribute_heads(adapter, pairs, batch_size=16)[..., -1]
+    assert np.abs(atp - (ld_patched - ld_run[:, None, None])).max() > 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +83,7 @@ def screenings(tiny_adapters, records, tmp_path_factory):
     for family in FAMILIES:
         out[family] = folder / f"head_scores_{family}.json"
         run_screening(tiny_adapters[family], records, out[family], top_k=3, max_pairs=24, batch_size=16,
-                      seed=0, settings={"dtype": "float32"})
+                      seed=0, message_positions=2, min_separation=0.0, settings={"dtype": "float32"})
     return out
 
 
@@ -98,18 +94,20 @@ def test_run_screening(tiny_adapters, records, screenings, family):
     L, H = adapter.n_layers, adapter.n_heads
     for key in ("exact_last_position", "attribution", "attribution_last_position"):
         assert np.array(result[key], dtype=float).shape == (L, H), key
-    assert result["n_pairs"] == 24 and 0 < result["n_pairs_same_length"] < 24
+    assert result["n_pairs"] == 24 and 0 < result["n_pairs_included"] < 24  # random weights: some pairs kept
+    assert sum(c["pairs"] for c in result["contrast_counts"].values()) == 24
     assert -1 <= result["spearman"] <= 1 and -1 <= result["spearman_all_positions"] <= 1
     exact = np.array(result["exact_last_position"], dtype=float)
     assert result["top_heads"] == top_heads(exact, 3) and len(result["top_heads"]) == 3
     assert abs(exact[tuple(result["top_heads"][0])]) == np.abs(exact).max()
-    # the saved exact effects are the reference engine's, averaged over pairs
-    pairs = prepare_pairs(adapter, records, max_pairs=24, seed=0)
+    # the saved exact effects are the reference engine's on the selection half, a ratio of sums over kept pairs
+    pairs = prepare_pairs(adapter, item_halves(records, 0)[0], max_pairs=24, seed=0)
     ld_run, ld_donor = clean_ld(adapter, pairs)
+    kept = ld_donor - ld_run >= 0.0
     variants = [(head_site(layer, h),) for layer in range(L) for h in range(H)]
-    ref = normalised(patch_pairs(adapter, pairs, variants, method="reference")[0], ld_run, ld_donor)
-    slack = 1e-6 / np.abs(ld_donor - ld_run).min()  # fp32 noise in LD, amplified by the smallest denominator
-    np.testing.assert_allclose(exact.ravel(), ref.mean(0), atol=1e-4 + slack, rtol=0)
+    ref = patch_pairs(adapter, pairs, variants, method="reference")[0]
+    ratio = (ref[kept] - ld_run[kept, None]).sum(0) / (ld_donor - ld_run)[kept].sum()
+    np.testing.assert_allclose(exact.ravel(), ratio, atol=1e-4, rtol=0)
     assert result["provenance"]["settings"] == {"dtype": "float32"}
 
 
@@ -118,29 +116,36 @@ def test_run_head_patching(tiny_adapters, records, screenings, family, tmp_path)
     adapter = tiny_adapters[family]
     out = tmp_path / f"{family}_head_patching.pkl"
     run_head_patching(adapter, records, screenings[family], out, max_pairs=24, batch_size=16, seed=0,
-                      n_resamples=200)
+                      n_resamples=200, message_positions=2, min_separation=-np.inf)  # both items kept
     res = load_pickle(out, schema="emolens.head_patching/1")
     heads = json.loads(screenings[family].read_text())["top_heads"]
     assert res["heads"] == heads
     P, K = len(res["pairs"]), len(heads)
+    assert P == 24  # every pair, whatever its lengths
     assert res["effect_single"].shape == (P, K) and res["effect_joint"].shape == (P,)
-    assert res["mean_single"].shape == (K,) and res["ci_single"].shape == (K, 2) and res["ci_joint"].shape == (2,)
-    assert (res["ci_single"][:, 0] <= res["mean_single"] + 1e-12).all()
-    assert res["ci_joint"][0] <= res["mean_joint"] <= res["ci_joint"][1]
-    # against the full-recompute reference, every position patched
-    pairs = prepare_pairs(adapter, records, max_pairs=24, seed=0)
-    keep = [pairs.ids.index(tuple(p)) for p in res["pairs"]]
-    assert all(pairs.same_length[keep])
-    ld_run, ld_donor = clean_ld(adapter, pairs)
-    for length in {len(pairs.run[i]) for i in keep}:
-        idx = [i for i in keep if len(pairs.run[i]) == length]
-        sites = [head_site(layer, h, range(-length, 0)) for layer, h in heads]
-        ref = patch_pairs(adapter, pairs, [(s,) for s in sites] + [tuple(sites)], subset=idx,
-                          method="reference")[0]
-        rows = [keep.index(i) for i in idx]
-        got = np.concatenate([res["effect_single"][rows], res["effect_joint"][rows, None]], axis=1)
-        ld_got = got * (ld_donor - ld_run)[idx, None] + ld_run[idx, None]
-        np.testing.assert_allclose(ld_got, ref, atol=1e-4, rtol=0)
+    assert res["summary_single"].shape == (K,) and res["ci_single"].shape == (K, 2) and res["ci_joint"].shape == (2,)
+    assert (res["ci_single"][:, 0] <= res["summary_single"] + 1e-9).all()
+    assert res["ci_joint"][0] <= res["summary_joint"] <= res["ci_joint"][1]
+    assert res["position_roles"][-2:] == ["message -1", "message -2"]
+    # against the full-recompute reference on the confirmation half, every readout position patched
+    pairs = prepare_pairs(adapter, item_halves(records, 0)[1], max_pairs=24, seed=0)
+    assert not set(res["items"]) & set(json.loads(screenings[family].read_text())["items"])  # 6a never saw them
+    sites = [head_site(layer, h, res["positions"]) for layer, h in heads]
+    ref = patch_pairs(adapter, pairs, [(s,) for s in sites] + [tuple(sites)], method="reference")[0]
+    np.testing.assert_allclose(res["ld_patched"], ref, atol=1e-4, rtol=0)
+
+
+def test_item_halves_are_disjoint_balanced_and_stratified_by_frame():
+    records = build_dataset()
+    selection, confirmation = item_halves(records, seed=0)
+    sel, conf = ({r["item_id"] for r in half} for half in (selection, confirmation))
+    assert not sel & conf and len(sel) + len(conf) == 225 and abs(len(sel) - len(conf)) <= 1
+    assert len(selection) == 4 * len(sel)  # whole items
+    for frame in {r["frame"] for r in records}:
+        n = [len({r["item_id"] for r in half if r["frame"] == frame}) for half in (selection, confirmation)]
+        assert abs(n[0] - n[1]) <= 1, (frame, n)
+    assert item_halves(records, seed=0) == (selection, confirmation) and item_halves(records, seed=1) != (
+        selection, confirmation)
 
 
 def test_head_patching_refuses_bad_screening(tiny_adapters, records, tmp_path):

@@ -59,13 +59,12 @@ def _close_effects(ld_a, ld_b, ld_run, ld_donor):
 def test_fast_equals_reference_residual(tiny_adapters, records, family):
     adapter = tiny_adapters[family]
     pairs = prepare_pairs(adapter, records)
-    same = np.flatnonzero(pairs.same_length)
-    assert len(same) and min(map(len, pairs.run)) > 8  # earlier positions tested; prompts exceed windows
+    assert (~pairs.same_length).any() and min(map(len, pairs.run)) > 8  # prompts exceed the windows
     ld_run, ld_donor = clean_ld(adapter, pairs)
     L = adapter.n_layers
     last = [(resid_site(layer),) for layer in range(L + 1)]
     earlier = [(resid_site(layer, (o,)),) for layer in range(L + 1) for o in (-2, -4)]
-    for variants, subset in ((last, None), (earlier, same)):
+    for variants, subset in ((last, None), (earlier, None)):  # every pair, whatever its lengths
         kw = {"subset": subset, "batch_size": 5}
         fast, fast_run, fast_donor = patch_pairs(adapter, pairs, variants, **kw)
         ref, ref_run, ref_donor = patch_pairs(adapter, pairs, variants, method="reference", **kw)
@@ -81,20 +80,19 @@ def test_fast_equals_reference_residual(tiny_adapters, records, family):
 def test_fast_equals_reference_heads(tiny_adapters, records, family):
     adapter = tiny_adapters[family]
     pairs = prepare_pairs(adapter, records, max_pairs=24, seed=1)
-    same = np.flatnonzero(pairs.same_length)
     ld_run, ld_donor = clean_ld(adapter, pairs)
     L, H = adapter.n_layers, adapter.n_heads
     last = [(head_site(layer, h),) for layer in range(L) for h in range(H)]
     earlier = [(head_site(layer, h, (-3,)),) for layer in range(L) for h in range(H)]
-    n = min(len(pairs.run[i]) for i in same)
-    span = range(-n, 0)  # every position of the shortest equal-length prompts: no prefix left to cache
+    n = min(len(t) for t in pairs.run + pairs.donor)
+    span = range(-n, 0)  # every position of the shortest prompts: no prefix left to cache
     joint = [(head_site(0, 1, (-5, -2)), head_site(L - 1, H - 1, (-5,)), resid_site(1, (-4,)))]
-    for variants, subset in ((last, None), (earlier, same), (joint, same)):
+    for variants, subset in ((last, None), (earlier, None), (joint, None)):
         fast = patch_pairs(adapter, pairs, variants, subset=subset, batch_size=6)[0]
         ref = patch_pairs(adapter, pairs, variants, subset=subset, method="reference", batch_size=6)[0]
         idx = slice(None) if subset is None else subset
         _close_effects(fast, ref, ld_run[idx, None], ld_donor[idx, None])
-    short = [i for i in same if len(pairs.run[i]) == n]
+    short = [i for i in range(len(pairs)) if len(pairs.run[i]) == n]
     whole = [(head_site(layer, h, span),) for layer in range(L) for h in (0, H - 1)]
     fast = patch_pairs(adapter, pairs, whole, subset=short)[0]
     ref = patch_pairs(adapter, pairs, whole, subset=short, method="reference")[0]
@@ -199,7 +197,7 @@ def chunks(tiny_adapters, records, tmp_path_factory):
     paths = []
     for a, b in chunk_ranges(adapter.n_layers, 2):
         paths.append(folder / chunk_name(a, b))
-        run_chunk(adapter, records, range(a, b + 1), paths[-1], n_positions=3, max_pairs=30, batch_size=8,
+        run_chunk(adapter, records, range(a, b + 1), paths[-1], message_positions=2, max_pairs=30, batch_size=8,
                   seed=0, settings={"dtype": "float32"})
     return adapter, paths
 
@@ -207,22 +205,48 @@ def chunks(tiny_adapters, records, tmp_path_factory):
 def test_run_chunk_and_merge(chunks, tmp_path):
     adapter, paths = chunks
     first = load_pickle(paths[0], schema="emolens.residual_chunk/1")
-    assert first["layers"] == [0, 1] and first["positions"] == [-1, -2, -3]
-    assert first["effect"].shape == (30, 2, 3) and len(first["pairs"]) == 30
+    n_pos = len(first["positions"])
+    roles = first["position_roles"]
+    assert first["layers"] == [0, 1] and first["positions"] == [-(k + 1) for k in range(n_pos)]
+    assert roles[0] == "suffix ' is'" and roles[-2:] == ["message -1", "message -2"]  # the suffix, then the message
+    assert first["effect"].shape == (30, 2, n_pos) and len(first["pairs"]) == 30
     assert first["direction"] == "denoising" and first["suffix"].startswith("\n")
     assert "config_hash" in first["provenance"]
     out = tmp_path / "gemma3_residual_sweep.pkl"
-    merge(paths, out, adapter.n_layers, n_resamples=200)
+    merge(paths, out, adapter.n_layers, n_resamples=200, min_separation=-np.inf)
     sweep = load_pickle(out, schema="emolens.residual_sweep/1")
     effect = sweep["effect"]
-    assert sweep["layers"] == [0, 1, 2] and effect.shape == (30, 3, 3)
-    assert sweep["mean"].shape == sweep["ci_low"].shape == sweep["ci_high"].shape == (3, 3)
-    assert not np.isnan(effect[:, :, 0]).any()  # the last position covers every pair
-    same = np.array([not np.isnan(e) for e in effect[:, 0, 1]])
-    assert np.isnan(effect[~same, :, 1:]).all() and not np.isnan(effect[same, :, 1:]).any()
+    assert sweep["layers"] == [0, 1, 2] and effect.shape == (30, 3, n_pos)
+    assert sweep["summary"].shape == sweep["ci_low"].shape == sweep["ci_high"].shape == (3, n_pos)
+    assert not np.isnan(effect).any()  # every pair at every position, whatever its lengths
+    assert (~sweep["same_length"]).any()
     ok = np.abs(sweep["ld_clean_donor"] - sweep["ld_clean_run"]) > 1e-3
     np.testing.assert_allclose(effect[ok, 2, 0], 1.0, atol=1e-3)  # index L at the last position
-    assert (sweep["ci_low"] <= sweep["mean"] + 1e-12).all() and (sweep["mean"] <= sweep["ci_high"] + 1e-12).all()
+    np.testing.assert_allclose(sweep["summary"][2, 0], 1.0, atol=1e-6)
+    assert (sweep["ci_low"] <= sweep["summary"] + 1e-9).all() and (sweep["summary"] <= sweep["ci_high"] + 1e-9).all()
+    assert sum(c["pairs"] for c in sweep["contrast_counts"].values()) == 30
+
+
+def test_merge_excludes_pairs_below_the_separation_and_sums_ratios(chunks, tmp_path):
+    adapter, paths = chunks
+    out = tmp_path / "sweep.pkl"
+    raw = load_pickle(paths[0])
+    separation = raw["ld_clean_donor"] - raw["ld_clean_run"]
+    threshold = float(np.median(separation))
+    merge(paths, out, adapter.n_layers, n_resamples=200, min_separation=threshold)
+    sweep = load_pickle(out)
+    kept = separation >= threshold
+    assert 0 < kept.sum() < len(kept)
+    assert (sweep["included"] == kept).all() and sweep["n_pairs_included"] == kept.sum()
+    counts = sweep["contrast_counts"]
+    assert sum(c["excluded"] for c in counts.values()) == (~kept).sum()
+    for name, c in counts.items():  # counted per contrast, by hand
+        mine = np.array([x == name for x in sweep["contrasts"]])
+        assert c == {"pairs": mine.sum(), "included": (mine & kept).sum(), "excluded": (mine & ~kept).sum()}
+    # the summary is the ratio of sums over the kept pairs, by hand
+    gain = sweep["ld_patched"][kept] - sweep["ld_clean_run"][kept, None, None]
+    np.testing.assert_allclose(sweep["summary"], gain.sum(0) / separation[kept].sum(), rtol=1e-10)
+    assert sweep["n_items"] == len({i for i, k in zip(sweep["items"], kept, strict=True) if k})
 
 
 def test_merge_refuses_missing_chunk(chunks, tmp_path):
@@ -246,7 +270,7 @@ def test_merge_refuses_truncated_chunk(chunks, tmp_path):
 def test_merge_refuses_foreign_chunk(chunks, tiny_adapters, records, tmp_path):
     adapter, paths = chunks
     foreign = tmp_path / paths[1].name  # same layers, other pairs (another max_pairs)
-    run_chunk(adapter, records, [2], foreign, n_positions=3, max_pairs=20, batch_size=8)
+    run_chunk(adapter, records, [2], foreign, message_positions=2, max_pairs=20, batch_size=8)
     with pytest.raises(ResultFileError, match=rf"{foreign}: foreign chunk \(its pairs differ.*snakemake -R"):
         merge([paths[0], foreign], tmp_path / "out.pkl", adapter.n_layers)
     other = load_pickle(paths[1])

@@ -1,11 +1,15 @@
 """The memory plan: parameter counts against published numbers and real (tiny) Hugging Face models,
-int8 weight memory against bitsandbytes, batch halving, and the table."""
+int8 weight memory against bitsandbytes, the patching KV cache against the buffers the engine
+allocates, batch halving, and the table."""
 
 import copy
 import json
+import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from emolens import plan as P
 from emolens.config import load_config
@@ -74,9 +78,9 @@ def test_gemma3_vision_tower_is_counted_apart(baseline):
     assert baseline["llama3_8b"]["vision_params"] == 0
 
 
-def test_host_pickle_is_two_float16_arrays_for_wide_models(baseline):
-    assert baseline["gemma3_12b"]["host_pickle_gib"] * GIB == 2 * 900 * 49 * 3840 * 2
-    assert baseline["gpt2_small"]["host_pickle_gib"] * GIB == 2 * 900 * 13 * 768 * 4  # float32 below 1024
+def test_host_pickle_is_two_float32_arrays_at_every_width(baseline):
+    assert baseline["gemma3_12b"]["host_pickle_gib"] * GIB == 2 * 900 * 49 * 3840 * 4
+    assert baseline["gpt2_small"]["host_pickle_gib"] * GIB == 2 * 900 * 13 * 768 * 4
 
 
 def test_kv_cache_formula_and_prompt_tokens_override(baseline_config):
@@ -84,7 +88,81 @@ def test_kv_cache_formula_and_prompt_tokens_override(baseline_config):
     assert P.kv_cache_bytes(arch, "bfloat16", batch=32, tokens=24) == 2 * 32 * 8 * 128 * 24 * 2 * 32
     short = {r["model"]: r for r in P.plan(baseline_config, tokens=24)}
     long = {r["model"]: r for r in P.plan(baseline_config, tokens=48)}
-    assert long["llama3_8b"]["kv_gib"] == pytest.approx(2 * short["llama3_8b"]["kv_gib"])
+    # every chunk row holds a whole-prompt cache and a chunk has batch x T / (T - p) rows: about T^2
+    assert long["gpt2_small"]["batch_used"] == short["gpt2_small"]["batch_used"]
+    assert 3 * short["gpt2_small"]["kv_gib"] < long["gpt2_small"]["kv_gib"] <= 4 * short["gpt2_small"]["kv_gib"]
+    assert long["llama3_8b"]["batch_used"] < short["llama3_8b"]["batch_used"]  # 48 tokens: halved to fit
+
+
+def test_head_screening_kv_is_about_t_times_a_batch_of_prompts():
+    """The gemma3_12b head sweep: batch x T rows of T tokens, T = 24 times one batch of prompt caches."""
+    arch = P.from_hf_config(P.known_architectures()["gemma3_12b"])
+    groups = P.sweep_groups(arch, tokens=24, positions=11, layer_chunk=17, top_k=8)["head screening"]
+    ratio = P.patching_kv_bytes(arch, "bfloat16", 16, 24, groups) / P.kv_cache_bytes(arch, "bfloat16", 16, 24)
+    assert ratio == pytest.approx(24, rel=0.05)
+
+
+def _patching_kv_measured(monkeypatch, adapter, n: int, tokens: int, variants) -> int:
+    """Peak bytes of the KV caches patch_fast holds: prefix cache + the storage of every live chunk cache.
+
+    Measured at each expand_cache, when the new chunk's cache exists and the previous chunk's copy is
+    still held by the engine: the storages (deduplicated) of every cache copy not yet collected and
+    of the reused buffers. Storages, not tensors: in inference mode a view does not keep its base
+    tensor object, only its storage.
+    """
+    from emolens import EMOTIONS
+    from emolens import patching as engine
+
+    copies, peak = [], 0
+    real_expand = engine.expand_cache
+
+    def expand(cache, index, room, buffers):
+        nonlocal peak
+        new = real_expand(cache, index, room, buffers)
+        tensors = [t for c in [ref() for ref in copies] + [new] if c is not None
+                   for layer in c.layers for t in (layer.keys, layer.values)] + list(buffers.values())
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        prefix = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+        peak = max(peak, sum(storages.values()) + prefix)
+        copies.append(weakref.ref(new))
+        return new
+
+    monkeypatch.setattr(engine, "expand_cache", expand)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, adapter.model.config.get_text_config().vocab_size, size=(2 * n, tokens)).tolist()
+    pairs = engine.Pairs(ids=[(f"s{i}", f"t{i}") for i in range(n)], run=ids[:n], donor=ids[n:],
+                         ld_index=np.array([[0, 1]] * n), label_token_ids={e: i for i, e in enumerate(EMOTIONS)},
+                         direction="denoising")
+    engine.patch_pairs(adapter, pairs, variants, batch_size=n)  # n pairs of distinct prompts: one engine call
+    return peak
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("sweep", ["head screening", "residual chunk", "head patching"])
+def test_patching_kv_plan_equals_the_engines_buffers(monkeypatch, tiny_adapters, family, sweep):
+    """Plan vs the cache buffers patch_fast allocates: equal where every layer caches the whole prompt
+    (Llama), an upper bound where sliding-window layers keep fewer tokens (the Gemma-3 organism's window 8)."""
+    from emolens.patching import head_site, resid_site
+
+    adapter = tiny_adapters[family]
+    arch = P.from_hf_config(adapter.model.config.to_dict())
+    n, T, positions, chunk, top_k = 4, 12, 4, 3, 2
+    offsets = [-(k + 1) for k in range(positions)]
+    heads = [(layer, h) for layer in range(adapter.n_layers) for h in range(adapter.n_heads)]
+    variants = {
+        "head screening": [(head_site(layer, h),) for layer, h in heads],
+        "residual chunk": [(resid_site(layer, (o,)),) for o in offsets for layer in range(chunk)],
+        "head patching": [(head_site(*heads[k], offsets),) for k in range(top_k)]
+                         + [tuple(head_site(*heads[k], offsets) for k in range(top_k))],
+    }[sweep]
+    groups = P.sweep_groups(arch, T, positions, chunk, top_k)[sweep]
+    planned = P.patching_kv_bytes(arch, "float32", n, T, groups)
+    with torch.inference_mode():
+        measured = _patching_kv_measured(monkeypatch, adapter, n, T, variants)
+    if family == "llama":
+        assert planned == measured
+    else:
+        assert measured <= planned
 
 
 def test_batch_is_halved_until_the_plan_fits(baseline_config):

@@ -1,4 +1,5 @@
-"""Effect sizes, tests, BH pooling and power match their definitions; run_* write the promised JSON."""
+"""Effect sizes, tests, BH pooling and power match their definitions, with items as the unit;
+run_* write the promised JSON."""
 
 from __future__ import annotations
 
@@ -7,17 +8,16 @@ import json
 import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from emolens import EMOTIONS
 from emolens.io import save_pickle
 from emolens.statistics import (
-    bootstrap_ci,
-    cell_statistics,
-    describe,
-    mean_ci,
+    detectable_d,
+    item_tests,
     pool_bh,
+    ratio_of_sums,
     required_n,
-    required_n_per_group,
     run_effect,
     run_k,
     run_power,
@@ -26,44 +26,42 @@ from emolens.statistics import (
 from emolens.vectors import emotion_vectors
 
 
-def test_power_reproduces_cohens_table():
-    assert required_n_per_group() == 64
-    assert required_n_per_group(0.8) == 26 and required_n_per_group(0.2) == 394
+def test_prospective_power_reproduces_cohens_table():
     assert required_n(0.5, 0.05, 0.8) == 34  # one-sample / paired
-    assert required_n(10.0, 0.05, 0.8) == 2 and required_n(50.0, 0.05, 0.8) == 2
-    assert required_n(float("nan"), 0.05, 0.8) is None
+    assert required_n(0.2, 0.05, 0.8) == 199 and required_n(0.8, 0.05, 0.8) == 15
+    d = detectable_d(34, 0.05, 0.8)
+    assert 0.49 < d < 0.5 and TTestPower().power(d, 34, 0.05) == pytest.approx(0.8, abs=1e-4)
 
 
-def test_hedges_g_matches_hand_formula():
-    x = np.random.default_rng(0).normal(0.4, 1.0, 10)
-    d = x.mean() / x.std(ddof=1)
-    out = describe(x[:, None])
-    assert out["cohen_d"][0] == pytest.approx(d)
-    assert out["hedges_g"][0] == pytest.approx(d * (1 - 3 / (4 * 9 - 1)))
-
-
-def test_bootstrap_ci_contains_mean_and_constant_column_is_its_value():
-    x = np.random.default_rng(1).normal(0.3, 1.0, (40, 3))
-    x[:, 2] = 1.0
-    low, high = bootstrap_ci(x, 500, np.random.default_rng(2))
-    assert np.all(low <= x.mean(0)) and np.all(x.mean(0) <= high) and np.all(low[:2] < high[:2])
-    assert low[2] == high[2] == 1.0
-
-
-def test_mean_ci_leaves_out_nan_pairs_per_cell_and_keeps_the_shape():
+def test_ratio_of_sums_is_the_hand_computation_and_resamples_items():
     rng = np.random.default_rng(0)
-    x = np.stack([np.full(50, 2.0), rng.normal(1, 1, 50), np.full(50, np.nan), rng.normal(0, 1, 50)], 1)
-    x[:10, 1] = np.nan
-    mean, low, high = mean_ci(x.reshape(50, 2, 2), 500, seed=0)
-    assert mean.shape == low.shape == high.shape == (2, 2)
-    mean, low, high = mean.ravel(), low.ravel(), high.ravel()
-    assert mean[0] == low[0] == high[0] == 2.0
-    assert mean[1] == pytest.approx(x[10:, 1].mean()) and low[1] < mean[1] < high[1]
-    assert np.isnan([mean[2], low[2], high[2]]).all()
-    ref = bootstrap_ci(x[10:, 1:2], 500, np.random.default_rng(1))  # BCa over the 40 applicable pairs alone
-    assert abs(low[1] - ref[0][0]) < 0.1 and abs(high[1] - ref[1][0]) < 0.1
-    again = mean_ci(x.reshape(50, 2, 2), 500, seed=0)
-    np.testing.assert_array_equal(np.nan_to_num(low), np.nan_to_num(again[1].ravel()))
+    items = np.repeat([f"i{k}" for k in range(20)], 6)  # 20 items, 6 pairs each
+    den = rng.uniform(1, 3, 120)
+    item_effect = rng.normal(0.5, 1.0, (20, 3))  # pairs of one item share their item's effect
+    num = den[:, None] * (np.repeat(item_effect, 6, 0) + rng.normal(0, 0.1, (120, 3)))
+    num[:, 2] = 2 * den  # every pair at ratio 2: a constant cell has a point CI
+    ratio, low, high = ratio_of_sums(num, den, items, 500, seed=0)
+    np.testing.assert_allclose(ratio, num.sum(0) / den.sum(), rtol=1e-12)
+    assert (low[:2] < ratio[:2]).all() and (ratio[:2] < high[:2]).all() and low[2] == high[2] == 2.0
+    # items, not pairs, are resampled: duplicating every pair of an item leaves the CI as wide
+    wide = ratio_of_sums(np.repeat(num, 2, 0), np.repeat(den, 2), np.repeat(items, 2), 500, seed=0)
+    assert wide[2][0] - wide[1][0] == pytest.approx(high[0] - low[0], rel=0.25)
+    pairs_as_units = ratio_of_sums(num, den, np.arange(120).astype(str), 500, seed=0)
+    assert pairs_as_units[2][0] - pairs_as_units[1][0] < high[0] - low[0]  # correlated pairs: narrower, wrongly
+
+
+def test_item_tests_match_their_definitions():
+    rng = np.random.default_rng(1)
+    items = np.repeat([f"i{k:02d}" for k in range(30)], 4)
+    sep = rng.uniform(1, 2, 120)
+    gain = sep[:, None] * rng.normal([0.6, 0.0], 0.5, (120, 2))
+    out = item_tests(gain, sep, items, 300, 2000, seed=0)
+    g = np.add.reduceat(gain, np.arange(0, 120, 4))  # items are consecutive and sorted here
+    r = g / np.add.reduceat(sep, np.arange(0, 120, 4))[:, None]
+    d = r.mean(0) / r.std(0, ddof=1)
+    np.testing.assert_allclose(out["cohen_d"], d)
+    np.testing.assert_allclose(out["hedges_g"], d * (1 - 3 / (4 * 29 - 1)))
+    assert out["n_items"].tolist() == [30, 30] and out["p_perm"][0] < 0.01 and out["p_perm"][1] > 0.01
 
 
 def test_sign_flip_pvalue_separates_effect_from_null():
@@ -73,44 +71,35 @@ def test_sign_flip_pvalue_separates_effect_from_null():
     assert p[0] < 0.01 and p[1] > 0.05 and p[2] == 1.0
 
 
-def test_cell_statistics_uses_each_columns_applicable_pairs():
-    rng = np.random.default_rng(4)
-    x = rng.normal(0.5, 1.0, (20, 3))
-    x[:5, 1] = np.nan  # a position that does not apply to five pairs
-    x[:, 2] = np.nan
-    out = cell_statistics(x, 200, 500, rng)
-    assert out["n"].tolist() == [20, 15, 0]
-    assert out["mean"][1] == pytest.approx(x[5:, 1].mean())
-    assert out["ci_low"][1] <= out["mean"][1] <= out["ci_high"][1]
-    assert np.isnan(out["p_perm"][2]) and not np.isnan(out["p_perm"][1])
-
-
 def test_bh_pools_layers_and_heads_into_one_family():
     rng = np.random.default_rng(5)
     residual = {"p_perm": rng.uniform(0, 0.1, (3, 4))}
     heads = {"p_perm": rng.uniform(0, 0.1, 5)}
     joint = {"p_perm": np.array(0.001)}
     residual["p_perm"][0, 0] = np.nan
-    pool_bh([residual, heads, joint])
+    n_significant = pool_bh([residual, heads, joint])
     flat = np.concatenate([residual["p_perm"].ravel(), heads["p_perm"], [0.001]])
     expected = multipletests(flat[~np.isnan(flat)], method="fdr_bh")[1]
     got = np.concatenate([residual["p_bh"].ravel(), heads["p_bh"], [joint["p_bh"]]])
     assert np.isnan(got[0]) and got[1:] == pytest.approx(expected)
     assert residual["p_bh"].shape == (3, 4) and heads["significant"].dtype == bool
+    assert n_significant == int((expected < 0.05).sum())
 
 
 def _write_effects(tmp_path, name, rng):
-    effect = rng.normal(0.3, 0.5, (24, 3, 2))  # [P, layers, positions]
-    effect[:4, :, 1] = np.nan
-    effect[:, 2, 0] = 1.0  # the identity cell: every pair has effect 1
+    n_items, per_item = 12, 4
+    items = [f"i{k:02d}" for k in range(n_items) for _ in range(per_item)]
+    P = len(items)
+    run, sep = rng.normal(0, 1, P), rng.uniform(0.5, 3, P)  # a few pairs below min_separation 1
+    ld = run[:, None, None] + sep[:, None, None] * rng.normal(0.3, 0.5, (P, 3, 2))  # [P, layers, positions]
+    ld[:, 2, 0] = run + sep  # the identity cell: every pair moves to the donor
     sweep, heads = tmp_path / f"{name}_residual_sweep.pkl", tmp_path / f"{name}_head_patching.pkl"
-    pairs = [(f"s{i}", f"t{i}") for i in range(24)]
+    common = {"items": items, "ld_clean_run": run, "ld_clean_donor": run + sep, "separation": sep,
+              "included": sep >= 1.0, "provenance": {}}
     save_pickle({"schema": "emolens.residual_sweep/1", "layers": [0, 1, 2], "positions": [-1, -2],
-                 "pairs": pairs, "effect": effect, "mean": np.nanmean(effect, 0), "ci_low": np.zeros((3, 2)),
-                 "ci_high": np.ones((3, 2)), "provenance": {}}, sweep)
-    save_pickle({"schema": "emolens.head_patching/1", "heads": [(0, 1), (1, 0)], "pairs": pairs,
-                 "effect_single": rng.normal(0.1, 0.3, (24, 2)), "effect_joint": rng.normal(0.4, 0.3, 24),
-                 "provenance": {}}, heads)
+                 "position_roles": ["suffix ' is'", "message -1"], "ld_patched": ld, **common}, sweep)
+    save_pickle({"schema": "emolens.head_patching/1", "heads": [(0, 1), (1, 0)],
+                 "ld_patched": run[:, None] + sep[:, None] * rng.normal(0.2, 0.3, (P, 3)), **common}, heads)
     return sweep, heads
 
 
@@ -119,17 +108,19 @@ def test_run_effect_and_run_power_write_promised_keys(tmp_path):
     run_effect([sweep], [heads], tmp_path / "effect.json", seed=0, n_boot=200, n_perm=500)
     effect = json.loads((tmp_path / "effect.json").read_text())
     tables = effect["models"]["tiny"]
-    for key in ("mean", "cohen_d", "hedges_g", "ci_low", "ci_high", "p_perm", "p_bh", "significant", "n"):
+    for key in ("effect", "cohen_d", "hedges_g", "ci_low", "ci_high", "p_perm", "p_bh", "significant", "n_items"):
         assert np.shape(tables["residual"][key]) == (3, 2) and np.shape(tables["heads"][key]) == (2,)
         assert key in tables["joint"]
-    assert tables["residual"]["cohen_d"][2][0] is None and tables["residual"]["ci_low"][2][0] == 1.0
-    assert tables["residual"]["n"][0] == [24, 20] and "provenance" in effect
+    res = tables["residual"]
+    assert res["effect"][2][0] == pytest.approx(1.0) and res["cohen_d"][2][0] is None  # every item at 1
+    assert res["p_perm"][2][0] is None and res["p_perm"][0][0] is None  # identity cells are not tests
+    assert tables["family"]["tests"] == 4 + 2 + 1 and effect["unit"].startswith("item")
+    assert res["n_items"][1][1] <= 12 and "provenance" in effect
     run_power([sweep], [heads], tmp_path / "power.json", alpha=0.05, power=0.8)
     power = json.loads((tmp_path / "power.json").read_text())
-    assert np.shape(power["models"]["tiny"]["residual"]["achieved_power"]) == (3, 2)
-    assert {"achieved_power", "n_required", "cohen_d", "n"} <= power["models"]["tiny"]["joint"].keys()
-    assert power["two_sample_readout"]["n_required_per_group"][1] == 64 and "provenance" in power
-    assert power["two_sample_readout"]["achieved_power"][2] == pytest.approx(1.0)  # no NaN at large power
+    assert power["items_required"] == [required_n(d, 0.05, 0.8) for d in (0.2, 0.5, 0.8)]
+    assert power["items_required"][1] == 34
+    assert 0 < power["models"]["tiny"]["residual"]["detectable_d"] < 2 and "provenance" in power
 
 
 def _write_model(tmp_path, name, d, n_layers, latent, rng):
@@ -148,15 +139,32 @@ def _write_model(tmp_path, name, d, n_layers, latent, rng):
     return act, sub
 
 
-def test_run_k_finds_aligned_dimensions(tmp_path):
+def _k_files(tmp_path, shuffle: bool):
     rng = np.random.default_rng(7)
-    means = np.eye(4)[np.repeat(np.arange(4), 16)] @ rng.standard_normal((4, 4))  # [64, 4]
+    structure = np.repeat(np.arange(4), 16)  # prompt i: emotion i // 16, item i % 16
+    if shuffle:  # each item's four emotion means go to its prompts in a random order: labels carry nothing
+        for item in range(16):
+            structure[item::16] = rng.permutation(4)
+    means = np.eye(4)[structure] @ rng.standard_normal((4, 4))  # [64, 4]
     latent = 3 * means + rng.standard_normal((64, 4))
     files = [_write_model(tmp_path, name, d, n_layers, latent, rng)
              for name, d, n_layers in (("a", 8, 2), ("b", 16, 4), ("c", 12, 3))]
-    run_k([f[0] for f in files], [f[1] for f in files], tmp_path / "k.json", seed=0, n_perm=50)
-    out = json.loads((tmp_path / "k.json").read_text())
+    run_k([f[0] for f in files], [f[1] for f in files], tmp_path / "k.json", seed=0, n_perm=99)
+    return json.loads((tmp_path / "k.json").read_text())
+
+
+def test_run_k_finds_aligned_dimensions(tmp_path):
+    out = _k_files(tmp_path, shuffle=False)
     assert [p["models"] for p in out["pairs"]] == [["a", "b"], ["a", "c"], ["b", "c"]]
     pair = out["pairs"][0]
-    assert len(pair["depths"]) == 3 and len(pair["depths"][0]["score"]) == 3
-    assert pair["k"] >= 1 and {"rule", "provenance"} <= out.keys()
+    assert len(pair["depths"]) == 3 and len(pair["depths"][0]["score"]) == 3 and pair["k_max"] == 3
+    assert {"rule", "score", "null", "provenance"} <= out.keys() and np.isfinite(pair["threshold"])
+    assert all(p["k"] >= 2 for p in out["pairs"])  # the planted structure has rank 3
+    for depth in pair["depths"]:  # k at a depth = the leading axes above the family-wise threshold
+        assert depth["k"] == np.cumprod(np.array(depth["z"]) > pair["threshold"]).sum()
+    assert pair["k"] == max(d["k"] for d in pair["depths"])
+
+
+def test_run_k_is_zero_when_labels_carry_nothing(tmp_path):
+    out = _k_files(tmp_path, shuffle=True)
+    assert [p["k"] for p in out["pairs"]] == [0, 0, 0]

@@ -10,6 +10,8 @@ Fixtures:
   mini.yaml`` ran the whole DAG (dataset, organisms, every phase, verification, timing, figures).
   Tests only read it; a test that changes or deletes outputs works on a ``wf.clone`` of it. Under
   pytest-xdist the workers share one run (a file lock; the first worker to ask builds it).
+- ``one_model_workdir`` (session): the same with pythia alone (``wf.one_model_config``): a one-model
+  profile, whose cross-model phases are skipped; built from ``mini_workdir``'s dataset and organism.
 
 Every job runs with one torch thread (two jobs on two cores), which is also what makes a rerun
 comparable to the first run to 1e-6.
@@ -22,9 +24,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +39,7 @@ class MiniWorkflow:
     root = ROOT
     config = Path(__file__).with_name("mini.yaml")
     results = "results/mini"
+    dataset = f"{results}/data/emotion_dataset.jsonl"  # built by the workflow: the profile sets no dataset
     env = {
         **os.environ,
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),  # emolens
@@ -44,15 +49,23 @@ class MiniWorkflow:
         "TQDM_DISABLE": "1",
     }
 
-    def command(self, workdir: Path, *args: str) -> list[str]:
-        """The Snakemake command line for ``workdir``."""
+    def command(self, workdir: Path, *args: str, config: Path | None = None) -> list[str]:
+        """The Snakemake command line for ``workdir`` (with the mini profile unless ``config`` names another)."""
         return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                str(workdir), "--configfile", str(self.config), *args]
+                str(workdir), "--configfile", str(config or self.config), *args]
 
-    def run(self, workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, workdir: Path, *args: str, timeout: float = 600, config: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run Snakemake; stdout and stderr together in ``.stdout``."""
-        return subprocess.run(self.command(workdir, *args), cwd=workdir, env=self.env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        return subprocess.run(self.command(workdir, *args, config=config), cwd=workdir, env={**self.env, **(env or {})},
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+
+    def one_model_config(self, path: Path, model: str = "pythia") -> Path:
+        """The mini profile with ``model`` alone, written to ``path``."""
+        config = yaml.safe_load(self.config.read_text())
+        config["models"] = {model: config["models"][model]}
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
 
     @staticmethod
     def clone(src: Path, dst: Path) -> Path:
@@ -75,19 +88,46 @@ def wf() -> MiniWorkflow:
     return MiniWorkflow()
 
 
-@pytest.fixture(scope="session")
-def mini_workdir(wf, tmp_path_factory) -> Path:
-    """A working directory where the whole mini DAG ran to completion (built once per test run)."""
+def _built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A working directory ``build`` fills once per test run; under pytest-xdist the workers share it (a file
+    lock: the first worker to ask builds it)."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # the base temp of the whole run, shared by every xdist worker
-    work, done = shared / "mini_workdir", shared / "mini_workdir.done"
-    with open(shared / "mini_workdir.lock", "w") as lock:
+    work, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
-            out = wf.run(work, "--cores", "2")
-            assert out.returncode == 0, out.stdout[-4000:]
+            build(work)
             done.touch()
     return work
+
+
+@pytest.fixture(scope="session")
+def mini_workdir(wf, tmp_path_factory) -> Path:
+    """A working directory where the whole mini DAG ran to completion (built once per test run)."""
+
+    def build(work: Path) -> None:
+        out = wf.run(work, "--cores", "2")
+        assert out.returncode == 0, out.stdout[-4000:]
+
+    return _built_once(tmp_path_factory, "mini_workdir", build)
+
+
+@pytest.fixture(scope="session")
+def one_model_workdir(wf, mini_workdir, tmp_path_factory) -> Path:
+    """A working directory where the mini profile with pythia alone (``one_model.yaml`` in it) ran to completion;
+    ``log.txt`` holds Snakemake's output. The dataset and the trained organism are copied from ``mini_workdir``
+    (modification times kept), so only pythia's phases run."""
+
+    def build(work: Path) -> None:
+        for part in ("data", "models/pythia", "benchmarks/organism"):  # what the organism job left
+            shutil.copytree(mini_workdir / wf.results / part, work / wf.results / part)
+        config = wf.one_model_config(work / "one_model.yaml")
+        out = wf.run(work, "--cores", "2", config=config)
+        (work / "log.txt").write_text(out.stdout)
+        assert out.returncode == 0, out.stdout[-4000:]
+
+    return _built_once(tmp_path_factory, "one_model_workdir", build)

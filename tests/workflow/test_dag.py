@@ -44,7 +44,33 @@ def test_lint_clean(configfile):
 
 def test_config_typo_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "config/demo.yaml").read_text().replace("n_positions: 4", "n_positionz: 4"))
+    bad.write_text((ROOT / "config/demo.yaml").read_text().replace("message_positions: 4", "message_positionz: 4"))
     out = _snakemake("-n", "--cores", "1", "--configfile", str(bad))
     assert out.returncode != 0
-    assert "n_positionz" in out.stderr + out.stdout
+    assert "message_positionz" in out.stderr + out.stdout
+
+
+def test_command_line_config_typo_is_named_as_the_command_lines():
+    out = _snakemake("-n", "--cores", "1", "--configfile", "config/demo.yaml", "--config", "seeed=1")
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    assert "--config: (top level): Additional properties are not allowed ('seeed' was unexpected)" in log, log
+    assert "config/demo.yaml: (top level)" not in log
+
+
+def test_nested_numeric_command_line_override_works():
+    out = _snakemake("-n", "--cores", "2", "--configfile", "config/demo.yaml", "--forceall",
+                     "--config", "patching={message_positions: 2, max_pairs: 12}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "--message-positions 2 --max-pairs 12" in out.stdout
+
+
+def test_preflight_runs_first_for_hub_models_only():
+    baseline = _snakemake("-n", "--cores", "1", "--forceall")
+    assert baseline.returncode == 0, baseline.stderr
+    assert _jobs(baseline.stdout)["preflight"] == 1
+    for rule in ("activations", "readout", "residual_chunk", "screen_heads", "patch_heads", "steer"):
+        jobs = [block for block in baseline.stdout.split("\n\n") if f"rule {rule}:" in block]
+        assert jobs and all("results/baseline/preflight.json" in block.split("output:")[0] for block in jobs), rule
+    demo = _snakemake("-n", "--cores", "2", "--configfile", "config/demo.yaml", "--forceall")
+    assert "preflight" not in _jobs(demo.stdout) and "preflight.json" not in demo.stdout

@@ -16,7 +16,7 @@ CHUNKS = f"{RESULTS}/patching/residual/chunks/pythia"
 SWEEP = f"{RESULTS}/patching/residual/pythia_residual_sweep.pkl"
 # What depends on one model's residual sweep: rerunning one of its chunks may rerun these, nothing else.
 SWEEP_AND_DOWNSTREAM = {"residual_chunk", "residual_merge", "stats_effect", "stats_power", "verify", "timing",
-                        "figures", "all"}
+                        "figures", "findings", "all"}
 
 
 def test_every_phase_runs_to_a_passing_verification(mini_workdir, wf):

@@ -103,10 +103,10 @@ def test_generic_submit_command_resolves_for_a_real_job(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
          "--workflow-profile", str(ROOT / "profiles/cluster-generic"), "--latency-wait", "5",
-         "--seconds-between-status-checks", "1", "data/emotion_dataset.jsonl"],
+         "--seconds-between-status-checks", "1", "results/demo/data/emotion_dataset.jsonl"],
         capture_output=True, text=True, cwd=work, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (line,) = calls.read_text().splitlines()
     assert "-N emolens.dataset -q workq" in line
     assert "select=1:ncpus=1:mem=4000mb:ngpus=0" in line and "walltime=60:00" in line
-    assert len((work / "data/emotion_dataset.jsonl").read_text().splitlines()) == 900
+    assert len((work / "results/demo/data/emotion_dataset.jsonl").read_text().splitlines()) == 900

@@ -28,7 +28,7 @@ MODEL = "pythia"  # the mini model whose sweep runs as two chunk jobs
 CHUNKS = f"{RESULTS}/patching/residual/chunks/{MODEL}"
 LOGS = f"{RESULTS}/logs/residual_chunk"
 SWEEP = f"{RESULTS}/patching/residual/{MODEL}_residual_sweep.pkl"
-ARRAYS = ("effect", "mean", "ci_low", "ci_high", "ld_clean_run", "ld_clean_donor")
+ARRAYS = ("effect", "ld_patched", "summary", "ci_low", "ci_high", "ld_clean_run", "ld_clean_donor")
 
 
 def _assert_same_sweep(a: dict, b: dict) -> None:
@@ -67,7 +67,7 @@ def _wait_for_a_running_chunk(work: Path, run: subprocess.Popen, log: Path) -> t
 def test_kill_during_a_chunk_then_resume_recomputes_only_that_chunk(mini_workdir, wf, tmp_path):
     # The dataset and the trained organism of the uninterrupted run; the sweep starts from nothing.
     work = tmp_path / "work"
-    shutil.copytree(mini_workdir / "data", work / "data")
+    shutil.copytree(mini_workdir / RESULTS / "data", work / RESULTS / "data")
     shutil.copytree(mini_workdir / RESULTS / "models" / MODEL, work / RESULTS / "models" / MODEL)
 
     with open(tmp_path / "killed_run.log", "w") as log:
@@ -105,12 +105,12 @@ def test_kill_during_a_chunk_then_resume_recomputes_only_that_chunk(mini_workdir
     _assert_same_sweep(load_pickle(work / SWEEP), load_pickle(mini_workdir / SWEEP))
 
 
-def test_dataset_is_byte_identical_across_builds(mini_workdir, tmp_path):
+def test_dataset_is_byte_identical_across_builds(mini_workdir, wf, tmp_path):
     assert main(["dataset", "--out", str(tmp_path / "a.jsonl")]) == 0
     assert main(["dataset", "--out", str(tmp_path / "b.jsonl")]) == 0
     built = (tmp_path / "a.jsonl").read_bytes()
     assert built == (tmp_path / "b.jsonl").read_bytes()
-    assert built == (mini_workdir / "data/emotion_dataset.jsonl").read_bytes()  # built by the workflow
+    assert built == (mini_workdir / wf.dataset).read_bytes()  # built by the workflow
 
 
 def test_chunk_computed_twice_is_equal(mini_workdir, wf, tmp_path):
@@ -118,8 +118,8 @@ def test_chunk_computed_twice_is_equal(mini_workdir, wf, tmp_path):
     config = load_config(wf.config)
     p = config["patching"]
     command = ["emolens", "residual-chunk", "--name", MODEL, "--settings",
-               json.dumps(config["models"][MODEL], sort_keys=True), "--dataset", "data/emotion_dataset.jsonl",
-               "--layers", "02-02", "--n-positions", str(p["n_positions"]), "--direction", p["direction"],
+               json.dumps(config["models"][MODEL], sort_keys=True), "--dataset", wf.dataset,
+               "--layers", "02-02", "--message-positions", str(p["message_positions"]), "--direction", p["direction"],
                "--seed", str(config["seed"]), "--max-pairs", str(p["max_pairs"]), "--device", config["device"]]
     runs = [subprocess.Popen([*command, "--out", str(tmp_path / f"{k}.pkl")], cwd=mini_workdir, env=wf.env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in "ab"]

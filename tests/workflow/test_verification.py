@@ -5,14 +5,16 @@ import pickle
 
 import numpy as np
 
+from emolens.dataset import load_dataset
 from emolens.io import load_pickle
+from emolens.verify import check_dataset, check_head_split
 from emolens.verify import run as verify
 
 
 def _verify(workdir, wf):
     results = workdir / wf.results
     models = sorted(p.stem for p in (results / "activations").glob("*.pkl"))
-    failed = verify(results, models, 900, results / "check.json")
+    failed = verify(results, models, load_dataset(workdir / wf.dataset), results / "check.json")
     checks = json.loads((results / "check.json").read_text())["checks"]
     return failed, {(c["check"], c["model"]) for c in checks if not c["passed"]}
 
@@ -38,3 +40,19 @@ def test_missing_chunk_fails(mini_workdir, wf, tmp_path):
     chunk.unlink()
     failed, which = _verify(work, wf)
     assert which == {("residual_chunks", chunk.parent.name)}
+
+
+def test_planted_stem_and_shared_head_items_fail(mini_workdir, wf, tmp_path):
+    records = load_dataset(mini_workdir / wf.dataset)
+    assert check_dataset(records)[0]
+    implicit = next(i for i, r in enumerate(records) if r["register"] == "implicit")
+    records[implicit] = {**records[implicit], "text": records[implicit]["text"] + " Sorry."}
+    assert not check_dataset(records)[0]
+    work = wf.clone(mini_workdir, tmp_path / "w")
+    screening = next((work / wf.results / "screening").glob("head_scores_*.json"))
+    head = work / wf.results / "patching/head" / f"{screening.stem.removeprefix('head_scores_')}_head_patching.pkl"
+    assert check_head_split(screening, head)[0]
+    scores = json.loads(screening.read_text())
+    scores["items"].append(load_pickle(head)["items"][0])  # 6a saw an item 6b confirms on
+    screening.write_text(json.dumps(scores))
+    assert not check_head_split(screening, head)[0]

@@ -14,12 +14,15 @@ rule activations:
     params:
         device=config["device"],
         settings=model_settings,
+        readout=readout_json(),
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        attempt=job_attempt,
     retries: 1
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens activations --name {wildcards.model} --settings {params.settings:q} "
+        "emolens --attempt {resources.attempt} --input-error-file {log}.input_error "
+        "activations --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
         "--dataset {input.dataset} --out {output} --device {params.device} 2> {log}"

@@ -1,4 +1,6 @@
-# Phase 4: cross-model alignment for every model pair, any widths, then a summary.
+# Phase 4: cross-model alignment for every model pair, any widths (texts alike, emotion alike, and
+# emotion-specific tests, each with its own null), then a summary that counts significance after
+# Benjamini-Hochberg within each declared family.
 
 
 rule align_pair:

@@ -1,11 +1,12 @@
-# Phase 1: the deterministic 900-prompt dataset (a user's own JSONL at config["dataset"] replaces it).
+# Phase 1: the deterministic 900-prompt dataset, under the profile's results (a user's own JSONL at
+# config["dataset"] replaces it).
 
 
 rule dataset:
     output:
-        "data/emotion_dataset.jsonl",
+        BUILT_DATASET,
     log:
-        "logs/dataset.log",
+        f"{RESULTS}/logs/dataset.log",
     conda:
         "../../envs/emolens.yaml"
     shell:

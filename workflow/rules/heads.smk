@@ -14,17 +14,21 @@ rule screen_heads:
     params:
         device=config["device"],
         settings=model_settings,
+        readout=readout_json(),
         top_k=config["patching"]["top_k_heads"],
         pairs=pair_flags(),
+        min_separation=config["patching"]["min_separation"],
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        attempt=job_attempt,
     retries: 1
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens screen-heads --name {wildcards.model} --settings {params.settings:q} "
-        "--dataset {input.dataset} --out {output} --top-k {params.top_k} {params.pairs} "
+        "emolens --attempt {resources.attempt} --input-error-file {log}.input_error "
+        "screen-heads --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
+        "--dataset {input.dataset} --out {output} --top-k {params.top_k} {params.pairs} --min-separation {params.min_separation} "
         "--device {params.device} 2> {log}"
 
 
@@ -42,15 +46,19 @@ rule patch_heads:
     params:
         device=config["device"],
         settings=model_settings,
+        readout=readout_json(),
         n_boot=config["patching"]["n_boot"],
         pairs=pair_flags(),
+        min_separation=config["patching"]["min_separation"],
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        attempt=job_attempt,
     retries: 1
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens patch-heads --name {wildcards.model} --settings {params.settings:q} "
+        "emolens --attempt {resources.attempt} --input-error-file {log}.input_error "
+        "patch-heads --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
         "--dataset {input.dataset} --screening {input.screening} --out {output} "
-        "--n-boot {params.n_boot} {params.pairs} --device {params.device} 2> {log}"
+        "--n-boot {params.n_boot} {params.pairs} --min-separation {params.min_separation} --device {params.device} 2> {log}"

@@ -14,18 +14,20 @@ rule residual_chunk:
     params:
         device=config["device"],
         settings=model_settings,
-        n_positions=config["patching"]["n_positions"],
+        readout=readout_json(),
         pairs=pair_flags(),
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        attempt=job_attempt,
     retries: 1
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens residual-chunk --name {wildcards.model} --settings {params.settings:q} "
+        "emolens --attempt {resources.attempt} --input-error-file {log}.input_error "
+        "residual-chunk --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
         "--dataset {input.dataset} --layers {wildcards.first}-{wildcards.last} --out {output} "
-        "--n-positions {params.n_positions} {params.pairs} --device {params.device} 2> {log}"
+        "{params.pairs} --device {params.device} 2> {log}"
 
 
 rule residual_merge:
@@ -40,9 +42,10 @@ rule residual_merge:
     params:
         n_layers=lambda wildcards: n_layers(wildcards.model),
         n_boot=config["patching"]["n_boot"],
+        min_separation=config["patching"]["min_separation"],
         seed=config["seed"],
     conda:
         "../../envs/emolens.yaml"
     shell:
         "emolens residual-merge --chunks {input} --n-layers {params.n_layers} --out {output} "
-        "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+        "--n-boot {params.n_boot} --min-separation {params.min_separation} --seed {params.seed} 2> {log}"

@@ -54,9 +54,10 @@ rule stats_k:
         f"{RESULTS}/benchmarks/stats_k/all.tsv"
     params:
         n_perm=config["alignment"]["n_perm"],
+        alpha=config["statistics"]["alpha"],
         seed=config["seed"],
     conda:
         "../../envs/emolens.yaml"
     shell:
         "emolens stats k --activations {input.activations} --subspaces {input.subspaces} --out {output} "
-        "--seed {params.seed} --n-perm {params.n_perm} 2> {log}"
+        "--seed {params.seed} --n-perm {params.n_perm} --alpha {params.alpha} 2> {log}"

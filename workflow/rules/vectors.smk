@@ -1,9 +1,11 @@
-# Phase 3: emotion vectors, cross-validated probes and emotion subspaces, one job per model.
+# Phase 3: emotion vectors, frame-grouped probes, lexical baseline, cross-register transfer and
+# emotion subspaces, one job per model.
 
 
 rule vectors:
     input:
-        f"{RESULTS}/activations/{{model}}.pkl",
+        activations=f"{RESULTS}/activations/{{model}}.pkl",
+        dataset=config["dataset"],
     output:
         vectors=f"{RESULTS}/emotion_vectors/{{model}}_vectors.pkl",
         subspaces=f"{RESULTS}/emotion_subspaces/{{model}}_subspaces.pkl",
@@ -20,6 +22,7 @@ rule vectors:
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens vectors --activations {input} --vectors-out {output.vectors} "
+        "emolens vectors --activations {input.activations} --dataset {input.dataset} "
+        "--vectors-out {output.vectors} "
         "--subspaces-out {output.subspaces} --k-max {params.k_max} --folds {params.folds} "
         "--seed {params.seed} 2> {log}"

@@ -6,7 +6,7 @@ rule verify:
         dataset=config["dataset"],
         results=phase_outputs(),
     output:
-        f"{RESULTS}/verification.json",
+        report(f"{RESULTS}/verification.json", caption="../report/verification.rst", category="Verification"),
     log:
         f"{RESULTS}/logs/verify.log",
     params:
@@ -39,18 +39,20 @@ rule figures:
     input:
         phase_outputs(),
     output:
-        report(
-            directory(f"{RESULTS}/figures"),
-            patterns=["{name}.png"],
-            caption="../report/figures.rst",
-            category="Figures",
-        ),
+        [
+            report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures",
+                   labels={"figure": name.replace("_", " ")})
+            for name in FIGURES
+        ],
     log:
         f"{RESULTS}/logs/figures.log",
     params:
-        results=lambda wildcards, output: os.path.dirname(output[0]),
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
+        out=lambda wildcards, output: os.path.dirname(output[0]),
         models=" ".join(MODELS),
+        organisms=organisms_json(),
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens figures --results {params.results} --models {params.models} --out {output} 2> {log}"
+        "emolens figures --results {params.results} --models {params.models} --organisms {params.organisms:q} "
+        "--out {params.out} 2> {log}"

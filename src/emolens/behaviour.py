@@ -1,0 +1,129 @@
+"""Readout baseline: does the model read the emotion at all?
+
+Method. Every dataset prompt (the message inside the configured readout, :mod:`emolens.readout`)
+runs once, clean, in batches of equal token length; the model's answer is the argmax of its four
+label logits at the last position (final norm, then the four unembedding rows, as every patching
+metric reads them: :func:`emolens.patching.collect`). Raw accuracy takes that argmax as it is. A
+model may favour one label whatever the message (a 135M model answered " anger" for all 900
+prompts), which raw accuracy cannot tell from not reading the message. Contextual calibration, in
+the spirit of Zhao et al. (2021) with the dataset itself as the content-free estimate, subtracts each
+label's mean logit over all prompts before the argmax: it asks whether the right label rises above
+its own average. The offsets are fitted on the same prompts they are scored on (four numbers, three
+free, on hundreds of prompts), so calibrated accuracy is a mild in-sample estimate. Both are
+reported overall, per register (when the records have one) and as 4x4 confusion matrices (rows =
+true emotion, columns = predicted, in :data:`emolens.EMOTIONS` order), beside chance (0.25) and the
+share of raw predictions that go to each label. Patching effects are interpretable only where the
+clean model separates the emotions; this file says how far it does.
+
+Inputs: one model's settings, the dataset JSONL and the readout. Output:
+``results/<p>/readout/<m>.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emolens import EMOTIONS
+from emolens.activations import tokenize
+from emolens.dataset import load_dataset
+from emolens.io import provenance, save_json
+from emolens.models import ModelAdapter, load_model
+from emolens.oom import run_with_backoff
+from emolens.patching import collect
+from emolens.readout import DEFAULT, Readout
+
+log = logging.getLogger(__name__)
+SCHEMA = "emolens.readout/1"
+CHANCE = 1 / len(EMOTIONS)
+
+
+def confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """[4, 4] counts: row = true emotion index, column = predicted index."""
+    k = len(EMOTIONS)
+    return np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
+
+
+def _accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean(truth == predicted)) if len(truth) else float("nan")
+
+
+def readout_report(logits: np.ndarray, emotions: Sequence[str],
+                   registers: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """The baseline's numbers from label logits [N, 4] (columns in EMOTIONS order) and true emotions.
+
+    Calibrated predictions are argmax(logits - mean_label_logit), the mean taken over all N prompts
+    (``by_register`` uses the same offsets). ``registers`` (optional, None entries skipped) adds ``by_register``.
+    """
+    logits = np.asarray(logits, dtype=np.float64)  # [N, 4]
+    assert logits.ndim == 2 and logits.shape == (len(emotions), len(EMOTIONS)), logits.shape
+    truth = np.array([EMOTIONS.index(e) for e in emotions], dtype=int)  # [N]
+    offsets = logits.mean(axis=0)  # [4]: each label's mean logit, the calibration
+    raw = logits.argmax(axis=1)  # [N]
+    calibrated = (logits - offsets).argmax(axis=1)  # [N]
+    by_register: dict[str, dict[str, Any]] = {}
+    if registers is not None:
+        registers = list(registers)
+        for register in sorted({r for r in registers if r is not None}):
+            mask = np.array([r == register for r in registers])
+            by_register[register] = {"accuracy": _accuracy(truth[mask], raw[mask]),
+                                     "accuracy_calibrated": _accuracy(truth[mask], calibrated[mask]),
+                                     "n": int(mask.sum())}
+    return {
+        "n": len(truth),
+        "chance": CHANCE,
+        "emotions": list(EMOTIONS),
+        "accuracy": _accuracy(truth, raw),
+        "accuracy_calibrated": _accuracy(truth, calibrated),
+        "confusion": confusion(truth, raw).tolist(),
+        "confusion_calibrated": confusion(truth, calibrated).tolist(),
+        "by_register": by_register,
+        "predicted_share": {e: float(np.mean(raw == i)) for i, e in enumerate(EMOTIONS)},
+        "mean_label_logit": {e: float(offsets[i]) for i, e in enumerate(EMOTIONS)},
+    }
+
+
+def label_logits(adapter: ModelAdapter, texts: Sequence[str], readout: Readout = DEFAULT,
+                 batch_size: int = 32) -> np.ndarray:
+    """Clean label logits [N, 4] (EMOTIONS order) at each readout prompt's last position."""
+    ids = readout.label_token_ids(adapter.tokenizer)
+    tokens = tokenize(adapter, texts, readout)
+    logits, _ = collect(adapter, tokens, [ids[e] for e in EMOTIONS], offsets=(), batch_size=batch_size)
+    return logits.double().numpy()
+
+
+def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: str, device: str = "auto",
+        readout: Readout = DEFAULT) -> dict[str, Any]:
+    """Load the model and dataset, read every prompt's emotion from the label logits, save the JSON."""
+    started = time.time()
+    records = load_dataset(dataset)
+    adapter = load_model(settings, name=name, device=device)
+    label_ids = readout.label_token_ids(adapter.tokenizer)  # refuse a bad label before any forward
+    texts = [r["text"] for r in records]
+    logits, _ = run_with_backoff(lambda bs: label_logits(adapter, texts, readout, bs), settings.get("batch_size", 16),
+                                 what=f"readout {name}")
+    registers = [r.get("register") for r in records]
+    report = readout_report(logits, [r["emotion"] for r in records],
+                            registers if any(r is not None for r in registers) else None)
+    result = {
+        "schema": SCHEMA,
+        "model": name,
+        **report,
+        "readout": readout.as_dict(),
+        "label_token_ids": label_ids,
+        "quantization": adapter.quantization,
+        "provenance": provenance({**settings, "readout": readout.as_dict()}, started, model=name),
+    }
+    save_json(result, out)
+    share = max(report["predicted_share"].items(), key=lambda kv: kv[1])
+    log.info("readout %s: accuracy %.3f raw, %.3f calibrated (chance %.2f, n = %d); most predicted %r (%.0f%%)",
+             name, report["accuracy"], report["accuracy_calibrated"], CHANCE, report["n"], share[0], 100 * share[1])
+    for register, r in report["by_register"].items():
+        log.info("readout %s [%s]: accuracy %.3f raw, %.3f calibrated (n = %d)", name, register, r["accuracy"],
+                 r["accuracy_calibrated"], r["n"])
+    return result

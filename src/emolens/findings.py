@@ -1,0 +1,197 @@
+"""The findings page: what a profile's run found, in words and small tables, generated from its result files.
+
+Every number on the page is read from the files the phases wrote (through :func:`emolens.results.load`);
+nothing is typed by hand. Per model: does it read the emotion (readout baseline); where the emotion
+becomes linearly decodable beyond a bag of words (probe vs lexical baseline, cross-register transfer);
+where patching the residual stream at the last position crosses half the clean separation, and what
+the message positions carry; the heads confirmed on held-out items; steering and ablation. Across
+models: alignment by question and the aligned dimension k, and steering transfer. Then the caveats.
+Output: ``results/<p>/findings.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emolens import EMOTIONS
+from emolens.io import atomic_path
+from emolens.results import Results, load
+
+log = logging.getLogger(__name__)
+WEAK_READOUT = 0.5  # calibrated accuracy below this: the model barely reads the emotion
+
+
+def _f(x: Any, digits: int = 2) -> str:
+    """A number for the page; n/a for missing or NaN."""
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def readout_section(res: Results) -> list[str]:
+    rows = []
+    for m, r in res.readout.items():
+        reg, share = r.get("by_register") or {}, r["predicted_share"]
+        top = max(share, key=share.get)
+        rows.append([m, _f(r["accuracy"]), _f(r["accuracy_calibrated"]),
+                     *(_f(reg.get(g, {}).get("accuracy_calibrated")) for g in ("explicit", "implicit")),
+                     f"{top} ({_f(share[top])})"])
+    return ["## Does each model read the emotion?", "",
+            "The model's own 4-way prediction from its label logits after the readout prompt (chance 0.25); "
+            "calibrated = each label's mean logit over the dataset subtracted first.", "",
+            *_table(["model", "accuracy", "calibrated", "calibrated, explicit", "calibrated, implicit",
+                     "most predicted label (share)"], rows), ""]
+
+
+def probe_section(res: Results) -> list[str]:
+    lines = ["## Where does the emotion become decodable?", "",
+             "Linear probes with whole sentence frames held out, beside a bag-of-words baseline on the same folds "
+             "and the transfer from explicit to implicit texts.", ""]
+    rows = []
+    for m, v in res.vectors.items():
+        acc = np.asarray(v["probe_accuracy"], float)
+        depth = np.linspace(0, 1, len(acc))
+        lexical = v.get("lexical_accuracy")
+        above = np.flatnonzero(acc > lexical) if lexical is not None else np.array([], int)
+        transfer = v.get("transfer_explicit_to_implicit")
+        t_best = int(np.argmax(transfer)) if transfer is not None else None
+        implicit = (v.get("probe_accuracy_by_register") or {}).get("implicit")
+        lex_reg = v.get("lexical_accuracy_by_register") or {}
+        rows.append([m, f"{_f(acc.max())} at depth {_f(depth[acc.argmax()])}", _f(lexical),
+                     f"depth {_f(depth[above[0]])}" if len(above) else "never",
+                     f"{_f(max(implicit))} vs {_f(lex_reg.get('implicit'))}" if implicit is not None else "n/a",
+                     f"{_f(transfer[t_best])} at depth {_f(depth[t_best])}" if t_best is not None else "n/a"])
+    return lines + _table(["model", "best probe", "lexical baseline", "probe first above lexical",
+                           "implicit: best probe vs lexical", "explicit -> implicit transfer"], rows) + [""]
+
+
+def patching_section(res: Results) -> list[str]:
+    lines = ["## Where is the emotion carried? (residual-stream patching)", "",
+             "Effect = ratio of sums over kept pairs, sum(LD_patched - LD_run) / sum(LD_donor - LD_run) "
+             "(0 = unpatched, 1 = the source prompt's clean separation), 95% item-bootstrap CI.", ""]
+    rows = []
+    for m, s in res.sweeps.items():
+        summary, low, high = (np.asarray(s[k], float) for k in ("summary", "ci_low", "ci_high"))
+        roles, n = list(s["position_roles"]), max(s["layers"])
+        last = list(s["positions"]).index(-1)
+        cross = np.flatnonzero(summary[:, last] >= 0.5)
+        at = (f"index {cross[0]} (depth {_f(cross[0] / n)}): {_f(summary[cross[0], last])} "
+              f"[{_f(low[cross[0], last])}, {_f(high[cross[0], last])}]") if len(cross) else "never"
+        message = [i for i, r in enumerate(roles) if r.startswith("message")]
+        best = max(((summary[li, pi], li, pi) for li in range(len(summary)) for pi in message),
+                   default=(np.nan, 0, 0))
+        rows.append([m, f"{s['n_pairs_included']}/{len(s['pairs'])} ({s['n_items']} items)", at,
+                     f"{_f(best[0])} at index {best[1]}, {roles[best[2]]}" if message else "n/a"])
+    return lines + _table(["model", "pairs kept (items)", "last position first >= 0.5",
+                           "largest effect at a message position"], rows) + [""]
+
+
+def heads_section(res: Results) -> list[str]:
+    lines = ["## Which heads move it? (confirmed on held-out items)", "",
+             "Heads ranked on one half of the items (6a), patched at every readout position on the other half (6b); "
+             "significance after Benjamini-Hochberg over the model's family (statistics/effect.json).", ""]
+    effect = res.statistics.get("effect", {}).get("models", {})
+    rows = []
+    for m, h in res.head_patching.items():
+        sig = effect.get(m, {}).get("heads", {}).get("significant") or [None] * len(h["heads"])
+        for (layer, head), e, ci, s in zip(h["heads"], h["summary_single"], h["ci_single"], sig, strict=True):
+            rows.append([m, f"L{layer}H{head}", f"{_f(e)} [{_f(ci[0])}, {_f(ci[1])}]",
+                         {True: "yes", False: "no", None: "n/a"}[s]])
+        rows.append([m, "all top-K jointly", f"{_f(h['summary_joint'])} [{_f(h['ci_joint'][0])}, "
+                     f"{_f(h['ci_joint'][1])}]", {True: "yes", False: "no"}.get(
+                         effect.get(m, {}).get("joint", {}).get("significant"), "n/a")])
+    return lines + _table(["model", "head", "effect [95% CI]", "significant"], rows) + [""]
+
+
+def alignment_section(res: Results) -> list[str]:
+    summary = res.alignment_summary
+    if not summary:
+        return ["## Is it the same across models?", "", "Skipped: the profile has one model, nothing to pair.", ""]
+    lines = ["## Is it the same across models?", ""]
+    for family, f in summary["families"].items():
+        lines.append(f"- {f['question']} ({family}): {f['n_significant']} of {f['n_tests']} tests significant "
+                     f"after Benjamini-Hochberg.")
+    k = {tuple(p["models"]): p["k"] for p in res.statistics.get("k", {}).get("pairs", [])}
+    rows = []
+    for p in summary["pairs"]:
+        meas = p["measures"]
+        rows.append([" / ".join(p["models"]), _f(meas["linear_cka"]["mean"]),
+                     _f(meas["linear_cka_item_centred"]["mean"]), _f(meas["transfer_cosine_mean"]["mean"]),
+                     f"{meas['transfer_cosine_mean']['n_significant']}/{meas['transfer_cosine_mean']['n_tests']}",
+                     k.get(tuple(p["models"]), "n/a")])
+    rule = res.statistics.get("k", {}).get("rule", "")
+    return lines + [""] + _table(["pair", "CKA (texts)", "CKA (item-centred)", "vector transfer cosine",
+                                  "transfer significant (depths)", "k"], rows) + ["", f"k: {rule}", ""]
+
+
+def steering_section(res: Results) -> list[str]:
+    if not res.steering:
+        return []
+    lines = ["## Do the vectors cause anything? (steering and ablation on held-out items)", ""]
+    rows = []
+    for m, s in res.steering.items():
+        b = s["best"]
+        band = b["effective_band_relative_depth"]
+        rows.append([m, f"{_f(band[0])}-{_f(band[1])} (best index {b['layer']})", _f(b["alpha"], 1),
+                     _f(float(np.mean(b["on_target_ld"]))), _f(float(np.max(b["random_ld_q95"]))),
+                     _f(b["specificity_index_ld"]), _f(float(np.mean(b["kl_nonlabel"])), 3),
+                     f"{_f(b['ablation_readout_drop'])} (random {_f(b['ablation_readout_drop_random_mean'])})"])
+    lines += _table(["model", "effective band (depth)", "alpha", "on-target LD shift", "random q95",
+                     "specificity", "KL off-label", "ablation readout drop"], rows)
+    t = res.steering_transfer
+    if t:
+        models = t["models"]
+        lines += ["", "Fraction of b's own steering effect that a's vector, carried through the linear map, achieves "
+                  "(rows a, columns b):", ""]
+        lines += _table(["a \\ b", *models], [[a, *(_f(t["fraction_mean"][i][j]) for j in range(len(models)))]
+                                              for i, a in enumerate(models)])
+    return lines + [""]
+
+
+def caveats(res: Results, organisms: list[str]) -> list[str]:
+    notes = []
+    if organisms:
+        notes.append(f"{', '.join(organisms)}: demo organisms trained on this dataset's readout task; they read the "
+                     "emotion by construction and say nothing about the real models they are named after.")
+    int8 = sorted({m for m, s in res.sweeps.items() if s.get("quantization") == "int8"})
+    if int8:
+        notes.append(f"{', '.join(int8)} ran in int8 (bitsandbytes): activations and effects carry quantisation noise.")
+    for m, s in res.sweeps.items():
+        excluded = {c: v["excluded"] for c, v in s["contrast_counts"].items() if v["excluded"]}
+        if excluded:
+            notes.append(f"{m}: {sum(excluded.values())} of {len(s['pairs'])} pairs below min_separation "
+                         f"{s['min_separation']} were left out of the patching summaries ({excluded}).")
+    for m, r in res.readout.items():
+        if r["accuracy_calibrated"] < WEAK_READOUT:
+            notes.append(f"{m} reads the emotion weakly (calibrated accuracy {_f(r['accuracy_calibrated'])}): its "
+                         "patching effects rest on the pairs it does separate.")
+    return ["## Caveats", "", *(f"- {n}" for n in notes or ["none found in the files"]), ""]
+
+
+def render(results: str | Path, organisms: list[str] | None = None) -> str:
+    """The findings page of a profile's results directory, as markdown."""
+    res = load(results)
+    profile = Path(results).name
+    emotions = ", ".join(EMOTIONS)
+    return "\n".join([f"# What the run found: profile `{profile}`", "",
+                      f"Emotions: {emotions}. Models: {', '.join(res.readout) or 'none'}. Every number below is "
+                      "read from the result files.", "",
+                      *readout_section(res), *probe_section(res), *patching_section(res), *heads_section(res),
+                      *steering_section(res), *alignment_section(res), *caveats(res, organisms or [])])
+
+
+def run(results: str | Path, out: str | Path, organisms: list[str] | None = None) -> None:
+    """Write ``findings.md`` for a profile's results, atomically."""
+    text = render(results, organisms)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    log.info("wrote %s", out)

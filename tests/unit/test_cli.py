@@ -1,0 +1,80 @@
+"""The emolens command line: plain-text help with every option described, and the retry guard (an input error is
+recorded and a retry repeats it without running; an out-of-memory error is not recorded, so a retry runs)."""
+
+import argparse
+
+import pytest
+
+from emolens import cli
+from emolens.cli import INPUT_ERROR, RESOURCE_ERROR, build_parser, main
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def test_every_option_of_every_subcommand_has_help():
+    parser = build_parser()
+    commands = {"emolens": parser, **_subparsers(parser)}
+    assert len(commands) > 15
+    missing = [f"{name} {action.option_strings or action.dest}" for name, p in commands.items()
+               for action in p._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help]
+    assert not missing, missing
+
+
+def test_help_is_plain_text_and_settings_has_an_example():
+    parser = build_parser()
+    for p in [parser, *_subparsers(parser).values()]:
+        text = p.format_help()
+        assert "``" not in text and ":func:" not in text, p.prog
+    settings = _subparsers(parser)["residual-chunk"].format_help()
+    assert "--settings JSON" in settings and '{"hf_id": "openai-community/gpt2"' in settings
+
+
+def test_input_error_is_recorded_and_a_retry_repeats_it_without_running(tmp_path, capsys, monkeypatch):
+    record = tmp_path / "job.log.input_error"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    guard = ["--input-error-file", str(record)]
+    assert main(["--attempt", "1", *guard, "dataset", "--check", str(bad)]) == INPUT_ERROR
+    first = capsys.readouterr().err.strip()
+    assert first.startswith("emolens dataset: error: ") and record.read_text().strip() == first
+
+    ran = []
+    monkeypatch.setattr(cli, "_cmd_dataset", lambda a: ran.append(a))
+    assert main(["--attempt", "2", *guard, "dataset", "--check", str(bad)]) == INPUT_ERROR
+    second = capsys.readouterr().err.strip().splitlines()
+    assert not ran, "the retry ran the command"
+    assert second[0].startswith("emolens: attempt 2 not run: attempt 1 ended in an input error") and second[-1] == first
+
+    # A fresh run (attempt 1) clears the record and runs: the input may have been fixed.
+    assert main(["--attempt", "1", *guard, "dataset", "--check", str(bad)]) == 0 and ran and not record.exists()
+
+
+def test_usage_errors_are_input_errors_too(tmp_path, capsys):
+    record = tmp_path / "r"
+    assert main(["--input-error-file", str(record), "verify", "--results", "x"]) == INPUT_ERROR
+    assert "the following arguments are required" in record.read_text()
+    assert "usage: emolens verify" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [MemoryError("simulated"), cli.BatchOutOfMemoryError("CUDA out of memory even at 1")])
+def test_out_of_memory_is_not_recorded_so_a_retry_runs(error, tmp_path, capsys, monkeypatch):
+    record = tmp_path / "job.log.input_error"
+    calls = []
+
+    def out_of_memory(a):
+        calls.append(a)
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_dataset", out_of_memory)
+    for attempt in ("1", "2"):
+        assert main(["--attempt", attempt, "--input-error-file", str(record), "dataset", "--check", "x"]) \
+            == RESOURCE_ERROR
+    assert len(calls) == 2 and not record.exists()
+    assert "emolens dataset: error: " in capsys.readouterr().err

@@ -1,0 +1,273 @@
+"""Steering, directional ablation and steering transfer (emolens.steering), on tiny models and organisms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emolens import EMOTIONS
+from emolens.activations import extract
+from emolens.dataset import build_dataset
+from emolens.io import save_pickle
+from emolens.models import ModelAdapter
+from emolens.organisms import build_organism
+from emolens.patching import collect
+from emolens.readout import DEFAULT
+from emolens.steering import (
+    Prompts,
+    ablation_index,
+    bootstrap_weights,
+    clean_run,
+    emotion_basis,
+    fit_probes,
+    item_matrix,
+    prepare_prompts,
+    random_basis,
+    random_directions,
+    readout_measures,
+    run_edits,
+    run_steering,
+    run_transfer,
+    run_transfer_summary,
+    steer_index,
+    steering_shifts,
+    transfer_effect,
+    unit,
+)
+from emolens.verify import check_steering
+
+RECORDS = build_dataset()[:64]  # 16 items x 4 emotions
+
+
+def _prompts(adapter: ModelAdapter, records=RECORDS, kl_prompts: int = 4) -> Prompts:
+    return prepare_prompts(adapter, records, DEFAULT, kl_prompts)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3"])
+def test_alpha_zero_is_the_clean_run_exactly(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    prompts = _prompts(adapter)
+    reference, _ = collect(adapter, prompts.tokens, prompts.token_ids, offsets=(), batch_size=8)  # no hooks
+    zero = run_edits(adapter, prompts, 1, add=np.zeros((1, adapter.d_model)), batch_size=8)
+    assert np.array_equal(zero.labels[0], reference.double().numpy())  # bit-identical, not close
+    clean = clean_run(adapter, prompts, batch_size=8)
+    direction = random_directions(1, adapter.d_model, np.random.default_rng(0))
+    steered = steer_index(adapter, prompts, clean, 1, direction, [0.0, 1.0], 10.0, 8)
+    assert np.array_equal(steered.labels[0], clean.labels[0]) and np.all(steered.kl[0][prompts.kl_row >= 0] == 0)
+    assert not np.allclose(steered.labels[1], clean.labels[0])  # alpha 1 does move it
+    assert np.all(steered.kl[1][prompts.kl_row >= 0] > 0) and np.isnan(steered.kl[1][prompts.kl_row < 0]).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3"])
+def test_a_prompt_shared_by_its_conditions_equals_running_them_apart(tiny_adapters, family):
+    """The fast path runs each prompt once below the edited index and expands it to the conditions there."""
+    adapter = tiny_adapters[family]
+    prompts = _prompts(adapter, RECORDS[:8])
+    rng = np.random.default_rng(0)
+    add = 3.0 * random_directions(5, adapter.d_model, rng)
+    basis = np.stack([random_basis(2, adapter.d_model, rng) for _ in range(5)])
+    clean = clean_run(adapter, prompts)
+    layers = list(range(adapter.n_layers + 1))
+    for layer in (0, adapter.n_layers - 1, adapter.n_layers):
+        fast, slow = (run_edits(adapter, prompts, layer, add=add, basis=basis, capture=layers, clean=clean,
+                                batch_size=4, share=share) for share in (True, False))
+        np.testing.assert_allclose(fast.labels, slow.labels, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(fast.kl, slow.kl, rtol=1e-4, atol=1e-6)
+        for m in layers:
+            np.testing.assert_allclose(fast.acts[m], slow.acts[m], rtol=1e-5, atol=1e-5)
+
+
+def _planted(tokenizer, u: np.ndarray, gain: float = 4.0) -> ModelAdapter:
+    """A two-layer Llama whose gratitude label logit reads direction u of the final-normed stream (the
+    other labels read nothing): steering along u must raise the gratitude readout."""
+    model = build_organism("llama", d_model=64, n_layers=2, n_heads=4, vocab_size=len(tokenizer), seed=11)
+    ids = DEFAULT.label_token_ids(tokenizer)
+    with torch.no_grad():
+        for e in EMOTIONS:
+            model.lm_head.weight[ids[e]] = 0.0
+        model.lm_head.weight[ids["gratitude"]] = gain * torch.as_tensor(u, dtype=torch.float32)
+    return ModelAdapter(model, tokenizer, name="planted")
+
+
+def test_planted_direction_moves_the_readout_monotonically_and_random_ones_do_not(tokenizer):
+    d = 64
+    u = unit(np.random.default_rng(0).standard_normal(d))
+    adapter = _planted(tokenizer, u)
+    prompts = _prompts(adapter, RECORDS[:32], kl_prompts=0)
+    clean = clean_run(adapter, prompts, batch_size=32)
+    offsets = clean.labels[0].mean(0)
+    averaging, _ = item_matrix(prompts.items)
+    alphas = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+    dirs = np.concatenate([u[None], random_directions(8, d, np.random.default_rng(1))])
+    for layer in range(adapter.n_layers + 1):
+        run = steer_index(adapter, prompts, clean, layer, dirs, alphas, norm=8.0, batch_size=64)
+        ld = steering_shifts(run, clean, prompts, offsets, averaging, len(alphas))["ld"]  # [A, D, I, 4]
+        grat = ld[:, :, :, 0].mean(-1)  # [A, D]: gratitude readout shift, item mean
+        planted, random = grat[:, 0], grat[:, 1:]
+        assert np.all(np.diff(planted) > 0), (layer, planted)  # dose-response: strictly rising in alpha
+        assert planted[-1] > 3 * np.abs(random[-1]).max(), (layer, planted[-1], random[-1])
+        assert planted[-1] > 1.0
+
+
+def test_readout_measures_are_offset_invariant_shifts():
+    z = np.random.default_rng(0).standard_normal((5, 4))
+    prob, ld = readout_measures(z, np.zeros(4))
+    assert np.allclose(prob.sum(-1), 1) and np.allclose(ld.sum(-1), 0)  # LDs against the others sum to zero
+    _, ld_shifted = readout_measures(z + 3.0, np.zeros(4))
+    assert np.allclose(ld, ld_shifted)
+
+
+def _identity_blocks_llama(tokenizer, n_layers: int = 3) -> ModelAdapter:
+    """A Llama whose blocks write nothing (o_proj and down_proj zero): the residual stream at every index is
+    the token embedding, so what the stream encodes is exactly what the embeddings plant."""
+    model = build_organism("llama", d_model=64, n_layers=n_layers, n_heads=4, vocab_size=len(tokenizer), seed=5)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return ModelAdapter(model, tokenizer, name="identity-blocks")
+
+
+def test_ablating_the_emotion_span_drives_later_probes_to_chance(tokenizer):
+    """Emotion is encoded only along three planted directions (the last token's embedding = its class mean
+    + token noise, the fit tokens' noise summing to zero per class); held-out prompts use other tokens."""
+    adapter = _identity_blocks_llama(tokenizer)
+    d, rng = adapter.d_model, np.random.default_rng(0)
+    means = 4.0 * (np.eye(4) - 0.25) @ random_basis(4, d, rng)  # a regular simplex: 3 dimensions
+    n_fit, n_held = 40, 20
+    first = 10
+    emb = adapter.model.get_input_embeddings().weight
+    with torch.no_grad():
+        for e in range(4):
+            half = rng.standard_normal((n_fit // 2, d)) * 0.5
+            noise = np.concatenate([half, -half, rng.standard_normal((n_held, d)) * 0.5])  # fit noise sums to 0
+            tokens = first + e * (n_fit + n_held) + np.arange(n_fit + n_held)
+            emb[tokens] = torch.as_tensor(means[e] + noise, dtype=torch.float32)
+
+    def prompts(start: int, count: int) -> Prompts:
+        toks, truth, items = [], [], []
+        for j in range(count):
+            for e in range(4):
+                toks.append([3, 4, 5 + j % 3, first + e * (n_fit + n_held) + start + j])
+                truth.append(e)
+                items.append(f"i{j}")
+        return Prompts(toks, np.array(truth), np.array(items), np.full(len(toks), -1), [500, 501, 502, 503])
+
+    fit, held = prompts(0, n_fit), prompts(n_fit, n_held)
+    layers = list(range(adapter.n_layers + 1))
+    x_fit = np.stack([clean_run(adapter, fit, capture=layers).acts[m][0] for m in layers], axis=1)  # [N, S, d]
+    fit_emotions = [EMOTIONS[t] for t in fit.truth]
+    probes = fit_probes(x_fit.astype(np.float64), fit_emotions, layers, seed=0)
+    clean = clean_run(adapter, held, capture=layers)
+    labels = np.asarray(EMOTIONS)[held.truth]
+    assert all((probes[m].predict(clean.acts[m][0]) == labels).mean() > 0.95 for m in layers)
+    averaging, names = item_matrix(held.items)
+    weights = bootstrap_weights(len(names), 50, rng)
+    layer = 1
+    basis = emotion_basis(x_fit[:, layer], fit_emotions)
+    assert basis.shape == (3, d)
+    bases = np.stack([basis] + [random_basis(3, d, rng) for _ in range(3)])
+    out = ablation_index(adapter, held, clean, layer, bases, probes, weights, averaging, clean.labels[0].mean(0))
+    assert sorted(out["probe_accuracy"]) == [1, 2, 3]  # only indices at or after the ablated one
+    for m in (1, 2, 3):
+        assert out["probe_accuracy"][m] < 0.45, out  # chance is 0.25
+        assert out["probe_accuracy_random_mean"][m] > 0.85, out  # a random 3-d subspace barely matters
+
+
+def _readout_directions(adapter: ModelAdapter) -> np.ndarray:
+    """[4, d]: each label's unembedding row minus the mean of the other three (moves that label up)."""
+    ids = DEFAULT.label_token_ids(adapter.tokenizer)
+    w = adapter.model.get_output_embeddings().weight[[ids[e] for e in EMOTIONS]].detach().double().numpy()
+    return w - (w.sum(0) - w) / 3
+
+
+def test_transfer_through_the_identity_map_equals_own_steering(tiny_adapters):
+    adapter = tiny_adapters["llama"]
+    prompts = _prompts(adapter, kl_prompts=0)
+    clean = clean_run(adapter, prompts, batch_size=16)
+    offsets = clean.labels[0].mean(0)
+    averaging, names = item_matrix(prompts.items)
+    weights = bootstrap_weights(len(names), 100, np.random.default_rng(0))
+    layer, alpha, norm = adapter.n_layers, 2.0, 5.0
+    own = _readout_directions(adapter)
+    random = random_directions(5, adapter.d_model, np.random.default_rng(1))
+    effect = transfer_effect(adapter, prompts, clean, layer, norm, alpha, own, {"self": (own.copy(), random)},
+                             offsets, averaging, weights, batch_size=16)
+    src = effect["sources"]["self"]
+    assert np.all(effect["own"]["on_target"] > 0)
+    np.testing.assert_allclose(src["on_target_mapped"], effect["own"]["on_target"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(src["fraction"], 1.0, rtol=1e-6)
+    assert src["fraction_mean"] == pytest.approx(1.0, rel=1e-6) and src["beats_null"]
+    # and it is the steering phase's own measurement of the same vectors, run on its own
+    run = steer_index(adapter, prompts, clean, layer, unit(own), [0.0, alpha], norm, batch_size=16)
+    ld = steering_shifts(run, clean, prompts, offsets, averaging, 2)["ld"][1]  # [4, I, 4]
+    np.testing.assert_allclose(np.einsum("eie->e", ld) / ld.shape[1], src["on_target_mapped"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def steering_run(tiny_adapters, tmp_path_factory):
+    """run_steering on two tiny models of different widths, then run_transfer both ways and the summary,
+    laid out as a profile's results directory."""
+    root = tmp_path_factory.mktemp("results")
+    records = build_dataset()[:160]
+    for family in ("llama", "qwen3"):
+        adapter = tiny_adapters[family]
+        act = {"schema": "emolens.activations/1", "resid": extract(adapter, [r["text"] for r in records], 64),
+               "ids": [r["id"] for r in records], "emotions": [r["emotion"] for r in records],
+               "item_ids": [r["item_id"] for r in records], "n_layers": adapter.n_layers,
+               "d_model": adapter.d_model, "quantization": None, "provenance": {}}
+        save_pickle(act, root / "activations" / f"{family}.pkl")
+    kwargs = {"n_random": 3, "max_prompts": 24, "n_boot": 50, "seed": 0, "batch_size": 64}
+    st, acts = root / "steering", [root / "activations" / f"{f}.pkl" for f in ("llama", "qwen3")]
+    for family in ("llama", "qwen3"):
+        run_steering(tiny_adapters[family], records, root / "activations" / f"{family}.pkl", st / f"{family}.json",
+                     alphas=[0, 1, 4], kl_prompts=3, n_random_subspaces=2, **kwargs)
+    for family in ("llama", "qwen3"):
+        run_transfer(tiny_adapters[family], records, acts, st / f"{family}.json",
+                     st / "transfer" / f"into_{family}.json", **kwargs)
+    run_transfer_summary([st / "transfer" / f"into_{f}.json" for f in ("llama", "qwen3")],
+                         st / "transfer" / "summary.json")
+    return root
+
+
+def test_run_steering_writes_what_verification_accepts(steering_run):
+    st = steering_run / "steering"
+    for family in ("llama", "qwen3"):
+        ok, detail = check_steering(st / f"{family}.json", st / "transfer" / f"into_{family}.json")
+        assert ok, detail
+        result = json.loads((st / f"{family}.json").read_text())
+        n_layers = len(result["layers"])
+        assert np.asarray(result["readout_shift"]["ld"]["specificity"]).shape == (n_layers, 3, 4, 4)
+        assert result["split"]["n_prompts"] <= 24 and result["split"]["n_kl_prompts"] == 3
+        assert result["best"]["layer"] in result["layers"]
+        assert not set(result["split"]["heldout_items"]) & fit_items(result)
+    summary = json.loads((st / "transfer" / "summary.json").read_text())
+    assert summary["models"] == ["llama", "qwen3"]
+    assert summary["fraction_mean"][0][0] is None and summary["layer_a"][1][0] is not None
+
+
+def fit_items(result) -> set[str]:
+    """The fit half's items, recomputed as the steering run split them."""
+    from emolens.heads import item_halves
+
+    return {r["item_id"] for r in item_halves(build_dataset()[:160], 0)[0]}
+
+
+def test_verification_catches_a_nonzero_alpha_zero_shift(steering_run, tmp_path):
+    result = json.loads((steering_run / "steering" / "llama.json").read_text())
+    result["readout_shift"]["ld"]["specificity"][0][0][1][2] = 1e-3
+    (tmp_path / "bad.json").write_text(json.dumps(result))
+    ok, detail = check_steering(tmp_path / "bad.json", None)
+    assert not ok and "alpha 0" in detail
+
+
+def test_figures_draw_steering(steering_run, tmp_path):
+    from emolens.figures import steering
+
+    steering(steering_run, ["llama", "qwen3"], tmp_path)
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert names == {"steering_dose_response.png", "steering_specificity.png", "steering_ablation.png",
+                     "steering_transfer.png"}

@@ -1,0 +1,17 @@
+# The findings page: what the run found, generated from the result files, shown in the report.
+
+
+rule findings:
+    input:
+        f"{RESULTS}/verification.json",
+    output:
+        report(f"{RESULTS}/findings.md", caption="../report/findings.rst", category="Findings"),
+    log:
+        f"{RESULTS}/logs/findings.log",
+    params:
+        results=lambda wildcards, output: os.path.dirname(output[0]),
+        organisms=organisms_json(),
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens findings --results {params.results} --organisms {params.organisms:q} --out {output} 2> {log}"

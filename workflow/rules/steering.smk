@@ -1,0 +1,88 @@
+# Steering and directional ablation of the emotion vectors, one job per model; cross-model steering
+# transfer, one job per target model (every other model's vectors carried into it), and the pair matrix.
+
+
+localrules:
+    steer_transfer_summary,
+
+
+rule steer:
+    input:
+        dataset=config["dataset"],
+        checkpoint=model_checkpoint,
+        activations=f"{RESULTS}/activations/{{model}}.pkl",
+    output:
+        f"{RESULTS}/steering/{{model}}.json",
+    log:
+        f"{RESULTS}/logs/steer/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/steer/{{model}}.tsv"
+    params:
+        device=config["device"],
+        settings=model_settings,
+        readout=readout_json(),
+        flags=steering_flags(),
+        alphas=" ".join(map(str, config["steering"]["alphas"])),
+        layer_stride=config["steering"]["layer_stride"],
+        kl_prompts=config["steering"]["kl_prompts"],
+        n_random_subspaces=config["steering"]["n_random_subspaces"],
+        transfer_alpha=config["steering"]["transfer_alpha"],
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        attempt=job_attempt,
+    retries: 1
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens --attempt {resources.attempt} --input-error-file {log}.input_error "
+        "steer --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
+        "--dataset {input.dataset} --activations {input.activations} --out {output} {params.flags} "
+        "--alphas {params.alphas} --layer-stride {params.layer_stride} --kl-prompts {params.kl_prompts} "
+        "--n-random-subspaces {params.n_random_subspaces} --transfer-alpha {params.transfer_alpha} "
+        "--device {params.device} 2> {log}"
+
+
+rule steer_transfer:
+    input:
+        dataset=config["dataset"],
+        checkpoint=model_checkpoint,
+        activations=per_model(f"{RESULTS}/activations/{{model}}.pkl"),
+        steering=f"{RESULTS}/steering/{{model}}.json",
+    output:
+        f"{RESULTS}/steering/transfer/into_{{model}}.json",
+    log:
+        f"{RESULTS}/logs/steer_transfer/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/steer_transfer/{{model}}.tsv"
+    params:
+        device=config["device"],
+        settings=model_settings,
+        readout=readout_json(),
+        flags=steering_flags(),
+        ridge=config["steering"]["ridge"],
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        attempt=job_attempt,
+    retries: 1
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens --attempt {resources.attempt} --input-error-file {log}.input_error "
+        "steer-transfer --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
+        "--dataset {input.dataset} --activations {input.activations} --steering {input.steering} --out {output} "
+        "{params.flags} --ridge {params.ridge} --device {params.device} 2> {log}"
+
+
+rule steer_transfer_summary:
+    input:
+        expand(f"{RESULTS}/steering/transfer/into_{{model}}.json", model=TRANSFER_TARGETS),
+    output:
+        f"{RESULTS}/steering/transfer/summary.json",
+    log:
+        f"{RESULTS}/logs/steer_transfer_summary.log",
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens steer-transfer-summary --inputs {input} --out {output} 2> {log}"
