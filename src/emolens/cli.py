@@ -99,7 +99,7 @@ def _cmd_vectors(a: argparse.Namespace) -> None:
     from emolens import vectors
 
     vectors.run(a.activations, a.dataset, a.vectors_out, a.subspaces_out, k_max=a.k_max, folds=a.folds,
-                seed=a.seed)
+                seed=a.seed, n_perm=a.n_perm)
 
 
 def _model_and_records(a: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-max", type=int, default=8, help="subspace dimensions kept per layer (default: 8)")
     p.add_argument("--folds", type=int, default=5, help="GroupKFold folds over frames (items where no frame)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
+    p.add_argument("--n-perm", type=int, default=200,
+                   help="within-item label permutations of the decoding test (default: 200)")
     for name, fn, help in (("residual-chunk", _cmd_residual_chunk, "phase 5: residual patching of one layer chunk"),
                            ("screen-heads", _cmd_screen_heads, "phase 6a: exact and attribution scores of every head"),
                            ("patch-heads", _cmd_patch_heads, "phase 6b: the top-K heads, alone and jointly")):

@@ -56,7 +56,7 @@ def probe_section(res: Results) -> list[str]:
     lines = ["## Where does the emotion become decodable?", "",
              "Linear probes with whole sentence frames held out, beside a bag-of-words baseline on the same folds "
              "and the transfer from explicit to implicit texts.", ""]
-    rows = []
+    rows, alpha = [], res.statistics.get("effect", {}).get("alpha", 0.05)  # the profile's alpha
     for m, v in res.vectors.items():
         acc = np.asarray(v["probe_accuracy"], float)
         depth = np.linspace(0, 1, len(acc))
@@ -66,11 +66,16 @@ def probe_section(res: Results) -> list[str]:
         t_best = int(np.argmax(transfer)) if transfer is not None else None
         implicit = (v.get("probe_accuracy_by_register") or {}).get("implicit")
         lex_reg = v.get("lexical_accuracy_by_register") or {}
+        test = v.get("decoding_test") or {}
+        above_chance = np.flatnonzero(np.asarray(test.get("p_fwer", []), float) <= alpha)
         rows.append([m, f"{_f(acc.max())} at depth {_f(depth[acc.argmax()])}", _f(lexical),
+                     f"depth {_f(depth[above_chance[0]])}" if len(above_chance) else "nowhere",
                      f"depth {_f(depth[above[0]])}" if len(above) else "never",
                      f"{_f(max(implicit))} vs {_f(lex_reg.get('implicit'))}" if implicit is not None else "n/a",
                      f"{_f(transfer[t_best])} at depth {_f(depth[t_best])}" if t_best is not None else "n/a"])
-    return lines + _table(["model", "best probe", "lexical baseline", "probe first above lexical",
+    return lines + _table(["model", "best probe", "lexical baseline",
+                           "first above chance (ridge probe, label permutation, FWER over layers)",
+                           "probe first above lexical",
                            "implicit: best probe vs lexical", "explicit -> implicit transfer"], rows) + [""]
 
 

@@ -142,7 +142,7 @@ def split_accuracy(model: BaseEstimator, x: Any, labels: np.ndarray,
 
 
 def probe_report(x: np.ndarray, records: Sequence[dict[str, Any]], folds: int, seed: int,
-                 name: str | None = None) -> dict[str, Any]:
+                 name: str | None = None, n_perm: int = 200) -> dict[str, Any]:
     """Probe accuracy per layer of [N, S, d] activations, the lexical baseline and cross-register
     transfer, all on one set of frame-grouped folds; ``records`` are the prompts, in the same order."""
     labels = np.asarray([r["emotion"] for r in records])
@@ -180,6 +180,7 @@ def probe_report(x: np.ndarray, records: Sequence[dict[str, Any]], folds: int, s
         "lexical_accuracy": float(lexical.mean()),
         "lexical_accuracy_by_register": {g: float(v) for g, v in (by_register(lexical) or {}).items()} or None,
         "transfer_cv": None,
+        "decoding_test": decoding_test(x, labels, [r["item_id"] for r in records], fold, n_perm, seed),
     }
     if both:
         report["transfer_cv"] = ("fit on all prompts of one register, tested on all of the other"
@@ -191,6 +192,54 @@ def probe_report(x: np.ndarray, records: Sequence[dict[str, Any]], folds: int, s
         report[f"lexical_transfer_{a}_to_{b}"] = (split_accuracy(lexical_model(seed), texts, labels, splits[a, b])
                                                  if both else None)
     return report
+
+
+def within_item_permutations(items: Sequence[str], n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_perm, N] index arrays: each permutes the prompts within every item (so label i becomes label perm[i])."""
+    _, inverse = np.unique(np.asarray(items), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # prompts grouped by item
+    starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+    perms = np.tile(np.arange(len(items)), (n_perm, 1))
+    for a, b in zip(starts, np.r_[starts[1:], len(items)], strict=True):
+        block = order[a:b]
+        perms[:, block] = rng.permuted(np.tile(block, (n_perm, 1)), axis=1)
+    return perms
+
+
+def decoding_test(x: np.ndarray, labels: Sequence[str], items: Sequence[str], fold: np.ndarray, n_perm: int,
+                  seed: int, ridge: float = 1.0) -> dict[str, Any]:
+    """Is the emotion decodable above chance? A ridge-classifier probe per layer of x [N, S, d] on the
+    given folds, against the within-item label permutation of the whole fit (exact and cheap: a
+    ridge fit is linear in the labels, so every permutation reuses one solve per fold and layer).
+
+    ``p_perm`` [S] is each layer's permutation p; ``p_fwer`` [S] controls the family-wise error over
+    layers (max-statistic: the largest null accuracy over layers of each permutation).
+    """
+    y = np.unique(np.asarray(labels), return_inverse=True)[1]
+    onehot = np.eye(y.max() + 1)[y]  # [N, C]
+    perms = within_item_permutations(items, n_perm, np.random.default_rng(seed))
+    y_null, onehot_null = y[perms], onehot[perms]  # [n_perm, N], [n_perm, N, C]
+    observed, null = np.zeros(x.shape[1]), np.zeros((n_perm, x.shape[1]))
+    for s in range(x.shape[1]):
+        for k in np.unique(fold):
+            tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            mu, sd = x[tr, s].mean(0), x[tr, s].std(0) + 1e-8
+            xtr, xte = (x[tr, s] - mu) / sd, (x[te, s] - mu) / sd
+            gram = xtr @ xtr.T  # [n_tr, n_tr]: the dual form, cheap at any width
+            lam = max(ridge * np.trace(gram) / len(tr), 1e-6)  # a constant layer (index 0 of rotary models)
+            hat = np.linalg.solve(gram + lam * np.eye(len(tr)), xtr @ xte.T).T  # [n_te, n_tr]
+            centred = onehot[tr] - onehot[tr].mean(0)
+            observed[s] += ((hat @ centred + onehot[tr].mean(0)).argmax(-1) == y[te]).sum()
+            means = onehot_null[:, tr].mean(1, keepdims=True)  # [n_perm, 1, C]
+            scores = np.einsum("ij,pjc->pic", hat, onehot_null[:, tr] - means) + means  # [n_perm, n_te, C]
+            null[:, s] += (scores.argmax(-1) == y_null[:, te]).sum(-1)
+    observed, null = observed / len(y), null / len(y)
+    p = (1 + (null >= observed - 1e-12).sum(0)) / (1 + n_perm)
+    p_fwer = (1 + (null.max(1)[:, None] >= observed - 1e-12).sum(0)) / (1 + n_perm)
+    return {"probe": "ridge classifier on standardised features (dual form), the same frame-grouped folds",
+            "null": "emotion labels permuted within each item, the whole fit recomputed", "n_perm": n_perm,
+            "accuracy": observed, "null_mean": null.mean(0), "null_q95": np.quantile(null, 0.95, axis=0),
+            "p_perm": p, "p_fwer": p_fwer}
 
 
 def join_records(records: Sequence[dict[str, Any]], act: dict[str, Any], activations: str | Path,
@@ -213,7 +262,7 @@ def join_records(records: Sequence[dict[str, Any]], act: dict[str, Any], activat
 
 
 def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, subspaces_out: str | Path, *,
-        k_max: int, folds: int, seed: int) -> None:
+        k_max: int, folds: int, seed: int, n_perm: int = 200) -> None:
     """Load one model's activations and the dataset; save emotion vectors, probe results and subspaces."""
     started = time.time()
     act = load_pickle(activations, schema="emolens.activations/1")
@@ -221,9 +270,9 @@ def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, s
     x = act["resid"]["last"].astype(np.float64)  # [N, L+1, d]
     emotions, items = act["emotions"], act["item_ids"]
     n_sites = x.shape[1]
-    settings = {"k_max": k_max, "folds": folds, "seed": seed}
+    settings = {"k_max": k_max, "folds": folds, "seed": seed, "n_perm": n_perm}
     name = act["provenance"].get("model")
-    report = probe_report(x, records, folds, seed, name)
+    report = probe_report(x, records, folds, seed, name, n_perm)
     xc = item_centred(x, items)
     bases, ratios = zip(*(subspace(xc[:, s], k_max) for s in range(n_sites)), strict=True)
     common = {"emotions": list(EMOTIONS), "n_layers": act["n_layers"], "d_model": act["d_model"],

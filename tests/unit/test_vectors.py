@@ -249,3 +249,40 @@ def test_verification_fails_on_planted_violation(tmp_path, plant):
     assert not ok, detail
     if plant == "split_frame":
         assert "1 split across folds" in detail
+
+
+def test_decoding_test_equals_a_ridge_fit_and_permutes_within_items():
+    from sklearn.linear_model import Ridge
+
+    from emolens.vectors import decoding_test, grouped_folds, within_item_permutations
+
+    rng = np.random.default_rng(0)
+    items = np.repeat([f"i{i:02d}" for i in range(30)], 4)
+    labels = np.tile(list(EMOTIONS), 30)
+    perms = within_item_permutations(items, 50, rng)
+    assert all((items[p] == items).all() and sorted(p) == list(range(120)) for p in perms)  # items kept whole
+    assert (perms != np.arange(120)).any()
+    x = rng.normal(size=(120, 2, 6)) + 0.8 * np.eye(4, 6)[np.tile(np.arange(4), 30)][:, None, :]
+    x[:, 1] = rng.normal(size=(120, 6))  # a layer without emotion
+    fold = grouped_folds([f"f{i % 6}" for i in range(30) for _ in range(4)], 3)
+    out = decoding_test(x, labels, items, fold, 99, seed=0)
+    y = np.unique(labels, return_inverse=True)[1]
+    correct = 0
+    for k in range(3):  # the same probe by sklearn's primal ridge, with an intercept
+        tr, te = fold != k, fold == k
+        mu, sd = x[tr, 0].mean(0), x[tr, 0].std(0) + 1e-8
+        xtr, xte = (x[tr, 0] - mu) / sd, (x[te, 0] - mu) / sd
+        lam = np.trace(xtr @ xtr.T) / tr.sum()
+        pred = Ridge(alpha=lam).fit(xtr, np.eye(4)[y[tr]]).predict(xte).argmax(1)
+        correct += (pred == y[te]).sum()
+    assert out["accuracy"][0] == pytest.approx(correct / 120)
+    assert out["p_fwer"][0] <= 0.02 and out["p_perm"][1] > 0.05 and (out["p_fwer"] >= out["p_perm"]).all()
+
+
+def test_decoding_test_of_a_constant_layer_is_chance_not_an_error():
+    from emolens.vectors import decoding_test, grouped_folds
+
+    items = np.repeat([f"i{i:02d}" for i in range(12)], 4)
+    fold = grouped_folds([f"f{i % 4}" for i in range(12) for _ in range(4)], 2)
+    out = decoding_test(np.ones((48, 1, 5)), np.tile(list(EMOTIONS), 12), items, fold, 19, seed=0)
+    assert out["p_perm"][0] == 1.0 and 0 <= out["accuracy"][0] <= 0.5

@@ -17,6 +17,7 @@ rule vectors:
         k_max=config["subspace"]["k_max"],
         folds=config["subspace"]["probe_folds"],
         seed=config["seed"],
+        n_perm=config["statistics"]["n_perm"],
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
     conda:
@@ -25,4 +26,4 @@ rule vectors:
         "emolens vectors --activations {input.activations} --dataset {input.dataset} "
         "--vectors-out {output.vectors} "
         "--subspaces-out {output.subspaces} --k-max {params.k_max} --folds {params.folds} "
-        "--seed {params.seed} 2> {log}"
+        "--seed {params.seed} --n-perm {params.n_perm} 2> {log}"
