@@ -33,12 +33,12 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from emolens.dataset import frame_groups
-from emolens.effects import MIN_SEPARATION, contrast_counts, kept_ratio, pair_labels, summarise
+from emolens.effects import MIN_SEPARATION, contrast_counts, kept_ratio, summarise
 from emolens.io import ResultFileError, provenance, save_json, save_pickle
 from emolens.models import ModelAdapter
-from emolens.patching import Pairs, attribute_heads, head_site, normalised, patch_pairs, prepare_pairs
+from emolens.patching import Pairs, attribute_heads, head_site, normalised, patch_pairs
 from emolens.readout import DEFAULT, Readout
-from emolens.residual import MESSAGE_POSITIONS, readout_positions
+from emolens.residual import MESSAGE_POSITIONS, prepare_readout_pairs
 
 log = logging.getLogger(__name__)
 SCREENING_SCHEMA = "emolens.head_screening/1"
@@ -96,9 +96,8 @@ def run_screening(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out_
     every head; the top-K heads."""
     started = time.time()
     records = item_halves(records, seed)[0]
-    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
-    offsets, roles = readout_positions(adapter, pairs, message_positions)
-    items, contrasts = pair_labels(pairs.ids, records)
+    pairs, offsets, roles, items, contrasts = prepare_readout_pairs(
+        adapter, records, message_positions, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
     log.info("%s: screening %d x %d heads on %d pairs, %s", adapter.name, adapter.n_layers, adapter.n_heads,
              len(pairs), direction)
     ld, ld_run, ld_donor = exact_last_position(adapter, pairs, batch_size)
@@ -172,9 +171,8 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
     records = item_halves(records, seed)[1]
     heads = [tuple(map(int, h)) for h in screening["top_heads"]]
     direction = direction or screening.get("direction", "denoising")
-    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
-    offsets, roles = readout_positions(adapter, pairs, message_positions)
-    items, contrasts = pair_labels(pairs.ids, records)
+    pairs, offsets, roles, items, contrasts = prepare_readout_pairs(
+        adapter, records, message_positions, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
     log.info("%s: patching %d heads at %d readout positions on %d pairs, %s", adapter.name, len(heads),
              len(offsets), len(pairs), direction)
     sites = [head_site(layer, h, offsets) for layer, h in heads]

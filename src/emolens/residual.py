@@ -68,6 +68,16 @@ def readout_positions(adapter: ModelAdapter, pairs: Pairs, message_positions: in
     return [-(k + 1) for k in range(len(roles))], roles
 
 
+def prepare_readout_pairs(adapter: ModelAdapter, records: Sequence[dict[str, Any]], message_positions: int,
+                          **pair_options: Any) -> tuple[Pairs, list[int], list[str], list[str], list[str]]:
+    """The pairs of ``records`` (``pair_options`` go to :func:`prepare_pairs`), the readout offsets and
+    their roles, and each pair's item and emotion contrast: what every patching phase starts from."""
+    pairs = prepare_pairs(adapter, records, **pair_options)
+    offsets, roles = readout_positions(adapter, pairs, message_positions)
+    items, contrasts = pair_labels(pairs.ids, records)
+    return pairs, offsets, roles, items, contrasts
+
+
 def sweep(adapter: ModelAdapter, pairs: Pairs, layers: Sequence[int], offsets: Sequence[int],
           batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Patched LD [P, len(layers), len(offsets)] of every pair, and the clean LDs of its run and donor [P]."""
@@ -86,9 +96,8 @@ def run_chunk(adapter: ModelAdapter, records: Sequence[dict[str, Any]], layers: 
     bad = [layer for layer in layers if not 0 <= layer <= adapter.n_layers]
     if bad:
         raise IndexError(f"residual indices {bad} outside 0..{adapter.n_layers} for {adapter.name}")
-    pairs = prepare_pairs(adapter, records, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
-    offsets, roles = readout_positions(adapter, pairs, message_positions)
-    items, contrasts = pair_labels(pairs.ids, records)
+    pairs, offsets, roles, items, contrasts = prepare_readout_pairs(
+        adapter, records, message_positions, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
     log.info("%s: residual indices %d-%d, %d pairs of %d items at %d positions (%s), %s", adapter.name,
              layers[0], layers[-1], len(pairs), len(set(items)), len(offsets), ", ".join(roles), direction)
     ld, ld_run, ld_donor = sweep(adapter, pairs, layers, offsets, batch_size)
