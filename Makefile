@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo real test lint report clean
+.PHONY: setup demo real null test lint report clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,16 @@ $(VENV)/.installed-real: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[dev,cluster,real]'
 	touch $@
 
+# The null check: the demo's organisms on the dataset with its labels permuted by frame, then within items, each given
+# as a user's JSONL; both runs must verify and find nothing (results/null_frame/, results/null_item/).
+null: setup
+	$(BIN)/snakemake --cores 2 --configfile config/demo.yaml --until organism
+	for by in frame item; do \
+	  $(BIN)/emolens dataset --permute-by $$by --out results/null_$$by/data/emotion_dataset.jsonl && \
+	  $(BIN)/snakemake --cores 2 --configfile config/null.yaml \
+	    --config profile=null_$$by dataset=results/null_$$by/data/emotion_dataset.jsonl || exit 1; \
+	done
+
 report: demo
 	$(BIN)/snakemake --cores 2 --configfile config/demo.yaml --report results/demo/report.html
 
@@ -34,6 +44,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakemake --lint --configfile config/real.yaml
+	$(BIN)/snakemake --lint --configfile config/null.yaml
 	$(BIN)/snakemake --lint
 
 test: lint

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from emolens.dataset import load_dataset
+from emolens.dataset import frame_groups, load_dataset
 from emolens.io import provenance, save_pickle
 from emolens.models import ModelAdapter, load_model
 from emolens.oom import run_with_backoff
@@ -104,6 +104,8 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
         "ids": [r["id"] for r in records],
         "emotions": [r["emotion"] for r in records],
         "item_ids": [r["item_id"] for r in records],
+        "frames": frame_groups(records),  # the unit of every split and permutation (the item where none)
+        "registers": [r.get("register") for r in records] if all(r.get("register") for r in records) else None,
         "n_layers": adapter.n_layers,
         "d_model": adapter.d_model,
         "suffix": readout.suffix,

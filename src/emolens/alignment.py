@@ -3,10 +3,11 @@
 Methods. Two models a and b read the same prompts; each item is one scenario written in all four
 emotions. We compare their residual streams at the readout position, layer l of a against layer
 round(l * Lb / La) of b (matched relative depth), and as a full layer x layer matrix of linear CKA.
-The items are split once (seeded) into a fit half and a held-out half; no item is in both, and each
-half holds every emotion of its items. Every measure below answers one of three questions, has its
-own null, and belongs to that question's Benjamini-Hochberg family (its measures x matched depths x
-model pairs; ``summary.json`` declares the families and counts significance only after correction).
+The frames are split once (seeded, stratified by register) into a fit half and a held-out half; no
+frame (and so no template) is in both, and each half holds every emotion of its items. Every
+measure below answers one of three questions, has its own null, and belongs to that question's
+Benjamini-Hochberg family (its measures x matched depths x model pairs; ``summary.json`` declares
+the families and counts significance only after correction).
 
 1. Texts alike ("the two models represent these texts alike"), on raw activations: linear CKA and
    debiased CKA (Kornblith et al. 2019; unbiased HSIC of Song et al. 2012 via U-centred Gram
@@ -17,11 +18,14 @@ model pairs; ``summary.json`` declares the families and counts significance only
 2. Emotion alike ("they represent the emotion alike"): the same four measures on item-centred
    activations (each prompt minus its item's mean over its four emotions: what varies with the
    emotion inside a scenario). Null: the correspondence shuffled within items (prompt i of a paired
-   with a random prompt of the same item in b), which keeps the scenarios and breaks which emotion
-   is which.
+   with another prompt of the same item in b, by one permutation of the emotions per frame, so the
+   items of a frame stay in register), which keeps the scenarios and breaks which emotion is which.
+   These measures read no label, so they cannot tell the emotion from the frame's template for it:
+   two models that share templates but no emotion pass them. Only family 3 can.
 3. Emotion-specific ("is the emotion structure the same?"): measures that read the emotion labels,
-   on item-centred activations. Null: the labels permuted within each item (each item's prompts get
-   a random order of its labels), every label-dependent quantity recomputed from scratch; the ridge
+   on item-centred activations. Null: the labels permuted by frame (one permutation of the emotions
+   per frame, applied to all its items, so a frame's template moves with its label), every
+   label-dependent quantity recomputed from scratch; the ridge
    map from a's space to b's (fit on the fit half's paired raw activations) reads no label and is fit
    once. Transfer: cosine between a's fit-half emotion vectors (mean of one emotion minus mean of
    the others) carried through the map and b's held-out-half vectors, mean over emotions. Subspace:
@@ -61,17 +65,27 @@ from statsmodels.stats.multitest import multipletests
 
 from emolens import EMOTIONS
 from emolens.io import load_pickle, provenance, save_json, save_pickle
+from emolens.resampling import (
+    frame_halves,
+    frame_label_permutations,
+    frame_slot_permutations,
+    perm_pvalue,
+    with_observed,
+)
 from emolens.vectors import item_centred
 
 SCHEMA = "emolens.alignment/1"
 FAMILIES = {
     "texts_alike": "Do the two models represent these texts alike? (raw activations)",
-    "emotion_alike": "Do they represent the emotion alike? (item-centred activations)",
+    "emotion_alike": "Do they represent what varies inside a scenario alike? (item-centred activations; label-free, "
+                     "so emotion and frame template together)",
     "emotion_specific": "Is their emotion structure the same? (tests that read the emotion labels)",
 }
 _SHUFFLE_ALL = "prompt correspondence shuffled across all prompts"
-_SHUFFLE_ITEMS = "prompt correspondence shuffled within items (rows of b permuted within item blocks)"
-_LABELS = "emotion labels permuted within each item, the measure recomputed from scratch (map fit once)"
+_SHUFFLE_ITEMS = ("prompt correspondence shuffled within items, one slot permutation per frame for all its items "
+                  "(rows of b permuted within item blocks)")
+_LABELS = ("emotion labels permuted by frame (one permutation per frame, all its items), the measure recomputed "
+           "from scratch (map fit once)")
 # measure -> family (None: descriptive, no p-value), question, null
 MEASURE_TABLE: dict[str, dict[str, str | None]] = {
     "linear_cka": {"family": "texts_alike", "question": "linear CKA of raw activations", "null": _SHUFFLE_ALL},
@@ -124,24 +138,8 @@ Perms = int | np.ndarray  # a number of fresh shuffles of all prompts, or given 
 Pair = tuple[np.ndarray, np.ndarray]  # (fit, test) indices, or one array per model
 
 
-def within_group_permutations(groups: Sequence[Any], n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_perm, n] permutations that move each index only inside its group (item); row p: i -> perm[p, i]."""
-    _, g = np.unique(np.asarray(groups), return_inverse=True)
-    g = g.ravel()
-    base = np.argsort(g, kind="stable")  # indices grouped by item
-    keys = g[base] + rng.random((n_perm, len(g)))  # item number + U(0, 1): sorting shuffles inside items only
-    perm = np.empty((n_perm, len(g)), dtype=np.intp)
-    perm[:, base] = base[np.argsort(keys, axis=1)]
-    return perm
-
-
 def _permutations(n: int, perms: Perms, rng: np.random.Generator) -> list[np.ndarray]:
     return list(perms) if isinstance(perms, np.ndarray) else [rng.permutation(n) for _ in range(perms)]
-
-
-def perm_pvalue(observed: float, null: np.ndarray) -> float:
-    """One-sided permutation p-value (observed greater than the null), never 0."""
-    return float((1 + np.sum(null >= observed)) / (1 + len(null)))
 
 
 # --- CKA ------------------------------------------------------------------------------------------
@@ -319,9 +317,10 @@ def label_codes(emotions: Sequence[str]) -> np.ndarray:
     return np.array([EMOTIONS.index(e) for e in emotions])
 
 
-def permuted_labels(codes: np.ndarray, items: Sequence[Any], n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_perm + 1, n] labellings: row 0 the observed labels, then the labels permuted within each item."""
-    return np.vstack([codes[None], codes[within_group_permutations(items, n_perm, rng)]])
+def permuted_labels(codes: np.ndarray, frames: Sequence[Any], n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_perm + 1, n] labellings: row 0 the observed labels, then the labels permuted by frame (one
+    permutation of the emotions per frame, applied to all its items)."""
+    return with_observed(codes, frame_label_permutations(codes, frames, n_perm, len(EMOTIONS), rng))
 
 
 def class_mean_weights(labels: np.ndarray) -> np.ndarray:
@@ -352,7 +351,7 @@ class EmotionGrams:
     b_test: np.ndarray
     mm: np.ndarray
     mb: np.ndarray
-    n_fit: np.ndarray  # [4] prompts per emotion in the fit half (the same under within-item permutations)
+    n_fit: np.ndarray  # [P, 4] prompts per emotion in the fit half, per labelling
     n_test: np.ndarray
     mapped_var: float  # mean squared norm of a's mapped item-centred fit-half prompts (reads no label)
     b_test_var: float  # mean squared norm of b's item-centred held-out prompts (reads no label)
@@ -372,8 +371,8 @@ def emotion_grams(ca: np.ndarray, cb: np.ndarray, mapped_fit: np.ndarray, split:
         a_fit=_quad(af @ af.T, wf, wf), a_test=_quad(at @ at.T, wt, wt),
         b_fit=_quad(bf @ bf.T, wf, wf), b_test=_quad(gb, wt, wt),
         mm=_quad(gm, wf, wf), mb=_quad(mapped_fit @ bt.T, wf, wt),
-        n_fit=np.bincount(labels[0, fit], minlength=len(EMOTIONS)),
-        n_test=np.bincount(labels[0, test], minlength=len(EMOTIONS)),
+        n_fit=(labels[:, fit, None] == np.arange(len(EMOTIONS))).sum(1),
+        n_test=(labels[:, test, None] == np.arange(len(EMOTIONS))).sum(1),
         mapped_var=float(np.trace(gm) / len(gm)), b_test_var=float(np.trace(gb) / len(gb)))
 
 
@@ -387,18 +386,19 @@ def label_structure(xa: np.ndarray, xb: np.ndarray, items: Sequence[Any], split:
 
 
 def _vector_transform(counts: np.ndarray) -> np.ndarray:
-    """[4, 4] T with T @ means = emotion vectors (mean of one emotion minus the mean of all others)."""
-    t = -counts[None, :] / np.maximum(counts.sum() - counts[:, None], 1)
-    np.fill_diagonal(t, 1.0)
-    return t
+    """[P, 4] class counts -> [P, 4, 4] T with T @ means = emotion vectors (mean of one emotion minus the
+    mean of all others)."""
+    t = -counts[..., None, :] / np.maximum(counts.sum(-1)[..., None, None] - counts[..., :, None], 1)
+    eye = np.eye(counts.shape[-1], dtype=bool)
+    return np.where(eye, 1.0, t)
 
 
 def transfer_cosines(e: EmotionGrams) -> np.ndarray:
     """[P, 4] cosine of a's mapped fit-half emotion vectors with b's held-out vectors, per emotion."""
     tf, tt = _vector_transform(e.n_fit), _vector_transform(e.n_test)
-    cross = np.diagonal(tf @ e.mb @ tt.T, axis1=-2, axis2=-1)
-    norm_a = np.diagonal(tf @ e.mm @ tf.T, axis1=-2, axis2=-1)
-    norm_b = np.diagonal(tt @ e.b_test @ tt.T, axis1=-2, axis2=-1)
+    cross = np.diagonal(tf @ e.mb @ np.swapaxes(tt, -1, -2), axis1=-2, axis2=-1)
+    norm_a = np.diagonal(tf @ e.mm @ np.swapaxes(tf, -1, -2), axis1=-2, axis2=-1)
+    norm_b = np.diagonal(tt @ e.b_test @ np.swapaxes(tt, -1, -2), axis1=-2, axis2=-1)
     return cross / np.sqrt(np.maximum(norm_a * norm_b, 1e-300))
 
 
@@ -463,27 +463,23 @@ def comparable_layers(resid_a: np.ndarray, resid_b: np.ndarray, n_layers_a: int,
     return [p for p in pairs if va[p[0]] and vb[p[1]]], [p for p in pairs if not (va[p[0]] and vb[p[1]])]
 
 
-def split_halves(emotions: Sequence[str], seed: int,
-                 groups: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded half split (train, test) stratified by emotion; with groups, no scenario is in both halves.
+def split_halves(frames: Sequence[Any], registers: Sequence[Any] | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (fit, test) halves of whole frames, stratified by register (:func:`resampling.frame_halves`).
 
-    Without groups each emotion's shuffled prompts alternate train/test. With groups (item ids) the
-    shuffled scenarios alternate instead; each item holds all four emotions, so halves stay balanced.
+    No frame, and so no template, is in both halves; every item holds all its emotions, so the
+    halves stay balanced.
     """
-    rng, labels = np.random.default_rng(seed), np.asarray(emotions)
-    if groups is not None:
-        items = np.asarray(groups)
-        train = np.isin(items, rng.permutation(np.unique(items))[0::2])
-        return np.flatnonzero(train), np.flatnonzero(~train)
-    idx = [rng.permutation(np.flatnonzero(labels == e)) for e in EMOTIONS]
-    return np.sort(np.concatenate([i[0::2] for i in idx])), np.sort(np.concatenate([i[1::2] for i in idx]))
+    return frame_halves(frames, registers, seed)
 
 
-def item_ids(act: dict[str, Any], path: str | Path) -> np.ndarray:
-    """The activations file's ``item_ids``: the unit of every split and within-item permutation."""
-    if act.get("item_ids") is None:
-        raise ValueError(f"{path}: no 'item_ids'; alignment needs each prompt's item (scenario)")
-    return np.asarray(act["item_ids"])
+def design_units(act: dict[str, Any], path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The activations file's items, frames (the unit of every split and label permutation) and registers."""
+    missing = [k for k in ("item_ids", "frames") if act.get(k) is None]
+    if missing:
+        raise ValueError(f"{path}: no {missing}; extract the activations again (every split and permutation is by "
+                         f"frame)")
+    registers = act.get("registers")
+    return np.asarray(act["item_ids"]), np.asarray(act["frames"]), None if registers is None else np.asarray(registers)
 
 
 # --- one matched depth, one pair -------------------------------------------------------------------------
@@ -588,11 +584,12 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
     ra, rb = (a["resid"][position] for a in acts)  # [n, La+1, da], [n, Lb+1, db]
     grams_a, grams_b = _normalised_grams(ra), _normalised_grams(rb)
     cka = grams_a.reshape(len(grams_a), -1) @ grams_b.reshape(len(grams_b), -1).T  # [La+1, Lb+1]
-    emotions, items = list(acts[0]["emotions"]), item_ids(acts[0], act_a)
-    split = split_halves(emotions, seed, items)
+    emotions = list(acts[0]["emotions"])
+    items, frames, registers = design_units(acts[0], act_a)
+    split = split_halves(frames, registers, seed)
     rng = np.random.default_rng(seed)
-    labels = permuted_labels(label_codes(emotions), items, n_perm, rng)  # [P+1, n], the same at every depth
-    within = within_group_permutations(items, n_perm, rng)  # [P, n]
+    labels = permuted_labels(label_codes(emotions), frames, n_perm, rng)  # [P+1, n], the same at every depth
+    within = frame_slot_permutations(labels[0], items, frames, n_perm, len(EMOTIONS), rng)  # [P, n]
     n_layers_a, n_layers_b = int(acts[0]["n_layers"]), int(acts[1]["n_layers"])
     matched = []
     comparable, skipped = comparable_layers(ra, rb, n_layers_a, n_layers_b)
@@ -609,7 +606,8 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
     save_pickle({
         "schema": SCHEMA, "models": models, "quantization": quant, "int8_involved": "int8" in quant,
         "d_model": [int(a["d_model"]) for a in acts], "n_layers": [n_layers_a, n_layers_b],
-        "n_prompts": len(emotions), "n_items": len(np.unique(items)), "train_idx": split[0],
+        "n_prompts": len(emotions), "n_frames": len(np.unique(frames)), "n_items": len(np.unique(items)),
+        "train_idx": split[0],
         "test_idx": split[1], "cka_matrix": cka, "matched": matched, "skipped_layers": skipped,
         "self_cells": selves, "measures": MEASURE_TABLE, "settings": settings,
         "provenance": provenance(settings, started, models=models,

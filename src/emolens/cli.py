@@ -74,7 +74,7 @@ def _cmd_dataset(a: argparse.Namespace) -> None:
         records = dataset.load_dataset(a.check)
         print(f"{a.check}: {len(records)} prompts, balanced, no duplicates")
     else:
-        dataset.run(a.out)
+        dataset.run(a.out, a.permute_by, a.source, a.seed)
 
 
 def _cmd_organism(a: argparse.Namespace) -> None:
@@ -99,7 +99,7 @@ def _cmd_vectors(a: argparse.Namespace) -> None:
     from emolens import vectors
 
     vectors.run(a.activations, a.dataset, a.vectors_out, a.subspaces_out, k_max=a.k_max, folds=a.folds,
-                seed=a.seed, n_perm=a.n_perm)
+                seed=a.seed, n_perm=a.n_perm, n_boot=a.n_boot)
 
 
 def _model_and_records(a: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
@@ -310,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--out", help="where to write the built dataset")
     group.add_argument("--check", help="a dataset JSONL to validate")
+    p.add_argument("--permute-by", choices=("frame", "item"),
+                   help="write a null dataset: the emotion labels permuted by frame (one permutation per frame) or "
+                        "within each item")
+    p.add_argument("--source", help="the dataset to permute (default: the built-in one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the label permutation (default: 0)")
 
     p = command("organism", _cmd_organism, "demo: build and train a tiny model organism")
     _model_args(p)
@@ -332,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="GroupKFold folds over frames (items where no frame)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
     p.add_argument("--n-perm", type=int, default=200,
-                   help="within-item label permutations of the decoding test (default: 200)")
+                   help="label permutations by frame of the decoding test (default: 200)")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="frame-then-item bootstrap resamples of probe minus lexical accuracy (default: 1000)")
     for name, fn, help in (("residual-chunk", _cmd_residual_chunk, "phase 5: residual patching of one layer chunk"),
                            ("screen-heads", _cmd_screen_heads, "phase 6a: exact and attribution scores of every head"),
                            ("patch-heads", _cmd_patch_heads, "phase 6b: the top-K heads, alone and jointly")):

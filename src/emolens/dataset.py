@@ -22,8 +22,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emolens import EMOTIONS
 from emolens.io import atomic_path
+from emolens.resampling import frame_label_permutations
 
 SCHEMA_FIELDS = ("id", "emotion", "text", "item_id")  # required in every record
 OPTIONAL_FIELDS = ("frame", "register")
@@ -431,6 +434,18 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def run(out: str | Path) -> None:
-    """Build the dataset and write it to ``out``."""
-    write_dataset(build_dataset(), out)
+def permuted(records: list[dict[str, Any]], by: str, seed: int) -> list[dict[str, Any]]:
+    """A null dataset: the same texts with their emotion labels permuted ``by`` "frame" (one permutation of
+    the emotions per frame, applied to all its items: templates move with the labels) or "item" (each item
+    on its own). Nothing about the texts then predicts a label beyond chance, so every emotion test must
+    find nothing on it."""
+    groups = frame_groups(records) if by == "frame" else [r["item_id"] for r in records]
+    codes = np.array([EMOTIONS.index(r["emotion"]) for r in records])
+    new = frame_label_permutations(codes, groups, 1, len(EMOTIONS), np.random.default_rng(seed))[0]
+    return [r | {"emotion": EMOTIONS[c]} for r, c in zip(records, new, strict=True)]
+
+
+def run(out: str | Path, permute: str | None = None, source: str | Path | None = None, seed: int = 0) -> None:
+    """Build the dataset (or load ``source``), permute its labels by ``permute`` if given, write it to ``out``."""
+    records = load_dataset(source) if source else build_dataset()
+    write_dataset(permuted(records, permute, seed) if permute else records, out)

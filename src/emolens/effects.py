@@ -6,18 +6,20 @@ models that read the emotion weakly. So every file keeps each pair's clean *sepa
 LD_donor - LD_run; pairs below ``min_separation`` logits are left out of every normalised summary
 and counted per emotion contrast; and a cell is summarised by the ratio of sums over the pairs
 kept, sum(LD_patched - LD_run) / sum(LD_donor - LD_run), with a 95% BCa bootstrap CI that resamples
-items (all pairs of an item together). Per-pair normalised effects stay in the files.
+frames, then items within frames (all pairs of an item together; :mod:`emolens.resampling`).
+Per-pair normalised effects stay in the files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from emolens import EMOTIONS
-from emolens.statistics import ratio_of_sums
+from emolens.dataset import frame_groups
+from emolens.resampling import ratio_of_sums
 
 MIN_SEPARATION = 1.0  # logits; the config's patching.min_separation default
 CONTRASTS = [f"{a}-{b}" for i, a in enumerate(EMOTIONS) for b in EMOTIONS[i + 1:]]  # the six emotion contrasts
@@ -29,13 +31,20 @@ def contrast(source: str, target: str) -> str:
     return f"{a}-{b}"
 
 
-def pair_labels(pair_ids: Sequence[tuple[str, str]], records: Sequence[dict[str, Any]]
-                ) -> tuple[list[str], list[str]]:
-    """Each pair's item id and emotion contrast, from the dataset records."""
+class PairLabels(NamedTuple):
+    """Per pair: its item, its frame (the unit of inference) and its emotion contrast."""
+
+    items: list[str]
+    frames: list[str]
+    contrasts: list[str]
+
+
+def pair_labels(pair_ids: Sequence[tuple[str, str]], records: Sequence[dict[str, Any]]) -> PairLabels:
+    """Each pair's item id, frame (the item where a record has none) and emotion contrast."""
     by_id = {r["id"]: r for r in records}
-    items = [by_id[s]["item_id"] for s, _ in pair_ids]
-    contrasts = [contrast(by_id[s]["emotion"], by_id[t]["emotion"]) for s, t in pair_ids]
-    return items, contrasts
+    frame_of = dict(zip((r["id"] for r in records), frame_groups(list(records)), strict=True))
+    return PairLabels([by_id[s]["item_id"] for s, _ in pair_ids], [frame_of[s] for s, _ in pair_ids],
+                      [contrast(by_id[s]["emotion"], by_id[t]["emotion"]) for s, t in pair_ids])
 
 
 def contrast_counts(contrasts: Sequence[str], included: np.ndarray) -> dict[str, dict[str, int]]:
@@ -52,19 +61,21 @@ def kept_ratio(gain: np.ndarray, separation: np.ndarray, included: np.ndarray) -
     return np.asarray(gain)[included].sum(0) / np.asarray(separation)[included].sum()
 
 
-def summarise(ld_patched: np.ndarray, ld_run: np.ndarray, ld_donor: np.ndarray, items: Sequence[str],
-              contrasts: Sequence[str], min_separation: float, n_boot: int, seed: int) -> dict[str, Any]:
-    """The bounded summary of patched LDs [P, ...]: separation, kept pairs, ratio of sums and item CI."""
+def summarise(ld_patched: np.ndarray, ld_run: np.ndarray, ld_donor: np.ndarray, labels: PairLabels,
+              min_separation: float, n_boot: int, seed: int) -> dict[str, Any]:
+    """The bounded summary of patched LDs [P, ...]: separation, kept pairs, ratio of sums and frame CI."""
     separation = np.asarray(ld_donor, float) - np.asarray(ld_run, float)  # [P]
     included = separation >= min_separation
     keep = np.flatnonzero(included)
     gain = np.asarray(ld_patched, float) - np.reshape(ld_run, (-1,) + (1,) * (np.ndim(ld_patched) - 1))
     if len(keep):
-        summary, low, high = ratio_of_sums(gain[keep], separation[keep], [items[i] for i in keep], n_boot, seed)
+        summary, low, high = ratio_of_sums(gain[keep], separation[keep], [labels.items[i] for i in keep],
+                                           [labels.frames[i] for i in keep], n_boot, seed)
     else:  # nothing the clean model separates: no summary, said by the counts
         summary = low = high = np.full(np.shape(ld_patched)[1:], np.nan)
     return {"separation": separation, "included": included, "min_separation": float(min_separation),
             "summary": summary, "ci_low": low, "ci_high": high,
-            "ci": "95% BCa bootstrap over items of the ratio of sums over kept pairs",
-            "n_items": len({items[i] for i in keep}), "n_pairs_included": len(keep),
-            "contrast_counts": contrast_counts(contrasts, included)}
+            "ci": "95% BCa two-stage bootstrap (frames, then items within frames) of the ratio of sums over kept "
+                  "pairs",
+            "n_frames": len({labels.frames[i] for i in keep}), "n_items": len({labels.items[i] for i in keep}),
+            "n_pairs_included": len(keep), "contrast_counts": contrast_counts(labels.contrasts, included)}

@@ -61,7 +61,7 @@ def probe_section(res: Results) -> list[str]:
         acc = np.asarray(v["probe_accuracy"], float)
         depth = np.linspace(0, 1, len(acc))
         lexical = v.get("lexical_accuracy")
-        above = np.flatnonzero(acc > lexical) if lexical is not None else np.array([], int)
+        versus = v.get("probe_vs_lexical") or {}
         transfer = v.get("transfer_explicit_to_implicit")
         t_best = int(np.argmax(transfer)) if transfer is not None else None
         implicit = (v.get("probe_accuracy_by_register") or {}).get("implicit")
@@ -70,19 +70,30 @@ def probe_section(res: Results) -> list[str]:
         above_chance = np.flatnonzero(np.asarray(test.get("p_fwer", []), float) <= alpha)
         rows.append([m, f"{_f(acc.max())} at depth {_f(depth[acc.argmax()])}", _f(lexical),
                      f"depth {_f(depth[above_chance[0]])}" if len(above_chance) else "nowhere",
-                     f"depth {_f(depth[above[0]])}" if len(above) else "never",
+                     _beats_lexical(versus, depth),
                      f"{_f(max(implicit))} vs {_f(lex_reg.get('implicit'))}" if implicit is not None else "n/a",
                      f"{_f(transfer[t_best])} at depth {_f(depth[t_best])}" if t_best is not None else "n/a"])
     return lines + _table(["model", "best probe", "lexical baseline",
                            "first above chance (ridge probe, label permutation, FWER over layers)",
-                           "probe first above lexical",
+                           "probe above lexical (simultaneous 95% band, frame bootstrap)",
                            "implicit: best probe vs lexical", "explicit -> implicit transfer"], rows) + [""]
+
+
+def _beats_lexical(versus: dict[str, Any], depth: np.ndarray) -> str:
+    """'from depth x: +d [lo, hi]' where the band of probe minus lexical first clears 0; else the best layer's."""
+    if not versus:
+        return "n/a"
+    diff, low, high = (np.asarray(versus[k], float) for k in ("difference", "band_low", "band_high"))
+    at = versus["first_above"] if versus["first_above"] is not None else int(np.argmax(diff))
+    cell = f"{diff[at]:+.2f} [{low[at]:+.2f}, {high[at]:+.2f}]"
+    return f"from depth {_f(depth[at])}: {cell}" if versus["first_above"] is not None else f"nowhere (best {cell})"
 
 
 def patching_section(res: Results) -> list[str]:
     lines = ["## Where is the emotion carried? (residual-stream patching)", "",
              "Effect = ratio of sums over kept pairs, sum(LD_patched - LD_run) / sum(LD_donor - LD_run) "
-             "(0 = unpatched, 1 = the source prompt's clean separation), 95% item-bootstrap CI.", ""]
+             "(0 = unpatched, 1 = the source prompt's clean separation), 95% CI of a two-stage bootstrap (frames, "
+             "then items).", ""]
     rows = []
     for m, s in res.sweeps.items():
         summary, low, high = (np.asarray(s[k], float) for k in ("summary", "ci_low", "ci_high"))
@@ -94,15 +105,16 @@ def patching_section(res: Results) -> list[str]:
         message = [i for i, r in enumerate(roles) if r.startswith("message")]
         best = max(((summary[li, pi], li, pi) for li in range(len(summary)) for pi in message),
                    default=(np.nan, 0, 0))
-        rows.append([m, f"{s['n_pairs_included']}/{len(s['pairs'])} ({s['n_items']} items)", at,
+        rows.append([m, f"{s['n_pairs_included']}/{len(s['pairs'])} ({s.get('n_frames', '?')} frames, "
+                        f"{s['n_items']} items)", at,
                      f"{_f(best[0])} at index {best[1]}, {roles[best[2]]}" if message else "n/a"])
-    return lines + _table(["model", "pairs kept (items)", "last position first >= 0.5",
+    return lines + _table(["model", "pairs kept (frames, items)", "last position first >= 0.5",
                            "largest effect at a message position"], rows) + [""]
 
 
 def heads_section(res: Results) -> list[str]:
-    lines = ["## Which heads move it? (confirmed on held-out items)", "",
-             "Heads ranked on one half of the items (6a), patched at every readout position on the other half (6b); "
+    lines = ["## Which heads move it? (confirmed on held-out frames)", "",
+             "Heads ranked on one half of the frames (6a), patched at every readout position on the other half (6b); "
              "significance after Benjamini-Hochberg over the model's family (statistics/effect.json).", ""]
     effect = res.statistics.get("effect", {}).get("models", {})
     rows = []

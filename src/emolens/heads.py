@@ -10,8 +10,9 @@ from the end, so every pair takes part whatever its lengths). Effects are summar
 bounded metric of :mod:`emolens.effects` (ratio of sums over the pairs the clean model separates).
 Spearman's rho says how well the cheap estimate ranks heads against the exact last-position
 effects. The top-K heads by |exact effect| go to 6b.
+The heads are selected on one half of the frames and confirmed on the other (:func:`frame_split`).
 Method (6b, confirmation). Each top-K head is patched alone, then all K together, at every readout
-position (the same roles as the residual sweep), on every pair, with item-level bootstrap CIs of
+position (the same roles as the residual sweep), on every pair, with frame-then-item bootstrap CIs of
 the ratio-of-sums effect; the fast engine puts the K + 1 variants in the batch and reads only the
 label logits, and it is the same code the tests check against the full-recompute reference.
 
@@ -38,6 +39,7 @@ from emolens.io import ResultFileError, provenance, save_json, save_pickle
 from emolens.models import ModelAdapter
 from emolens.patching import Pairs, attribute_heads, head_site, normalised, patch_pairs
 from emolens.readout import DEFAULT, Readout
+from emolens.resampling import frame_halves
 from emolens.residual import MESSAGE_POSITIONS, prepare_readout_pairs
 
 log = logging.getLogger(__name__)
@@ -45,22 +47,15 @@ SCREENING_SCHEMA = "emolens.head_screening/1"
 PATCHING_SCHEMA = "emolens.head_patching/1"
 
 
-def item_halves(records: Sequence[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The records split once by item into a selection half (6a) and a confirmation half (6b).
+def frame_split(records: Sequence[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The records split once by frame into a selection half (6a) and a confirmation half (6b).
 
-    Seeded, and stratified by frame: each frame's items are shuffled and dealt alternately to the
-    two halves, continuing across frames, so the halves differ by at most one item.
+    Seeded and stratified by register (:func:`emolens.resampling.frame_halves`): no frame, and so no
+    template, is in both halves. Steering uses the same split for its fit and measured halves.
     """
-    rng = np.random.default_rng(seed)
-    frames: dict[str, list[str]] = {}
-    for record, group in zip(records, frame_groups(records), strict=True):
-        frames.setdefault(group, [])
-        if record["item_id"] not in frames[group]:
-            frames[group].append(record["item_id"])
-    dealt = [item for group in rng.permutation(sorted(frames)) for item in rng.permutation(frames[group])]
-    selection = set(dealt[::2])
-    return ([r for r in records if r["item_id"] in selection],
-            [r for r in records if r["item_id"] not in selection])
+    first, _ = frame_halves(frame_groups(list(records)), [r.get("register") or "" for r in records], seed)
+    chosen = set(first.tolist())
+    return [r for i, r in enumerate(records) if i in chosen], [r for i, r in enumerate(records) if i not in chosen]
 
 
 def exact_last_position(adapter: ModelAdapter, pairs: Pairs,
@@ -95,8 +90,8 @@ def run_screening(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out_
     """Phase 6a on the selection half of the items: exact last-position effects and AtP estimates of
     every head; the top-K heads."""
     started = time.time()
-    records = item_halves(records, seed)[0]
-    pairs, offsets, roles, items, contrasts = prepare_readout_pairs(
+    records = frame_split(records, seed)[0]
+    pairs, offsets, roles, labels = prepare_readout_pairs(
         adapter, records, message_positions, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
     log.info("%s: screening %d x %d heads on %d pairs, %s", adapter.name, adapter.n_layers, adapter.n_heads,
              len(pairs), direction)
@@ -122,12 +117,13 @@ def run_screening(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out_
         "spearman_all_positions": _spearman(atp_all.ravel(), exact.ravel()),
         "top_heads": top_heads(exact, top_k),
         "half": "selection",
-        "items": sorted(set(items)),
+        "items": sorted(set(labels.items)),
+        "frames": sorted(set(labels.frames)),
         "effect": "ratio of sums over kept pairs: sum(LD_patched - LD_run) / sum(LD_donor - LD_run)",
         "n_pairs": len(pairs),
         "n_pairs_included": int(included.sum()),
         "min_separation": float(min_separation),
-        "contrast_counts": contrast_counts(contrasts, included),
+        "contrast_counts": contrast_counts(labels.contrasts, included),
         "readout": readout.as_dict(),
         "suffix": readout.suffix,
         "label_token_ids": pairs.label_token_ids,
@@ -168,10 +164,10 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
     at a time and jointly, at every readout position, with CIs."""
     started = time.time()
     screening = _load_screening(Path(screening_json), adapter)
-    records = item_halves(records, seed)[1]
+    records = frame_split(records, seed)[1]
     heads = [tuple(map(int, h)) for h in screening["top_heads"]]
     direction = direction or screening.get("direction", "denoising")
-    pairs, offsets, roles, items, contrasts = prepare_readout_pairs(
+    pairs, offsets, roles, labels = prepare_readout_pairs(
         adapter, records, message_positions, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
     log.info("%s: patching %d heads at %d readout positions on %d pairs, %s", adapter.name, len(heads),
              len(offsets), len(pairs), direction)
@@ -179,7 +175,7 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
     variants = [(s,) for s in sites] + [tuple(sites)]  # K single heads, then all K jointly
     ld, ld_run, ld_donor = patch_pairs(adapter, pairs, variants, batch_size=batch_size,
                                        desc="heads, readout positions")
-    summary = summarise(ld, ld_run, ld_donor, items, contrasts, min_separation, n_resamples, seed)
+    summary = summarise(ld, ld_run, ld_donor, labels, min_separation, n_resamples, seed)
     effect = normalised(ld, ld_run, ld_donor)  # [P, K + 1]
     result = {
         "schema": PATCHING_SCHEMA,
@@ -189,8 +185,7 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
         "position_roles": roles,
         "half": "confirmation",
         "pairs": [tuple(p) for p in pairs.ids],
-        "items": items,
-        "contrasts": contrasts,
+        **labels._asdict(),
         "effect_single": effect[:, :-1],
         "effect_joint": effect[:, -1],
         "ld_patched": ld,
@@ -198,7 +193,7 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
         "ci_single": np.stack([summary["ci_low"][:-1], summary["ci_high"][:-1]], axis=1),
         "summary_joint": float(summary["summary"][-1]),
         "ci_joint": np.array([summary["ci_low"][-1], summary["ci_high"][-1]]),
-        **{k: summary[k] for k in ("separation", "included", "min_separation", "ci", "n_items",
+        **{k: summary[k] for k in ("separation", "included", "min_separation", "ci", "n_frames", "n_items",
                                    "n_pairs_included", "contrast_counts")},
         "ld_clean_run": ld_run,
         "ld_clean_donor": ld_donor,

@@ -10,7 +10,7 @@ at every offset (the donor's token at offset o into the run's token at offset o,
 lengths). The engine is the prefix-cached one of :mod:`emolens.patching`. The work is cut into
 layer chunks (one job each, for the cluster); :func:`merge` checks the chunks, joins them and
 summarises each cell with the bounded metric of :mod:`emolens.effects` (pairs the clean model does
-not separate are left out and counted; ratio of sums with an item-level bootstrap CI).
+not separate are left out and counted; ratio of sums with a frame-then-item bootstrap CI).
 
 Inputs: a model adapter, the dataset records, the chunk's residual indices. Outputs:
 ``results/<p>/patching/residual/chunks/<m>/layers_<a>-<b>.pkl`` (schema ``emolens.residual_chunk/1``)
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from emolens.chunks import CHUNK_NAME, chunk_name, chunk_ranges
-from emolens.effects import MIN_SEPARATION, pair_labels, summarise
+from emolens.effects import MIN_SEPARATION, PairLabels, pair_labels, summarise
 from emolens.io import ResultFileError, load_pickle, provenance, save_pickle
 from emolens.models import ModelAdapter
 from emolens.patching import Pairs, normalised, patch_pairs, prepare_pairs, resid_site
@@ -69,13 +69,12 @@ def readout_positions(adapter: ModelAdapter, pairs: Pairs, message_positions: in
 
 
 def prepare_readout_pairs(adapter: ModelAdapter, records: Sequence[dict[str, Any]], message_positions: int,
-                          **pair_options: Any) -> tuple[Pairs, list[int], list[str], list[str], list[str]]:
+                          **pair_options: Any) -> tuple[Pairs, list[int], list[str], PairLabels]:
     """The pairs of ``records`` (``pair_options`` go to :func:`prepare_pairs`), the readout offsets and
-    their roles, and each pair's item and emotion contrast: what every patching phase starts from."""
+    their roles, and each pair's item, frame and emotion contrast: what every patching phase starts from."""
     pairs = prepare_pairs(adapter, records, **pair_options)
     offsets, roles = readout_positions(adapter, pairs, message_positions)
-    items, contrasts = pair_labels(pairs.ids, records)
-    return pairs, offsets, roles, items, contrasts
+    return pairs, offsets, roles, pair_labels(pairs.ids, records)
 
 
 def sweep(adapter: ModelAdapter, pairs: Pairs, layers: Sequence[int], offsets: Sequence[int],
@@ -96,10 +95,11 @@ def run_chunk(adapter: ModelAdapter, records: Sequence[dict[str, Any]], layers: 
     bad = [layer for layer in layers if not 0 <= layer <= adapter.n_layers]
     if bad:
         raise IndexError(f"residual indices {bad} outside 0..{adapter.n_layers} for {adapter.name}")
-    pairs, offsets, roles, items, contrasts = prepare_readout_pairs(
+    pairs, offsets, roles, labels = prepare_readout_pairs(
         adapter, records, message_positions, direction=direction, max_pairs=max_pairs, seed=seed, readout=readout)
-    log.info("%s: residual indices %d-%d, %d pairs of %d items at %d positions (%s), %s", adapter.name,
-             layers[0], layers[-1], len(pairs), len(set(items)), len(offsets), ", ".join(roles), direction)
+    log.info("%s: residual indices %d-%d, %d pairs of %d items in %d frames at %d positions (%s), %s",
+             adapter.name, layers[0], layers[-1], len(pairs), len(set(labels.items)), len(set(labels.frames)),
+             len(offsets), ", ".join(roles), direction)
     ld, ld_run, ld_donor = sweep(adapter, pairs, layers, offsets, batch_size)
     result = {
         "schema": CHUNK_SCHEMA,
@@ -109,8 +109,7 @@ def run_chunk(adapter: ModelAdapter, records: Sequence[dict[str, Any]], layers: 
         "positions": offsets,
         "position_roles": roles,
         "pairs": [tuple(p) for p in pairs.ids],
-        "items": items,
-        "contrasts": contrasts,
+        **labels._asdict(),
         "same_length": pairs.same_length,
         "effect": normalised(ld, ld_run, ld_donor),
         "ld_patched": ld,
@@ -138,7 +137,7 @@ def _load_chunk(path: Path) -> dict[str, Any]:
         chunk = load_pickle(path, schema=CHUNK_SCHEMA)
     except ResultFileError as e:
         raise ResultFileError(f"{e}; {_rebuild(path)}") from None
-    missing = [k for k in ("layers", "positions", "pairs", "items", "contrasts", "effect", "ld_patched",
+    missing = [k for k in ("layers", "positions", "pairs", "items", "frames", "contrasts", "effect", "ld_patched",
                            "ld_clean_run", "ld_clean_donor", "direction", "label_token_ids") if k not in chunk]
     if missing:
         raise ResultFileError(f"{path}: residual chunk lacks {missing}; {_rebuild(path)}")
@@ -166,7 +165,7 @@ def merge(chunk_paths: Sequence[str | Path], out: str | Path, n_layers: int, *, 
 
     The summary is the bounded metric of :mod:`emolens.effects`: pairs whose clean separation is
     below ``min_separation`` are left out (and counted per contrast), a cell is the ratio of sums
-    over the pairs kept, with an item-level bootstrap CI.
+    over the pairs kept, with a two-stage (frames, then items) bootstrap CI.
 
     Refuses (naming the file and the command that rebuilds it) a missing, truncated or foreign
     chunk, and any layer covered twice or not at all in 0..n_layers.
@@ -211,8 +210,9 @@ def merge(chunk_paths: Sequence[str | Path], out: str | Path, n_layers: int, *, 
     first = chunks[order[0]]
     effect = np.concatenate([np.asarray(chunks[i]["effect"]) for i in order], axis=1)  # [P, L+1, positions]
     ld = np.concatenate([np.asarray(chunks[i]["ld_patched"]) for i in order], axis=1)  # [P, L+1, positions]
-    summary = summarise(ld, first["ld_clean_run"], first["ld_clean_donor"], first["items"], first["contrasts"],
-                        min_separation, n_resamples, seed)
+    labels = PairLabels(*(list(first[k]) for k in PairLabels._fields))
+    summary = summarise(ld, first["ld_clean_run"], first["ld_clean_donor"], labels, min_separation, n_resamples,
+                        seed)
     result = {
         "schema": SWEEP_SCHEMA,
         "model": first.get("model"),
@@ -221,8 +221,7 @@ def merge(chunk_paths: Sequence[str | Path], out: str | Path, n_layers: int, *, 
         "positions": list(first["positions"]),
         "position_roles": list(first.get("position_roles", [])),
         "pairs": [tuple(p) for p in first["pairs"]],
-        "items": list(first["items"]),
-        "contrasts": list(first["contrasts"]),
+        **labels._asdict(),
         "same_length": np.asarray(first.get("same_length")),
         "effect": effect,
         "ld_patched": ld,

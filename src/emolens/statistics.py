@@ -1,26 +1,32 @@
 """Effect sizes, power and aligned subspace dimension (phase 7).
 
-Methods. The unit of inference is the item: an item's 12 ordered pairs share its 4 prompts, so
-pairs are not independent. ``effect``: for every residual cell (layer x readout position) and every
-patched head (singly, and the top-K jointly, measured on the confirmation half of the items), each
-item contributes its gain G_i = sum over its kept pairs of (LD_patched - LD_run) and separation
-D_i = sum of (LD_donor - LD_run) (pairs below ``min_separation`` are left out, :mod:`emolens.effects`).
-We report the effect as the ratio of sums sum(G) / sum(D) with a 95% BCa bootstrap CI over items,
-Cohen's d of the item effects r_i = G_i / D_i against 0 (mean / sd, ddof 1) and Hedges' g, and a
-two-sided sign-flip permutation p-value over items (flipping whole items). Identity cells (index L
-and index 0 at the last position, fixed by construction) are verification checks, not tests.
-Benjamini-Hochberg corrects within each model's family: all its residual cells and heads; every
-count of "significant" is after correction. ``power`` is prospective: statsmodels' one-sample
-t-test (TTestPower) gives the items needed to detect Cohen's d 0.2, 0.5 and 0.8 at alpha and the
-target power, and the smallest d each model's kept items detect; there is no post-hoc power.
-``k``: how many dimensions of emotion structure two models share, calibrated. Items are split once
-(seeded) into a fit and a held-out half. At every matched depth, a's emotion axes (principal axes of
-its four emotion means, item-centred activations, fit half) are carried through a ridge map a -> b
-(fit on the fit half) and orthonormalised in b's space; axis k scores the cross-validated agreement
-of a's mapped fit-half means with b's held-out means along it (near 0 when labels carry nothing).
-The null permutes the emotion labels within each item and reruns the whole pipeline. A max-statistic
-over all depths and k (standardised scores) controls the family-wise error at alpha; k at a depth is
-the number of leading axes above the threshold, the pair's k the largest over depths (``K_RULE``).
+Methods. The unit of inference is the frame: an item's 12 ordered pairs share its 4 prompts, and a
+frame's 4-5 items share its four templates, so neither pairs nor items are independent
+(:mod:`emolens.resampling`). ``effect``: for every residual cell (layer x readout position) and
+every patched head (singly, and the top-K jointly, measured on the confirmation half of the
+frames), each frame contributes its gain G_f = sum over its kept pairs of (LD_patched - LD_run) and
+separation D_f = sum of (LD_donor - LD_run) (pairs below ``min_separation`` are left out,
+:mod:`emolens.effects`). We report the effect as the ratio of sums sum(G) / sum(D) with a 95% BCa
+two-stage bootstrap CI (frames, then items within frames), Cohen's d of the frame effects
+r_f = G_f / D_f against 0 (mean / sd, ddof 1) and Hedges' g, and a two-sided sign-flip permutation
+p-value over frames (flipping whole frames). Identity cells (index L and index 0 at the last
+position, fixed by construction) are verification checks, not tests. Benjamini-Hochberg corrects
+within each model's family: all its residual cells and heads; every count of "significant" is
+after correction. ``power`` is prospective: statsmodels' one-sample t-test (TTestPower) gives the
+frames needed to detect Cohen's d 0.2, 0.5 and 0.8 at alpha and the target power, and the smallest
+d each model's kept frames detect; there is no post-hoc power.
+``k``: how many dimensions of emotion structure two models share, calibrated. Frames are split
+once (seeded, stratified by register) into a fit and a held-out half. At every matched depth, a's
+emotion axes (principal axes of its four emotion means, item-centred activations, fit half) are
+carried through a ridge map a -> b (fit on the fit half) and orthonormalised in b's space; axis k
+scores the cross-validated agreement of a's mapped fit-half means with b's held-out means along it
+(near 0 when labels carry nothing). The null permutes the emotion labels by frame (one permutation
+per frame, applied to all its items) and reruns the whole pipeline. A max-statistic over all depths
+and k (standardised scores) controls the family-wise error at alpha; k at a depth is the number of
+leading axes above the threshold, the pair's k the largest over depths (``K_RULE``). Axes are
+found by an eigendecomposition with a relative cut-off, so emotion means that span fewer
+dimensions (or none: labels that carry nothing exactly) give fewer axes and k = 0 with the reason,
+never an error.
 
 Outputs: ``statistics/effect.json``, ``statistics/power.json``, ``statistics/k.json``.
 """
@@ -35,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
@@ -43,13 +48,14 @@ from emolens import EMOTIONS
 from emolens.alignment import (
     EmotionGrams,
     comparable_layers,
-    item_ids,
+    design_units,
     label_codes,
     label_structure,
     permuted_labels,
     split_halves,
 )
 from emolens.io import load_pickle, provenance, save_json
+from emolens.resampling import group_sums, ratio_of_sums, sign_flip_pvalue
 
 COHEN_D = (0.2, 0.5, 0.8)  # Cohen's small, medium and large effects
 
@@ -61,73 +67,25 @@ def hedges_g(d: np.ndarray, n: np.ndarray) -> np.ndarray:
     return d * (1.0 - 3.0 / (4.0 * (n - 1.0) - 1.0))
 
 
-def sign_flip_pvalue(x: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """Two-sided sign-flip permutation p-value of each column's mean against 0 (x [n, c], no NaN)."""
-    observed = np.abs(x.mean(0))  # [c]
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_perm, len(x)))  # [n_perm, n]
-    null = np.abs(signs @ x) / len(x)  # [n_perm, c]
-    return (1 + np.sum(null >= observed * (1 - 1e-12), axis=0)) / (1 + n_perm)
+def frame_tests(gain: np.ndarray, separation: np.ndarray, items: Sequence[str], frames: Sequence[str], n_boot: int,
+                n_perm: int, seed: int) -> dict[str, np.ndarray]:
+    """Per column of the kept pairs' gains [P, c] (separations [P]): frames as the unit.
 
-
-def ratio_of_sums(num: np.ndarray, den: np.ndarray, groups: Sequence[str], n_boot: int,
-                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """sum(num) / sum(den) over rows, per cell, and its BCa 95% CI resampling whole groups (items).
-
-    ``num`` [P, ...] and ``den`` [P] are per-pair values (for patching: LD_patched - LD_run and
-    LD_donor - LD_run of the pairs kept); the rows of one group are resampled together, so the
-    pairs of an item count as one unit. Returns (ratio, low, high) of shape num.shape[1:]; fewer
-    than two groups give a NaN CI.
+    ``effect`` = sum(gain) / sum(separation) with its two-stage (frames, then items) BCa CI; Cohen's d
+    and Hedges' g of the frame effects G_f / D_f against 0; a sign-flip p-value over frames; the
+    numbers of frames, items and pairs.
     """
-    num = np.asarray(num, float)
-    shape = num.shape[1:]
-    item_num, item_den = item_sums(num.reshape(len(num), -1), den, groups)  # [I, cells], [I]
-    n_groups = len(item_den)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = item_num.sum(0) / item_den.sum()
-    low, high = np.full_like(ratio, np.nan), np.full_like(ratio, np.nan)
-    if n_groups >= 2 and np.isfinite(ratio).all():
-        with np.errstate(divide="ignore", invalid="ignore"):  # a cell every item puts at the same ratio
-            vary = np.ptp(item_num / item_den[:, None], axis=0) > 1e-12  # has a point CI, as BCa cannot
-        low[~vary], high[~vary] = ratio[~vary], ratio[~vary]
-        varying = item_num[:, vary]
-
-        def statistic(i: np.ndarray, axis: int = -1) -> np.ndarray:  # i [..., I] -> [cells, ...]
-            return np.moveaxis(varying[i].sum(-2) / item_den[i].sum(-1)[..., None], -1, 0)
-
-        if vary.any():
-            ci = stats.bootstrap((np.arange(n_groups),), statistic, n_resamples=n_boot, vectorized=True,
-                                 method="BCa", rng=np.random.default_rng(seed),
-                                 batch=max(1, 2**24 // varying.size)).confidence_interval
-            low[vary], high[vary] = ci.low, ci.high
-    return ratio.reshape(shape), low.reshape(shape), high.reshape(shape)
-
-
-def item_sums(num: np.ndarray, den: np.ndarray, groups: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per group (item), in sorted order: the sums of num [P, c] -> [I, c] and of den [P] -> [I]."""
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
-    sums = np.zeros((n_groups, num.shape[1]))
-    np.add.at(sums, inverse, num)
-    return sums, np.bincount(inverse, weights=np.asarray(den, float), minlength=n_groups)
-
-
-def item_tests(gain: np.ndarray, separation: np.ndarray, items: Sequence[str], n_boot: int, n_perm: int,
-               seed: int) -> dict[str, np.ndarray]:
-    """Per column of the kept pairs' gains [P, c] (separations [P]): items as the unit.
-
-    ``effect`` = sum(gain) / sum(separation) with its item-bootstrap CI; Cohen's d and Hedges' g
-    of the item effects G_i / D_i against 0; a sign-flip p-value over items; ``n_items``.
-    """
-    effect, low, high = ratio_of_sums(gain, separation, items, n_boot, seed)
-    g, d = item_sums(gain, separation, items)
-    r = g / d[:, None]  # [I, c]: each item's effect in units of its separation
+    effect, low, high = ratio_of_sums(gain, separation, items, frames, n_boot, seed)
+    g, d = group_sums(gain, separation, frames)
+    r = g / d[:, None]  # [F, c]: each frame's effect in units of its separation
     n = np.full(gain.shape[1], float(len(r)))
     with np.errstate(divide="ignore", invalid="ignore"):
         sd = r.std(0, ddof=1) if len(r) > 1 else np.full(gain.shape[1], np.nan)
-        cohen = np.where(sd > 1e-12, r.mean(0) / sd, np.nan)  # undefined when every item has the same effect
+        cohen = np.where(sd > 1e-12, r.mean(0) / sd, np.nan)  # undefined when every frame has the same effect
     p = sign_flip_pvalue(r, n_perm, np.random.default_rng(seed)) if len(r) > 1 else np.full(len(n), np.nan)
-    return {"effect": effect, "ci_low": low, "ci_high": high, "n_items": n, "cohen_d": cohen,
-            "hedges_g": hedges_g(cohen, n), "p_perm": p}
+    return {"effect": effect, "ci_low": low, "ci_high": high, "n_frames": n, "cohen_d": cohen,
+            "hedges_g": hedges_g(cohen, n), "p_perm": p, "n_items": np.full(gain.shape[1], float(len(set(items)))),
+            "n_pairs": np.full(gain.shape[1], float(len(gain)))}
 
 
 def bh_adjust(pvalues: np.ndarray) -> np.ndarray:
@@ -170,14 +128,14 @@ def _load_effects(sweep_files: Sequence[str | Path], head_files: Sequence[str | 
     return models
 
 
-def _kept(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The kept pairs' gains [P_kept, ...] = LD_patched - LD_run, separations and items."""
+def _kept(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """The kept pairs' gains [P_kept, ...] = LD_patched - LD_run, separations, items and frames."""
     kept = np.asarray(result["included"], bool)
     run = np.asarray(result["ld_clean_run"], float)
     ld = np.asarray(result["ld_patched"], float)
     gain = ld - run.reshape((-1,) + (1,) * (ld.ndim - 1))
-    return gain[kept], np.asarray(result["separation"], float)[kept], [i for i, k in zip(result["items"], kept,
-                                                                                            strict=True) if k]
+    items, frames = (np.asarray(result[k])[kept].tolist() for k in ("items", "frames"))
+    return gain[kept], np.asarray(result["separation"], float)[kept], items, frames
 
 
 def identity_cells(sweep: dict[str, Any]) -> np.ndarray:
@@ -189,13 +147,13 @@ def identity_cells(sweep: dict[str, Any]) -> np.ndarray:
 
 
 def _effect_tables(model: dict, n_boot: int, n_perm: int, seed: int) -> dict[str, dict[str, Any]]:
-    """Item-level tests of the residual cells (identity cells not tested), single heads and the joint patch."""
+    """Frame-level tests of the residual cells (identity cells not tested), single heads and the joint patch."""
     out: dict[str, dict[str, Any]] = {}
     if "residual" in model:
         s = model["residual"]
-        gain, sep, items = _kept(s)
+        gain, sep, items, frames = _kept(s)
         shape = gain.shape[1:]
-        table = item_tests(gain.reshape(len(gain), -1), sep, items, n_boot, n_perm, seed)
+        table = frame_tests(gain.reshape(len(gain), -1), sep, items, frames, n_boot, n_perm, seed)
         identity = identity_cells(s)
         table["p_perm"] = np.where(identity.ravel(), np.nan, table["p_perm"])
         out["residual"] = {k: np.reshape(v, shape) for k, v in table.items()}
@@ -203,8 +161,8 @@ def _effect_tables(model: dict, n_boot: int, n_perm: int, seed: int) -> dict[str
                             "position_roles": list(s["position_roles"]), "identity_cells": identity}
     if "heads" in model:
         h = model["heads"]
-        gain, sep, items = _kept(h)  # [P_kept, K + 1]: K single heads, then the joint patch
-        table = item_tests(gain, sep, items, n_boot, n_perm, seed)
+        gain, sep, items, frames = _kept(h)  # [P_kept, K + 1]: K single heads, then the joint patch
+        table = frame_tests(gain, sep, items, frames, n_boot, n_perm, seed)
         out["heads"] = {k: v[:-1] for k, v in table.items()} | {"heads": [list(x) for x in h["heads"]]}
         out["joint"] = {k: v[-1] for k, v in table.items()}
     return out
@@ -228,7 +186,7 @@ def detectable_d(n: int, alpha: float, power: float) -> float | None:
 
 def run_effect(sweep_files: Sequence[str | Path], head_files: Sequence[str | Path], out_json: str | Path,
                seed: int = 0, n_boot: int = 2000, n_perm: int = 10000, alpha: float = 0.05) -> None:
-    """Effect sizes, item-bootstrap CIs, item sign-flip and BH-adjusted p-values per residual cell and head."""
+    """Effect sizes, frame-then-item bootstrap CIs, frame sign-flip and BH-adjusted p-values per cell and head."""
     started = time.time()
     models = {}
     for name, model in _load_effects(sweep_files, head_files).items():
@@ -238,9 +196,11 @@ def run_effect(sweep_files: Sequence[str | Path], head_files: Sequence[str | Pat
         models[name] = tables
     settings = {"seed": seed, "n_boot": n_boot, "n_perm": n_perm, "alpha": alpha}
     save_json(settings | {
-        "unit": "item (all kept pairs of an item together)",
-        "effect": "ratio of sums over kept pairs, sum(LD_patched - LD_run) / sum(LD_donor - LD_run)",
-        "test": "two-sided sign-flip permutation over items of the item effects G_i / D_i",
+        "unit": "frame (all kept pairs of its items together; n_frames, with n_items and n_pairs beside; a "
+                "dataset without frames makes each item its own frame)",
+        "effect": "ratio of sums over kept pairs, sum(LD_patched - LD_run) / sum(LD_donor - LD_run), with a 95% BCa "
+                  "two-stage bootstrap CI (frames, then items within frames)",
+        "test": "two-sided sign-flip permutation over frames of the frame effects G_f / D_f",
         "bh_family": "per model: all residual layer x position cells (identity cells excluded), single heads "
                      "and the joint patch",
         "models": models,
@@ -250,19 +210,21 @@ def run_effect(sweep_files: Sequence[str | Path], head_files: Sequence[str | Pat
 
 def run_power(sweep_files: Sequence[str | Path], head_files: Sequence[str | Path], out_json: str | Path,
               alpha: float = 0.05, power: float = 0.8) -> None:
-    """Prospective power: items needed per effect size, and the smallest effect each model's items detect."""
+    """Prospective power: frames needed per effect size, and the smallest effect each model's frames detect."""
     started = time.time()
     models = {}
     for name, model in _load_effects(sweep_files, head_files).items():
         models[name] = {}
         for part, result in model.items():
-            n_items = len(set(_kept(result)[2]))
-            models[name][part] = {"n_items": n_items, "detectable_d": detectable_d(n_items, alpha, power)}
+            _, _, items, frames = _kept(result)
+            models[name][part] = {"n_frames": len(set(frames)), "n_items": len(set(items)),
+                                  "detectable_d": detectable_d(len(set(frames)), alpha, power)}
     settings = {"alpha": alpha, "power": power}
     save_json(settings | {
-        "test": "two-sided one-sample t-test over items (statsmodels TTestPower), prospective",
+        "test": "two-sided one-sample t-test over frames, the unit of the effect tests (statsmodels TTestPower), "
+                "prospective",
         "cohen_d": list(COHEN_D),
-        "items_required": [required_n(d, alpha, power) for d in COHEN_D],
+        "frames_required": [required_n(d, alpha, power) for d in COHEN_D],
         "models": models,
         "provenance": provenance(settings, started, inputs=[str(p) for p in [*sweep_files, *head_files]]),
     }, out_json)
@@ -281,9 +243,10 @@ K_SCORE = ("per matched depth and axis k = 1..k_max (k_max <= 3: four emotion me
            "from other items and average to 0 over within-item labellings, so the score is 0 in expectation "
            "when the labels carry nothing. No dimension reduction: every quantity is an exact quadratic form "
            "of the prompts' Gram matrices, whatever the widths.")
-K_NULL = ("emotion labels permuted within each item, n_perm times (the same permutations at every depth), the "
-          "whole pipeline recomputed each time: a's emotion means and axes, their mapped images, b's held-out "
-          "means; item-centring, the item split and the map read no labels and are computed once")
+K_NULL = ("emotion labels permuted by frame (one permutation of the labels per frame, applied to all its items), "
+          "n_perm times (the same permutations at every depth), the whole pipeline recomputed each time: a's "
+          "emotion means and axes, their mapped images, b's held-out means; item-centring, the frame split and the "
+          "map read no labels and are computed once")
 K_RULE = ("standardise each (depth, k) score by its permutation null's mean and sd; for every permutation take "
           "the max standardised score over all matched depths and k; threshold = the value an observed "
           "standardised score must exceed for a max-statistic p = (1 + #{null max >= z}) / (1 + n_perm) <= "
@@ -293,17 +256,33 @@ K_RULE = ("standardise each (depth, k) score by its permutation null's mean and 
           "k = the largest k over its matched depths (0 if none)")
 
 
+AXIS_RTOL = 1e-9  # an axis whose variance is below this share of the largest is no axis (degenerate means)
+
+
 def k_axis_scores(e: EmotionGrams, q: int) -> np.ndarray:
-    """[P, q] score of each of a's top-q mapped emotion axes (``K_SCORE``), for every labelling in e."""
+    """[P, q] score of each of a's top-q mapped emotion axes (``K_SCORE``), for every labelling in e.
+
+    Rank-aware: a's axes are the eigenvectors of its fit-half means' Gram above ``AXIS_RTOL`` of the
+    largest, orthonormalised in b's space by an eigendecomposition of the mapped axes' Gram (the
+    same relative cut-off); an axis that does not survive scores 0, so degenerate or exactly null
+    structure gives scores of 0 and k = 0, never a failed factorisation.
+    """
     lam, v = np.linalg.eigh(e.a_fit)  # a's own fit-half means M_a: axis j = v_j^T M_a / sqrt(lam_j)
     lam, v = lam[..., ::-1][..., :q], v[..., ::-1][..., :q]  # descending
-    coef = np.swapaxes(v, -1, -2) / np.sqrt(np.maximum(lam, 1e-300))[..., None]  # [P, q, 4]
-    gram = coef @ e.mm @ np.swapaxes(coef, -1, -2)  # [P, q, q]: the mapped axes' Gram
-    jitter = 1e-12 * np.trace(gram, axis1=-2, axis2=-1)[..., None, None] * np.eye(q)
-    chol = np.linalg.cholesky(gram + jitter)  # Gram-Schmidt in a's order: q = C^-1 (mapped axes)
-    on_a = np.linalg.solve(chol, coef @ e.mm)  # [P, q, 4]: q_k . a_e
-    on_b = np.linalg.solve(chol, coef @ e.mb)  # [P, q, 4]: q_k . b_e
-    return (on_a * on_b).sum(-1) / max(np.sqrt(e.mapped_var * e.b_test_var), 1e-300)
+    scale = np.maximum(lam[..., :1], 1e-300)
+    ok_a = lam > AXIS_RTOL * scale  # [P, q]
+    coef = np.swapaxes(v, -1, -2) * np.where(ok_a, 1 / np.sqrt(np.where(ok_a, lam, 1.0)), 0.0)[..., None]  # [P, q, 4]
+    mapped_a, mapped_b = coef @ e.mm @ np.swapaxes(coef, -1, -2), coef @ e.mb  # [P, q, q]: the mapped axes' Gram
+    span = np.zeros(ok_a.shape)  # [P, q]: the score of the span of a's first k + 1 mapped axes
+    for k in range(q):  # Gram-Schmidt in a's order: axis k scores what it adds to the span of axes < k
+        w, u = np.linalg.eigh(mapped_a[..., : k + 1, : k + 1])
+        keep = w > AXIS_RTOL * np.maximum(w[..., -1:], 1e-300)
+        basis = np.swapaxes(u, -1, -2) * np.where(keep, 1 / np.sqrt(np.where(keep, w, 1.0)), 0.0)[..., None]
+        on_a = basis @ coef[..., : k + 1, :] @ e.mm  # [P, k+1, 4]: an orthonormal basis of the span, on a_e
+        on_b = basis @ mapped_b[..., : k + 1, :]  # [P, k+1, 4]: the same basis on b_e
+        span[..., k] = (on_a * on_b).sum((-2, -1))  # basis-free: the trace of a's means x projection x b's
+    score = np.diff(span, axis=-1, prepend=0.0) * ok_a
+    return score / max(np.sqrt(e.mapped_var * e.b_test_var), 1e-300)
 
 
 def max_stat_threshold(max_null: np.ndarray, alpha: float) -> float:
@@ -332,16 +311,17 @@ def k_decision(scores: np.ndarray, alpha: float) -> dict[str, Any]:
 def _pair_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, seed: int, n_perm: int, ridge: float,
             position: str, alpha: float = 0.05) -> dict[str, Any]:
     """The k-curve against its null at every matched depth of one model pair, and the calibrated k."""
-    items, emotions = item_ids(act_a, "activations"), act_a["emotions"]
-    split = split_halves(emotions, seed, items)
-    labels = permuted_labels(label_codes(emotions), items, n_perm, np.random.default_rng(seed))  # [P+1, n]
+    items, frames, registers = design_units(act_a, "activations")
+    split = split_halves(frames, registers, seed)
+    labels = permuted_labels(label_codes(act_a["emotions"]), frames, n_perm, np.random.default_rng(seed))  # [P+1, n]
     q = min(sub_a["basis"].shape[1], sub_b["basis"].shape[1], len(EMOTIONS) - 1)
     ra, rb = act_a["resid"][position], act_b["resid"][position]
     layers = comparable_layers(ra, rb, int(act_a["n_layers"]), int(act_b["n_layers"]))[0]
-    out = {"k": 0, "k_layers": None, "k_max": q, "threshold": float("inf"), "n_items": len(np.unique(items)),
-           "n_items_fit": len(np.unique(items[split[0]])), "depths": []}
+    out = {"k": 0, "k_layers": None, "k_max": q, "threshold": float("inf"), "n_frames": len(np.unique(frames)),
+           "n_frames_fit": len(np.unique(frames[split[0]])), "n_items": len(np.unique(items)),
+           "n_items_fit": len(np.unique(items[split[0]])), "depths": [], "reason": None}
     if not layers:
-        return out
+        return out | {"reason": "no matched depth where both models vary across prompts"}
     scores = np.stack([k_axis_scores(label_structure(ra[:, la].astype(np.float64), rb[:, lb].astype(np.float64),
                                                      items, split, labels, ridge), q)
                        for la, lb in layers], axis=1)  # [P+1, D, q]
@@ -354,6 +334,9 @@ def _pair_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, seed: int, n_per
     best = int(np.argmax(dec["k"]))
     out |= {"k": int(dec["k"][best]), "threshold": dec["threshold"],
             "k_layers": list(layers[best]) if dec["k"][best] else None}
+    if out["k"] == 0:
+        out["reason"] = ("degenerate: a's fit-half emotion means span no dimension at any matched depth"
+                         if not np.any(scores[0]) else "no axis exceeds the family-wise threshold")
     return out
 
 

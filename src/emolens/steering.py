@@ -1,6 +1,6 @@
 """Steering and directional ablation: do the emotion vectors cause anything? And across models?
 
-Method. The items are split once, seeded and frame-stratified (:func:`emolens.heads.item_halves`),
+Method. The frames are split once, seeded and stratified by register (:func:`emolens.heads.frame_split`),
 into a fit half and a held-out half. Everything that is estimated comes from the fit half's phase-2
 activations (last token, every residual index): the emotion vectors (mean of one emotion minus the
 mean of the others, :func:`emolens.vectors.emotion_vectors`), the typical residual norm at index l
@@ -19,10 +19,10 @@ three. Shifts (steered minus clean) are averaged within items, then over items; 
 specificity matrix at each (index, alpha) holds the shift of readout e' (columns) under the vector
 of emotion e (rows); its diagonal is the on-target shift. Nulls: ``n_random`` random unit directions
 (seeded per index) at the same scale, summarised per readout e' by their mean and 95th percentile
-over directions, and the other emotions' vectors (the off-diagonal). 95% CIs resample items
-(percentile bootstrap) for the on-target shift and for the null's mean and 95th percentile. Cost: the
-KL divergence KL(clean || steered) of the full next-token distribution at the last position (the one
-place full-vocabulary logits are computed, from the final hidden state of those rows only), on up
+over directions, and the other emotions' vectors (the off-diagonal). 95% CIs resample frames, then
+items within frames (percentile bootstrap) for the on-target shift and for the null's mean and 95th
+percentile. Cost: the KL divergence KL(clean || steered) of the full next-token distribution at the
+last position (the one place full-vocabulary logits are computed, from the final hidden state of those rows only), on up
 to ``kl_prompts`` neutral held-out prompts; also over the vocabulary without the four label tokens
 (renormalised), which steering the readout is not meant to move. Directions, alphas and prompts share
 the batch dimension: the hook adds a different vector to each row.
@@ -66,10 +66,12 @@ from tqdm import tqdm
 
 from emolens import EMOTIONS
 from emolens.activations import length_buckets, tokenize
-from emolens.heads import item_halves
+from emolens.dataset import frame_groups
+from emolens.heads import frame_split
 from emolens.io import load_pickle, provenance, save_json
 from emolens.models import ModelAdapter
 from emolens.readout import DEFAULT, Readout
+from emolens.resampling import codes_of, two_stage_weights
 from emolens.vectors import emotion_vectors, join_records, probe_model
 
 log = logging.getLogger(__name__)
@@ -338,9 +340,13 @@ def item_matrix(items: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return onehot / onehot.sum(1, keepdims=True), names
 
 
-def bootstrap_weights(n_items: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """[B, I] item weights of a bootstrap resample of items (counts / I): item-mean of means = W @ values."""
-    return rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=n_boot) / n_items
+def bootstrap_weights(records: Sequence[dict[str, Any]], items: Sequence[str], n_boot: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """[B, I] weights of ``items`` in a two-stage resample (frames, then items within frames), each row
+    summing to 1: the resampled item-mean of a per-item value v [I] is W @ v."""
+    frame_of = dict(zip((r["item_id"] for r in records), frame_groups(list(records)), strict=True))
+    weights = two_stage_weights(codes_of([frame_of[i] for i in items]), n_boot, rng)
+    return weights / weights.sum(1, keepdims=True)
 
 
 def _ci(boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -464,7 +470,7 @@ def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, w
     """Fraction of b's own on-target shift a's mapped vectors achieve, from item shifts: own and mapped
     [I, 4] on-target, random [R, I, 4] (each random direction's shift on each readout).
 
-    Per emotion: mapped / own. Overall: ratio of sums over emotions, with an item-bootstrap CI. Nulls: per
+    Per emotion: mapped / own. Overall: ratio of sums over emotions, with a frame-then-item bootstrap CI. Nulls: per
     emotion, each random mapped direction's shift on readout e over own[e]; overall, sets of four random
     mapped directions, one per emotion, scored as the mapped vectors are (a map can send any direction
     into b's emotion subspace; what the null asks is whether it lands on the right emotion).
@@ -542,9 +548,9 @@ class Split:
 
 def split_records(records: Sequence[dict[str, Any]], act: dict[str, Any], activations: str | Path,
                   dataset: str | Path, seed: int, max_prompts: int | None) -> Split:
-    """Join records to activations, split items into halves (heads.item_halves), choose the measured items."""
+    """Join records to activations, split whole frames into halves (heads.frame_split), choose the measured items."""
     joined = join_records(records, act, activations, dataset)
-    fit, held = item_halves(joined, seed)
+    fit, held = frame_split(joined, seed)
     row = {r["id"]: i for i, r in enumerate(joined)}
     return Split(joined, np.array([row[r["id"]] for r in fit]), np.array([row[r["id"]] for r in held]),
                  select_items(held, max_prompts, seed), [r["emotion"] for r in fit])
@@ -569,10 +575,10 @@ MEASURES = {
                                            "(columns) under the vector of emotion e (rows); ld = logit difference of "
                                            "e' against the mean of the other three labels, prob = calibrated "
                                            "probability",
-    "readout_shift.<ld|prob>.on_target": "[layer][alpha][4]: the diagonal, with item-bootstrap 95% CIs",
+    "readout_shift.<ld|prob>.on_target": "[layer][alpha][4]: the diagonal, with frame-then-item bootstrap 95% CIs",
     "readout_shift.<ld|prob>.random_mean / random_q95": "[layer][alpha][4]: mean and 95th percentile over random "
                                                         "unit directions (same scale) of their shift of readout e', "
-                                                        "with item-bootstrap 95% CIs",
+                                                        "with frame-then-item bootstrap 95% CIs",
     "readout_shift.<ld|prob>.beats_random": "[layer][alpha][4]: on-target CI low > random_q95",
     "readout_shift.<ld|prob>.specificity_index": "[layer][alpha]: mean diagonal - mean off-diagonal",
     "kl": "[layer][alpha](...): mean KL(clean || steered) of the full next-token distribution at the last position "
@@ -609,7 +615,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     alpha_ref = _nearest(alphas, transfer_alpha)
     prompts = prepare_prompts(adapter, split.heldout, readout, kl_prompts)
     averaging, items = item_matrix(prompts.items)
-    weights = bootstrap_weights(len(items), n_boot, np.random.default_rng([seed, 2]))
+    weights = bootstrap_weights(split.heldout, items, n_boot, np.random.default_rng([seed, 2]))
     log.info("%s: steering at %d indices %s (skipped %s), alphas %s, %d emotion + %d random directions, on %d "
              "held-out prompts (%d items, %d KL prompts); fit half %d prompts", adapter.name, len(layers), layers,
              skipped, alphas, K, n_random, len(prompts), len(items), int((prompts.kl_row >= 0).sum()), len(x_fit))
@@ -646,8 +652,8 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         "quantization": adapter.quantization, "emotions": list(EMOTIONS),
         "layers": layers, "relative_depth": [m / adapter.n_layers for m in layers], "skipped_layers": skipped,
         "alphas": alphas, "alpha_ref": alpha_ref,
-        "split": {"method": "heads.item_halves (seeded, frame-stratified): vectors, norms, subspaces and probes fit "
-                            "on the fit half; measured on whole held-out items",
+        "split": {"method": "heads.frame_split (seeded, by frame, stratified by register): vectors, norms, subspaces "
+                            "and probes fit on the fit half; measured on whole held-out frames",
                   "n_fit_prompts": len(split.fit_rows), "n_heldout_prompts_available": len(split.held_rows),
                   "n_prompts": len(prompts), "n_items": len(items), "heldout_items": items,
                   "n_kl_prompts": int((prompts.kl_row >= 0).sum())},
@@ -767,7 +773,7 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                         "cosine_mapped_own": np.sum(unit(mapped) * unit(own), -1)}
     prompts = prepare_prompts(adapter, split.heldout, readout)
     averaging, items = item_matrix(prompts.items)
-    weights = bootstrap_weights(len(items), n_boot, np.random.default_rng([seed, 6]))
+    weights = bootstrap_weights(split.heldout, items, n_boot, np.random.default_rng([seed, 6]))
     log.info("%s: transfer at index %d, alpha %g, from %s (skipped %s), %d random directions each, on %d prompts",
              name, layer_b, alpha, sorted(carried), skipped, n_random, len(prompts))
     clean = clean_run(adapter, prompts, batch_size=batch_size)

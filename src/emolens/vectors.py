@@ -17,7 +17,11 @@ named; implicit: it is only implied), accuracy is reported per register from the
 predictions, and transfer across registers is measured by fitting on all explicit prompts and
 testing on all implicit ones, and the reverse (in held-out folds instead, should a frame appear in
 both registers), for the probe at every layer and for the lexical baseline: a probe that transfers
-where the words do not reads the emotion rather than its vocabulary.
+where the words do not reads the emotion rather than its vocabulary. Two tests can fail where the
+accuracies alone cannot: the decoding test (a ridge probe per layer against labels permuted by
+frame, the whole fit recomputed, family-wise over layers) says where the emotion is decodable above
+chance, and probe minus lexical accuracy, paired on the same prompts with a two-stage bootstrap
+(frames, then items) and a simultaneous band over layers, says where the probe beats the words.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tqdm import tqdm
 from emolens import EMOTIONS
 from emolens.dataset import REGISTERS, frame_groups, load_dataset
 from emolens.io import load_pickle, provenance, save_pickle
+from emolens.resampling import frame_label_permutations, group_sums, item_frames, simultaneous_band, two_stage_weights
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +146,29 @@ def split_accuracy(model: BaseEstimator, x: Any, labels: np.ndarray,
     return correct / total if total else float("nan")
 
 
+def probe_minus_lexical(correct: np.ndarray, lexical: np.ndarray, items: Sequence[str], frames: Sequence[str],
+                        n_boot: int, seed: int, level: float = 0.95) -> dict[str, Any]:
+    """Probe minus lexical accuracy per layer, paired on the same out-of-fold prompts (correct [S, N],
+    lexical [N] bool), with a two-stage bootstrap (frames, then items) and a max-t band over layers.
+
+    The band holds all layers at once (family-wise over layers), so "above lexical" at a layer means
+    its band's lower end is above 0.
+    """
+    diff = correct.astype(float) - lexical.astype(float)[None]  # [S, N]
+    item_sum, item_n = group_sums(diff.T, np.ones(diff.shape[1]), items)  # [I, S], [I]
+    w = two_stage_weights(item_frames(items, frames), n_boot, np.random.default_rng(seed))  # [B, I]
+    boot = (w @ item_sum) / (w @ item_n)[:, None]  # [B, S]
+    estimate = diff.mean(1)
+    low, high, crit = simultaneous_band(estimate, boot, level)
+    above = low > 0
+    return {"method": f"probe minus lexical accuracy on the same out-of-fold prompts; {level:.0%} simultaneous band "
+                      f"over layers (max-t over a two-stage bootstrap, frames then items, {n_boot} resamples)",
+            "difference": estimate, "band_low": low, "band_high": high, "critical_t": crit, "above": above,
+            "first_above": int(np.argmax(above)) if above.any() else None}
+
+
 def probe_report(x: np.ndarray, records: Sequence[dict[str, Any]], folds: int, seed: int,
-                 name: str | None = None, n_perm: int = 200) -> dict[str, Any]:
+                 name: str | None = None, n_perm: int = 200, n_boot: int = 1000) -> dict[str, Any]:
     """Probe accuracy per layer of [N, S, d] activations, the lexical baseline and cross-register
     transfer, all on one set of frame-grouped folds; ``records`` are the prompts, in the same order."""
     labels = np.asarray([r["emotion"] for r in records])
@@ -180,7 +206,9 @@ def probe_report(x: np.ndarray, records: Sequence[dict[str, Any]], folds: int, s
         "lexical_accuracy": float(lexical.mean()),
         "lexical_accuracy_by_register": {g: float(v) for g, v in (by_register(lexical) or {}).items()} or None,
         "transfer_cv": None,
-        "decoding_test": decoding_test(x, labels, [r["item_id"] for r in records], fold, n_perm, seed),
+        "decoding_test": decoding_test(x, labels, groups, fold, n_perm, seed),
+        "probe_vs_lexical": probe_minus_lexical(correct, lexical, [r["item_id"] for r in records], groups, n_boot,
+                                                seed),
     }
     if both:
         report["transfer_cv"] = ("fit on all prompts of one register, tested on all of the other"
@@ -194,50 +222,48 @@ def probe_report(x: np.ndarray, records: Sequence[dict[str, Any]], folds: int, s
     return report
 
 
-def within_item_permutations(items: Sequence[str], n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_perm, N] index arrays: each permutes the prompts within every item (so label i becomes label perm[i])."""
-    _, inverse = np.unique(np.asarray(items), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")  # prompts grouped by item
-    starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
-    perms = np.tile(np.arange(len(items)), (n_perm, 1))
-    for a, b in zip(starts, np.r_[starts[1:], len(items)], strict=True):
-        block = order[a:b]
-        perms[:, block] = rng.permuted(np.tile(block, (n_perm, 1)), axis=1)
-    return perms
+def ridge_hat(xtr: np.ndarray, xte: np.ndarray, lam: float) -> np.ndarray:
+    """[n_te, n_tr] map from training targets to ridge predictions on xte, Xte (Xtr^T Xtr + lam I)^-1 Xtr^T,
+    solved in the smaller of the primal (width) and dual (prompts) forms: they are equal."""
+    if xtr.shape[1] < len(xtr):
+        return xte @ np.linalg.solve(xtr.T @ xtr + lam * np.eye(xtr.shape[1]), xtr.T)
+    return np.linalg.solve(xtr @ xtr.T + lam * np.eye(len(xtr)), xtr @ xte.T).T
 
 
-def decoding_test(x: np.ndarray, labels: Sequence[str], items: Sequence[str], fold: np.ndarray, n_perm: int,
+def decoding_test(x: np.ndarray, labels: Sequence[str], frames: Sequence[str], fold: np.ndarray, n_perm: int,
                   seed: int, ridge: float = 1.0) -> dict[str, Any]:
     """Is the emotion decodable above chance? A ridge-classifier probe per layer of x [N, S, d] on the
-    given folds, against the within-item label permutation of the whole fit (exact and cheap: a
-    ridge fit is linear in the labels, so every permutation reuses one solve per fold and layer).
+    given folds, against labels permuted by frame (one permutation per frame, all its items), the
+    whole fit recomputed (exact and cheap: a ridge fit is linear in the labels, so every
+    permutation reuses one solve per fold and layer, :func:`ridge_hat`).
 
     ``p_perm`` [S] is each layer's permutation p; ``p_fwer`` [S] controls the family-wise error over
     layers (max-statistic: the largest null accuracy over layers of each permutation).
     """
-    y = np.unique(np.asarray(labels), return_inverse=True)[1]
+    y = np.unique(np.asarray(labels), return_inverse=True)[1].ravel()
     onehot = np.eye(y.max() + 1)[y]  # [N, C]
-    perms = within_item_permutations(items, n_perm, np.random.default_rng(seed))
-    y_null, onehot_null = y[perms], onehot[perms]  # [n_perm, N], [n_perm, N, C]
+    y_null = frame_label_permutations(y, frames, n_perm, y.max() + 1, np.random.default_rng(seed))  # [n_perm, N]
+    onehot_null = np.eye(y.max() + 1)[y_null]  # [n_perm, N, C]
     observed, null = np.zeros(x.shape[1]), np.zeros((n_perm, x.shape[1]))
     for s in range(x.shape[1]):
         for k in np.unique(fold):
             tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             mu, sd = x[tr, s].mean(0), x[tr, s].std(0) + 1e-8
             xtr, xte = (x[tr, s] - mu) / sd, (x[te, s] - mu) / sd
-            gram = xtr @ xtr.T  # [n_tr, n_tr]: the dual form, cheap at any width
-            lam = max(ridge * np.trace(gram) / len(tr), 1e-6)  # a constant layer (index 0 of rotary models)
-            hat = np.linalg.solve(gram + lam * np.eye(len(tr)), xtr @ xte.T).T  # [n_te, n_tr]
+            lam = max(ridge * float((xtr * xtr).sum()) / len(tr), 1e-6)  # a constant layer (index 0 of rotary models)
+            hat = ridge_hat(xtr, xte, lam)  # [n_te, n_tr]
             centred = onehot[tr] - onehot[tr].mean(0)
             observed[s] += ((hat @ centred + onehot[tr].mean(0)).argmax(-1) == y[te]).sum()
             means = onehot_null[:, tr].mean(1, keepdims=True)  # [n_perm, 1, C]
-            scores = np.einsum("ij,pjc->pic", hat, onehot_null[:, tr] - means) + means  # [n_perm, n_te, C]
+            centred_null = (onehot_null[:, tr] - means).transpose(1, 0, 2).reshape(len(tr), -1)  # [n_tr, n_perm C]
+            scores = (hat @ centred_null).reshape(len(te), n_perm, -1).transpose(1, 0, 2) + means  # one GEMM
             null[:, s] += (scores.argmax(-1) == y_null[:, te]).sum(-1)
     observed, null = observed / len(y), null / len(y)
     p = (1 + (null >= observed - 1e-12).sum(0)) / (1 + n_perm)
     p_fwer = (1 + (null.max(1)[:, None] >= observed - 1e-12).sum(0)) / (1 + n_perm)
     return {"probe": "ridge classifier on standardised features (dual form), the same frame-grouped folds",
-            "null": "emotion labels permuted within each item, the whole fit recomputed", "n_perm": n_perm,
+            "null": "emotion labels permuted by frame (one permutation per frame, all its items), the whole fit "
+                    "recomputed", "n_perm": n_perm,
             "accuracy": observed, "null_mean": null.mean(0), "null_q95": np.quantile(null, 0.95, axis=0),
             "p_perm": p, "p_fwer": p_fwer}
 
@@ -262,7 +288,7 @@ def join_records(records: Sequence[dict[str, Any]], act: dict[str, Any], activat
 
 
 def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, subspaces_out: str | Path, *,
-        k_max: int, folds: int, seed: int, n_perm: int = 200) -> None:
+        k_max: int, folds: int, seed: int, n_perm: int = 200, n_boot: int = 1000) -> None:
     """Load one model's activations and the dataset; save emotion vectors, probe results and subspaces."""
     started = time.time()
     act = load_pickle(activations, schema="emolens.activations/1")
@@ -270,9 +296,9 @@ def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, s
     x = act["resid"]["last"].astype(np.float64)  # [N, L+1, d]
     emotions, items = act["emotions"], act["item_ids"]
     n_sites = x.shape[1]
-    settings = {"k_max": k_max, "folds": folds, "seed": seed, "n_perm": n_perm}
+    settings = {"k_max": k_max, "folds": folds, "seed": seed, "n_perm": n_perm, "n_boot": n_boot}
     name = act["provenance"].get("model")
-    report = probe_report(x, records, folds, seed, name, n_perm)
+    report = probe_report(x, records, folds, seed, name, n_perm, n_boot)
     xc = item_centred(x, items)
     bases, ratios = zip(*(subspace(xc[:, s], k_max) for s in range(n_sites)), strict=True)
     common = {"emotions": list(EMOTIONS), "n_layers": act["n_layers"], "d_model": act["d_model"],

@@ -351,12 +351,16 @@ def check_dataset(records: list[dict[str, Any]]) -> tuple[bool, str]:
 
 
 def check_head_split(screening: Path, head_patching: Path) -> tuple[bool, str]:
-    """Heads are confirmed (6b) on items the screening (6a) never saw."""
-    selected = set(json.loads(screening.read_text())["items"])
-    confirmed = set(load_pickle(head_patching, schema="emolens.head_patching/1")["items"])
-    shared = sorted(selected & confirmed)
-    return bool(selected and confirmed and not shared), \
-        f"{len(selected)} selection items, {len(confirmed)} confirmation items, shared {shared[:5]}"
+    """Heads are confirmed (6b) on frames, and so items, the screening (6a) never saw."""
+    selection = json.loads(screening.read_text())
+    confirmation = load_pickle(head_patching, schema="emolens.head_patching/1")
+    found = []
+    for unit in ("frames", "items"):
+        selected, confirmed = set(selection.get(unit, [])), set(confirmation.get(unit, []))
+        shared = sorted(selected & confirmed)
+        found.append((bool(selected and confirmed and not shared),
+                      f"{len(selected)} selection {unit}, {len(confirmed)} confirmation {unit}, shared {shared[:5]}"))
+    return all(ok for ok, _ in found), "; ".join(detail for _, detail in found)
 
 
 def verify(results: str | Path, models: list[str], records: list[dict[str, Any]],

@@ -27,7 +27,6 @@ from emolens.alignment import (
     linear_cka,
     matched_layers,
     mutual_knn,
-    perm_pvalue,
     permuted_labels,
     principal_angles,
     procrustes_pca,
@@ -43,6 +42,7 @@ from emolens.alignment import (
 )
 from emolens.figures import alignment_matrix
 from emolens.io import load_pickle, save_pickle
+from emolens.resampling import perm_pvalue
 from emolens.statistics import run_k
 from emolens.vectors import emotion_vectors, item_centred
 from emolens.verify import check_alignment, check_self_alignment, check_statistics
@@ -146,7 +146,7 @@ def test_within_item_gram_null_equals_brute_force():
 def test_emotion_grams_match_brute_force_class_means():
     rng = np.random.default_rng(13)
     xa, xb, items, codes = _items_dataset(rng, 20, 7, 11, effect=1.0)
-    split = split_halves(np.array(EMOTIONS)[codes], 0, items)
+    split = split_halves(items, None, 0)
     labels = permuted_labels(codes, items, 4, rng)
     ca, cb = item_centred(xa, items), item_centred(xb, items)
     lmap = fit_linear_map(xa[split[0]], xb[split[0]], 0.1)
@@ -174,7 +174,7 @@ def _unit(v):
 def test_label_tests_find_shared_emotion_across_widths_and_not_shuffled_labels(da, db):
     rng = np.random.default_rng(9)
     xa, xb, items, codes = _items_dataset(rng, 40, da, db, effect=4.0)
-    split = split_halves(np.array(EMOTIONS)[codes], 0, items)
+    split = split_halves(items, None, 0)
     for shuffle, check in ((False, lambda p: p <= 0.01), (True, lambda p: p > 0.02)):
         labels = codes if not shuffle else codes[within_group_permutations(items, 1, rng)[0]]
         eg = label_structure(xa, xb, items, split, permuted_labels(labels, items, 99, rng), 1e-3)
@@ -197,15 +197,16 @@ def test_principal_angles_match_scipy():
 def test_matched_layers_and_split():
     assert matched_layers(4, 8) == [(0, 0), (1, 2), (2, 4), (3, 6), (4, 8)]
     assert matched_layers(12, 36)[-1] == (12, 36) and matched_layers(3, 2)[1] == (1, 1)
-    emotions = list(np.repeat(EMOTIONS, 10))
-    train, test = split_halves(emotions, seed=3)
-    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 40
-    assert all(np.sum(np.asarray(emotions)[train] == e) == 5 for e in EMOTIONS)
-    assert np.array_equal(train, split_halves(emotions, seed=3)[0])
-    items = [f"item{i % 10}" for i in range(40)]  # each item holds all four emotions
-    train, test = split_halves(emotions, seed=3, groups=items)
-    assert not set(np.asarray(items)[train]) & set(np.asarray(items)[test]) and len(train) == 20
-    assert all(np.sum(np.asarray(emotions)[train] == e) == 5 for e in EMOTIONS)
+    emotions = np.tile(EMOTIONS, 40)  # 40 items, each holding all four emotions, 2 items per frame
+    frames = np.repeat(np.arange(20), 8)
+    registers = np.where(frames < 6, "explicit", "implicit")  # 6 explicit frames, 14 implicit
+    train, test = split_halves(frames, registers, seed=3)
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 160
+    assert not set(frames[train]) & set(frames[test]) and len(train) == 80  # whole frames, equal halves
+    assert (registers[train] == "explicit").sum() == 24 and (registers[test] == "explicit").sum() == 24  # strata
+    assert all(np.sum(emotions[train] == e) == 20 for e in EMOTIONS)
+    assert np.array_equal(train, split_halves(frames, registers, seed=3)[0])
+    assert not np.array_equal(train, split_halves(frames, registers, seed=4)[0])
 
 
 def write_model(tmp_path, name, d, n_layers, latent, quantization=None, seed=0):
@@ -221,7 +222,8 @@ def write_model(tmp_path, name, d, n_layers, latent, quantization=None, seed=0):
     paths = [tmp_path / f"{name}.pkl", tmp_path / f"{name}_vectors.pkl", tmp_path / f"{name}_subspaces.pkl"]
     save_pickle({"schema": "emolens.activations/1", "resid": {"last": resid, "mean": resid},
                  "ids": [f"p{i}" for i in range(n)], "emotions": emotions,
-                 "item_ids": [f"item{i % (n // 4)}" for i in range(n)], "n_layers": n_layers, "d_model": d,
+                 "item_ids": [f"item{i % (n // 4)}" for i in range(n)],
+                 "frames": [f"frame{i % (n // 4) // 2}" for i in range(n)], "n_layers": n_layers, "d_model": d,
                  "quantization": quantization, "provenance": {}}, paths[0])
     save_pickle({"schema": "emolens.vectors/1", "vectors": vectors, "probe_accuracy": np.ones(n_layers + 1),
                  "emotions": list(EMOTIONS), "provenance": {}}, paths[1])

@@ -87,7 +87,8 @@ def _chunk(first: int, last: int, model: str = "m", n_pairs: int = 3) -> dict:
     n = last - first + 1
     return {"schema": CHUNK_SCHEMA, "model": model, "n_layers": 2, "layers": list(range(first, last + 1)),
             "positions": [-1, -2], "pairs": [(f"i{k:03d}_anger", f"i{k:03d}_neutral") for k in range(n_pairs)],
-            "items": [f"i{k:03d}" for k in range(n_pairs)], "contrasts": ["anger-neutral"] * n_pairs,
+            "items": [f"i{k:03d}" for k in range(n_pairs)], "frames": [f"f{k:03d}" for k in range(n_pairs)],
+            "contrasts": ["anger-neutral"] * n_pairs,
             "effect": np.zeros((n_pairs, n, 2)), "ld_patched": np.zeros((n_pairs, n, 2)),
             "ld_clean_run": np.zeros(n_pairs), "ld_clean_donor": np.ones(n_pairs),
             "suffix": "\nThe emotion of this message is", "label_token_ids": {"anger": 5, "neutral": 6},

@@ -43,7 +43,6 @@ from emolens.alignment import (
     knn_permutation_null,
     label_structure,
     pca_scores,
-    perm_pvalue,
     permutation_null,
     permuted_labels,
     procrustes_score,
@@ -54,6 +53,7 @@ from emolens.alignment import (
     u_center_gram,
     within_group_permutations,
 )
+from emolens.resampling import perm_pvalue
 from emolens.statistics import k_axis_scores, k_decision
 from emolens.vectors import item_centred
 
@@ -97,7 +97,7 @@ def simulate(rng: np.random.Generator, effect: float, shared_prompt: bool) -> di
 def label_tests(data: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, float]:
     """p-values of the three emotion-specific alignment tests (last layer) and k (all layers)."""
     items, codes = data["items"], data["codes"]
-    split = split_halves(list(codes), 0, items)
+    split = split_halves(items, None, 0)
     labels = permuted_labels(codes, items, N_PERM, rng)
     grams = [label_structure(data["a"][:, layer], data["b"][:, layer], items, split, labels, 0.1)
              for layer in range(N_LAYERS)]
@@ -113,7 +113,7 @@ def label_tests(data: dict[str, np.ndarray], rng: np.random.Generator) -> dict[s
 def similarity_tests(data: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, float]:
     """p-values of the item-centred similarity tests (last layer) under the within-item correspondence null."""
     items = data["items"]
-    split = split_halves(list(data["codes"]), 0, items)
+    split = split_halves(items, None, 0)
     ca, cb = item_centred(data["a"][:, -1], items), item_centred(data["b"][:, -1], items)
     within = within_group_permutations(items, N_PERM, rng)
     ga, gb = center_gram(ca @ ca.T), center_gram(cb @ cb.T)

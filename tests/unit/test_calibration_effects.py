@@ -1,4 +1,4 @@
-"""Calibration of the patching tests (residual cells and heads share :func:`emolens.statistics.item_tests`)
+"""Calibration of the patching tests (residual cells and heads share :func:`emolens.statistics.frame_tests`)
 and of the decoding test (probe above chance, :func:`emolens.vectors.decoding_test`).
 
 Each simulated study has ``N_ITEMS`` items of 12 ordered pairs. A pair's clean separation is drawn
@@ -9,7 +9,9 @@ item effects is ``D``. The false-positive rate must lie within alpha + 3 Monte-C
 errors, and the power must match what statsmodels' one-sample t-test power analysis
 (``TTestPower``) predicts for d and the number of items, within 3 standard errors plus 0.03 (the
 sign-flip test is close to, not exactly, the t-test). The same data tested with pairs as the unit
-shows why the item is the unit: its false-positive rate is far above alpha.
+shows why the pair is not the unit: its false-positive rate is far above alpha. Items here are
+i.i.d., so each is its own frame (the i.i.d. table); the design-based suite with frames and shared
+templates is ``test_calibration_design.py``.
 
 The decoding test's studies have 40 items x 4 emotions in 10 frames, three layers of width 16: item
 content (sd 2, shared by an item's prompts) plus prompt noise (sd 1), and under the planted effect
@@ -26,7 +28,8 @@ import functools
 import numpy as np
 from statsmodels.stats.power import TTestPower
 
-from emolens.statistics import item_tests, sign_flip_pvalue
+from emolens.resampling import sign_flip_pvalue
+from emolens.statistics import frame_tests
 from emolens.vectors import decoding_test, grouped_folds
 
 ALPHA, N_ITEMS, PAIRS, TAU, NOISE = 0.05, 30, 12, 0.3, 0.3
@@ -52,7 +55,7 @@ def rejection_rates(d: float) -> dict[str, float]:
     item, pair = [], []
     for seed in range(N_SIMS):
         gain, separation, items = simulate(rng, d)
-        item.append(item_tests(gain, separation, items, 100, N_PERM, seed)["p_perm"][0] <= ALPHA)
+        item.append(frame_tests(gain, separation, items, items, 100, N_PERM, seed)["p_perm"][0] <= ALPHA)
         pair.append(sign_flip_pvalue(gain / separation[:, None], N_PERM, rng)[0] <= ALPHA)
     return {"item": float(np.mean(item)), "pair": float(np.mean(pair))}
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from emolens.dataset import build_dataset
-from emolens.heads import exact_last_position, item_halves, run_head_patching, run_screening, top_heads
+from emolens.heads import exact_last_position, frame_split, run_head_patching, run_screening, top_heads
 from emolens.io import ResultFileError, load_pickle
 from emolens.models import load_model
 from emolens.patching import attribute_heads, clean_ld, head_site, patch_pairs, prepare_pairs
@@ -101,7 +101,7 @@ def test_run_screening(tiny_adapters, records, screenings, family):
     assert result["top_heads"] == top_heads(exact, 3) and len(result["top_heads"]) == 3
     assert abs(exact[tuple(result["top_heads"][0])]) == np.abs(exact).max()
     # the saved exact effects are the reference engine's on the selection half, a ratio of sums over kept pairs
-    pairs = prepare_pairs(adapter, item_halves(records, 0)[0], max_pairs=24, seed=0)
+    pairs = prepare_pairs(adapter, frame_split(records, 0)[0], max_pairs=24, seed=0)
     ld_run, ld_donor = clean_ld(adapter, pairs)
     kept = ld_donor - ld_run >= 0.0
     variants = [(head_site(layer, h),) for layer in range(L) for h in range(H)]
@@ -128,23 +128,23 @@ def test_run_head_patching(tiny_adapters, records, screenings, family, tmp_path)
     assert res["ci_joint"][0] <= res["summary_joint"] <= res["ci_joint"][1]
     assert res["position_roles"][-2:] == ["message -1", "message -2"]
     # against the full-recompute reference on the confirmation half, every readout position patched
-    pairs = prepare_pairs(adapter, item_halves(records, 0)[1], max_pairs=24, seed=0)
+    pairs = prepare_pairs(adapter, frame_split(records, 0)[1], max_pairs=24, seed=0)
     assert not set(res["items"]) & set(json.loads(screenings[family].read_text())["items"])  # 6a never saw them
     sites = [head_site(layer, h, res["positions"]) for layer, h in heads]
     ref = patch_pairs(adapter, pairs, [(s,) for s in sites] + [tuple(sites)], method="reference")[0]
     np.testing.assert_allclose(res["ld_patched"], ref, atol=1e-4, rtol=0)
 
 
-def test_item_halves_are_disjoint_balanced_and_stratified_by_frame():
+def test_frame_split_is_disjoint_by_frame_and_stratified_by_register():
     records = build_dataset()
-    selection, confirmation = item_halves(records, seed=0)
-    sel, conf = ({r["item_id"] for r in half} for half in (selection, confirmation))
-    assert not sel & conf and len(sel) + len(conf) == 225 and abs(len(sel) - len(conf)) <= 1
-    assert len(selection) == 4 * len(sel)  # whole items
-    for frame in {r["frame"] for r in records}:
-        n = [len({r["item_id"] for r in half if r["frame"] == frame}) for half in (selection, confirmation)]
-        assert abs(n[0] - n[1]) <= 1, (frame, n)
-    assert item_halves(records, seed=0) == (selection, confirmation) and item_halves(records, seed=1) != (
+    selection, confirmation = frame_split(records, seed=0)
+    sel, conf = ({r["frame"] for r in half} for half in (selection, confirmation))
+    assert not sel & conf and len(sel) + len(conf) == 48 and abs(len(sel) - len(conf)) <= 1  # whole frames
+    assert len(selection) + len(confirmation) == 900 and len(selection) % 4 == 0  # whole items
+    for register in ("explicit", "implicit"):
+        n = [len({r["frame"] for r in half if r["register"] == register}) for half in (selection, confirmation)]
+        assert abs(n[0] - n[1]) <= 1, (register, n)
+    assert frame_split(records, seed=0) == (selection, confirmation) and frame_split(records, seed=1) != (
         selection, confirmation)
 
 

@@ -165,7 +165,7 @@ def test_ablating_the_emotion_span_drives_later_probes_to_chance(tokenizer):
     labels = np.asarray(EMOTIONS)[held.truth]
     assert all((probes[m].predict(clean.acts[m][0]) == labels).mean() > 0.95 for m in layers)
     averaging, names = item_matrix(held.items)
-    weights = bootstrap_weights(len(names), 50, rng)
+    weights = bootstrap_weights([{"item_id": n} for n in names], names, 50, rng)  # each item its own frame
     layer = 1
     basis = emotion_basis(x_fit[:, layer], fit_emotions)
     assert basis.shape == (3, d)
@@ -190,7 +190,7 @@ def test_transfer_through_the_identity_map_equals_own_steering(tiny_adapters):
     clean = clean_run(adapter, prompts, batch_size=16)
     offsets = clean.labels[0].mean(0)
     averaging, names = item_matrix(prompts.items)
-    weights = bootstrap_weights(len(names), 100, np.random.default_rng(0))
+    weights = bootstrap_weights([{"item_id": n} for n in names], names, 100, np.random.default_rng(0))
     layer, alpha, norm = adapter.n_layers, 2.0, 5.0
     own = _readout_directions(adapter)
     random = random_directions(5, adapter.d_model, np.random.default_rng(1))
@@ -251,9 +251,9 @@ def test_run_steering_writes_what_verification_accepts(steering_run):
 
 def fit_items(result) -> set[str]:
     """The fit half's items, recomputed as the steering run split them."""
-    from emolens.heads import item_halves
+    from emolens.heads import frame_split
 
-    return {r["item_id"] for r in item_halves(build_dataset()[:160], 0)[0]}
+    return {r["item_id"] for r in frame_split(build_dataset()[:160], 0)[0]}
 
 
 def test_verification_catches_a_nonzero_alpha_zero_shift(steering_run, tmp_path):

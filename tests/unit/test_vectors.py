@@ -251,21 +251,18 @@ def test_verification_fails_on_planted_violation(tmp_path, plant):
         assert "1 split across folds" in detail
 
 
-def test_decoding_test_equals_a_ridge_fit_and_permutes_within_items():
+def test_decoding_test_equals_a_ridge_fit_and_permutes_by_frame():
     from sklearn.linear_model import Ridge
 
-    from emolens.vectors import decoding_test, grouped_folds, within_item_permutations
+    from emolens.vectors import decoding_test, grouped_folds
 
     rng = np.random.default_rng(0)
-    items = np.repeat([f"i{i:02d}" for i in range(30)], 4)
+    frames = np.array([f"f{i % 6}" for i in range(30) for _ in range(4)])  # 30 items in 6 frames
     labels = np.tile(list(EMOTIONS), 30)
-    perms = within_item_permutations(items, 50, rng)
-    assert all((items[p] == items).all() and sorted(p) == list(range(120)) for p in perms)  # items kept whole
-    assert (perms != np.arange(120)).any()
     x = rng.normal(size=(120, 2, 6)) + 0.8 * np.eye(4, 6)[np.tile(np.arange(4), 30)][:, None, :]
     x[:, 1] = rng.normal(size=(120, 6))  # a layer without emotion
-    fold = grouped_folds([f"f{i % 6}" for i in range(30) for _ in range(4)], 3)
-    out = decoding_test(x, labels, items, fold, 99, seed=0)
+    fold = grouped_folds(list(frames), 3)
+    out = decoding_test(x, labels, frames, fold, 99, seed=0)
     y = np.unique(labels, return_inverse=True)[1]
     correct = 0
     for k in range(3):  # the same probe by sklearn's primal ridge, with an intercept
@@ -282,7 +279,23 @@ def test_decoding_test_equals_a_ridge_fit_and_permutes_within_items():
 def test_decoding_test_of_a_constant_layer_is_chance_not_an_error():
     from emolens.vectors import decoding_test, grouped_folds
 
-    items = np.repeat([f"i{i:02d}" for i in range(12)], 4)
-    fold = grouped_folds([f"f{i % 4}" for i in range(12) for _ in range(4)], 2)
-    out = decoding_test(np.ones((48, 1, 5)), np.tile(list(EMOTIONS), 12), items, fold, 19, seed=0)
+    frames = [f"f{i % 4}" for i in range(12) for _ in range(4)]
+    fold = grouped_folds(frames, 2)
+    out = decoding_test(np.ones((48, 1, 5)), np.tile(list(EMOTIONS), 12), frames, fold, 19, seed=0)
     assert out["p_perm"][0] == 1.0 and 0 <= out["accuracy"][0] <= 0.5
+
+
+def test_probe_minus_lexical_band_covers_every_layer_and_fails_without_a_difference():
+    from emolens.vectors import probe_minus_lexical
+
+    rng = np.random.default_rng(3)
+    frames = np.repeat([f"f{i:02d}" for i in range(40)], 16)
+    items = np.repeat([f"i{i:03d}" for i in range(160)], 4)
+    frame_skill = rng.normal(0, 0.15, 40)[np.repeat(np.arange(40), 16)]  # frames differ in difficulty
+    lexical = rng.random(640) < 0.6 + frame_skill
+    correct = np.stack([rng.random(640) < p + frame_skill for p in (0.6, 0.6, 0.9)])  # layer 2 beats it
+    out = probe_minus_lexical(correct, lexical, items, frames, 500, seed=0)
+    diff = correct.mean(1) - lexical.mean()
+    np.testing.assert_allclose(out["difference"], diff)
+    assert (out["band_low"] < diff).all() and (diff < out["band_high"]).all() and out["critical_t"] > 1.96
+    assert out["above"].tolist() == [False, False, True] and out["first_above"] == 2

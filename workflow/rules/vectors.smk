@@ -18,6 +18,7 @@ rule vectors:
         folds=config["subspace"]["probe_folds"],
         seed=config["seed"],
         n_perm=config["statistics"]["n_perm"],
+        n_boot=config["patching"]["n_boot"],
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
     conda:
@@ -26,4 +27,4 @@ rule vectors:
         "emolens vectors --activations {input.activations} --dataset {input.dataset} "
         "--vectors-out {output.vectors} "
         "--subspaces-out {output.subspaces} --k-max {params.k_max} --folds {params.folds} "
-        "--seed {params.seed} --n-perm {params.n_perm} 2> {log}"
+        "--seed {params.seed} --n-perm {params.n_perm} --n-boot {params.n_boot} 2> {log}"
