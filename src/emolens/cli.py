@@ -362,15 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--top-k", type=int, default=8, help="heads carried to head patching (default: 8)")
         if name == "patch-heads":
             p.add_argument("--screening", required=True, help="phase-6a head_scores JSON")
-            p.add_argument("--n-boot", type=int, default=1000, help="item bootstrap resamples (default: 1000)")
+            p.add_argument("--n-boot", type=int, default=1000,
+                           help="frame-then-item bootstrap resamples (default: 1000)")
 
     p = command("residual-merge", _cmd_residual_merge, "phase 5: check and merge a model's chunk files")
     p.add_argument("--chunks", nargs="+", required=True, help="the model's chunk pickles (layers_<a>-<b>.pkl)")
     p.add_argument("--n-layers", type=int, required=True,
                    help="decoder layers L of the model: the chunks must cover residual indices 0..L once")
     p.add_argument("--out", required=True, help="merged residual sweep pickle to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of the item bootstrap (default: 0)")
-    p.add_argument("--n-boot", type=int, default=1000, help="item bootstrap resamples (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the frame split and the bootstrap (default: 0)")
+    p.add_argument("--n-boot", type=int, default=1000, help="frame-then-item bootstrap resamples (default: 1000)")
     _separation_arg(p)
 
     for name, fn, help in (("steer", _cmd_steer, "steering dose-response, specificity, KL cost and directional "
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="seed of the item split, subsample, directions, bootstrap")
         p.add_argument("--n-random", type=int, default=20, help="random unit directions of the null")
         p.add_argument("--max-prompts", type=int, default=None, help="held-out prompts measured (whole items)")
-        p.add_argument("--n-boot", type=int, default=1000, help="item bootstrap resamples")
+        p.add_argument("--n-boot", type=int, default=1000, help="frame-then-item bootstrap resamples")
         if name == "steer":
             p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")
             p.add_argument("--alphas", type=float, nargs="+", default=[0, 0.25, 0.5, 1, 2, 4],
@@ -428,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subspaces", nargs="*", default=[], help="subspaces pickles of every model, same order (k)")
     p.add_argument("--out", required=True, help="JSON to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, permutations and split (default: 0)")
-    p.add_argument("--n-boot", type=int, default=1000, help="item bootstrap resamples (effect; default: 1000)")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="frame-then-item bootstrap resamples (effect; default: 1000)")
     p.add_argument("--n-perm", type=int, default=1000, help="permutations (effect, k; default: 1000)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
     p.add_argument("--power", type=float, default=0.8, help="target power of the items-needed rows (default: 0.8)")

@@ -158,7 +158,7 @@ def head_scores(score_files: dict[str, Path], out: str | Path, labels: dict[str,
             ax.add_patch(plt.Rectangle((layer - 0.5, head - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
     fig.colorbar(im, ax=axes, shrink=0.95, label="exact last-position effect\n0 = none, 1 = as source")
     _suptitle(fig, "Patching each attention head at the last position", profile,
-              "Boxed: the top heads, confirmed on the other half of the items. AtP = attribution patching, a "
+              "Boxed: the top heads, confirmed on the other half of the frames. AtP = attribution patching, a "
               "gradient estimate of each head's effect; rho = its Spearman rank agreement with the exact effects.")
     _save(fig, out)
 
@@ -209,8 +209,9 @@ def alignment_matrix(summary: Path, models: Sequence[str], out: str | Path, labe
 
 def residual_effect_last_position(effect_json: Path, out: str | Path, labels: dict[str, str] | None = None,
                                   profile: str | None = None) -> None:
-    """The ratio-of-sums patching effect at the last position per relative depth, with its item-bootstrap 95% CI
-    as error bars; filled markers: significant after Benjamini-Hochberg (identity cells are checks, not tests)."""
+    """The ratio-of-sums patching effect at the last position per relative depth, with its frame-then-item
+    bootstrap 95% CI as error bars; filled markers: significant after Benjamini-Hochberg (identity cells are
+    checks, not tests)."""
     data = json.loads(Path(effect_json).read_text())
     n_models = len(data["models"])
     fig, ax = plt.subplots(figsize=(7.2, 4.4 + 0.2 * math.ceil(n_models / 2)), layout="constrained")
@@ -235,7 +236,7 @@ def residual_effect_last_position(effect_json: Path, out: str | Path, labels: di
            ylabel="patching effect at the last position\n(ratio of sums: 0 = target, 1 = source)")
     for y, text in ((0.0, "no effect "), (1.0, "as the source run ")):
         ax.text(1.0, y, text, ha="right", va="bottom", fontsize=7, color="grey", transform=ax.get_yaxis_transform())
-    _suptitle(fig, "Residual patching at the last position, with item-bootstrap 95% CIs", profile,
+    _suptitle(fig, "Residual patching at the last position, with frame-then-item bootstrap 95% CIs", profile,
               "Ratio of sums over the kept pairs of each residual index. Filled markers: significant after "
               "Benjamini-Hochberg (item sign-flip test); hollow: not significant, or an identity cell (index 0 and "
               "L, which are verification checks, not tests).")
@@ -357,7 +358,7 @@ FIGURES = {
     "probe_accuracy": "emotion probes by depth beside the lexical baseline",
     "residual_patching": "residual patching effect per residual index x position",
     "head_scores": "exact last-position head effects and AtP agreement",
-    "residual_effect_last_position": "last-position residual patching effect with item-bootstrap CIs",
+    "residual_effect_last_position": "last-position residual patching effect with frame-then-item bootstrap CIs",
     "readout_baseline": "the model's own 4-way emotion readout",
     "steering_dose_response": "steering dose-response per layer band",
     "steering_specificity": "steering specificity at the best index",

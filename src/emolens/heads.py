@@ -87,7 +87,7 @@ def run_screening(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out_
                   direction: str = "denoising", message_positions: int = MESSAGE_POSITIONS,
                   min_separation: float = MIN_SEPARATION, readout: Readout = DEFAULT,
                   settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Phase 6a on the selection half of the items: exact last-position effects and AtP estimates of
+    """Phase 6a on the selection half of the frames: exact last-position effects and AtP estimates of
     every head; the top-K heads."""
     started = time.time()
     records = frame_split(records, seed)[0]
@@ -160,7 +160,7 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
                       direction: str | None = None, n_resamples: int = 2000,
                       message_positions: int = MESSAGE_POSITIONS, min_separation: float = MIN_SEPARATION,
                       readout: Readout = DEFAULT, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Phase 6b on the confirmation half of the items (6a never saw them): the top-K heads patched one
+    """Phase 6b on the confirmation half of the frames (6a never saw them): the top-K heads patched one
     at a time and jointly, at every readout position, with CIs."""
     started = time.time()
     screening = _load_screening(Path(screening_json), adapter)

@@ -60,7 +60,7 @@ from emolens.resampling import group_sums, ratio_of_sums, sign_flip_pvalue
 COHEN_D = (0.2, 0.5, 0.8)  # Cohen's small, medium and large effects
 
 
-# --- effect sizes and tests, items as the unit -----------------------------------------------------------
+# --- effect sizes and tests, frames as the unit ----------------------------------------------------------
 
 def hedges_g(d: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Hedges' small-sample correction of a one-sample Cohen's d (df = n - 1)."""
@@ -233,14 +233,14 @@ def run_power(sweep_files: Sequence[str | Path], head_files: Sequence[str | Path
 # --- k: how many emotion dimensions align across a model pair -------------------------------------------
 
 K_SCORE = ("per matched depth and axis k = 1..k_max (k_max <= 3: four emotion means span three dimensions): a's "
-           "emotion axes are the principal axes of its four emotion means on the fit half of the items "
+           "emotion axes are the principal axes of its four emotion means on the fit half of the frames "
            "(item-centred activations), ordered by variance, carried through the ridge map a -> b (fit on the "
            "fit half's paired activations) and orthonormalised in b's space in that order (Gram-Schmidt). Axis "
            "k scores sum_e (q_k . a_e)(q_k . b_e) / sqrt(v_a v_b), with a_e a's mapped fit-half emotion means, "
            "b_e b's emotion means on the held-out half, and v_a, v_b the mean squared norms of the mapped "
            "fit-half and held-out item-centred prompts (label-free): the cross-validated covariance of the two "
            "emotion structures along axis k, as a share of the within-item variance. The held-out means come "
-           "from other items and average to 0 over within-item labellings, so the score is 0 in expectation "
+           "from other frames and average to 0 over labellings permuted by frame, so the score is 0 in expectation "
            "when the labels carry nothing. No dimension reduction: every quantity is an exact quadratic form "
            "of the prompts' Gram matrices, whatever the widths.")
 K_NULL = ("emotion labels permuted by frame (one permutation of the labels per frame, applied to all its items), "

@@ -150,3 +150,20 @@ def test_malformed_line_named(tmp_path):
     _write(path, build_dataset()[:8], raw_line='{"id": "x", ')
     with pytest.raises(DatasetError, match=rf"{path}:3: not valid JSON"):
         load_dataset(path)
+
+
+def test_permuted_dataset_moves_labels_by_frame_or_within_items():
+    from emolens.dataset import build_dataset, permuted
+
+    records = build_dataset()
+    for by in ("frame", "item"):
+        null = permuted(records, by, seed=0)
+        assert [r["text"] for r in null] == [r["text"] for r in records]  # the texts stay, the labels move
+        moved = sum(a["emotion"] != b["emotion"] for a, b in zip(records, null, strict=True))
+        assert 450 < moved < 900
+        for item in {r["item_id"] for r in records}:  # every item keeps one prompt per emotion
+            assert sorted(r["emotion"] for r in null if r["item_id"] == item) == sorted(EMOTIONS)
+    by_frame = permuted(records, "frame", seed=0)
+    mapping: dict[tuple[str, str], str] = {}
+    for old, new in zip(records, by_frame, strict=True):  # one permutation per frame, all its items alike
+        assert mapping.setdefault((old["frame"], old["emotion"]), new["emotion"]) == new["emotion"]

@@ -299,3 +299,13 @@ def test_probe_minus_lexical_band_covers_every_layer_and_fails_without_a_differe
     np.testing.assert_allclose(out["difference"], diff)
     assert (out["band_low"] < diff).all() and (diff < out["band_high"]).all() and out["critical_t"] > 1.96
     assert out["above"].tolist() == [False, False, True] and out["first_above"] == 2
+
+
+def test_ridge_hat_primal_equals_dual():
+    from emolens.vectors import ridge_hat
+
+    rng = np.random.default_rng(4)
+    for width in (5, 60):  # narrower than the 30 training prompts (primal) and wider (dual)
+        xtr, xte = rng.standard_normal((30, width)), rng.standard_normal((7, width))
+        dual = np.linalg.solve(xtr @ xtr.T + 0.7 * np.eye(30), xtr @ xte.T).T
+        np.testing.assert_allclose(ridge_hat(xtr, xte, 0.7), dual, atol=1e-10)
