@@ -137,7 +137,8 @@ def alignment_section(res: Results) -> list[str]:
     for family, f in summary["families"].items():
         lines.append(f"- {f['question']} ({family}): {f['n_significant']} of {f['n_tests']} tests significant "
                      f"after Benjamini-Hochberg.")
-    k = {tuple(p["models"]): p["k"] for p in res.statistics.get("k", {}).get("pairs", [])}
+    k = {tuple(p["models"]): f"{p['k']} (degenerate)" if (p.get("reason") or "").startswith("degenerate") else p["k"]
+         for p in res.statistics.get("k", {}).get("pairs", [])}
     rows = []
     for p in summary["pairs"]:
         meas = p["measures"]
