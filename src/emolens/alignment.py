@@ -526,7 +526,7 @@ def _compare_depth(xa: np.ndarray, xb: np.ndarray, ga: np.ndarray, gb: np.ndarra
     """Every measure, its null mean, 95th percentile, p-value and null draws, for one matched pair of layers.
 
     xa [n, da], xb [n, db]: float64 activations; ga, gb: their centred Grams; split: (fit, test)
-    indices; labels [P+1, n]: observed then within-item permuted labels; within [P, n]: within-item
+    indices; labels [P+1, n]: observed then labels permuted by frame; within [P, n]: within-item
     correspondence permutations; vec: the phase-3 emotion vectors [4, d]; sub: phase-3 bases [k_max, d].
     """
     tests = _similarity_tests(xa, xb, ga, gb, split, settings["n_perm"], settings, rng, "")

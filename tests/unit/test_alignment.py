@@ -38,11 +38,10 @@ from emolens.alignment import (
     subspace_cosines,
     transfer_cosines,
     u_center_gram,
-    within_group_permutations,
 )
 from emolens.figures import alignment_matrix
 from emolens.io import load_pickle, save_pickle
-from emolens.resampling import perm_pvalue
+from emolens.resampling import perm_pvalue, within_group_permutations
 from emolens.statistics import run_k
 from emolens.vectors import emotion_vectors, item_centred
 from emolens.verify import check_alignment, check_self_alignment, check_statistics

@@ -224,8 +224,7 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         [f"{CHUNKS}/layers_01-01.pkl", "refused to load global", "system", "not in the allow-list"],
         outputs=[SWEEP, "PWNED"]),
 }
-# Rows whose message still needs a change outside dataset.py / io.py (see the note on each).
-PENDING: dict[str, str] = {}  # rows whose message is known to fall short, with the reason
+# Rows that need a saved checkpoint (the model loads before the error).
 NEEDS_CHECKPOINT = {"layer range outside the model"}
 
 
@@ -235,8 +234,6 @@ def _state(paths: list[str]) -> dict[str, bytes | None]:
 
 @pytest.mark.parametrize("name", list(ROWS))
 def test_bad_input_gets_one_clear_line_and_no_output(name, tmp_path, monkeypatch, capsys, request):
-    if name in PENDING:
-        request.applymarker(pytest.mark.xfail(reason=PENDING[name], strict=True))
     checkpoint = request.getfixturevalue("tiny_checkpoints")["gpt_neox"] if name in NEEDS_CHECKPOINT else None
     monkeypatch.chdir(tmp_path)
     row = ROWS[name](checkpoint)

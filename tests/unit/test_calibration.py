@@ -51,11 +51,12 @@ from emolens.alignment import (
     subspace_cosines,
     transfer_cosines,
     u_center_gram,
-    within_group_permutations,
 )
-from emolens.resampling import perm_pvalue
+from emolens.resampling import perm_pvalue, within_group_permutations
 from emolens.statistics import k_axis_scores, k_decision
 from emolens.vectors import item_centred
+
+pytestmark = pytest.mark.slow  # hundreds of simulated studies
 
 ALPHA, N_PERM, N_ITEMS, N_LAYERS = 0.05, 99, 40, 3
 N_SIMS = {"label": 400, "similarity": 200}  # null datasets per scenario (label tests are cheap)

@@ -8,11 +8,14 @@ prompts), plus the *template* of its (frame, emotion slot) (sd ``TEMPLATE`` per 
 shared by the frame's items and by both models: what the frame's sentence for that emotion does
 to any model), plus a *length* nuisance along a fixed latent axis whose value depends on the
 (frame, slot) (sd ``LENGTH``; within a frame the emotions differ in length, but which emotion is
-longest varies by frame), plus ``effect`` x the emotion's mean (a fixed configuration in three
-latent dimensions, shared by every frame: the planted emotion). Under the null (``effect`` = 0) the
+longest varies by frame), plus ``effect`` x the emotion's mean (``EMOTION_MEANS``: norms 2, 1,
+0.5 and 0 on three latent axes, so the six distances differ; shared by every frame: the planted
+emotion; ``EFFECT`` = 1). Under the null (``effect`` = 0) the
 labels mark template slots and nothing else: the case the audit found item-level inference calls
 emotion structure. The patching tests get per-pair gains with a frame effect (sd 0.3) and an item
-effect (sd 0.1) around a mean that is 0 under the null.
+effect (sd 0.1) around a mean that is 0 under the null and ``PATCH_EFFECT`` planted (d about 0.6
+over frames); the probe-vs-lexical test gets per-prompt correctness with a frame difficulty shared
+by probe and baseline, the planted probe ``PROBE_GAIN`` more accurate at one layer.
 
 Every row calls the functions the workflow calls with the workflow's unit (frames: split by frame
 and register, labels permuted by frame, sign flips of frame means, two-stage bootstrap), at alpha
@@ -51,10 +54,12 @@ from emolens.resampling import frame_slot_permutations, perm_pvalue
 from emolens.statistics import frame_tests, k_axis_scores, k_decision
 from emolens.vectors import decoding_test, grouped_folds, item_centred, probe_minus_lexical
 
-ALPHA, N_PERM, N_SIMS, N_POWER = 0.05, 99, 200, 60
+pytestmark = pytest.mark.slow  # hundreds of simulated studies
+
+ALPHA, N_PERM, N_SIMS, N_POWER = 0.05, 99, 200, 40
 LATENT, WIDTHS, N_LAYERS, TEMPLATE, LENGTH = 8, (16, 20), 2, 0.5, 1.0
-EFFECT, MIN_POWER = 0.6, 0.8
-EMOTION_MEANS = np.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.0], [-0.5, -0.6, 0.8], [0.0, -0.4, -0.8]])
+EFFECT, MIN_POWER, PATCH_EFFECT, PROBE_GAIN = 1.0, 0.8, 0.2, 0.1
+EMOTION_MEANS = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, 0.0]])  # unequal distances
 
 
 @functools.cache
@@ -171,9 +176,9 @@ def study(seed: int, effect: float, unit: str = "frames") -> dict[str, float]:
     """Every test's p-value (k: its value; probe_above_lexical: its decision) on one simulated dataset."""
     rng = np.random.default_rng([seed, int(effect * 100), unit == "frames"])
     data = simulate(rng, effect)
-    out = label_tests(data, rng, unit) | patching(rng, 0.1 if effect else 0.0, unit)
+    out = label_tests(data, rng, unit) | patching(rng, PATCH_EFFECT if effect else 0.0, unit)
     if unit == "frames":
-        out |= decoding(data, seed) | probe_vs_lexical(rng, 0.1 if effect else 0.0)
+        out |= decoding(data, seed) | probe_vs_lexical(rng, PROBE_GAIN if effect else 0.0)
         out |= similarity(data if effect else simulate(rng, 0.0, shared_templates=False), rng)
     return out
 

@@ -26,11 +26,14 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pytest
 from statsmodels.stats.power import TTestPower
 
 from emolens.resampling import sign_flip_pvalue
 from emolens.statistics import frame_tests
 from emolens.vectors import decoding_test, grouped_folds
+
+pytestmark = pytest.mark.slow  # hundreds of simulated studies
 
 ALPHA, N_ITEMS, PAIRS, TAU, NOISE = 0.05, 30, 12, 0.3, 0.3
 N_SIMS, N_PERM, D = 400, 199, 0.5

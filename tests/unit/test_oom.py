@@ -91,5 +91,18 @@ def test_is_out_of_memory():
     assert not oom.is_out_of_memory(MemoryError())
 
 
-def test_free_cuda_memory_is_safe_without_cuda():
-    oom.free_cuda_memory()  # no CUDA here: collects garbage and returns
+def test_free_cuda_memory_collects_garbage_and_empties_the_cache_only_when_cuda_is_in_use(monkeypatch):
+    import gc
+
+    import torch
+
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda *args: calls.append("gc") or 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    oom.free_cuda_memory()  # CUDA present but never used: nothing to return, and no CUDA context created
+    assert calls == ["gc"]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    oom.free_cuda_memory()
+    assert calls == ["gc", "gc", "empty_cache"]

@@ -95,3 +95,19 @@ def test_simultaneous_band_is_wider_than_pointwise_and_covers_jointly():
     boot = rng.standard_normal((4000, 8))
     low, high, crit = simultaneous_band(np.zeros(8), boot)
     assert crit > 1.96 and np.mean(((boot > low) & (boot < high)).all(1)) == pytest.approx(0.95, abs=0.01)
+
+
+def test_frame_slot_permutations_keep_items_and_move_a_frame_in_register():
+    from emolens.resampling import frame_slot_permutations
+
+    items = np.repeat(np.arange(6), 4)  # 6 items x 4 emotions, 2 items per frame
+    frames, codes = items // 2, np.tile([2, 0, 3, 1], 6)
+    perms = frame_slot_permutations(codes, items, frames, 200, 4, np.random.default_rng(3))
+    for p in perms:
+        assert sorted(p) == list(range(24)) and (items[p] == items).all()  # a permutation inside items
+        mapping: dict[tuple[int, int], int] = {}
+        for i in range(24):  # one map emotion -> emotion per frame, the same for both its items
+            assert mapping.setdefault((frames[i], codes[i]), codes[p[i]]) == codes[p[i]]
+    incomplete = frame_slot_permutations(np.array([0, 1, 1, 0]), np.zeros(4), np.zeros(4), 5, 2,
+                                         np.random.default_rng(0))
+    assert all(sorted(p) == [0, 1, 2, 3] for p in incomplete)  # an item with repeated emotions: shuffled on its own

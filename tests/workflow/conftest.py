@@ -30,6 +30,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every workflow test runs Snakemake: all are slow."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
