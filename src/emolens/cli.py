@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emolens import config
 from emolens.config import ConfigError, ModelLoadError
 from emolens.dataset import DatasetError
 from emolens.io import ResultFileError
@@ -282,13 +283,19 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="the config's readout section as JSON, e.g. '{\"suffix\": \"\\nThe emotion of this message "
                         "is\", \"prefix\": \"\", \"labels\": {\"anger\": \" anger\"}}' (labels not given keep their "
                         "defaults); default: the defaults")
-    p.add_argument("--device", default="auto",
-                   help="torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: auto)")
+    _setting(p, "--device", "device", "torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+
+
+def _setting(p: argparse.ArgumentParser, flag: str, key: str, help: str, **kw: Any) -> None:
+    """An option that mirrors the config key ``key`` (kept on the action as ``config_key``): its default is the
+    schema's, so a command run by hand and the workflow agree."""
+    value = config.default(key)
+    p.add_argument(flag, default=value, help=f"{help} (config {key}; default: {value})", **kw).config_key = key
 
 
 def _separation_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-separation", type=float, default=1.0,
-                   help="pairs whose clean LD_donor - LD_run is below this (logits) are left out of summaries")
+    _setting(p, "--min-separation", "patching.min_separation",
+             "pairs whose clean LD_donor - LD_run is below this (logits) are left out of summaries", type=float)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a null dataset: the emotion labels permuted by frame (one permutation per frame) or "
                         "within each item")
     p.add_argument("--source", help="the dataset to permute (default: the built-in one)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the label permutation (default: 0)")
+    _setting(p, "--seed", "seed", "seed of the label permutation", type=int)
 
     p = command("organism", _cmd_organism, "demo: build and train a tiny model organism")
     _model_args(p)
@@ -333,45 +340,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="the dataset JSONL the activations were extracted from")
     p.add_argument("--vectors-out", required=True, help="emotion vectors and probe accuracies pickle to write")
     p.add_argument("--subspaces-out", required=True, help="emotion subspaces pickle to write")
-    p.add_argument("--k-max", type=int, default=8, help="subspace dimensions kept per layer (default: 8)")
-    p.add_argument("--folds", type=int, default=5, help="GroupKFold folds over frames (items where no frame)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
-    p.add_argument("--n-perm", type=int, default=200,
-                   help="label permutations by frame of the decoding test (default: 200)")
-    p.add_argument("--n-boot", type=int, default=1000,
-                   help="frame-then-item bootstrap resamples of probe minus lexical accuracy (default: 1000)")
+    _setting(p, "--k-max", "subspace.k_max", "subspace dimensions kept per layer", type=int)
+    _setting(p, "--folds", "subspace.probe_folds", "GroupKFold folds over frames (items where no frame)", type=int)
+    _setting(p, "--seed", "seed", "seed of the fold assignment", type=int)
+    _setting(p, "--n-perm", "statistics.n_perm", "label permutations by frame of the decoding test", type=int)
+    _setting(p, "--n-boot", "patching.n_boot",
+             "frame-then-item bootstrap resamples of probe minus lexical accuracy", type=int)
     for name, fn, help in (("residual-chunk", _cmd_residual_chunk, "phase 5: residual patching of one layer chunk"),
                            ("screen-heads", _cmd_screen_heads, "phase 6a: exact and attribution scores of every head"),
                            ("patch-heads", _cmd_patch_heads, "phase 6b: the top-K heads, alone and jointly")):
         p = command(name, fn, help)
         _model_args(p)
         p.add_argument("--out", required=True, help="result file to write (pickle; screen-heads: JSON)")
-        p.add_argument("--direction", choices=["denoising", "noising"], default="denoising",
-                       help="denoising patches the source run's activations into the target run; noising the "
-                            "reverse (default: denoising)")
-        p.add_argument("--max-pairs", type=int, default=None, help="deterministic subsample of pairs")
-        p.add_argument("--seed", type=int, default=0,
-                       help="seed of the pair subsample and of the head-screening item split (default: 0)")
-        p.add_argument("--message-positions", type=int, default=4,
-                       help="message tokens patched before the readout suffix (positions are roles from the end)")
+        _setting(p, "--direction", "patching.direction", "denoising patches the source run's activations into the "
+                 "target run; noising the reverse", choices=["denoising", "noising"])
+        _setting(p, "--max-pairs", "patching.max_pairs", "deterministic subsample of pairs (none: all)", type=int)
+        _setting(p, "--seed", "seed", "seed of the pair subsample and of the head-screening frame split", type=int)
+        _setting(p, "--message-positions", "patching.message_positions",
+                 "message tokens patched before the readout suffix (positions are roles from the end)", type=int)
         if name != "residual-chunk":
             _separation_arg(p)
         if name == "residual-chunk":
             p.add_argument("--layers", required=True, help="residual indices a-b (inclusive)")
         if name == "screen-heads":
-            p.add_argument("--top-k", type=int, default=8, help="heads carried to head patching (default: 8)")
+            _setting(p, "--top-k", "patching.top_k_heads", "heads carried to head patching", type=int)
         if name == "patch-heads":
             p.add_argument("--screening", required=True, help="phase-6a head_scores JSON")
-            p.add_argument("--n-boot", type=int, default=1000,
-                           help="frame-then-item bootstrap resamples (default: 1000)")
+            _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples", type=int)
 
     p = command("residual-merge", _cmd_residual_merge, "phase 5: check and merge a model's chunk files")
     p.add_argument("--chunks", nargs="+", required=True, help="the model's chunk pickles (layers_<a>-<b>.pkl)")
     p.add_argument("--n-layers", type=int, required=True,
                    help="decoder layers L of the model: the chunks must cover residual indices 0..L once")
     p.add_argument("--out", required=True, help="merged residual sweep pickle to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of the frame split and the bootstrap (default: 0)")
-    p.add_argument("--n-boot", type=int, default=1000, help="frame-then-item bootstrap resamples (default: 1000)")
+    _setting(p, "--seed", "seed", "seed of the bootstrap", type=int)
+    _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples", type=int)
     _separation_arg(p)
 
     for name, fn, help in (("steer", _cmd_steer, "steering dose-response, specificity, KL cost and directional "
@@ -381,24 +384,28 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, fn, help)
         _model_args(p)
         p.add_argument("--out", required=True, help="JSON to write")
-        p.add_argument("--seed", type=int, default=0, help="seed of the item split, subsample, directions, bootstrap")
-        p.add_argument("--n-random", type=int, default=20, help="random unit directions of the null")
-        p.add_argument("--max-prompts", type=int, default=None, help="held-out prompts measured (whole items)")
-        p.add_argument("--n-boot", type=int, default=1000, help="frame-then-item bootstrap resamples")
+        _setting(p, "--seed", "seed", "seed of the frame split, subsample, directions, bootstrap", type=int)
+        _setting(p, "--n-random", "steering.n_random", "random unit directions of the null", type=int)
+        _setting(p, "--max-prompts", "steering.max_prompts", "held-out prompts measured (whole items; none: all)",
+                 type=int)
+        _setting(p, "--n-boot", "steering.n_boot", "frame-then-item bootstrap resamples", type=int)
         if name == "steer":
             p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")
-            p.add_argument("--alphas", type=float, nargs="+", default=[0, 0.25, 0.5, 1, 2, 4],
-                           help="steering strengths, in units of the typical residual norm (0 is always added)")
-            p.add_argument("--layer-stride", type=int, default=1, help="steer every n-th residual index (and the last)")
-            p.add_argument("--kl-prompts", type=int, default=24, help="neutral held-out prompts for the KL cost")
-            p.add_argument("--n-random-subspaces", type=int, default=5, help="random subspaces ablated as the null")
-            p.add_argument("--transfer-alpha", type=float, default=2.0,
-                           help="alpha (nearest on the grid) at which the best index is chosen and transfer runs")
+            _setting(p, "--alphas", "steering.alphas",
+                     "steering strengths, in units of the typical residual norm (0 is always added)", type=float,
+                     nargs="+")
+            _setting(p, "--layer-stride", "steering.layer_stride", "steer every n-th residual index (and the last)",
+                     type=int)
+            _setting(p, "--kl-prompts", "steering.kl_prompts", "neutral held-out prompts for the KL cost", type=int)
+            _setting(p, "--n-random-subspaces", "steering.n_random_subspaces", "random subspaces ablated as the null",
+                     type=int)
+            _setting(p, "--transfer-alpha", "steering.transfer_alpha",
+                     "alpha (nearest on the grid) at which the best index is chosen and transfer runs", type=float)
         else:
             p.add_argument("--activations", nargs="+", required=True,
                            help="phase-2 activations of every model (<name>.pkl), this one included")
             p.add_argument("--steering", required=True, help="this model's steering JSON (its best index and alpha)")
-            p.add_argument("--ridge", type=float, default=0.1, help="ridge of the map, relative to a's mean eigenvalue")
+            _setting(p, "--ridge", "steering.ridge", "ridge of the map, relative to a's mean eigenvalue", type=float)
 
     p = command("steer-transfer-summary", _cmd_steer_transfer_summary, "the steering-transfer matrix over model pairs")
     p.add_argument("--inputs", nargs="+", required=True, help="steering/transfer/into_<m>.json files")
@@ -410,15 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subspaces", nargs=2, required=True, metavar=("A", "B"),
                    help="the two models' subspaces pickles")
     p.add_argument("--out", required=True, help="alignment pickle of the pair to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of the item split and the permutations (default: 0)")
-    p.add_argument("--n-perm", type=int, default=200, help="permutations of each null (default: 200)")
-    p.add_argument("--knn-k", type=int, default=10, help="neighbours in the mutual k-NN overlap (default: 10)")
+    _setting(p, "--seed", "seed", "seed of the frame split and the permutations", type=int)
+    _setting(p, "--n-perm", "alignment.n_perm", "permutations of each null", type=int)
+    _setting(p, "--knn-k", "alignment.knn_k", "neighbours in the mutual k-NN overlap", type=int)
 
     p = command("align-summary", _cmd_align_summary, "phase 4: headline numbers of every model pair")
     p.add_argument("--pairs", nargs="+", required=True, help="alignment pickles of every model pair")
     p.add_argument("--out", required=True, help="summary JSON to write")
-    p.add_argument("--alpha", type=float, default=0.05,
-                   help="Benjamini-Hochberg FDR level within each family (default: 0.05)")
+    _setting(p, "--alpha", "statistics.alpha", "Benjamini-Hochberg FDR level within each family", type=float)
 
     p = command("stats", _cmd_stats, "phase 7: effect sizes, power, or aligned subspace dimensions (k)")
     p.add_argument("mode", choices=["effect", "power", "k"],
@@ -428,19 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activations", nargs="*", default=[], help="activations pickles of every model (k)")
     p.add_argument("--subspaces", nargs="*", default=[], help="subspaces pickles of every model, same order (k)")
     p.add_argument("--out", required=True, help="JSON to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, permutations and split (default: 0)")
-    p.add_argument("--n-boot", type=int, default=1000,
-                   help="frame-then-item bootstrap resamples (effect; default: 1000)")
-    p.add_argument("--n-perm", type=int, default=1000, help="permutations (effect, k; default: 1000)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
-    p.add_argument("--power", type=float, default=0.8, help="target power of the items-needed rows (default: 0.8)")
+    _setting(p, "--seed", "seed", "seed of the bootstrap, permutations and split", type=int)
+    _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples (effect)", type=int)
+    _setting(p, "--n-perm", "statistics.n_perm", "permutations (effect, k)", type=int)
+    _setting(p, "--alpha", "statistics.alpha", "significance level", type=float)
+    _setting(p, "--power", "statistics.power", "target power of the frames-needed rows", type=float)
 
     p = command("verify", _cmd_verify, "check every output of every phase; non-zero exit on any failure")
     p.add_argument("--results", required=True, help="results/<profile>")
     p.add_argument("--models", nargs="+", required=True, help="model names from the config")
     p.add_argument("--dataset", required=True, help="the dataset JSONL every phase ran on")
-    p.add_argument("--min-spearman", type=float, default=0.0,
-                   help="least Spearman correlation of attribution with exact head scores that passes (default: 0)")
+    _setting(p, "--min-spearman", "verification.min_spearman",
+             "least Spearman correlation of attribution with exact head scores that passes", type=float)
     p.add_argument("--out", required=True, help="verification JSON to write")
 
     p = command("timing", _cmd_timing, "one timing record per job, from Snakemake benchmark files")

@@ -29,6 +29,14 @@ def schema() -> dict[str, Any]:
     return yaml.safe_load(resources.files("emolens").joinpath("schemas/config.schema.yaml").read_text())
 
 
+def default(key: str) -> Any:
+    """The schema's default of a dotted config key, e.g. ``default("alignment.n_perm")``: the only default."""
+    node: dict[str, Any] = {"properties": schema()["properties"]}
+    for part in key.split("."):
+        node = node["properties"][part]
+    return node["default"]
+
+
 def _with_defaults(validator_class: type) -> type:
     """A validator that fills ``default`` values, as Snakemake's validate does."""
     validate_properties = validator_class.VALIDATORS["properties"]

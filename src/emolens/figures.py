@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from emolens import layout  # noqa: E402
 from emolens.io import atomic_path, load_pickle  # noqa: E402
 
 
@@ -274,8 +275,7 @@ def steering(results: str | Path, models: Sequence[str], out_dir: str | Path, la
     relative depth; shaded: random directions' mean to 95th percentile), the 4x4 specificity matrix at each
     model's best index, the ablation drop by depth, and (when there is one) the cross-model transfer matrix."""
     r, out_dir = Path(results), Path(out_dir)
-    found = {m: json.loads((r / "steering" / f"{m}.json").read_text()) for m in models
-             if (r / "steering" / f"{m}.json").exists()}
+    found = {m: json.loads(layout.steering(r, m).read_text()) for m in models if layout.steering(r, m).exists()}
     if not found:
         return
     fig, axes = _grid(len(found), width=3.4, height=2.8)
@@ -331,7 +331,7 @@ def steering(results: str | Path, models: Sequence[str], out_dir: str | Path, la
     ax.legend(fontsize=6)
     _save(fig, out_dir / "steering_ablation.png")
 
-    summary = r / "steering" / "transfer" / "summary.json"
+    summary = layout.steering_transfer_summary(r)
     if not summary.exists():  # one model: nothing to transfer
         return
     tr = json.loads(summary.read_text())
@@ -377,14 +377,12 @@ def run(results: str | Path, models: Sequence[str], out_dir: str | Path, organis
     labels; ``profile``: the name in every title (default: the results directory's name)."""
     r, out_dir = Path(results), Path(out_dir)
     kw = {"labels": model_labels(models, organisms), "profile": profile or r.name}
-    probe_accuracy({m: r / "emotion_vectors" / f"{m}_vectors.pkl" for m in models}, out_dir / "probe_accuracy.png",
-                   **kw)
-    residual_patching({m: r / "patching" / "residual" / f"{m}_residual_sweep.pkl" for m in models},
-                      out_dir / "residual_patching.png", **kw)
-    head_scores({m: r / "screening" / f"head_scores_{m}.json" for m in models}, out_dir / "head_scores.png", **kw)
+    probe_accuracy({m: layout.vectors(r, m) for m in models}, out_dir / "probe_accuracy.png", **kw)
+    residual_patching({m: layout.residual_sweep(r, m) for m in models}, out_dir / "residual_patching.png", **kw)
+    head_scores({m: layout.head_scores(r, m) for m in models}, out_dir / "head_scores.png", **kw)
     if len(models) > 1:  # one model: nothing to align
-        alignment_matrix(r / "alignment" / "summary.json", models, out_dir / "alignment.png", **kw)
-    residual_effect_last_position(r / "statistics" / "effect.json", out_dir / "residual_effect_last_position.png",
+        alignment_matrix(layout.alignment_summary(r), models, out_dir / "alignment.png", **kw)
+    residual_effect_last_position(layout.statistics(r, "effect"), out_dir / "residual_effect_last_position.png",
                                   **kw)
-    readout_baseline({m: r / "readout" / f"{m}.json" for m in models}, out_dir / "readout_baseline.png", **kw)
+    readout_baseline({m: layout.readout(r, m) for m in models}, out_dir / "readout_baseline.png", **kw)
     steering(r, models, out_dir, **kw)

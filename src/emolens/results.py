@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from emolens import layout
 from emolens.io import load_pickle
 
 
@@ -69,26 +70,18 @@ def load(root: str | Path) -> Results:
     """Load everything a profile's results directory holds (missing phases are simply absent)."""
     root = Path(root)
     res = Results(root)
-    for path in sorted((root / "emotion_vectors").glob("*_vectors.pkl")):
-        res.vectors[path.name.removesuffix("_vectors.pkl")] = load_pickle(path, schema="emolens.vectors/1")
-    for path in sorted((root / "emotion_subspaces").glob("*_subspaces.pkl")):
-        res.subspaces[path.name.removesuffix("_subspaces.pkl")] = load_pickle(path, schema="emolens.subspaces/1")
-    for path in sorted((root / "patching" / "residual").glob("*_residual_sweep.pkl")):
-        res.sweeps[path.name.removesuffix("_residual_sweep.pkl")] = load_pickle(path, "emolens.residual_sweep/1")
-    for path in sorted((root / "screening").glob("head_scores_*.json")):
-        res.head_scores[path.stem.removeprefix("head_scores_")] = json.loads(path.read_text())
-    for path in sorted((root / "patching" / "head").glob("*_head_patching.pkl")):
-        res.head_patching[path.name.removesuffix("_head_patching.pkl")] = load_pickle(path, "emolens.head_patching/1")
-    for path in sorted((root / "alignment").glob("*__*.pkl")):
-        res.alignment[path.stem] = load_pickle(path, schema="emolens.alignment/1")
-    for path in sorted((root / "statistics").glob("*.json")):
-        res.statistics[path.stem] = json.loads(path.read_text())
-    for path in sorted((root / "readout").glob("*.json")):
-        res.readout[path.stem] = json.loads(path.read_text())
-    for path in sorted((root / "steering").glob("*.json")):
-        res.steering[path.stem] = json.loads(path.read_text())
-    for attr, path in (("alignment_summary", root / "alignment" / "summary.json"),
-                       ("steering_transfer", root / "steering" / "transfer" / "summary.json")):
+    pickles = ((res.vectors, layout.vectors, "emolens.vectors/1"),
+               (res.subspaces, layout.subspaces, "emolens.subspaces/1"),
+               (res.sweeps, layout.residual_sweep, "emolens.residual_sweep/1"),
+               (res.head_patching, layout.head_patching, "emolens.head_patching/1"),
+               (res.alignment, layout.alignment_pair, "emolens.alignment/1"))
+    for found, kind, schema in pickles:
+        found |= {name: load_pickle(path, schema=schema) for name, path in layout.each(kind, root).items()}
+    for found, kind in ((res.head_scores, layout.head_scores), (res.statistics, layout.statistics),
+                        (res.readout, layout.readout), (res.steering, layout.steering)):
+        found |= {name: json.loads(path.read_text()) for name, path in layout.each(kind, root).items()}
+    for attr, path in (("alignment_summary", layout.alignment_summary(root)),
+                       ("steering_transfer", layout.steering_transfer_summary(root))):
         if path.exists():
             setattr(res, attr, json.loads(path.read_text()))
     res.table = pd.DataFrame(_rows(res), columns=["model", "measure", "layer", "depth", "position", "head", "value"])

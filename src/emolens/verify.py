@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from statsmodels.stats.multitest import multipletests
 
-from emolens import EMOTIONS
+from emolens import EMOTIONS, layout
 from emolens.alignment import MEASURES as ALIGNMENT_TESTS
 from emolens.alignment import SELF_TOL
 from emolens.dataset import frame_groups, stem_hits
@@ -284,11 +284,11 @@ def k_problems(k: dict[str, Any], n_models: int) -> list[str]:
     return problems
 
 
-def check_statistics(stats_dir: Path, n_models: int) -> tuple[bool, str]:
+def check_statistics(results: Path, n_models: int) -> tuple[bool, str]:
     """effect.json and power.json carry provenance; k.json (two models or more: k is cross-model) states its rule
     and each pair's k follows from its curve."""
     modes = ("effect", "power", "k") if n_models > 1 else ("effect", "power")
-    found = {mode: json.loads((stats_dir / f"{mode}.json").read_text()) for mode in modes}
+    found = {mode: json.loads(layout.statistics(results, mode).read_text()) for mode in modes}
     problems = [f"{mode}.json has no provenance" for mode, v in found.items() if "provenance" not in v]
     if n_models < 2:
         return not problems, "; ".join(problems) if problems else f"modes {sorted(found)}; k {ONE_MODEL}"
@@ -371,38 +371,34 @@ def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]
     checks = Checks()
     n_prompts = len(records)
     checks("dataset", None, lambda: check_dataset(records))
-    pair_files = sorted((r / "alignment").glob("*__*.pkl"))
+    pair_files = list(layout.each(layout.alignment_pair, r).values())
     per_emotion = {e: n_prompts // len(EMOTIONS) for e in EMOTIONS}  # load_dataset refuses unbalanced classes
     n_layers: dict[str, int] = {}
     for m in models:
-        act = r / "activations" / f"{m}.pkl"
+        act = layout.activations(r, m)
         checks("activations", m, lambda act=act: check_activations(act, n_prompts))
-        checks("readout", m, lambda m=m: check_readout(r / "readout" / f"{m}.json", per_emotion))
+        checks("readout", m, lambda m=m: check_readout(layout.readout(r, m), per_emotion))
         try:
             n_layers[m] = _load(act, schema="emolens.activations/1")["n_layers"]
         except ResultFileError:
             continue  # reported by the activations check; nothing downstream can be checked
-        checks("vectors", m, lambda m=m: check_vectors(r / "emotion_vectors" / f"{m}_vectors.pkl",
-                                                       r / "emotion_subspaces" / f"{m}_subspaces.pkl", n_prompts))
-        sweep = r / "patching" / "residual" / f"{m}_residual_sweep.pkl"
+        checks("vectors", m, lambda m=m: check_vectors(layout.vectors(r, m), layout.subspaces(r, m), n_prompts))
+        sweep = layout.residual_sweep(r, m)
         checks("residual_sweep", m, lambda m=m, sweep=sweep: check_sweep(sweep, n_layers[m]))
         checks("identities", m, lambda sweep=sweep: check_identities(sweep))
-        checks("residual_chunks", m, lambda m=m: check_chunks(r / "patching" / "residual" / "chunks" / m, n_layers[m]))
-        checks("head_screening", m, lambda m=m: check_screening(
-            r / "screening" / f"head_scores_{m}.json", n_layers[m], min_spearman))
-        checks("head_patching", m, lambda m=m: check_head_patching(r / "patching" / "head" / f"{m}_head_patching.pkl"))
-        checks("head_split", m, lambda m=m: check_head_split(r / "screening" / f"head_scores_{m}.json",
-                                                             r / "patching" / "head" / f"{m}_head_patching.pkl"))
-        checks("steering", m, lambda m=m: check_steering(r / "steering" / f"{m}.json", r / "steering" / "transfer"
-                                                         / f"into_{m}.json"))
+        checks("residual_chunks", m, lambda m=m: check_chunks(layout.residual_chunks(r, m), n_layers[m]))
+        checks("head_screening", m, lambda m=m: check_screening(layout.head_scores(r, m), n_layers[m], min_spearman))
+        checks("head_patching", m, lambda m=m: check_head_patching(layout.head_patching(r, m)))
+        checks("head_split", m, lambda m=m: check_head_split(layout.head_scores(r, m), layout.head_patching(r, m)))
+        checks("steering", m, lambda m=m: check_steering(layout.steering(r, m), layout.steering_transfer(r, m)))
         if len(models) > 1:
             checks("self_alignment", m, lambda m=m: check_self_alignment(m, pair_files))
     if len(models) > 1:
-        checks("alignment", None, lambda: check_alignment(pair_files, r / "alignment" / "summary.json", len(models)))
+        checks("alignment", None, lambda: check_alignment(pair_files, layout.alignment_summary(r), len(models)))
     else:
         log.info("alignment: %s", ONE_MODEL)
         checks("alignment", None, lambda: (True, ONE_MODEL))
-    checks("statistics", None, lambda: check_statistics(r / "statistics", len(models)))
+    checks("statistics", None, lambda: check_statistics(r, len(models)))
     return checks
 
 

@@ -314,7 +314,7 @@ def test_verification_checks_pass_on_clean_outputs(profile):
     root, pairs = profile
     assert check_self_alignment("m2", pairs)[0]
     assert check_alignment(pairs, root / "alignment" / "summary.json", 3)[0]
-    ok, detail = check_statistics(root / "statistics", 3)
+    ok, detail = check_statistics(root, 3)
     assert ok, detail
 
 
@@ -364,7 +364,7 @@ def test_statistics_check_fails_on_a_corrupt_k_file(profile, corruption):
     else:
         pair["depths"][0]["k"] = 1 - min(pair["depths"][0]["k"], 1)
     path.write_text(json.dumps(k))
-    assert not check_statistics(root / "statistics", 3)[0]
+    assert not check_statistics(root, 3)[0]
 
 
 def test_constant_layers_are_skipped_not_compared():

@@ -78,3 +78,35 @@ def test_out_of_memory_is_not_recorded_so_a_retry_runs(error, tmp_path, capsys, 
             == RESOURCE_ERROR
     assert len(calls) == 2 and not record.exists()
     assert "emolens dataset: error: " in capsys.readouterr().err
+
+
+MIRRORED = {  # every CLI option that mirrors a config setting, by command
+    "dataset": {"--seed"}, "organism": {"--device"}, "activations": {"--device"}, "readout": {"--device"},
+    "vectors": {"--k-max", "--folds", "--seed", "--n-perm", "--n-boot"},
+    "residual-chunk": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions"},
+    "screen-heads": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions", "--min-separation",
+                     "--top-k"},
+    "patch-heads": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions", "--min-separation",
+                    "--n-boot"},
+    "residual-merge": {"--seed", "--n-boot", "--min-separation"},
+    "steer": {"--device", "--seed", "--n-random", "--max-prompts", "--n-boot", "--alphas", "--layer-stride",
+              "--kl-prompts", "--n-random-subspaces", "--transfer-alpha"},
+    "steer-transfer": {"--device", "--seed", "--n-random", "--max-prompts", "--n-boot", "--ridge"},
+    "align": {"--seed", "--n-perm", "--knn-k"}, "align-summary": {"--alpha"},
+    "stats": {"--seed", "--n-boot", "--n-perm", "--alpha", "--power"}, "verify": {"--min-spearman"},
+}
+
+
+def test_every_option_that_mirrors_a_setting_defaults_to_the_schema():
+    """The schema's defaults are the only defaults: a subcommand run by hand and the workflow agree."""
+    from emolens import config
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    found: dict[str, set[str]] = {}
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if hasattr(action, "config_key"):
+                found.setdefault(name, set()).add(action.option_strings[0])
+                assert parser.get_default(action.dest) == config.default(action.config_key), (name, action.dest)
+                assert f"config {action.config_key}" in action.help
+    assert found == MIRRORED

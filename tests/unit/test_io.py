@@ -233,3 +233,17 @@ def test_loads_arrays_in_any_memory_layout(tmp_path):
     loaded = load_pickle(tmp_path / "a.pkl")
     for key, value in arrays.items():
         np.testing.assert_array_equal(loaded[key], value)
+
+
+def test_layout_each_finds_the_files_of_one_kind_by_name(tmp_path):
+    from emolens import layout
+
+    for m in ("gpt2_small", "pythia-160m"):
+        layout.vectors(tmp_path, m).parent.mkdir(parents=True, exist_ok=True)
+        layout.vectors(tmp_path, m).write_text("")
+    layout.subspaces(tmp_path, "gpt2_small").parent.mkdir(parents=True)
+    layout.subspaces(tmp_path, "gpt2_small").write_text("")
+    assert list(layout.each(layout.vectors, tmp_path)) == ["gpt2_small", "pythia-160m"]
+    assert layout.each(layout.subspaces, tmp_path) == {"gpt2_small": layout.subspaces(tmp_path, "gpt2_small")}
+    assert layout.each(layout.head_scores, tmp_path) == {}
+    assert str(layout.activations("results/demo", "{model}")) == "results/demo/activations/{model}.pkl"  # wildcards

@@ -6,11 +6,11 @@ rule activations:
         dataset=config["dataset"],
         checkpoint=model_checkpoint,
     output:
-        f"{RESULTS}/activations/{{model}}.pkl",
+        layout.activations(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/activations/{{model}}.log",
+        layout.log(RESULTS, "activations", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/activations/{{model}}.tsv"
+        layout.benchmark(RESULTS, "activations", "{model}")
     params:
         device=config["device"],
         settings=model_settings,

@@ -7,11 +7,11 @@ rule align_pair:
     input:
         unpack(pair_inputs),
     output:
-        f"{RESULTS}/alignment/{{pair}}.pkl",
+        layout.alignment_pair(RESULTS, "{pair}"),
     log:
-        f"{RESULTS}/logs/align_pair/{{pair}}.log",
+        layout.log(RESULTS, "align_pair", "{pair}"),
     benchmark:
-        f"{RESULTS}/benchmarks/align_pair/{{pair}}.tsv"
+        layout.benchmark(RESULTS, "align_pair", "{pair}")
     params:
         alignment=config["alignment"],
         seed=config["seed"],
@@ -27,11 +27,11 @@ rule align_pair:
 
 rule align_summary:
     input:
-        expand(f"{RESULTS}/alignment/{{pair}}.pkl", pair=PAIRS),
+        expand(layout.alignment_pair(RESULTS, "{pair}"), pair=PAIRS),
     output:
-        f"{RESULTS}/alignment/summary.json",
+        layout.alignment_summary(RESULTS),
     log:
-        f"{RESULTS}/logs/align_summary.log",
+        layout.log(RESULTS, "align_summary"),
     params:
         alpha=config["statistics"]["alpha"],
     conda:

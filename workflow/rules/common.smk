@@ -5,12 +5,13 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
+from emolens import layout
 from emolens.plan import known_architectures, resolve_architecture
 from emolens.chunks import chunk_name, chunk_ranges
 
-RESULTS = f"results/{config['profile']}"
-BUILT_DATASET = f"{RESULTS}/data/emotion_dataset.jsonl"  # the workflow's own dataset, one copy per profile
-config["dataset"] = config.get("dataset") or BUILT_DATASET  # a user's own JSONL is used as it is
+RESULTS = layout.root(config["profile"])  # every result path comes from emolens.layout
+BUILT_DATASET = layout.dataset(RESULTS)  # the workflow's own dataset, one copy per profile
+config["dataset"] = config.get("dataset") or str(BUILT_DATASET)  # a user's own JSONL is used as it is
 MODELS = list(config["models"])
 PAIRS = [f"{a}__{b}" for a, b in itertools.combinations(MODELS, 2)]
 TRANSFER_TARGETS = MODELS if len(MODELS) > 1 else []  # steering transfer into each model from every other one
@@ -26,7 +27,7 @@ FIGURES = ["probe_accuracy", "residual_patching", "head_scores", "residual_effec
 FIGURES += ["alignment", "steering_transfer"] if CROSS_MODEL else []
 # Models the workflow fetches from the Hugging Face hub (no local path, not built here): pre-flight checks them first.
 HUB_MODELS = [m for m, s in config["models"].items() if s.get("hf_id") and not s.get("path") and not s.get("gguf_file")]
-PREFLIGHT = f"{RESULTS}/preflight.json"
+PREFLIGHT = layout.preflight(RESULTS)
 if HUB_MODELS and workflow.is_main_process and not os.path.exists(PREFLIGHT):
     from emolens.preflight import cached_checkpoint  # the local cache only: no network
 
@@ -82,10 +83,10 @@ def model_checkpoint(wildcards):
         return ancient(PREFLIGHT)
     if "organism" not in settings:
         return []
-    home = f"{RESULTS}/models/{wildcards.model}"
+    home = str(layout.model_dir(RESULTS, wildcards.model))
     if settings.get("path") != home:
         raise WorkflowError(f"models.{wildcards.model}.path must be {home!r}: the workflow builds its organism there")
-    return f"{home}/readout_accuracy.json"
+    return layout.organism_readout(RESULTS, wildcards.model)
 
 
 def pair_flags():
@@ -117,7 +118,7 @@ def residual_chunks(wildcards):
     """The phase-5 chunk files of one model: one job per layer chunk."""
     size = config["models"][wildcards.model]["layer_chunk"]
     return [
-        f"{RESULTS}/patching/residual/chunks/{wildcards.model}/{chunk_name(a, b)}"
+        layout.residual_chunks(RESULTS, wildcards.model) / chunk_name(a, b)
         for a, b in chunk_ranges(n_layers(wildcards.model), size)
     ]
 
@@ -126,9 +127,9 @@ def pair_inputs(wildcards):
     """Activations, vectors and subspaces of the two models of an alignment pair."""
     a, b = wildcards.pair.split("__")
     return {
-        "activations": [f"{RESULTS}/activations/{m}.pkl" for m in (a, b)],
-        "vectors": [f"{RESULTS}/emotion_vectors/{m}_vectors.pkl" for m in (a, b)],
-        "subspaces": [f"{RESULTS}/emotion_subspaces/{m}_subspaces.pkl" for m in (a, b)],
+        "activations": [layout.activations(RESULTS, m) for m in (a, b)],
+        "vectors": [layout.vectors(RESULTS, m) for m in (a, b)],
+        "subspaces": [layout.subspaces(RESULTS, m) for m in (a, b)],
     }
 
 
@@ -142,23 +143,23 @@ def timed_jobs():
     jobs = []
     for m in MODELS:
         if "organism" in config["models"][m]:
-            jobs.append(("organism", m, None, f"{RESULTS}/models/{m}/readout_accuracy.json"))
-        jobs.append(("activations", m, None, f"{RESULTS}/activations/{m}.pkl"))
-        jobs.append(("readout", m, None, f"{RESULTS}/readout/{m}.json"))
-        jobs.append(("vectors", m, None, f"{RESULTS}/emotion_vectors/{m}_vectors.pkl"))
+            jobs.append(("organism", m, None, layout.organism_readout(RESULTS, m)))
+        jobs.append(("activations", m, None, layout.activations(RESULTS, m)))
+        jobs.append(("readout", m, None, layout.readout(RESULTS, m)))
+        jobs.append(("vectors", m, None, layout.vectors(RESULTS, m)))
         for a, b in chunk_ranges(n_layers(m), config["models"][m]["layer_chunk"]):
             chunk = chunk_name(a, b).removesuffix(".pkl")
-            jobs.append(("residual_chunk", m, chunk, f"{RESULTS}/patching/residual/chunks/{m}/{chunk}.pkl"))
-        jobs.append(("residual_merge", m, None, f"{RESULTS}/patching/residual/{m}_residual_sweep.pkl"))
-        jobs.append(("screen_heads", m, None, f"{RESULTS}/screening/head_scores_{m}.json"))
-        jobs.append(("patch_heads", m, None, f"{RESULTS}/patching/head/{m}_head_patching.pkl"))
-        jobs.append(("steer", m, None, f"{RESULTS}/steering/{m}.json"))
-    jobs += [("align_pair", p, None, f"{RESULTS}/alignment/{p}.pkl") for p in PAIRS]
-    jobs += [("steer_transfer", m, None, f"{RESULTS}/steering/transfer/into_{m}.json") for m in TRANSFER_TARGETS]
-    jobs += [(f"stats_{mode}", None, None, f"{RESULTS}/statistics/{mode}.json") for mode in STATISTICS]
+            jobs.append(("residual_chunk", m, chunk, layout.residual_chunks(RESULTS, m) / f"{chunk}.pkl"))
+        jobs.append(("residual_merge", m, None, layout.residual_sweep(RESULTS, m)))
+        jobs.append(("screen_heads", m, None, layout.head_scores(RESULTS, m)))
+        jobs.append(("patch_heads", m, None, layout.head_patching(RESULTS, m)))
+        jobs.append(("steer", m, None, layout.steering(RESULTS, m)))
+    jobs += [("align_pair", p, None, layout.alignment_pair(RESULTS, p)) for p in PAIRS]
+    jobs += [("steer_transfer", m, None, layout.steering_transfer(RESULTS, m)) for m in TRANSFER_TARGETS]
+    jobs += [(f"stats_{mode}", None, None, layout.statistics(RESULTS, mode)) for mode in STATISTICS]
     return [
-        {"rule": r, "model": m, "chunk": c, "output": out,
-         "benchmark": f"{RESULTS}/benchmarks/{r}/{m or 'all'}{f'__{c}' if c else ''}.tsv"}
+        {"rule": r, "model": m, "chunk": c, "output": str(out),
+         "benchmark": str(layout.benchmark(RESULTS, r, f"{m or 'all'}{f'__{c}' if c else ''}"))}
         for r, m, c, out in jobs
     ]
 
@@ -166,15 +167,15 @@ def timed_jobs():
 def phase_outputs():
     """The outputs of phases 3-7 and of the readout baseline: what verification checks and the figures draw."""
     return [
-        *per_model(f"{RESULTS}/readout/{{model}}.json"),
-        *per_model(f"{RESULTS}/emotion_vectors/{{model}}_vectors.pkl"),
-        *per_model(f"{RESULTS}/patching/residual/{{model}}_residual_sweep.pkl"),
-        *per_model(f"{RESULTS}/screening/head_scores_{{model}}.json"),
-        *per_model(f"{RESULTS}/patching/head/{{model}}_head_patching.pkl"),
-        *([f"{RESULTS}/alignment/summary.json"] if CROSS_MODEL else []),
-        *per_model(f"{RESULTS}/steering/{{model}}.json"),
-        *([f"{RESULTS}/steering/transfer/summary.json"] if TRANSFER_TARGETS else []),
-        *expand(f"{RESULTS}/statistics/{{mode}}.json", mode=STATISTICS),
+        *per_model(layout.readout(RESULTS, "{model}")),
+        *per_model(layout.vectors(RESULTS, "{model}")),
+        *per_model(layout.residual_sweep(RESULTS, "{model}")),
+        *per_model(layout.head_scores(RESULTS, "{model}")),
+        *per_model(layout.head_patching(RESULTS, "{model}")),
+        *([layout.alignment_summary(RESULTS)] if CROSS_MODEL else []),
+        *per_model(layout.steering(RESULTS, "{model}")),
+        *([layout.steering_transfer_summary(RESULTS)] if TRANSFER_TARGETS else []),
+        *expand(layout.statistics(RESULTS, "{mode}"), mode=STATISTICS),
     ]
 
 
@@ -186,5 +187,5 @@ def organisms_json():
 
 def all_targets():
     """Every final output: verification (which needs every phase), timing and the report's figures."""
-    return [f"{RESULTS}/verification.json", f"{RESULTS}/findings.md", f"{RESULTS}/timing/phase_timings.jsonl",
-            *expand(f"{RESULTS}/figures/{{name}}.png", name=FIGURES)]
+    return [layout.verification(RESULTS), layout.findings(RESULTS), layout.timing(RESULTS),
+            *expand(layout.figure(RESULTS, "{name}"), name=FIGURES)]

@@ -6,7 +6,7 @@ rule dataset:
     output:
         BUILT_DATASET,
     log:
-        f"{RESULTS}/logs/dataset.log",
+        layout.log(RESULTS, "dataset"),
     conda:
         "../../envs/emolens.yaml"
     shell:

@@ -3,11 +3,11 @@
 
 rule findings:
     input:
-        f"{RESULTS}/verification.json",
+        layout.verification(RESULTS),
     output:
-        report(f"{RESULTS}/findings.md", caption="../report/findings.rst", category="Findings"),
+        report(layout.findings(RESULTS), caption="../report/findings.rst", category="Findings"),
     log:
-        f"{RESULTS}/logs/findings.log",
+        layout.log(RESULTS, "findings"),
     params:
         results=lambda wildcards, output: os.path.dirname(output[0]),
         organisms=organisms_json(),

@@ -6,11 +6,11 @@ rule screen_heads:
         dataset=config["dataset"],
         checkpoint=model_checkpoint,
     output:
-        f"{RESULTS}/screening/head_scores_{{model}}.json",
+        layout.head_scores(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/screen_heads/{{model}}.log",
+        layout.log(RESULTS, "screen_heads", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/screen_heads/{{model}}.tsv"
+        layout.benchmark(RESULTS, "screen_heads", "{model}")
     params:
         device=config["device"],
         settings=model_settings,
@@ -36,13 +36,13 @@ rule patch_heads:
     input:
         dataset=config["dataset"],
         checkpoint=model_checkpoint,
-        screening=f"{RESULTS}/screening/head_scores_{{model}}.json",
+        screening=layout.head_scores(RESULTS, "{model}"),
     output:
-        f"{RESULTS}/patching/head/{{model}}_head_patching.pkl",
+        layout.head_patching(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/patch_heads/{{model}}.log",
+        layout.log(RESULTS, "patch_heads", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/patch_heads/{{model}}.tsv"
+        layout.benchmark(RESULTS, "patch_heads", "{model}")
     params:
         device=config["device"],
         settings=model_settings,

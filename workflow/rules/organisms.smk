@@ -5,11 +5,11 @@ rule organism:
     input:
         dataset=config["dataset"],
     output:
-        f"{RESULTS}/models/{{model}}/readout_accuracy.json",
+        layout.organism_readout(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/organism/{{model}}.log",
+        layout.log(RESULTS, "organism", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/organism/{{model}}.tsv"
+        layout.benchmark(RESULTS, "organism", "{model}")
     params:
         device=config["device"],
         settings=model_settings,

@@ -6,11 +6,11 @@ rule residual_chunk:
         dataset=config["dataset"],
         checkpoint=model_checkpoint,
     output:
-        f"{RESULTS}/patching/residual/chunks/{{model}}/layers_{{first}}-{{last}}.pkl",
+        layout.residual_chunks(RESULTS, "{model}") / "layers_{first}-{last}.pkl",
     log:
-        f"{RESULTS}/logs/residual_chunk/{{model}}__layers_{{first}}-{{last}}.log",
+        layout.log(RESULTS, "residual_chunk", "{model}__layers_{first}-{last}"),
     benchmark:
-        f"{RESULTS}/benchmarks/residual_chunk/{{model}}__layers_{{first}}-{{last}}.tsv"
+        layout.benchmark(RESULTS, "residual_chunk", "{model}__layers_{first}-{last}")
     params:
         device=config["device"],
         settings=model_settings,
@@ -34,11 +34,11 @@ rule residual_merge:
     input:
         residual_chunks,
     output:
-        f"{RESULTS}/patching/residual/{{model}}_residual_sweep.pkl",
+        layout.residual_sweep(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/residual_merge/{{model}}.log",
+        layout.log(RESULTS, "residual_merge", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/residual_merge/{{model}}.tsv"
+        layout.benchmark(RESULTS, "residual_merge", "{model}")
     params:
         n_layers=lambda wildcards: n_layers(wildcards.model),
         n_boot=config["patching"]["n_boot"],

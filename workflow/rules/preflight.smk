@@ -11,7 +11,7 @@ rule preflight:
     output:
         PREFLIGHT,
     log:
-        f"{RESULTS}/logs/preflight.log",
+        layout.log(RESULTS, "preflight"),
     params:
         models=hub_models_json(),
     conda:

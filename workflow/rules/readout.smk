@@ -6,11 +6,11 @@ rule readout:
         dataset=config["dataset"],
         checkpoint=model_checkpoint,
     output:
-        f"{RESULTS}/readout/{{model}}.json",
+        layout.readout(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/readout/{{model}}.log",
+        layout.log(RESULTS, "readout", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/readout/{{model}}.tsv"
+        layout.benchmark(RESULTS, "readout", "{model}")
     params:
         device=config["device"],
         settings=model_settings,

@@ -3,14 +3,14 @@
 
 rule stats_effect:
     input:
-        sweeps=per_model(f"{RESULTS}/patching/residual/{{model}}_residual_sweep.pkl"),
-        heads=per_model(f"{RESULTS}/patching/head/{{model}}_head_patching.pkl"),
+        sweeps=per_model(layout.residual_sweep(RESULTS, "{model}")),
+        heads=per_model(layout.head_patching(RESULTS, "{model}")),
     output:
-        f"{RESULTS}/statistics/effect.json",
+        layout.statistics(RESULTS, "effect"),
     log:
-        f"{RESULTS}/logs/stats_effect.log",
+        layout.log(RESULTS, "stats_effect"),
     benchmark:
-        f"{RESULTS}/benchmarks/stats_effect/all.tsv"
+        layout.benchmark(RESULTS, "stats_effect", "all")
     params:
         statistics=config["statistics"],
         n_boot=config["patching"]["n_boot"],
@@ -25,14 +25,14 @@ rule stats_effect:
 
 rule stats_power:
     input:
-        sweeps=per_model(f"{RESULTS}/patching/residual/{{model}}_residual_sweep.pkl"),
-        heads=per_model(f"{RESULTS}/patching/head/{{model}}_head_patching.pkl"),
+        sweeps=per_model(layout.residual_sweep(RESULTS, "{model}")),
+        heads=per_model(layout.head_patching(RESULTS, "{model}")),
     output:
-        f"{RESULTS}/statistics/power.json",
+        layout.statistics(RESULTS, "power"),
     log:
-        f"{RESULTS}/logs/stats_power.log",
+        layout.log(RESULTS, "stats_power"),
     benchmark:
-        f"{RESULTS}/benchmarks/stats_power/all.tsv"
+        layout.benchmark(RESULTS, "stats_power", "all")
     params:
         statistics=config["statistics"],
     conda:
@@ -44,14 +44,14 @@ rule stats_power:
 
 rule stats_k:
     input:
-        activations=per_model(f"{RESULTS}/activations/{{model}}.pkl"),
-        subspaces=per_model(f"{RESULTS}/emotion_subspaces/{{model}}_subspaces.pkl"),
+        activations=per_model(layout.activations(RESULTS, "{model}")),
+        subspaces=per_model(layout.subspaces(RESULTS, "{model}")),
     output:
-        f"{RESULTS}/statistics/k.json",
+        layout.statistics(RESULTS, "k"),
     log:
-        f"{RESULTS}/logs/stats_k.log",
+        layout.log(RESULTS, "stats_k"),
     benchmark:
-        f"{RESULTS}/benchmarks/stats_k/all.tsv"
+        layout.benchmark(RESULTS, "stats_k", "all")
     params:
         n_perm=config["alignment"]["n_perm"],
         alpha=config["statistics"]["alpha"],

@@ -10,13 +10,13 @@ rule steer:
     input:
         dataset=config["dataset"],
         checkpoint=model_checkpoint,
-        activations=f"{RESULTS}/activations/{{model}}.pkl",
+        activations=layout.activations(RESULTS, "{model}"),
     output:
-        f"{RESULTS}/steering/{{model}}.json",
+        layout.steering(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/steer/{{model}}.log",
+        layout.log(RESULTS, "steer", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/steer/{{model}}.tsv"
+        layout.benchmark(RESULTS, "steer", "{model}")
     params:
         device=config["device"],
         settings=model_settings,
@@ -47,14 +47,14 @@ rule steer_transfer:
     input:
         dataset=config["dataset"],
         checkpoint=model_checkpoint,
-        activations=per_model(f"{RESULTS}/activations/{{model}}.pkl"),
-        steering=f"{RESULTS}/steering/{{model}}.json",
+        activations=per_model(layout.activations(RESULTS, "{model}")),
+        steering=layout.steering(RESULTS, "{model}"),
     output:
-        f"{RESULTS}/steering/transfer/into_{{model}}.json",
+        layout.steering_transfer(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/steer_transfer/{{model}}.log",
+        layout.log(RESULTS, "steer_transfer", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/steer_transfer/{{model}}.tsv"
+        layout.benchmark(RESULTS, "steer_transfer", "{model}")
     params:
         device=config["device"],
         settings=model_settings,
@@ -77,11 +77,11 @@ rule steer_transfer:
 
 rule steer_transfer_summary:
     input:
-        expand(f"{RESULTS}/steering/transfer/into_{{model}}.json", model=TRANSFER_TARGETS),
+        expand(layout.steering_transfer(RESULTS, "{model}"), model=TRANSFER_TARGETS),
     output:
-        f"{RESULTS}/steering/transfer/summary.json",
+        layout.steering_transfer_summary(RESULTS),
     log:
-        f"{RESULTS}/logs/steer_transfer_summary.log",
+        layout.log(RESULTS, "steer_transfer_summary"),
     conda:
         "../../envs/emolens.yaml"
     shell:

@@ -4,15 +4,15 @@
 
 rule vectors:
     input:
-        activations=f"{RESULTS}/activations/{{model}}.pkl",
+        activations=layout.activations(RESULTS, "{model}"),
         dataset=config["dataset"],
     output:
-        vectors=f"{RESULTS}/emotion_vectors/{{model}}_vectors.pkl",
-        subspaces=f"{RESULTS}/emotion_subspaces/{{model}}_subspaces.pkl",
+        vectors=layout.vectors(RESULTS, "{model}"),
+        subspaces=layout.subspaces(RESULTS, "{model}"),
     log:
-        f"{RESULTS}/logs/vectors/{{model}}.log",
+        layout.log(RESULTS, "vectors", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/vectors/{{model}}.tsv"
+        layout.benchmark(RESULTS, "vectors", "{model}")
     params:
         k_max=config["subspace"]["k_max"],
         folds=config["subspace"]["probe_folds"],

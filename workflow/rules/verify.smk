@@ -6,9 +6,9 @@ rule verify:
         dataset=config["dataset"],
         results=phase_outputs(),
     output:
-        report(f"{RESULTS}/verification.json", caption="../report/verification.rst", category="Verification"),
+        report(layout.verification(RESULTS), caption="../report/verification.rst", category="Verification"),
     log:
-        f"{RESULTS}/logs/verify.log",
+        layout.log(RESULTS, "verify"),
     params:
         results=lambda wildcards, output: os.path.dirname(output[0]),
         models=" ".join(MODELS),
@@ -24,9 +24,9 @@ rule timing:
     input:
         [job["output"] for job in timed_jobs()],
     output:
-        f"{RESULTS}/timing/phase_timings.jsonl",
+        layout.timing(RESULTS),
     log:
-        f"{RESULTS}/logs/timing.log",
+        layout.log(RESULTS, "timing"),
     params:
         jobs=json.dumps(timed_jobs()),
     conda:
@@ -40,12 +40,12 @@ rule figures:
         phase_outputs(),
     output:
         [
-            report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures",
+            report(layout.figure(RESULTS, name), caption=f"../report/{name}.rst", category="Figures",
                    labels={"figure": name.replace("_", " ")})
             for name in FIGURES
         ],
     log:
-        f"{RESULTS}/logs/figures.log",
+        layout.log(RESULTS, "figures"),
     params:
         results=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
         out=lambda wildcards, output: os.path.dirname(output[0]),
