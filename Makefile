@@ -50,10 +50,10 @@ lint: setup
 
 # The quick loop: lint and the fast tests (no workflow runs, no calibration suites).
 check: lint
-	$(BIN)/pytest -q -n 2 -m "not slow"
+	$(BIN)/pytest -q -n 2 --dist loadgroup -m "not slow"
 
 test: lint
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf results/demo .snakemake

@@ -54,11 +54,11 @@ from emolens.resampling import frame_slot_permutations, perm_pvalue
 from emolens.statistics import frame_tests, k_axis_scores, k_decision
 from emolens.vectors import decoding_test, grouped_folds, item_centred, probe_minus_lexical
 
-pytestmark = pytest.mark.slow  # hundreds of simulated studies
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("design")]  # hundreds of studies, simulated once per run
 
 ALPHA, N_PERM, N_SIMS, N_POWER = 0.05, 99, 200, 40
 LATENT, WIDTHS, N_LAYERS, TEMPLATE, LENGTH = 8, (16, 20), 2, 0.5, 1.0
-EFFECT, MIN_POWER, PATCH_EFFECT, PROBE_GAIN = 1.0, 0.8, 0.2, 0.1
+EFFECT, MIN_POWER, PATCH_EFFECT, PROBE_GAIN = 1.0, 0.75, 0.2, 0.1
 EMOTION_MEANS = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, 0.0]])  # unequal distances
 
 
