@@ -1,9 +1,9 @@
-"""The README's bad-input table, one test per row, through the real ``emolens`` command.
+"""The bad-input table (docs/bad-inputs.md), one test per row, through the real ``emolens`` command.
 
 Each row: the command exits 2 with one line on stderr (``emolens <cmd>: error: ...``, no traceback)
 that names the file, line or setting to fix; it writes no output; a finished output it would have
 replaced is kept. :data:`ROWS` builds each bad input in a directory and returns the command; the
-table in README.md ("When the input is wrong") is these rows run with ``python tests/unit/test_bad_inputs.py``.
+table in docs/bad-inputs.md is these rows run with ``python tests/unit/test_bad_inputs.py``.
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ def table(tiny_checkpoint: Path) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # print the table for the README
+if __name__ == "__main__":  # print the table for docs/bad-inputs.md
     from emolens.organisms import build_organism, train_tokenizer
 
     with __import__("tempfile").TemporaryDirectory() as ckpt:

@@ -22,7 +22,7 @@ lie within alpha + 3 Monte-Carlo standard errors, and the power at the largest e
 here. (A 1000-dataset run of the label null gave 0.053 transfer, 0.038 subspace, 0.053 RSA, and
 P(k > 0) = 0.020.)
 
-``python tests/unit/test_calibration.py`` prints the table for the README ("How the statistics are
+``python tests/unit/test_calibration.py`` prints the table for docs/statistics.md ("How the statistics are
 calibrated"); ``pytest -s`` prints one row per test.
 """
 
@@ -169,7 +169,7 @@ def calibration_rows() -> list[dict[str, object]]:
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:
-    """The README table: test, null, false-positive rate, power at the planted effects, simulations, time."""
+    """The docs/statistics.md table: test, null, false-positive rate, power at the planted effects, simulations, time."""
     power_cols = " | ".join(f"power, effect {e}" for e in EFFECTS)
     lines = [f"| test | null | false-positive rate at alpha {ALPHA} (MC SE) "
              f"| {power_cols} | simulations | seconds, 1 core (scenario, all its tests) |",

@@ -26,7 +26,7 @@ labels permuted within items) to show what the frame unit fixes. A nuisance that
 emotion the same way in every frame (neutral always shortest) is indistinguishable from emotion
 for any label test: that is for the dataset to remove, not for the statistics.
 
-``python tests/unit/test_calibration_design.py`` prints the table for the README; ``pytest -s``
+``python tests/unit/test_calibration_design.py`` prints the table for docs/statistics.md; ``pytest -s``
 prints one row per test.
 """
 
@@ -221,7 +221,7 @@ def test_items_as_the_unit_call_templates_emotion():
 
 
 def table() -> str:
-    """The README table: test, null, FPR (MC SE), power, simulations."""
+    """The docs/statistics.md table: test, null, FPR (MC SE), power, simulations."""
     started = time.time()
     null, planted, items = rejections(0.0, N_SIMS), rejections(EFFECT, N_POWER), rejections(0.0, N_POWER, "items")
     lines = ["| test | null | FPR under no emotion (MC SE) | same data, items as unit | power (planted) | sims |",

@@ -18,7 +18,7 @@ content (sd 2, shared by an item's prompts) plus prompt noise (sd 1), and under 
 each emotion adds ``DECODE_EFFECT`` along its own axis. Its false-positive rate is of the
 family-wise decision (any layer significant, max-statistic over layers).
 
-``python tests/unit/test_calibration_effects.py`` prints the rows for the README.
+``python tests/unit/test_calibration_effects.py`` prints the rows for docs/statistics.md.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def test_summary_flags_a_deleted_chunk_as_missing(mini_workdir, wf, tmp_path):
     assert out.returncode == 0, out.stdout[-4000:]
     rows = {line.split("\t")[0]: line.split("\t") for line in out.stdout.splitlines() if "\t" in line}
     # status, plan: the chunk is missing; while the merged sweep is up to date nothing is rerun for it
-    # (Snakemake keeps finished work), so the README says to rebuild it with `snakemake -R <chunk>`.
+    # (Snakemake keeps finished work), so the docs say to rebuild it with `snakemake -R <chunk>`.
     assert rows[chunk][4:6] == ["missing", "no update"], rows[chunk]
     assert rows[SWEEP][4:6] == ["ok", "no update"], rows[SWEEP]
     assert rows[f"{CHUNKS}/layers_00-01.pkl"][4:6] == ["ok", "no update"]
