@@ -61,9 +61,8 @@ from typing import Any
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import spearmanr
-from statsmodels.stats.multitest import multipletests
 
-from emolens import EMOTIONS
+from emolens import EMOTIONS, families
 from emolens.io import load_pickle, provenance, save_json, save_pickle
 from emolens.resampling import (
     frame_halves,
@@ -75,12 +74,7 @@ from emolens.resampling import (
 from emolens.vectors import item_centred
 
 SCHEMA = "emolens.alignment/1"
-FAMILIES = {
-    "texts_alike": "Do the two models represent these texts alike? (raw activations)",
-    "emotion_alike": "Do they represent what varies inside a scenario alike? (item-centred activations; label-free, "
-                     "so emotion and frame template together)",
-    "emotion_specific": "Is their emotion structure the same? (tests that read the emotion labels)",
-}
+FAMILIES = families.ALIGNMENT
 _SHUFFLE_ALL = "prompt correspondence shuffled across all prompts"
 _SHUFFLE_ITEMS = ("prompt correspondence shuffled within items, one slot permutation per frame for all its items "
                   "(rows of b permuted within item blocks)")
@@ -626,11 +620,7 @@ def bh_families(records: Sequence[dict[str, Any]], alpha: float) -> dict[tuple[i
     for family in FAMILIES:
         keys = [(i, m) for i in range(len(records)) for m in MEASURES if MEASURE_TABLE[m]["family"] == family]
         pvals = [np.array([d[f"{m}_p"] for d in records[i]["matched"]], float) for i, m in keys]
-        flat = np.concatenate(pvals) if pvals else np.empty(0)
-        adjusted, reject = np.full(len(flat), np.nan), np.zeros(len(flat), bool)
-        ok = np.isfinite(flat)
-        if ok.any():
-            reject[ok], adjusted[ok] = multipletests(flat[ok], alpha=alpha, method="fdr_bh")[:2]
+        adjusted, reject = families.bh(np.concatenate(pvals) if pvals else np.empty(0), alpha)
         start = 0
         for key, p in zip(keys, pvals, strict=True):
             out[key] = {"p": p, "p_bh": adjusted[start:start + len(p)], "significant": reject[start:start + len(p)]}
@@ -665,17 +655,16 @@ def run_summary(pair_files: Sequence[str | Path], out_json: str | Path, alpha: f
                       "n_items": r.get("n_items"), "matched_layers": [[d["layer_a"], d["layer_b"]] for d in matched],
                       "map_r2": [d["map_r2"] for d in matched], "self_cells": r.get("self_cells"),
                       "measures": measures})
-    families = {}
+    by_family = {}
     for family, question in FAMILIES.items():
         members = [m for m in MEASURES if MEASURE_TABLE[m]["family"] == family]
-        families[family] = {
+        by_family[family] = {
             "question": question, "measures": members,
-            "correction": "Benjamini-Hochberg (statsmodels multipletests, fdr_bh) over these measures x "
-                          "matched depths x model pairs",
+            "correction": f"{families.CORRECTION}, over these measures x matched depths x model pairs",
             "n_tests": sum(p["measures"][m]["n_tests"] for p in pairs for m in members),
             "n_significant": sum(p["measures"][m]["n_significant"] for p in pairs for m in members)}
     prov = provenance({"alpha": alpha}, started, inputs=[str(p) for p in pair_files])
-    save_json({"alpha": alpha, "measures": MEASURE_TABLE, "families": families,
+    save_json({"alpha": alpha, "measures": MEASURE_TABLE, "families": by_family,
                "significance": "every n_significant counts tests with BH-adjusted p <= alpha within its family",
                "identity_cells": "self_cells (each model against itself at its last block: CKA, mutual k-NN = 1) "
                                  "are verification checks, not tests, and belong to no family",

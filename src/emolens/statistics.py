@@ -41,10 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from emolens import EMOTIONS
+from emolens import EMOTIONS, families
 from emolens.alignment import (
     EmotionGrams,
     comparable_layers,
@@ -86,28 +85,6 @@ def frame_tests(gain: np.ndarray, separation: np.ndarray, items: Sequence[str], 
     return {"effect": effect, "ci_low": low, "ci_high": high, "n_frames": n, "cohen_d": cohen,
             "hedges_g": hedges_g(cohen, n), "p_perm": p, "n_items": np.full(gain.shape[1], float(len(set(items)))),
             "n_pairs": np.full(gain.shape[1], float(len(gain)))}
-
-
-def bh_adjust(pvalues: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values over one family; NaN entries stay NaN and are not counted."""
-    adjusted = np.full(len(pvalues), np.nan)
-    ok = ~np.isnan(pvalues)
-    if ok.any():
-        adjusted[ok] = multipletests(pvalues[ok], method="fdr_bh")[1]
-    return adjusted
-
-
-def pool_bh(families: Sequence[dict[str, np.ndarray]], alpha: float = 0.05) -> int:
-    """Add ``p_bh`` and ``significant`` to each table from one BH correction over all their ``p_perm``;
-    return the number of significant tests."""
-    adjusted = bh_adjust(np.concatenate([np.ravel(f["p_perm"]) for f in families]))
-    start = 0
-    for f in families:
-        size = np.size(f["p_perm"])
-        f["p_bh"] = adjusted[start:start + size].reshape(np.shape(f["p_perm"]))
-        f["significant"] = f["p_bh"] < alpha
-        start += size
-    return int(np.nansum(adjusted < alpha))
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -192,7 +169,7 @@ def run_effect(sweep_files: Sequence[str | Path], head_files: Sequence[str | Pat
     for name, model in _load_effects(sweep_files, head_files).items():
         tables = _effect_tables(model, n_boot, n_perm, seed)
         n_tests = sum(int(np.sum(np.isfinite(t["p_perm"]))) for t in tables.values())
-        tables["family"] = {"tests": n_tests, "significant_after_bh": pool_bh(list(tables.values()), alpha)}
+        tables["family"] = {"tests": n_tests, "significant_after_bh": families.pool(list(tables.values()), alpha)}
         models[name] = tables
     settings = {"seed": seed, "n_boot": n_boot, "n_perm": n_perm, "alpha": alpha}
     save_json(settings | {
@@ -201,8 +178,7 @@ def run_effect(sweep_files: Sequence[str | Path], head_files: Sequence[str | Pat
         "effect": "ratio of sums over kept pairs, sum(LD_patched - LD_run) / sum(LD_donor - LD_run), with a 95% BCa "
                   "two-stage bootstrap CI (frames, then items within frames)",
         "test": "two-sided sign-flip permutation over frames of the frame effects G_f / D_f",
-        "bh_family": "per model: all residual layer x position cells (identity cells excluded), single heads "
-                     "and the joint patch",
+        "bh_family": families.PATCHING, "correction": families.CORRECTION,
         "models": models,
         "provenance": provenance(settings, started, inputs=[str(p) for p in [*sweep_files, *head_files]]),
     }, out_json)

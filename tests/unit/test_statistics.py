@@ -10,7 +10,7 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from emolens import EMOTIONS
+from emolens import EMOTIONS, families
 from emolens.alignment import EmotionGrams
 from emolens.io import save_pickle
 from emolens.resampling import ratio_of_sums, sign_flip_pvalue
@@ -18,7 +18,6 @@ from emolens.statistics import (
     detectable_d,
     frame_tests,
     k_axis_scores,
-    pool_bh,
     required_n,
     run_effect,
     run_k,
@@ -105,7 +104,7 @@ def test_bh_pools_layers_and_heads_into_one_family():
     heads = {"p_perm": rng.uniform(0, 0.1, 5)}
     joint = {"p_perm": np.array(0.001)}
     residual["p_perm"][0, 0] = np.nan
-    n_significant = pool_bh([residual, heads, joint])
+    n_significant = families.pool([residual, heads, joint], 0.05)
     flat = np.concatenate([residual["p_perm"].ravel(), heads["p_perm"], [0.001]])
     expected = multipletests(flat[~np.isnan(flat)], method="fdr_bh")[1]
     got = np.concatenate([residual["p_bh"].ravel(), heads["p_bh"], [joint["p_bh"]]])
