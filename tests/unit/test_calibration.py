@@ -169,7 +169,7 @@ def calibration_rows() -> list[dict[str, object]]:
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:
-    """The docs/statistics.md table: test, null, false-positive rate, power at the planted effects, simulations, time."""
+    """The docs/statistics.md table: test, null, false-positive rate, power at the planted effects, sims, time."""
     power_cols = " | ".join(f"power, effect {e}" for e in EFFECTS)
     lines = [f"| test | null | false-positive rate at alpha {ALPHA} (MC SE) "
              f"| {power_cols} | simulations | seconds, 1 core (scenario, all its tests) |",
