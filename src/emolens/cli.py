@@ -298,22 +298,7 @@ def _separation_arg(p: argparse.ArgumentParser) -> None:
              "pairs whose clean LD_donor - LD_run is below this (logits) are left out of summaries", type=float)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every phase's subcommand."""
-    parser = _Parser(prog="emolens", description=__doc__.split("\n\n")[0].replace("\n", " "),
-                     epilog="Exit status: 0 done; 2 bad input (one line on stderr naming the file, line or "
-                            "setting; a workflow retry is refused); 3 out of memory (retried). "
-                            "Run 'emolens <command> --help' for a command's options.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    _guard_args(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(name: str, fn: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(func=fn)
-        return p
-
-    p = command("dataset", _cmd_dataset, "phase 1: build the 900-prompt dataset, or check a JSONL")
+def _dataset_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--out", help="where to write the built dataset")
     group.add_argument("--check", help="a dataset JSONL to validate")
@@ -323,19 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="the dataset to permute (default: the built-in one)")
     _setting(p, "--seed", "seed", "seed of the label permutation", type=int)
 
-    p = command("organism", _cmd_organism, "demo: build and train a tiny model organism")
+
+def _organism_options(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, help="checkpoint directory to write")
 
-    p = command("activations", _cmd_activations, "phase 2: residual stream at every layer")
+
+def _activations_options(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, help="activations pickle to write")
 
-    p = command("readout", _cmd_readout, "readout baseline: the model's own 4-way emotion prediction")
+
+def _readout_options(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, help="readout JSON to write")
 
-    p = command("vectors", _cmd_vectors, "phase 3: emotion vectors, probes and subspaces")
+
+def _vectors_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")
     p.add_argument("--dataset", required=True, help="the dataset JSONL the activations were extracted from")
     p.add_argument("--vectors-out", required=True, help="emotion vectors and probe accuracies pickle to write")
@@ -346,29 +335,30 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--n-perm", "statistics.n_perm", "label permutations by frame of the decoding test", type=int)
     _setting(p, "--n-boot", "patching.n_boot",
              "frame-then-item bootstrap resamples of probe minus lexical accuracy", type=int)
-    for name, fn, help in (("residual-chunk", _cmd_residual_chunk, "phase 5: residual patching of one layer chunk"),
-                           ("screen-heads", _cmd_screen_heads, "phase 6a: exact and attribution scores of every head"),
-                           ("patch-heads", _cmd_patch_heads, "phase 6b: the top-K heads, alone and jointly")):
-        p = command(name, fn, help)
-        _model_args(p)
-        p.add_argument("--out", required=True, help="result file to write (pickle; screen-heads: JSON)")
-        _setting(p, "--direction", "patching.direction", "denoising patches the source run's activations into the "
-                 "target run; noising the reverse", choices=["denoising", "noising"])
-        _setting(p, "--max-pairs", "patching.max_pairs", "deterministic subsample of pairs (none: all)", type=int)
-        _setting(p, "--seed", "seed", "seed of the pair subsample and of the head-screening frame split", type=int)
-        _setting(p, "--message-positions", "patching.message_positions",
-                 "message tokens patched before the readout suffix (positions are roles from the end)", type=int)
-        if name != "residual-chunk":
-            _separation_arg(p)
-        if name == "residual-chunk":
-            p.add_argument("--layers", required=True, help="residual indices a-b (inclusive)")
-        if name == "screen-heads":
-            _setting(p, "--top-k", "patching.top_k_heads", "heads carried to head patching", type=int)
-        if name == "patch-heads":
-            p.add_argument("--screening", required=True, help="phase-6a head_scores JSON")
-            _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples", type=int)
 
-    p = command("residual-merge", _cmd_residual_merge, "phase 5: check and merge a model's chunk files")
+
+def _patching_options(p: argparse.ArgumentParser, name: str) -> None:
+    """Options of residual-chunk, screen-heads and patch-heads (which one: ``name``)."""
+    _model_args(p)
+    p.add_argument("--out", required=True, help="result file to write (pickle; screen-heads: JSON)")
+    _setting(p, "--direction", "patching.direction", "denoising patches the source run's activations into the "
+             "target run; noising the reverse", choices=["denoising", "noising"])
+    _setting(p, "--max-pairs", "patching.max_pairs", "deterministic subsample of pairs (none: all)", type=int)
+    _setting(p, "--seed", "seed", "seed of the pair subsample and of the head-screening frame split", type=int)
+    _setting(p, "--message-positions", "patching.message_positions",
+             "message tokens patched before the readout suffix (positions are roles from the end)", type=int)
+    if name != "residual-chunk":
+        _separation_arg(p)
+    if name == "residual-chunk":
+        p.add_argument("--layers", required=True, help="residual indices a-b (inclusive)")
+    if name == "screen-heads":
+        _setting(p, "--top-k", "patching.top_k_heads", "heads carried to head patching", type=int)
+    if name == "patch-heads":
+        p.add_argument("--screening", required=True, help="phase-6a head_scores JSON")
+        _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples", type=int)
+
+
+def _residual_merge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunks", nargs="+", required=True, help="the model's chunk pickles (layers_<a>-<b>.pkl)")
     p.add_argument("--n-layers", type=int, required=True,
                    help="decoder layers L of the model: the chunks must cover residual indices 0..L once")
@@ -377,41 +367,41 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples", type=int)
     _separation_arg(p)
 
-    for name, fn, help in (("steer", _cmd_steer, "steering dose-response, specificity, KL cost and directional "
-                                                  "ablation of the emotion vectors"),
-                           ("steer-transfer", _cmd_steer_transfer, "steer a model with every other model's emotion "
-                                                                   "vectors carried through a ridge map")):
-        p = command(name, fn, help)
-        _model_args(p)
-        p.add_argument("--out", required=True, help="JSON to write")
-        _setting(p, "--seed", "seed", "seed of the frame split, subsample, directions, bootstrap", type=int)
-        _setting(p, "--n-random", "steering.n_random", "random unit directions of the null", type=int)
-        _setting(p, "--max-prompts", "steering.max_prompts", "held-out prompts measured (whole items; none: all)",
-                 type=int)
-        _setting(p, "--n-boot", "steering.n_boot", "frame-then-item bootstrap resamples", type=int)
-        if name == "steer":
-            p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")
-            _setting(p, "--alphas", "steering.alphas",
-                     "steering strengths, in units of the typical residual norm (0 is always added)", type=float,
-                     nargs="+")
-            _setting(p, "--layer-stride", "steering.layer_stride", "steer every n-th residual index (and the last)",
-                     type=int)
-            _setting(p, "--kl-prompts", "steering.kl_prompts", "neutral held-out prompts for the KL cost", type=int)
-            _setting(p, "--n-random-subspaces", "steering.n_random_subspaces", "random subspaces ablated as the null",
-                     type=int)
-            _setting(p, "--transfer-alpha", "steering.transfer_alpha",
-                     "alpha (nearest on the grid) at which the best index is chosen and transfer runs", type=float)
-        else:
-            p.add_argument("--activations", nargs="+", required=True,
-                           help="phase-2 activations of every model (<name>.pkl), this one included")
-            p.add_argument("--steering", required=True, help="this model's steering JSON (its best index and alpha)")
-            _setting(p, "--ridge", "steering.ridge", "ridge of the map, relative to a's mean eigenvalue", type=float)
 
-    p = command("steer-transfer-summary", _cmd_steer_transfer_summary, "the steering-transfer matrix over model pairs")
+def _steering_options(p: argparse.ArgumentParser, name: str) -> None:
+    """Options of steer and steer-transfer (which one: ``name``)."""
+    _model_args(p)
+    p.add_argument("--out", required=True, help="JSON to write")
+    _setting(p, "--seed", "seed", "seed of the frame split, subsample, directions, bootstrap", type=int)
+    _setting(p, "--n-random", "steering.n_random", "random unit directions of the null", type=int)
+    _setting(p, "--max-prompts", "steering.max_prompts", "held-out prompts measured (whole items; none: all)",
+             type=int)
+    _setting(p, "--n-boot", "steering.n_boot", "frame-then-item bootstrap resamples", type=int)
+    if name == "steer":
+        p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")
+        _setting(p, "--alphas", "steering.alphas",
+                 "steering strengths, in units of the typical residual norm (0 is always added)", type=float,
+                 nargs="+")
+        _setting(p, "--layer-stride", "steering.layer_stride", "steer every n-th residual index (and the last)",
+                 type=int)
+        _setting(p, "--kl-prompts", "steering.kl_prompts", "neutral held-out prompts for the KL cost", type=int)
+        _setting(p, "--n-random-subspaces", "steering.n_random_subspaces", "random subspaces ablated as the null",
+                 type=int)
+        _setting(p, "--transfer-alpha", "steering.transfer_alpha",
+                 "alpha (nearest on the grid) at which the best index is chosen and transfer runs", type=float)
+    else:
+        p.add_argument("--activations", nargs="+", required=True,
+                       help="phase-2 activations of every model (<name>.pkl), this one included")
+        p.add_argument("--steering", required=True, help="this model's steering JSON (its best index and alpha)")
+        _setting(p, "--ridge", "steering.ridge", "ridge of the map, relative to a's mean eigenvalue", type=float)
+
+
+def _steer_transfer_summary_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", nargs="+", required=True, help="steering/transfer/into_<m>.json files")
     p.add_argument("--out", required=True, help="summary JSON to write")
 
-    p = command("align", _cmd_align, "phase 4: compare two models of any widths on the same prompts")
+
+def _align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", nargs=2, required=True, metavar=("A", "B"), help="the two models' activations")
     p.add_argument("--vectors", nargs=2, required=True, metavar=("A", "B"), help="the two models' vectors pickles")
     p.add_argument("--subspaces", nargs=2, required=True, metavar=("A", "B"),
@@ -421,14 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--n-perm", "alignment.n_perm", "permutations of each null", type=int)
     _setting(p, "--knn-k", "alignment.knn_k", "neighbours in the mutual k-NN overlap", type=int)
 
-    p = command("align-summary", _cmd_align_summary, "phase 4: headline numbers of every model pair")
+
+def _align_summary_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", nargs="+", required=True, help="alignment pickles of every model pair")
     p.add_argument("--out", required=True, help="summary JSON to write")
     _setting(p, "--alpha", "statistics.alpha", "Benjamini-Hochberg FDR level within each family", type=float)
 
-    p = command("stats", _cmd_stats, "phase 7: effect sizes, power, or aligned subspace dimensions (k)")
+
+def _stats_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("mode", choices=["effect", "power", "k"],
-                   help="effect: effect sizes, CIs and p-values; power: items needed; k: aligned dimensions")
+                   help="effect: effect sizes, CIs and p-values; power: frames needed; k: aligned dimensions")
     p.add_argument("--sweeps", nargs="*", default=[], help="residual sweep pickles (effect, power)")
     p.add_argument("--heads", nargs="*", default=[], help="head patching pickles (effect, power)")
     p.add_argument("--activations", nargs="*", default=[], help="activations pickles of every model (k)")
@@ -440,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--alpha", "statistics.alpha", "significance level", type=float)
     _setting(p, "--power", "statistics.power", "target power of the frames-needed rows", type=float)
 
-    p = command("verify", _cmd_verify, "check every output of every phase; non-zero exit on any failure")
+
+def _verify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True, help="results/<profile>")
     p.add_argument("--models", nargs="+", required=True, help="model names from the config")
     p.add_argument("--dataset", required=True, help="the dataset JSONL every phase ran on")
@@ -448,11 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
              "least Spearman correlation of attribution with exact head scores that passes", type=float)
     p.add_argument("--out", required=True, help="verification JSON to write")
 
-    p = command("timing", _cmd_timing, "one timing record per job, from Snakemake benchmark files")
+
+def _timing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=_jobs, required=True, help="JSON list of {rule, model, chunk, benchmark, output}")
     p.add_argument("--out", required=True, help="timing JSONL to write")
 
-    p = command("figures", _cmd_figures, "the report's figures from a profile's results")
+
+def _figures_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True, help="results/<profile>")
     p.add_argument("--models", nargs="+", required=True, help="model names from the config, in config order")
     p.add_argument("--out", required=True, help="directory for the PNG files")
@@ -461,24 +456,72 @@ def build_parser() -> argparse.ArgumentParser:
                         "\"n_layers\": 4}}': they are labelled 'demo organism (d_model, layers)'; default: none")
     p.add_argument("--profile", help="profile name in every title (default: the name of the --results directory)")
 
-    p = command("findings", _cmd_findings, "the findings page (markdown) from a profile's results")
+
+def _findings_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True, help="results/<profile>")
     p.add_argument("--out", required=True, help="markdown file to write, e.g. results/<profile>/findings.md")
     p.add_argument("--organisms", type=_json_object("--organisms"), default={}, metavar="JSON",
                    help="the demo organisms by model (as for figures): the caveats name them; default: none")
 
-    p = command("plan", _cmd_plan, "memory plan: weights, KV cache, activations and batch sizes per model")
+
+def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configfile", default="config/config.yaml", help="profile YAML to plan (validated)")
     p.add_argument("--prompt-tokens", type=int, default=24, help="tokens per prompt assumed (plan.PROMPT_TOKENS)")
 
-    p = command("preflight", _cmd_preflight, "before a run: per model, are the weights cached or at their path, "
-                                             "their download size, gated or not, and free disk against the need")
+
+def _preflight_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--configfile", help="profile YAML to check (validated; default: config/config.yaml)")
     group.add_argument("--models", type=_json_object("--models"), metavar="JSON",
                        help="the config's models section as a JSON object, e.g. "
                             "'{\"gpt2_small\": {\"hf_id\": \"openai-community/gpt2\"}}' (what the workflow passes)")
     p.add_argument("--out", help="JSON report to write when every model can run")
+
+
+COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
+    # (name, help, its options), in the order of the phases; command NAME runs _cmd_NAME (dashes as underscores)
+    ("dataset", "phase 1: build the 900-prompt dataset, or check a JSONL", _dataset_options),
+    ("organism", "demo: build and train a tiny model organism", _organism_options),
+    ("activations", "phase 2: residual stream at every layer", _activations_options),
+    ("readout", "readout baseline: the model's own 4-way emotion prediction", _readout_options),
+    ("vectors", "phase 3: emotion vectors, probes and subspaces", _vectors_options),
+    ("residual-chunk", "phase 5: residual patching of one layer chunk",
+     lambda p: _patching_options(p, "residual-chunk")),
+    ("screen-heads", "phase 6a: exact and attribution scores of every head",
+     lambda p: _patching_options(p, "screen-heads")),
+    ("patch-heads", "phase 6b: the top-K heads, alone and jointly",
+     lambda p: _patching_options(p, "patch-heads")),
+    ("residual-merge", "phase 5: check and merge a model's chunk files", _residual_merge_options),
+    ("steer", "steering dose-response, specificity, KL cost and directional ablation of the emotion "
+                          "vectors", lambda p: _steering_options(p, "steer")),
+    ("steer-transfer", "steer a model with every other model's emotion vectors carried "
+                                            "through a ridge map", lambda p: _steering_options(p, "steer-transfer")),
+    ("steer-transfer-summary", "the steering-transfer matrix over model pairs",
+     _steer_transfer_summary_options),
+    ("align", "phase 4: compare two models of any widths on the same prompts", _align_options),
+    ("align-summary", "phase 4: headline numbers of every model pair", _align_summary_options),
+    ("stats", "phase 7: effect sizes, power, or aligned subspace dimensions (k)", _stats_options),
+    ("verify", "check every output of every phase; non-zero exit on any failure", _verify_options),
+    ("timing", "one timing record per job, from Snakemake benchmark files", _timing_options),
+    ("figures", "the report's figures from a profile's results", _figures_options),
+    ("findings", "the findings page (markdown) from a profile's results", _findings_options),
+    ("plan", "memory plan: weights, KV cache, activations and batch sizes per model", _plan_options),
+    ("preflight", "before a run: per model, are the weights cached or at their path, their download "
+                                  "size, gated or not, and free disk against the need", _preflight_options),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every phase's subcommand (:data:`COMMANDS`)."""
+    parser = _Parser(prog="emolens", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                     epilog="Exit status: 0 done; 2 bad input (one line on stderr naming the file, line or "
+                            "setting; a workflow retry is refused); 3 out of memory (retried). "
+                            "Run 'emolens <command> --help' for a command's options.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _guard_args(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help, options in COMMANDS:
+        options(sub.add_parser(name, help=help, description=help))
     return parser
 
 
@@ -557,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        args.func(args)
+        globals()[f"_cmd_{args.command.replace('-', '_')}"](args)
     except RESOURCE_ERRORS as e:
         detail = e if isinstance(e, BatchOutOfMemoryError) else f"out of host memory ({e!r})"
         print(f"emolens {args.command}: error: {detail}", file=sys.stderr)
