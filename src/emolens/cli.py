@@ -492,10 +492,10 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("patch-heads", "phase 6b: the top-K heads, alone and jointly",
      lambda p: _patching_options(p, "patch-heads")),
     ("residual-merge", "phase 5: check and merge a model's chunk files", _residual_merge_options),
-    ("steer", "steering dose-response, specificity, KL cost and directional ablation of the emotion "
-                          "vectors", lambda p: _steering_options(p, "steer")),
-    ("steer-transfer", "steer a model with every other model's emotion vectors carried "
-                                            "through a ridge map", lambda p: _steering_options(p, "steer-transfer")),
+    ("steer", "steering dose-response, specificity, KL cost and directional ablation of the emotion vectors",
+     lambda p: _steering_options(p, "steer")),
+    ("steer-transfer", "steer a model with every other model's emotion vectors carried through a ridge map",
+     lambda p: _steering_options(p, "steer-transfer")),
     ("steer-transfer-summary", "the steering-transfer matrix over model pairs",
      _steer_transfer_summary_options),
     ("align", "phase 4: compare two models of any widths on the same prompts", _align_options),
@@ -506,8 +506,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("figures", "the report's figures from a profile's results", _figures_options),
     ("findings", "the findings page (markdown) from a profile's results", _findings_options),
     ("plan", "memory plan: weights, KV cache, activations and batch sizes per model", _plan_options),
-    ("preflight", "before a run: per model, are the weights cached or at their path, their download "
-                                  "size, gated or not, and free disk against the need", _preflight_options),
+    ("preflight", "before a run: per model, are the weights cached or at their path, their download size, gated "
+                  "or not, and free disk against the need", _preflight_options),
 ]
 
 
