@@ -73,10 +73,11 @@ def probe_section(res: Results) -> list[str]:
                      _beats_lexical(versus, depth),
                      f"{_f(max(implicit))} vs {_f(lex_reg.get('implicit'))}" if implicit is not None else "n/a",
                      f"{_f(transfer[t_best])} at depth {_f(depth[t_best])}" if t_best is not None else "n/a"])
-    return lines + _table(["model", "best probe", "lexical baseline",
+    return lines + _table(["model", "best probe (max over layers, descriptive)", "lexical baseline",
                            "first above chance (ridge probe, label permutation, FWER over layers)",
                            "probe above lexical (simultaneous 95% band, frame bootstrap)",
-                           "implicit: best probe vs lexical", "explicit -> implicit transfer"], rows) + [""]
+                           "implicit: best probe vs lexical (descriptive)",
+                           "explicit -> implicit transfer (best layer, descriptive)"], rows) + [""]
 
 
 def _beats_lexical(versus: dict[str, Any], depth: np.ndarray) -> str:
