@@ -105,7 +105,7 @@ def group_sums(num: np.ndarray, den: np.ndarray, groups: Sequence[Any]) -> tuple
 
 def item_frames(items: Sequence[Any], frames: Sequence[Any]) -> np.ndarray:
     """[I] frame index of every item, items in sorted order of their names (as :func:`group_sums` orders them)."""
-    names, first = np.unique(np.asarray(items), return_index=True)
+    _, first = np.unique(np.asarray(items), return_index=True)
     return codes_of(np.asarray(frames)[first])
 
 
