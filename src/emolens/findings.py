@@ -4,7 +4,7 @@ Every number on the page is read from the files the phases wrote (through :func:
 nothing is typed by hand. Per model: does it read the emotion (readout baseline); where the emotion
 becomes linearly decodable beyond a bag of words (probe vs lexical baseline, cross-register transfer);
 where patching the residual stream at the last position crosses half the clean separation, and what
-the message positions carry; the heads confirmed on held-out items; steering and ablation. Across
+the message positions carry; the heads confirmed on held-out frames; steering and ablation. Across
 models: alignment by question and the aligned dimension k, and steering transfer. Then the caveats.
 Output: ``results/<p>/findings.md``.
 """
@@ -155,7 +155,7 @@ def alignment_section(res: Results) -> list[str]:
 def steering_section(res: Results) -> list[str]:
     if not res.steering:
         return []
-    lines = ["## Do the vectors cause anything? (steering and ablation on held-out items)", ""]
+    lines = ["## Do the vectors cause anything? (steering and ablation on held-out frames)", ""]
     rows = []
     for m, s in res.steering.items():
         b = s["best"]
