@@ -43,6 +43,15 @@ def tiny_settings() -> dict[str, dict]:
 
 
 @pytest.fixture(scope="session")
+def varied_records() -> list[dict]:
+    """The built-in dataset with every anger text one to three words longer. The built-in texts are matched in
+    tokens within each item; the tests that line prompts of different lengths up by role need some that are not."""
+    extra = ("Honestly.", "Honestly, again.", "Honestly, again and again.")
+    return [r | {"text": f"{r['text']} {extra[int(r['item_id'][1:]) % 3]}"} if r["emotion"] == "anger" else r
+            for r in build_dataset()]
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     """The organism tokenizer trained on the built-in dataset's texts."""
     return train_tokenizer([r["text"] for r in build_dataset()])

@@ -27,9 +27,10 @@ from emolens.io import provenance, save_pickle
 from emolens.models import ModelAdapter, load_model
 from emolens.oom import run_with_backoff
 from emolens.readout import DEFAULT, Readout
+from emolens.surface import length_match, token_counts
 
 log = logging.getLogger(__name__)
-SCHEMA = "emolens.activations/1"
+SCHEMA = "emolens.activations/2"
 
 
 class _StopForward(Exception):
@@ -98,16 +99,24 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
     texts = [r["text"] for r in records]
     resid, _ = run_with_backoff(lambda bs: extract(adapter, texts, bs, readout), settings.get("batch_size", 16),
                                 what=f"activations {name}")
+    text_tokens = token_counts(texts, adapter.tokenizer)
+    match = length_match(text_tokens, [r["item_id"] for r in records])
+    if match["beyond"]:
+        log.warning("%s: the texts of %d item(s) differ by more than one token under this tokenizer (first %s); "
+                    "%.0f%% of within-item pairs have equal token length", name, len(match["beyond"]),
+                    dict(list(match["beyond"].items())[:3]), 100 * match["equal_pairs"])
     save_pickle({
         "schema": SCHEMA,
         "resid": resid,
         "ids": [r["id"] for r in records],
         "emotions": [r["emotion"] for r in records],
         "item_ids": [r["item_id"] for r in records],
+        "text_tokens": text_tokens,  # [N] tokens of each text alone: the length the length-erasure control removes
         "frames": frame_groups(records),  # the unit of every split and permutation (the item where none)
         "registers": [r.get("register") for r in records] if all(r.get("register") for r in records) else None,
         "n_layers": adapter.n_layers,
         "d_model": adapter.d_model,
+        "learned_positions": adapter.learned_positions,
         "suffix": readout.suffix,
         "readout": readout.as_dict(),
         "quantization": adapter.quantization,

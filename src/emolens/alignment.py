@@ -564,7 +564,7 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
              k_pca: int = 10, ridge: float = 0.1, position: str = "last") -> None:
     """Compare two models on the same prompts at matched depths and layer x layer; save the pair's pickle."""
     started = time.time()
-    acts = [load_pickle(p, "emolens.activations/1") for p in (act_a, act_b)]
+    acts = [load_pickle(p, "emolens.activations/2") for p in (act_a, act_b)]
     vecs = [load_pickle(p, "emolens.vectors/1") for p in (vec_a, vec_b)]
     subs = [load_pickle(p, "emolens.subspaces/1") for p in (sub_a, sub_b)]
     if list(acts[0]["ids"]) != list(acts[1]["ids"]):

@@ -21,7 +21,7 @@ from typing import Any
 
 from emolens import config
 from emolens.config import ConfigError, ModelLoadError
-from emolens.dataset import DatasetError
+from emolens.dataset import N_ITEMS, DatasetError
 from emolens.io import ResultFileError
 from emolens.oom import BatchOutOfMemoryError
 
@@ -71,11 +71,34 @@ def _jobs(text: str) -> list[dict[str, Any]]:
 def _cmd_dataset(a: argparse.Namespace) -> None:
     from emolens import dataset
 
-    if a.check:
+    if a.action == "describe":
+        _describe(a)
+    elif a.check:
         records = dataset.load_dataset(a.check)
         print(f"{a.check}: {len(records)} prompts, balanced, no duplicates")
+    elif a.out:
+        dataset.run(a.out, a.permute_by, a.source, a.seed, a.items)
     else:
-        dataset.run(a.out, a.permute_by, a.source, a.seed)
+        raise DatasetError("give --out (where to build the dataset) or --check (a JSONL to validate), or describe")
+
+
+def _describe(a: argparse.Namespace) -> None:
+    """Print the dataset card of the built-in dataset or ``--source``; write it as JSON to ``--out`` if given."""
+    from transformers import AutoTokenizer
+
+    from emolens import card, dataset
+    from emolens.io import save_json
+    from emolens.organisms import train_tokenizer
+    from emolens.plan import ORGANISM_VOCAB
+
+    records = dataset.load_dataset(a.source) if a.source else dataset.build_dataset(a.items)
+    tokenizers = {f"organism BPE ({ORGANISM_VOCAB})": train_tokenizer([r["text"] for r in records])}
+    for path in a.tokenizer or ():
+        tokenizers[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    described = card.describe(records, tokenizers, seed=a.seed)
+    if a.out:
+        save_json(described, a.out)
+    print(card.render(described))
 
 
 def _cmd_organism(a: argparse.Namespace) -> None:
@@ -299,13 +322,20 @@ def _separation_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _dataset_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--out", help="where to write the built dataset")
+    p.add_argument("action", nargs="?", choices=("build", "describe"), default="build",
+                   help="build (the default; or --check a JSONL) or describe: print the dataset card of the "
+                        "built-in dataset or --source (with --out, also write it as JSON)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--out", help="where to write the built dataset (describe: the card's JSON)")
     group.add_argument("--check", help="a dataset JSONL to validate")
     p.add_argument("--permute-by", choices=("frame", "item"),
                    help="write a null dataset: the emotion labels permuted by frame (one permutation per frame) or "
                         "within each item")
-    p.add_argument("--source", help="the dataset to permute (default: the built-in one)")
+    p.add_argument("--source", help="the dataset to permute or describe (default: the built-in one)")
+    p.add_argument("--items", type=int, default=N_ITEMS,
+                   help=f"items in the built-in dataset, four prompts each (default {N_ITEMS}; up to 29 per frame)")
+    p.add_argument("--tokenizer", action="append",
+                   help="describe: a Hugging Face tokenizer directory whose token-length match to report (repeatable)")
     _setting(p, "--seed", "seed", "seed of the label permutation", type=int)
 
 

@@ -90,6 +90,46 @@ def _beats_lexical(versus: dict[str, Any], depth: np.ndarray) -> str:
     return f"from depth {_f(depth[at])}: {cell}" if versus["first_above"] is not None else f"nowhere (best {cell})"
 
 
+def length_section(res: Results) -> list[str]:
+    """What the texts give away (the dataset card) and what the probes decode once length is erased."""
+    card = res.dataset_card
+    lines = ["## What do the texts give away? (dataset card, length control)", ""]
+    if card:
+        def accuracies(kind: str) -> str:
+            return ", ".join(f"{g} {_f(a)}" for g, a in card[f"{kind}_accuracy"].items())
+        lines += [f"- surface features alone (length, pronouns, punctuation, negation, time words; frames held out): "
+                  f"{accuracies('surface')}; the lexical baseline: {accuracies('lexical')}; chance 0.25.",
+                  f"- items whose four texts lie within one word: {_f(card['words']['items_within_one'])}; "
+                  f"implicit texts with an emotion stem or formula: {card['implicit_with_cues']}.", ""]
+    rows, alpha = [], res.statistics.get("effect", {}).get("alpha", 0.05)
+    for m, v in res.vectors.items():
+        length = v.get("length")
+        if not length:
+            continue
+        acc, erased = np.asarray(v["probe_accuracy"], float), np.asarray(length["erased_probe_accuracy"], float)
+        depth = np.linspace(0, 1, len(acc))
+        survives = np.flatnonzero(np.asarray(length["erased_decoding_test"]["p_fwer"], float) <= alpha)
+        first = (v.get("probe_vs_lexical") or {}).get("first_above")
+        surface = length["surface_accuracy"]["all"]
+        both = [s for s in range(len(acc)) if first is not None and s >= first and acc[s] > surface
+                and v["probe_vs_lexical"]["above"][s]]
+        rows.append([m, _f(length["token_match"]["equal_pairs"]), _f(surface),
+                     _f(v["lexical_accuracy"]), f"{_f(acc.max())} at depth {_f(depth[acc.argmax()])}",
+                     f"{_f(erased.max())} at depth {_f(depth[erased.argmax()])}",
+                     ", ".join(_f(d) for d in depth[survives]) or "nowhere",
+                     f"depth {_f(depth[both[0]])}" if both else "nowhere"])
+    if rows:
+        lines += _table(["model", "pairs of equal token length", "surface (with its tokens)", "lexical",
+                         "best probe (descriptive)", "best probe, length erased (LEACE)",
+                         "depths decodable after length erasure (FWER over layers)",
+                         "first depth above both baselines"], rows)
+    learned = [m for m, v in res.vectors.items() if v.get("learned_positions")]
+    if learned:
+        lines += ["", f"Index 0 of {', '.join(learned)} (learned absolute positions) holds the last token's embedding "
+                      "plus its position: position/length only, not emotion."]
+    return lines + [""]
+
+
 def patching_section(res: Results) -> list[str]:
     lines = ["## Where is the emotion carried? (residual-stream patching)", "",
              "Effect = ratio of sums over kept pairs, sum(LD_patched - LD_run) / sum(LD_donor - LD_run) "
@@ -204,8 +244,9 @@ def render(results: str | Path, organisms: list[str] | None = None) -> str:
     return "\n".join([f"# What the run found: profile `{profile}`", "",
                       f"Emotions: {emotions}. Models: {', '.join(res.readout) or 'none'}. Every number below is "
                       "read from the result files.", "",
-                      *readout_section(res), *probe_section(res), *patching_section(res), *heads_section(res),
-                      *steering_section(res), *alignment_section(res), *caveats(res, organisms or [])])
+                      *readout_section(res), *probe_section(res), *length_section(res), *patching_section(res),
+                      *heads_section(res), *steering_section(res), *alignment_section(res),
+                      *caveats(res, organisms or [])])
 
 
 def run(results: str | Path, out: str | Path, organisms: list[str] | None = None) -> None:

@@ -24,6 +24,11 @@ def dataset(r: Root) -> Path:
     return Path(r) / "data" / "emotion_dataset.jsonl"
 
 
+def dataset_card(r: Root) -> Path:
+    """The dataset card (:mod:`emolens.card`) of the dataset the profile runs on."""
+    return Path(r) / "data" / "dataset_card.json"
+
+
 def preflight(r: Root) -> Path:
     return Path(r) / "preflight.json"
 

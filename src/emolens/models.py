@@ -41,12 +41,13 @@ class Family:
     layers: str  # attribute path of the decoder block list, from the CausalLM object
     attn_out: str  # attribute path of the attention output projection, from one block
     body: str  # attribute path of the module whose last_hidden_state is final-normed
+    learned_positions: bool = False  # absolute position embeddings added at index 0 (else rotary, inside attention)
 
 
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("transformer.h", "attn.c_proj", "transformer"),
+    "gpt2": Family("transformer.h", "attn.c_proj", "transformer", learned_positions=True),
     "gpt_neox": Family("gpt_neox.layers", "attention.dense", "gpt_neox"),
-    "gpt_neo": Family("transformer.h", "attn.attention.out_proj", "transformer"),
+    "gpt_neo": Family("transformer.h", "attn.attention.out_proj", "transformer", learned_positions=True),
     "llama": Family("model.layers", "self_attn.o_proj", "model"),
     "qwen3": Family("model.layers", "self_attn.o_proj", "model"),
     "gemma3_text": Family("model.layers", "self_attn.o_proj", "model"),
@@ -83,6 +84,7 @@ class ModelAdapter:
         self.layers: list[nn.Module] = list(_get(model, fam.layers))
         self.attn_out: list[nn.Module] = [_get(layer, fam.attn_out) for layer in self.layers]
         self.body: nn.Module = _get(model, fam.body)
+        self.learned_positions = fam.learned_positions  # index 0 then carries position, hence length
         tc = self.text_config
         self.n_layers: int = len(self.layers)
         self.n_heads: int = tc.num_attention_heads

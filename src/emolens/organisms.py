@@ -1,9 +1,9 @@
 """The embedded demo's model organisms: six tiny causal LMs, one per architecture family, trained here.
 
-Method. A byte-level BPE tokenizer (512 tokens, ``<|endoftext|>`` as eos and pad) is trained on the
-dataset's readout prompts (the configured :class:`~emolens.readout.Readout`), with every label word
-made a single token. One organism per family is built from a few numbers (width, depth, heads) with
-the real family's Hugging Face class and its defining features: GPT-2's learned positions and tied
+Method. A byte-level BPE tokenizer (up to 2048 tokens, enough for whole words as in a real model's;
+``<|endoftext|>`` as eos and pad) is trained on the dataset's readout prompts (the configured
+:class:`~emolens.readout.Readout`), with every label word made a single token. One organism per
+family is built from a few numbers (width, depth, heads) with the real family's Hugging Face class and its defining features: GPT-2's learned positions and tied
 embeddings; Pythia's partial rotary (25%) and parallel residual; GPT-Neo's alternating global/local
 attention with a short window; Llama's and Qwen3's grouped-query attention (Qwen3 with an explicit
 head_dim and QK norm); and Gemma-3 as the multimodal ``Gemma3ForConditionalGeneration`` that

@@ -49,7 +49,7 @@ N_PROMPTS = 900  # prompts in the phase-1 dataset
 CUDA_OVERHEAD_GIB = 1.0  # CUDA context, cuBLAS workspace and allocator fragmentation
 SAFETY_MARGIN = 0.10  # fraction of gpu_memory_gib left unplanned
 # The demo organisms' numbers, used by emolens.organisms to build them and here to plan them.
-ORGANISM_VOCAB = 512  # BPE vocabulary of the organisms' tokenizer
+ORGANISM_VOCAB = 2048  # BPE vocabulary of the organisms' tokenizer: whole words, as in a real model's
 ORGANISM_POSITIONS = 128  # learned position table of the GPT-2 and GPT-Neo organisms (prompts are ~20-40 tokens)
 # The Gemma-3 organism's tiny SigLIP vision tower.
 ORGANISM_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "image_size": 28,

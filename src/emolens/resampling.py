@@ -1,11 +1,12 @@
-"""Resampling at the design's unit, the frame: splits, label permutations, sign flips and the bootstrap.
+"""Resampling at the design's unit, the frame: folds, splits, label permutations, sign flips and the bootstrap.
 
-The built-in dataset writes each emotion of an item with its frame's template, and a frame's 4-5
-items share those templates, so items are not exchangeable: frames are. Every split that separates
-selection from confirmation is by frame (stratified by register); every label permutation applies
-one permutation of the labels per frame to all its items; every bootstrap resamples frames, then
-items within frames; every sign flip flips frame means. A dataset without frames (a user's JSONL)
-makes each item its own frame, where all of this reduces to the item-level versions.
+The built-in dataset writes each emotion of an item with its frame's template, and a frame's 3-4
+items share those templates, so items are not exchangeable: frames are. Every cross-validation fold
+holds whole frames; every split that separates selection from confirmation is by frame (stratified
+by register); every label permutation applies one permutation of the labels per frame to all its
+items; every bootstrap resamples frames, then items within frames; every sign flip flips frame
+means. A dataset without frames (a user's JSONL) makes each item its own frame, where all of this
+reduces to the item-level versions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import GroupKFold, PredefinedSplit, cross_val_predict
 
 
 def codes_of(groups: Sequence[Any]) -> np.ndarray:
@@ -190,3 +193,22 @@ def simultaneous_band(estimate: np.ndarray, boot: np.ndarray, level: float = 0.9
     safe = np.where(sd > 0, sd, np.inf)
     crit = float(np.quantile(np.abs((boot - estimate) / safe).max(1), level))
     return estimate - crit * sd, estimate + crit * sd, crit
+
+
+def grouped_folds(groups: Sequence[str], folds: int) -> np.ndarray:
+    """Fold number [N] of every prompt: ``GroupKFold`` over ``groups``, so each group lies in one fold."""
+    n_groups = len(set(groups))
+    if folds < 2 or n_groups < folds:
+        raise ValueError(f"cannot make {folds} cross-validation folds from {n_groups} group(s) (frames, or items "
+                         f"where a record has no frame): set subspace.probe_folds between 2 and {n_groups}, "
+                         f"or use a dataset with more frames")
+    fold = np.full(len(groups), -1)
+    split = GroupKFold(n_splits=folds).split(np.zeros((len(groups), 1)), groups=np.asarray(groups))
+    for k, (_, test) in enumerate(split):
+        fold[test] = k
+    return fold
+
+
+def out_of_fold(model: BaseEstimator, x: Any, labels: Sequence[str], fold: np.ndarray) -> np.ndarray:
+    """Prediction [N] for every prompt from a copy of ``model`` fitted on the other folds."""
+    return cross_val_predict(model, x, np.asarray(labels), cv=PredefinedSplit(fold))

@@ -37,6 +37,7 @@ class Results:
     readout: dict[str, dict[str, Any]] = field(default_factory=dict)
     steering: dict[str, dict[str, Any]] = field(default_factory=dict)
     steering_transfer: dict[str, Any] = field(default_factory=dict)
+    dataset_card: dict[str, Any] = field(default_factory=dict)
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
@@ -81,7 +82,8 @@ def load(root: str | Path) -> Results:
                         (res.readout, layout.readout), (res.steering, layout.steering)):
         found |= {name: json.loads(path.read_text()) for name, path in layout.each(kind, root).items()}
     for attr, path in (("alignment_summary", layout.alignment_summary(root)),
-                       ("steering_transfer", layout.steering_transfer_summary(root))):
+                       ("steering_transfer", layout.steering_transfer_summary(root)),
+                       ("dataset_card", layout.dataset_card(root))):
         if path.exists():
             setattr(res, attr, json.loads(path.read_text()))
     res.table = pd.DataFrame(_rows(res), columns=["model", "measure", "layer", "depth", "position", "head", "value"])

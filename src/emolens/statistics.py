@@ -333,7 +333,7 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
     names = [Path(p).stem for p in act_files]
     if names != [_model_name(p, "_subspaces") for p in sub_files]:
         raise ValueError(f"activation files {names} and subspace files {list(map(str, sub_files))} differ")
-    acts = [_keep_position(load_pickle(p, "emolens.activations/1"), position) for p in act_files]
+    acts = [_keep_position(load_pickle(p, "emolens.activations/2"), position) for p in act_files]
     subs = [load_pickle(p, "emolens.subspaces/1") for p in sub_files]
     pairs = []
     for i, j in itertools.combinations(range(len(names)), 2):

@@ -596,7 +596,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Steering dose-response, specificity, KL cost and directional ablation of one model; save the JSON."""
     started = time.time()
-    act = load_pickle(activations, schema="emolens.activations/1")
+    act = load_pickle(activations, schema="emolens.activations/2")
     if (act["n_layers"], act["d_model"]) != (adapter.n_layers, adapter.d_model):
         raise ValueError(f"{activations}: {act['n_layers']} layers x {act['d_model']} do not match {adapter.name} "
                          f"({adapter.n_layers} x {adapter.d_model}); extract the activations again")
@@ -729,7 +729,7 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     if steer.get("schema") != SCHEMA or steer.get("model") != name:
         raise ValueError(f"{steering_json}: not the steering file of {name}")
     layer_b, alpha = int(steer["best"]["layer"]), float(steer["alpha_ref"])
-    act_b = load_pickle(paths[name], schema="emolens.activations/1")
+    act_b = load_pickle(paths[name], schema="emolens.activations/2")
     split = split_records(records, act_b, paths[name], dataset, seed, max_prompts)
     items_b = sorted({str(r["item_id"]) for r in split.heldout})
     if items_b != sorted(steer["split"]["heldout_items"]):
@@ -747,7 +747,7 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     for source, path in paths.items():
         if source == name:
             continue
-        act_a = load_pickle(path, schema="emolens.activations/1")
+        act_a = load_pickle(path, schema="emolens.activations/2")
         if list(act_a["ids"]) != ids:
             raise ValueError(f"{path} and {paths[name]} hold different prompts or orders; transfer needs the same")
         n_layers_a = int(act_a["n_layers"])

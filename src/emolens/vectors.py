@@ -36,15 +36,24 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold, PredefinedSplit, cross_val_predict
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from emolens import EMOTIONS
-from emolens.dataset import REGISTERS, frame_groups, load_dataset
+from emolens.dataset import REGISTERS, frame_groups, load_dataset, surface_accuracy
+from emolens.erasure import ConceptEraser, erased
 from emolens.io import load_pickle, provenance, save_pickle
-from emolens.resampling import frame_label_permutations, group_sums, item_frames, simultaneous_band, two_stage_weights
+from emolens.resampling import (
+    frame_label_permutations,
+    group_sums,
+    grouped_folds,
+    item_frames,
+    out_of_fold,
+    simultaneous_band,
+    two_stage_weights,
+)
+from emolens.surface import length_match, words
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +81,11 @@ def subspace(xc: np.ndarray, k_max: int) -> tuple[np.ndarray, np.ndarray]:
     return vt[:k], var[:k] / max(var.sum(), 1e-30)
 
 
-def grouped_folds(groups: Sequence[str], folds: int) -> np.ndarray:
-    """Fold number [N] of every prompt: ``GroupKFold`` over ``groups``, so each group lies in one fold."""
-    n_groups = len(set(groups))
-    if folds < 2 or n_groups < folds:
-        raise ValueError(f"cannot make {folds} cross-validation folds from {n_groups} group(s) (frames, or items "
-                         f"where a record has no frame): set subspace.probe_folds between 2 and {n_groups}, "
-                         f"or use a dataset with more frames")
-    fold = np.full(len(groups), -1)
-    split = GroupKFold(n_splits=folds).split(np.zeros((len(groups), 1)), groups=np.asarray(groups))
-    for k, (_, test) in enumerate(split):
-        fold[test] = k
-    return fold
-
-
-def probe_model(seed: int) -> Pipeline:
-    """The probe: a standardised multinomial logistic regression on one layer's activations."""
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+def probe_model(seed: int, erase: int = 0) -> Pipeline:
+    """The probe: a standardised multinomial logistic regression on one layer's activations; with ``erase``
+    > 0, the inputs' last ``erase`` columns are a concept that LEACE erases first (:mod:`emolens.erasure`)."""
+    steps = [ConceptEraser(erase)] if erase else []
+    return make_pipeline(*steps, StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
 
 
 def lexical_model(seed: int) -> Pipeline:
@@ -97,11 +94,6 @@ def lexical_model(seed: int) -> Pipeline:
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))
     return make_pipeline(FeatureUnion([("words", words), ("chars", chars)]),
                          LogisticRegression(max_iter=2000, random_state=seed))
-
-
-def out_of_fold(model: BaseEstimator, x: Any, labels: Sequence[str], fold: np.ndarray) -> np.ndarray:
-    """Prediction [N] for every prompt from a copy of ``model`` fitted on the other folds."""
-    return cross_val_predict(model, x, np.asarray(labels), cv=PredefinedSplit(fold))
 
 
 def probe_accuracy(x: np.ndarray, emotions: Sequence[str], groups: Sequence[str], folds: int,
@@ -222,6 +214,24 @@ def probe_report(x: np.ndarray, records: Sequence[dict[str, Any]], folds: int, s
     return report
 
 
+def length_control(x: np.ndarray, records: Sequence[dict[str, Any]], text_tokens: np.ndarray, fold: np.ndarray,
+                   seed: int, n_perm: int, name: str | None = None) -> dict[str, Any]:
+    """What length alone explains, on the probes' folds: the surface baseline (with this model's token
+    counts), how well the items' texts match in tokens, and the probe and the decoding test per layer
+    of x [N, S, d] after LEACE erases the text's token and word counts (fitted on training folds only)."""
+    labels = np.asarray([r["emotion"] for r in records])
+    concept = np.column_stack([text_tokens, [len(words(r["text"])) for r in records]]).astype(float)  # [N, 2]
+    probe = probe_model(seed, erase=concept.shape[1])
+    erased_accuracy = [float((out_of_fold(probe, np.column_stack([x[:, s], concept]), labels, fold) == labels).mean())
+                       for s in tqdm(range(x.shape[1]), desc=f"length-erased probes {name}")]
+    groups = [str(g) for g in frame_groups(records)]
+    return {"concept": "the text's token count (this model's tokenizer) and word count",
+            "surface_accuracy": surface_accuracy(list(records), [text_tokens], seed, len(np.unique(fold))),
+            "token_match": length_match(text_tokens, [r["item_id"] for r in records]),
+            "erased_probe_accuracy": np.array(erased_accuracy),
+            "erased_decoding_test": decoding_test(x, labels, groups, fold, n_perm, seed, concept=concept)}
+
+
 def ridge_hat(xtr: np.ndarray, xte: np.ndarray, lam: float) -> np.ndarray:
     """[n_te, n_tr] map from training targets to ridge predictions on xte, Xte (Xtr^T Xtr + lam I)^-1 Xtr^T,
     solved in the smaller of the primal (width) and dual (prompts) forms: they are equal."""
@@ -231,14 +241,15 @@ def ridge_hat(xtr: np.ndarray, xte: np.ndarray, lam: float) -> np.ndarray:
 
 
 def decoding_test(x: np.ndarray, labels: Sequence[str], frames: Sequence[str], fold: np.ndarray, n_perm: int,
-                  seed: int, ridge: float = 1.0) -> dict[str, Any]:
+                  seed: int, ridge: float = 1.0, concept: np.ndarray | None = None) -> dict[str, Any]:
     """Is the emotion decodable above chance? A ridge-classifier probe per layer of x [N, S, d] on the
     given folds, against labels permuted by frame (one permutation per frame, all its items), the
     whole fit recomputed (exact and cheap: a ridge fit is linear in the labels, so every
     permutation reuses one solve per fold and layer, :func:`ridge_hat`).
 
     ``p_perm`` [S] is each layer's permutation p; ``p_fwer`` [S] controls the family-wise error over
-    layers (max-statistic: the largest null accuracy over layers of each permutation).
+    layers (max-statistic: the largest null accuracy over layers of each permutation). With ``concept``
+    [N, c], LEACE erases it from each training fold's activations first (the length-erasure control).
     """
     y = np.unique(np.asarray(labels), return_inverse=True)[1].ravel()
     onehot = np.eye(y.max() + 1)[y]  # [N, C]
@@ -248,8 +259,9 @@ def decoding_test(x: np.ndarray, labels: Sequence[str], frames: Sequence[str], f
     for s in range(x.shape[1]):
         for k in np.unique(fold):
             tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-            mu, sd = x[tr, s].mean(0), x[tr, s].std(0) + 1e-8
-            xtr, xte = (x[tr, s] - mu) / sd, (x[te, s] - mu) / sd
+            xs = x[:, s] if concept is None else erased(x[:, s], concept, tr)
+            mu, sd = xs[tr].mean(0), xs[tr].std(0) + 1e-8
+            xtr, xte = (xs[tr] - mu) / sd, (xs[te] - mu) / sd
             lam = max(ridge * float((xtr * xtr).sum()) / len(tr), 1e-6)  # a constant layer (index 0 of rotary models)
             hat = ridge_hat(xtr, xte, lam)  # [n_te, n_tr]
             centred = onehot[tr] - onehot[tr].mean(0)
@@ -291,7 +303,7 @@ def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, s
         k_max: int, folds: int, seed: int, n_perm: int = 200, n_boot: int = 1000) -> None:
     """Load one model's activations and the dataset; save emotion vectors, probe results and subspaces."""
     started = time.time()
-    act = load_pickle(activations, schema="emolens.activations/1")
+    act = load_pickle(activations, schema="emolens.activations/2")
     records = join_records(load_dataset(dataset), act, activations, dataset)
     x = act["resid"]["last"].astype(np.float64)  # [N, L+1, d]
     emotions, items = act["emotions"], act["item_ids"]
@@ -299,10 +311,11 @@ def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, s
     settings = {"k_max": k_max, "folds": folds, "seed": seed, "n_perm": n_perm, "n_boot": n_boot}
     name = act["provenance"].get("model")
     report = probe_report(x, records, folds, seed, name, n_perm, n_boot)
+    report["length"] = length_control(x, records, np.asarray(act["text_tokens"]), report["fold"], seed, n_perm, name)
     xc = item_centred(x, items)
     bases, ratios = zip(*(subspace(xc[:, s], k_max) for s in range(n_sites)), strict=True)
     common = {"emotions": list(EMOTIONS), "n_layers": act["n_layers"], "d_model": act["d_model"],
-              "quantization": act["quantization"]}
+              "quantization": act["quantization"], "learned_positions": act["learned_positions"]}
     save_pickle({"schema": "emolens.vectors/1", "vectors": emotion_vectors(x, emotions).astype(np.float32),
                  "ids": list(act["ids"]), **report, **common,
                  "provenance": provenance(settings, started, model=name)}, vectors_out)

@@ -24,7 +24,7 @@ from statsmodels.stats.multitest import multipletests
 from emolens import EMOTIONS, layout
 from emolens.alignment import MEASURES as ALIGNMENT_TESTS
 from emolens.alignment import SELF_TOL
-from emolens.dataset import frame_groups, stem_hits
+from emolens.dataset import cue_hits, frame_groups
 from emolens.effects import CONTRASTS
 from emolens.io import ResultFileError, load_pickle, save_json
 
@@ -63,7 +63,7 @@ def _finite(*arrays: Any) -> bool:
 
 
 def check_activations(path: Path, n_prompts: int) -> tuple[bool, str]:
-    act = _load(path, schema="emolens.activations/1")
+    act = _load(path, schema="emolens.activations/2")
     last, mean = act["resid"]["last"], act["resid"]["mean"]
     shape = (n_prompts, act["n_layers"] + 1, act["d_model"])
     counts = Counter(act["emotions"])
@@ -341,13 +341,13 @@ def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]
 
 
 def check_dataset(records: list[dict[str, Any]]) -> tuple[bool, str]:
-    """No implicit text holds an emotion stem or label word; every emotion has records."""
+    """No implicit text holds an emotion stem or formula; every emotion has records."""
     implicit = [r for r in records if r.get("register") == "implicit"]
-    hits = [(r["id"], stem_hits(r["text"])) for r in implicit if stem_hits(r["text"])]
+    hits = [(r["id"], cue_hits(r["text"])) for r in implicit if cue_hits(r["text"])]
     counts = Counter(r["emotion"] for r in records)
     ok = not hits and set(counts) == set(EMOTIONS)
     return ok, f"{len(records)} prompts, {len(implicit)} implicit, {len(set(frame_groups(records)))} frames" + (
-        f"; stems in implicit texts: {hits[:5]}" if hits else "")
+        f"; stems or formulae in implicit texts: {hits[:5]}" if hits else "")
 
 
 def check_head_split(screening: Path, head_patching: Path) -> tuple[bool, str]:
@@ -379,7 +379,7 @@ def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]
         checks("activations", m, lambda act=act: check_activations(act, n_prompts))
         checks("readout", m, lambda m=m: check_readout(layout.readout(r, m), per_emotion))
         try:
-            n_layers[m] = _load(act, schema="emolens.activations/1")["n_layers"]
+            n_layers[m] = _load(act, schema="emolens.activations/2")["n_layers"]
         except ResultFileError:
             continue  # reported by the activations check; nothing downstream can be checked
         checks("vectors", m, lambda m=m: check_vectors(layout.vectors(r, m), layout.subspaces(r, m), n_prompts))

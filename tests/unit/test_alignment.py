@@ -219,7 +219,7 @@ def write_model(tmp_path, name, d, n_layers, latent, quantization=None, seed=0):
                         for lay in range(n_layers + 1)], 1)  # [4, L+1, d]
     basis = np.stack([np.linalg.qr(vectors[:, lay].T)[0][:, :3].T for lay in range(n_layers + 1)])
     paths = [tmp_path / f"{name}.pkl", tmp_path / f"{name}_vectors.pkl", tmp_path / f"{name}_subspaces.pkl"]
-    save_pickle({"schema": "emolens.activations/1", "resid": {"last": resid, "mean": resid},
+    save_pickle({"schema": "emolens.activations/2", "resid": {"last": resid, "mean": resid},
                  "ids": [f"p{i}" for i in range(n)], "emotions": emotions,
                  "item_ids": [f"item{i % (n // 4)}" for i in range(n)],
                  "frames": [f"frame{i % (n // 4) // 2}" for i in range(n)], "n_layers": n_layers, "d_model": d,

@@ -212,8 +212,8 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         outputs=[SWEEP]),
     "not a chunk": lambda ckpt: Row(
         "Another result file in place of a chunk", _merge(lambda p: save_pickle(
-            {"schema": "emolens.activations/1", "provenance": {}}, p)),
-        [f"{CHUNKS}/layers_01-01.pkl", "emolens.activations/1", f"snakemake -R {CHUNKS}/layers_01-01.pkl"],
+            {"schema": "emolens.activations/2", "provenance": {}}, p)),
+        [f"{CHUNKS}/layers_01-01.pkl", "emolens.activations/2", f"snakemake -R {CHUNKS}/layers_01-01.pkl"],
         outputs=[SWEEP]),
     "missing chunk": lambda ckpt: Row(
         "A chunk missing at merge", _merge(chunks=((0, 0), (2, 2))),

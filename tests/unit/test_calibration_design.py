@@ -1,7 +1,7 @@
 """Calibration suite v2: every label-reading test on data simulated from the real design.
 
 Each simulated dataset keeps the built-in dataset's design exactly: its 900 prompts, their 225
-items, 48 frames and 2 registers (``emolens.dataset.build_dataset``). Two "models" (widths 16 and
+items, 64 frames and 2 registers (``emolens.dataset.build_dataset``). Two "models" (widths 16 and
 20, two layers each) embed a shared latent (dimension 8) through their own random maps and add
 their own noise (sd 1). The latent of a prompt is its item's content (sd 1, shared by the item's
 prompts), plus the *template* of its (frame, emotion slot) (sd ``TEMPLATE`` per latent dimension,

@@ -1,4 +1,5 @@
-"""Phase 1: the dataset contract (v2: frames, registers, stems) and the checks on a user's JSONL."""
+"""Phase 1: the dataset contract (v3: minimal quadruples, frames, registers, stems and formulae) and the checks on a
+user's JSONL."""
 
 import json
 from collections import Counter, defaultdict
@@ -7,14 +8,18 @@ import pytest
 
 from emolens import EMOTIONS
 from emolens.dataset import (
+    MAX_SURFACE_ACCURACY,
     REGISTERS,
     DatasetError,
+    _check_built,
     build_dataset,
+    cue_hits,
     frame_groups,
     load_dataset,
-    stem_hits,
+    surface_accuracy,
     write_dataset,
 )
+from emolens.surface import length_match, words
 
 FIELDS = {"id", "emotion", "text", "item_id", "frame", "register"}
 
@@ -40,7 +45,7 @@ def test_dataset_contract(tmp_path):
         assert [r["id"] for r in quad] == [f"{item}_{e}" for e in EMOTIONS]
         assert len({r["frame"] for r in quad}) == 1 and len({r["register"] for r in quad}) == 1
     assert [r["item_id"] for r in records] == sorted(r["item_id"] for r in records)
-    assert max(len(r["text"]) for r in records) <= 170
+    assert max(len(r["text"]) for r in records) <= 160
     path = tmp_path / "d.jsonl"
     write_dataset(records, path)
     assert load_dataset(path) == records
@@ -49,7 +54,7 @@ def test_dataset_contract(tmp_path):
 def test_frames_are_many_and_balanced():
     records = build_dataset()
     for emotion in EMOTIONS:
-        assert len({r["frame"] for r in records if r["emotion"] == emotion}) >= 40
+        assert len({r["frame"] for r in records if r["emotion"] == emotion}) >= 64
     per_frame = defaultdict(Counter)
     for r in records:
         per_frame[r["frame"]][r["emotion"]] += 1
@@ -58,7 +63,7 @@ def test_frames_are_many_and_balanced():
     registers = {}
     for r in records:
         assert registers.setdefault(r["frame"], r["register"]) == r["register"], "register belongs to the frame"
-    assert Counter(registers.values()) == {"explicit": 24, "implicit": 24}
+    assert Counter(registers.values()) == {"explicit": 32, "implicit": 32}
 
 
 def test_registers_half_and_half():
@@ -68,22 +73,70 @@ def test_registers_half_and_half():
     assert Counter(r["register"] for r in records) == {"explicit": 452, "implicit": 448}
 
 
-def test_implicit_texts_have_no_stem_and_explicit_ones_do():
+def test_implicit_texts_have_no_stem_or_formula_and_explicit_ones_name_the_emotion():
     records = build_dataset()
     implicit = [r["text"] for r in records if r["register"] == "implicit"]
-    assert [t for t in implicit if stem_hits(t)] == []
+    assert [t for t in implicit if cue_hits(t)] == []
     cued = [r["text"] for r in records if r["register"] == "explicit" and r["emotion"] != "neutral"]
-    assert sum(bool(stem_hits(t)) for t in cued) >= 0.9 * len(cued)
-    assert [r["text"] for r in records if r["emotion"] == "neutral" and stem_hits(r["text"])] == []
+    assert all(cue_hits(t) for t in cued)
+    assert [r["text"] for r in records if r["emotion"] == "neutral" and cue_hits(r["text"])] == []
 
 
-def test_stem_hits():
-    assert stem_hits("I am so sorry") == ["sorry"]
-    assert stem_hits("Thanks, and I APOLOGISE.") == ["thank", "apolog"]
-    assert stem_hits("It makes me mad") == ["mad"]
-    assert stem_hits("Angry words") == ["ang"]
-    assert stem_hits("She made a trip to Madrid on a nomadic whim") == []
-    assert stem_hits("The triangle and the ingrate") == []
+def test_cue_hits_find_stems_and_formulae():
+    assert cue_hits("I am so sorry") == ["sorry"]
+    assert cue_hits("Thanks, and I APOLOGISE.") == ["thank", "apolog"]
+    assert cue_hits("It makes me mad") == ["mad"]
+    assert cue_hits("Angry words") == ["ang"]
+    assert cue_hits("She made a trip to Madrid on a nomadic whim") == []
+    assert cue_hits("The triangle and the ingrate") == []
+    assert cue_hits("Unbelievable. I owe you one.") == ["unbelievable", "owe you"]
+    assert cue_hits("You should have asked; it will not happen again.") == ["should have", "happen again"]
+    assert cue_hits("How dare you") == ["how dare"] and cue_hits("Cheers, mate") == ["cheers"]
+    assert cue_hits("The shower head was owed for repair") == []
+
+
+def test_the_four_texts_of_an_item_are_minimal_and_matched_in_length():
+    records = build_dataset()
+    items = [r["item_id"] for r in records]
+    assert length_match([len(words(r["text"])) for r in records], items)["items_within_one"] == 1.0
+    for quad in _quadruples(records).values():  # one scenario sentence, then one clause per emotion
+        first = {r["text"].split(". ")[0] for r in quad}
+        assert len(first) == 1, first
+
+
+def test_token_lengths_match_under_every_organism_tokenizer():
+    """The demo organisms' tokenizers (byte-level BPE trained on the dataset, one per vocab size the demo uses)."""
+    import yaml
+
+    from emolens.organisms import train_tokenizer
+    from emolens.plan import ORGANISM_VOCAB
+    from emolens.surface import token_counts
+
+    demo = yaml.safe_load(open("config/demo.yaml"))
+    sizes = {m.get("organism", {}).get("vocab_size", ORGANISM_VOCAB) for m in demo["models"].values()}
+    records = build_dataset()
+    texts = [r["text"] for r in records]
+    for size in sorted(sizes):
+        match = length_match(token_counts(texts, train_tokenizer(texts, vocab_size=size)),
+                             [r["item_id"] for r in records])
+        print(f"\nvocab {size}: equal token length in {match['equal_pairs']:.3f} of pairs")
+        assert match["beyond"] == {} and match["equal_pairs"] >= 0.9, (size, match)
+
+
+def test_surface_baseline_stays_near_chance_and_the_gate_can_fail():
+    records = build_dataset()
+    accuracy = surface_accuracy(records)
+    assert set(accuracy) == {"all", *REGISTERS} and max(accuracy.values()) <= MAX_SURFACE_ACCURACY, accuracy
+    leaky = [r | {"text": r["text"][:-1] + " today."} if r["emotion"] == "neutral" else r
+             for r in records]  # neutral one word longer, with a time word: the audit's v2 cue, planted within +-1
+    assert surface_accuracy(leaky)["all"] > 0.45
+    with pytest.raises(DatasetError, match="surface baseline"):
+        _check_built(leaky)
+
+
+def test_more_items_on_request():
+    records = build_dataset(n_items=400)
+    assert len(records) == 1600 and len({r["text"] for r in records}) == 1600
 
 
 def _write(path, records, raw_line=None):
@@ -93,13 +146,15 @@ def _write(path, records, raw_line=None):
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_planted_stem_in_implicit_record_rejected(tmp_path):
+@pytest.mark.parametrize("added, message", [(" I am so sorry.", "emotion stem 'sorry'"),
+                                            (" It will not happen again.", "emotion formula 'happen again'")])
+def test_planted_stem_or_formula_in_implicit_record_rejected(tmp_path, added, message):
     records = build_dataset()[:8]
     assert records[6]["register"] == "implicit" and records[6]["emotion"] == "apology"
-    records[6] = {**records[6], "text": records[6]["text"] + " I am so sorry."}
+    records[6] = {**records[6], "text": records[6]["text"] + added}
     path = tmp_path / "my.jsonl"
     _write(path, records)
-    with pytest.raises(DatasetError, match=rf"{path}:7: implicit text contains the emotion stem 'sorry'"):
+    with pytest.raises(DatasetError, match=rf"{path}:7: implicit text contains the {message}"):
         load_dataset(path)
     records[6]["register"] = "explicit"  # the same text is fine when it is marked explicit
     _write(path, records)

@@ -32,8 +32,8 @@ LINEARISE = {  # family -> (modules replaced by identity, linear layers zeroed)
 
 
 @pytest.fixture(scope="module")
-def records():
-    return build_dataset()[:16]  # four items, 48 pairs: two items (24 pairs) in each half
+def records(varied_records):
+    return varied_records[:16]  # four items, 48 pairs (some of different lengths): two items (24 pairs) in each half
 
 
 def _linearised(path):
@@ -139,7 +139,7 @@ def test_frame_split_is_disjoint_by_frame_and_stratified_by_register():
     records = build_dataset()
     selection, confirmation = frame_split(records, seed=0)
     sel, conf = ({r["frame"] for r in half} for half in (selection, confirmation))
-    assert not sel & conf and len(sel) + len(conf) == 48 and abs(len(sel) - len(conf)) <= 1  # whole frames
+    assert not sel & conf and len(sel) + len(conf) == 64 and abs(len(sel) - len(conf)) <= 1  # whole frames
     assert len(selection) + len(confirmation) == 900 and len(selection) % 4 == 0  # whole items
     for register in ("explicit", "implicit"):
         n = [len({r["frame"] for r in half if r["register"] == register}) for half in (selection, confirmation)]

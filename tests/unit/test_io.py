@@ -185,7 +185,7 @@ def test_refuses_truncated_files(tmp_path, keep):
     (b'{"schema": "json, not pickle"}', "corrupt pickle"),
     (pickle.dumps([1, 2, 3]), "not an emolens result"),
     (pickle.dumps({"no": "schema"}), "not an emolens result"),
-    (pickle.dumps({"schema": "emolens.activations/1"}), "schema is 'emolens.activations/1', expected"),
+    (pickle.dumps({"schema": "emolens.activations/2"}), "schema is 'emolens.activations/2', expected"),
 ])
 def test_refuses_foreign_files(tmp_path, content, error):
     path = tmp_path / "foreign.pkl"

@@ -43,8 +43,8 @@ def items(n: int, first: int = 0) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def records():
-    return items(3)
+def records(varied_records):
+    return varied_records[:12]  # three items, some pairs of different lengths
 
 
 def _close_effects(ld_a, ld_b, ld_run, ld_donor):

@@ -159,7 +159,7 @@ def _write_model(tmp_path, name, d, n_layers, latent, rng):
     vectors = np.stack([emotion_vectors(resid[:, lay], emotions) for lay in range(n_layers + 1)], 1)
     basis = np.stack([np.linalg.qr(vectors[:, lay].T)[0][:, :3].T for lay in range(n_layers + 1)])
     act, sub = tmp_path / f"{name}.pkl", tmp_path / f"{name}_subspaces.pkl"
-    save_pickle({"schema": "emolens.activations/1", "resid": {"last": resid, "mean": resid},
+    save_pickle({"schema": "emolens.activations/2", "resid": {"last": resid, "mean": resid},
                  "ids": [f"p{i}" for i in range(len(latent))], "emotions": emotions,
                  "item_ids": [f"item{i % (len(latent) // 4)}" for i in range(len(latent))],
                  "frames": [f"frame{i % (len(latent) // 4) // 2}" for i in range(len(latent))], "n_layers": n_layers,
@@ -209,7 +209,7 @@ def test_run_k_is_zero_with_a_reason_when_every_model_ignores_the_labels(tmp_pat
     files = [_write_model(tmp_path, name, d, 2, latent, rng) for name, d in (("a", 8), ("b", 12))]
     for act, _ in files:  # the prompts of an item become exactly equal: no within-item variation at all
         from emolens.io import load_pickle
-        data = load_pickle(act, "emolens.activations/1")
+        data = load_pickle(act, "emolens.activations/2")
         resid = data["resid"]["last"]
         items = np.array(data["item_ids"])
         for item in np.unique(items):

@@ -215,7 +215,7 @@ def steering_run(tiny_adapters, tmp_path_factory):
     records = build_dataset()[:160]
     for family in ("llama", "qwen3"):
         adapter = tiny_adapters[family]
-        act = {"schema": "emolens.activations/1", "resid": extract(adapter, [r["text"] for r in records], 64),
+        act = {"schema": "emolens.activations/2", "resid": extract(adapter, [r["text"] for r in records], 64),
                "ids": [r["id"] for r in records], "emotions": [r["emotion"] for r in records],
                "item_ids": [r["item_id"] for r in records], "n_layers": adapter.n_layers,
                "d_model": adapter.d_model, "quantization": None, "provenance": {}}

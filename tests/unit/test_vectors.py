@@ -197,10 +197,11 @@ def test_transfer_splits_keep_a_frame_shared_by_both_registers_on_one_side():
 def _run_toy(tmp_path, records=None):
     records = records or _records(n_frames=10)
     x = _activations(records, d=16, sites=3)
-    save_pickle({"schema": "emolens.activations/1", "resid": {"last": x.astype(np.float32), "mean": x},
+    save_pickle({"schema": "emolens.activations/2", "resid": {"last": x.astype(np.float32), "mean": x},
                  "ids": [r["id"] for r in records], "emotions": [r["emotion"] for r in records],
-                 "item_ids": [r["item_id"] for r in records],
-                 "n_layers": 2, "d_model": 16, "quantization": None, "provenance": {"model": "toy"}},
+                 "item_ids": [r["item_id"] for r in records], "text_tokens": [len(r["text"].split()) for r in records],
+                 "learned_positions": False, "n_layers": 2, "d_model": 16, "quantization": None,
+                 "provenance": {"model": "toy"}},
                 tmp_path / "act.pkl")
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     run(tmp_path / "act.pkl", tmp_path / "data.jsonl", tmp_path / "v.pkl", tmp_path / "s.pkl", k_max=4, folds=4,
@@ -220,6 +221,10 @@ def test_run_writes_contract(tmp_path):
     assert vec["transfer_explicit_to_implicit"].shape == (3,) and 0 <= vec["lexical_accuracy"] <= 1
     assert set(vec["lexical_accuracy_by_register"]) == {"explicit", "implicit"}
     assert vec["ids"] == [r["id"] for r in records]
+    length = vec["length"]
+    assert length["erased_probe_accuracy"].shape == (3,) and length["erased_decoding_test"]["p_fwer"].shape == (3,)
+    assert set(length["surface_accuracy"]) == {"all", "explicit", "implicit"} and 0 <= length["token_match"][
+        "equal_pairs"] <= 1
 
 
 def test_run_refuses_a_dataset_that_does_not_match(tmp_path):

@@ -1,5 +1,5 @@
 # Phase 1: the deterministic 900-prompt dataset, under the profile's results (a user's own JSONL at
-# config["dataset"] replaces it).
+# config["dataset"] replaces it), and its card: what the texts give away before any model reads them.
 
 
 rule dataset:
@@ -11,3 +11,16 @@ rule dataset:
         "../../envs/emolens.yaml"
     shell:
         "emolens dataset --out {output} 2> {log}"
+
+
+rule dataset_card:
+    input:
+        config["dataset"],
+    output:
+        layout.dataset_card(RESULTS),
+    log:
+        layout.log(RESULTS, "dataset_card"),
+    conda:
+        "../../envs/emolens.yaml"
+    shell:
+        "emolens dataset describe --source {input} --out {output} 2> {log}"

@@ -4,6 +4,7 @@
 rule findings:
     input:
         layout.verification(RESULTS),
+        layout.dataset_card(RESULTS),
     output:
         report(layout.findings(RESULTS), caption="../report/findings.rst", category="Findings"),
     log:
