@@ -3,18 +3,18 @@
 Method. A byte-level BPE tokenizer (up to 2048 tokens, enough for whole words as in a real model's;
 ``<|endoftext|>`` as eos and pad) is trained on the dataset's readout prompts (the configured
 :class:`~emolens.readout.Readout`), with every label word made a single token. One organism per
-family is built from a few numbers (width, depth, heads) with the real family's Hugging Face class and its defining features: GPT-2's learned positions and tied
-embeddings; Pythia's partial rotary (25%) and parallel residual; GPT-Neo's alternating global/local
-attention with a short window; Llama's and Qwen3's grouped-query attention (Qwen3 with an explicit
-head_dim and QK norm); and Gemma-3 as the multimodal ``Gemma3ForConditionalGeneration`` that
-gemma3_12b is, with a tiny SigLIP vision tower, sliding/full layers, GQA and an attention width
-different from d_model. Each is trained from a fixed seed with AdamW on one task: predict the
-emotion's label token at the prompt's last position (cross-entropy over the vocabulary), until
-held-out accuracy (every fifth item_id held out; argmax over the four label logits) reaches the
-target. Inputs: the dataset JSONL and one organism's settings. Outputs: ``<out_dir>/`` as an
-ordinary Hugging Face checkpoint with its tokenizer, loadable by :func:`emolens.models.load_model`,
-and ``readout_accuracy.json``; an organism below the target is refused (error, nothing written).
-"""
+family is built from a few numbers (width, depth, heads) with the real family's Hugging Face class
+and its defining features: GPT-2's learned positions and tied embeddings; Pythia's partial rotary
+(25%) and parallel residual; GPT-Neo's alternating global/local attention with a short window;
+Llama's and Qwen3's grouped-query attention (Qwen3 with an explicit head_dim and QK norm); and
+Gemma-3 as the multimodal ``Gemma3ForConditionalGeneration`` that gemma3_12b is, with a tiny SigLIP
+vision tower, sliding/full layers, GQA and an attention width different from d_model. Each is
+trained from a fixed seed with AdamW on one task: predict the emotion's label token at the prompt's
+last position (cross-entropy over the vocabulary), until held-out accuracy (every fifth item_id held
+out; argmax over the four label logits) reaches the target. Inputs: the dataset JSONL and one
+organism's settings. Outputs: ``<out_dir>/`` as an ordinary Hugging Face checkpoint with its
+tokenizer, loadable by :func:`emolens.models.load_model`, and ``readout_accuracy.json``; an organism
+below the target is refused (error, nothing written). """
 
 from __future__ import annotations
 
