@@ -113,10 +113,14 @@ def check_vectors(vec_path: Path, sub_path: Path, n_prompts: int | None = None) 
                                      "lexical_transfer_implicit_to_explicit") if vec[k] is not None}
     ok &= all(_in_unit(t) for t in transfers.values())
     ok &= all(np.shape(vec[k]) == (sites,) for k in transfers if not k.startswith("lexical"))
+    length = vec["length"]  # the length control: erased probes per index, baselines in [0, 1]
+    erased = np.asarray(length["erased_probe_accuracy"])
+    ok &= erased.shape == (sites,) and _in_unit(erased, *length["surface_accuracy"].values())
     split = f" ({len(split_groups)} split across folds, e.g. {split_groups[:3]})" if split_groups else ""
     return ok, (f"vectors {vec['vectors'].shape}, basis {basis.shape}, orthonormality error {gram_error:.1e}, "
                 f"best probe accuracy {acc.max():.3f}; {len(folds_of)} groups in {len(set(fold.tolist()))} "
-                f"folds{split}; lexical baseline {vec['lexical_accuracy']:.3f}; "
+                f"folds{split}; lexical baseline {vec['lexical_accuracy']:.3f}; surface baseline "
+                f"{length['surface_accuracy']['all']:.3f}; best probe after length erasure {erased.max():.3f}; "
                 f"transfer arrays {sorted(transfers) or 'none (registers unknown)'}")
 
 

@@ -236,7 +236,7 @@ def test_run_refuses_a_dataset_that_does_not_match(tmp_path):
             folds=4, seed=0)
 
 
-@pytest.mark.parametrize("plant", ["split_frame", "lexical", "transfer_nan", "transfer_above_one"])
+@pytest.mark.parametrize("plant", ["split_frame", "lexical", "transfer_nan", "transfer_above_one", "erased_nan"])
 def test_verification_fails_on_planted_violation(tmp_path, plant):
     records = _run_toy(tmp_path)
     assert check_vectors(tmp_path / "v.pkl", tmp_path / "s.pkl", len(records))[0]
@@ -247,6 +247,8 @@ def test_verification_fails_on_planted_violation(tmp_path, plant):
         vec["lexical_accuracy"] = 1.2
     elif plant == "transfer_nan":
         vec["transfer_explicit_to_implicit"][1] = np.nan
+    elif plant == "erased_nan":
+        vec["length"]["erased_probe_accuracy"][0] = np.nan
     else:
         vec["lexical_transfer_implicit_to_explicit"] = 1.5
     (tmp_path / "v.pkl").write_bytes(pickle.dumps(vec))
