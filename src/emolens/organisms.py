@@ -11,10 +11,11 @@ Gemma-3 as the multimodal ``Gemma3ForConditionalGeneration`` that gemma3_12b is,
 vision tower, sliding/full layers, GQA and an attention width different from d_model. Each is
 trained from a fixed seed with AdamW on one task: predict the emotion's label token at the prompt's
 last position (cross-entropy over the vocabulary), until held-out accuracy (every fifth item_id held
-out; argmax over the four label logits) reaches the target. Inputs: the dataset JSONL and one
-organism's settings. Outputs: ``<out_dir>/`` as an ordinary Hugging Face checkpoint with its
-tokenizer, loadable by :func:`emolens.models.load_model`, and ``readout_accuracy.json``; an organism
-below the target is refused (error, nothing written). """
+out; argmax over the four label logits) reaches the target and the median held-out margin of the
+right label's logit over the best other label's reaches 2 logits (so patching pairs separate).
+Inputs: the dataset JSONL and one organism's settings. Outputs: ``<out_dir>/`` as an ordinary
+Hugging Face checkpoint with its tokenizer, loadable by :func:`emolens.models.load_model`, and
+``readout_accuracy.json``; an organism below the target is refused (error, nothing written). """
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
 TARGET_ACCURACY = 0.9
+TARGET_MARGIN = 2.0  # median held-out margin (logits) of the right label over the best other: pairs patching can use
 
 
 class OrganismError(RuntimeError):
@@ -182,24 +184,26 @@ def _last_logits(model: PreTrainedModel, ids: torch.Tensor, lengths: torch.Tenso
 
 @torch.no_grad()
 def readout_accuracy(model: PreTrainedModel, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
-                     label_ids: list[int], batch_size: int = 256) -> float:
-    """Fraction of prompts whose largest label logit (of the four) is the right emotion."""
+                     label_ids: list[int], batch_size: int = 256) -> tuple[float, float]:
+    """(fraction of prompts whose largest label logit of the four is the right emotion, median margin of
+    the right label's logit over the largest other label logit)."""
     model.eval()
-    correct = 0
-    for s in range(0, len(ids), batch_size):
-        logits = _last_logits(model, ids[s:s + batch_size], lengths[s:s + batch_size])[:, label_ids]
-        correct += int((logits.argmax(-1) == labels[s:s + batch_size]).sum())
-    return correct / len(ids)
+    logits = torch.cat([_last_logits(model, ids[s:s + batch_size], lengths[s:s + batch_size])[:, label_ids]
+                        for s in range(0, len(ids), batch_size)])  # [N, 4]
+    right = logits.gather(1, labels[:, None])[:, 0]
+    other = logits.scatter(1, labels[:, None], float("-inf")).max(-1).values
+    return float((logits.argmax(-1) == labels).float().mean()), float((right - other).median())
 
 
 def train_readout(model: PreTrainedModel, tokenizer: Any, records: list[dict[str, Any]], *,
                   max_steps: int = 1500, min_steps: int = 100, lr: float = 1e-3, batch_size: int = 64,
-                  eval_every: int = 25, target: float = TARGET_ACCURACY, seed: int = 0,
-                  readout: Readout = DEFAULT) -> float:
-    """Train the last-position readout with AdamW until held-out accuracy >= target; return it.
+                  eval_every: int = 25, target: float = TARGET_ACCURACY, margin: float = TARGET_MARGIN,
+                  seed: int = 0, readout: Readout = DEFAULT) -> tuple[float, float]:
+    """Train the last-position readout with AdamW until held-out accuracy >= target and the median
+    held-out margin >= ``margin`` logits (so most patching pairs separate cleanly); return both.
 
     Held out: every fifth item_id (all four emotions of a scenario on the same side). Training runs at
-    least ``min_steps`` and stops at the first evaluation at or above ``target``, or at ``max_steps``.
+    least ``min_steps`` and stops at the first evaluation that reaches both targets, or at ``max_steps``.
     """
     emotions = list(readout.labels)
     label_map = readout.label_token_ids(tokenizer)
@@ -213,7 +217,7 @@ def train_readout(model: PreTrainedModel, tokenizer: Any, records: list[dict[str
     te_labels = torch.tensor([emotions.index(r["emotion"]) for r in test])  # 0..3
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    accuracy = 0.0
+    accuracy = median_margin = 0.0
     for step in range(1, max_steps + 1):
         model.train()
         batch = torch.randint(len(train), (batch_size,), generator=gen)
@@ -223,13 +227,15 @@ def train_readout(model: PreTrainedModel, tokenizer: Any, records: list[dict[str
         loss.backward()
         opt.step()
         if step % eval_every == 0 or step == max_steps:
-            accuracy = readout_accuracy(model, te_ids, te_len, te_labels, label_ids)
-            log.debug("step %d loss %.4f held-out accuracy %.3f", step, loss.item(), accuracy)
-            if step >= min_steps and accuracy >= target:
+            accuracy, median_margin = readout_accuracy(model, te_ids, te_len, te_labels, label_ids)
+            log.debug("step %d loss %.4f held-out accuracy %.3f, margin %.2f", step, loss.item(), accuracy,
+                      median_margin)
+            if step >= min_steps and accuracy >= target and median_margin >= margin:
                 break
     model.eval()
-    log.info("readout trained %d steps: loss %.4f, held-out accuracy %.3f", step, loss.item(), accuracy)
-    return accuracy
+    log.info("readout trained %d steps: loss %.4f, held-out accuracy %.3f, median margin %.2f logits", step,
+             loss.item(), accuracy, median_margin)
+    return accuracy, median_margin
 
 
 # --- run -------------------------------------------------------------------------------------------
@@ -263,12 +269,12 @@ def run(dataset_path: str | Path, name: str, organism_settings: dict[str, Any], 
     settings.setdefault("max_positions", max(ORGANISM_POSITIONS, longest))
     model = build_organism(family, vocab_size=len(tokenizer), seed=seed, **settings)
     t0 = time.time()
-    accuracy = train_readout(model, tokenizer, records, seed=seed, readout=readout, **train_kw)
+    accuracy, median_margin = train_readout(model, tokenizer, records, seed=seed, readout=readout, **train_kw)
     train_seconds = time.time() - t0
     if accuracy < TARGET_ACCURACY:
         raise OrganismError(f"models.{name}: organism reached held-out accuracy {accuracy:.3f} < "
                             f"{TARGET_ACCURACY}; raise its max_steps or change its size")
-    summary = {"name": name, "family": family, "heldout_accuracy": accuracy,
+    summary = {"name": name, "family": family, "heldout_accuracy": accuracy, "heldout_median_margin": median_margin,
                "train_seconds": round(train_seconds, 2), "n_params": sum(p.numel() for p in model.parameters()),
                "readout": readout.as_dict()}
     out_dir = Path(out_dir)

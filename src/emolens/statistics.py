@@ -72,8 +72,13 @@ def frame_tests(gain: np.ndarray, separation: np.ndarray, items: Sequence[str], 
 
     ``effect`` = sum(gain) / sum(separation) with its two-stage (frames, then items) BCa CI; Cohen's d
     and Hedges' g of the frame effects G_f / D_f against 0; a sign-flip p-value over frames; the
-    numbers of frames, items and pairs.
+    numbers of frames, items and pairs. With no kept pair (no pair the model separates cleanly) every
+    statistic is NaN and every count 0: nothing to test, reported as such.
     """
+    if not len(gain):
+        nan, zero = np.full(gain.shape[1], np.nan), np.zeros(gain.shape[1])
+        return {"effect": nan, "ci_low": nan, "ci_high": nan, "n_frames": zero, "cohen_d": nan, "hedges_g": nan,
+                "p_perm": nan, "n_items": zero, "n_pairs": zero}
     effect, low, high = ratio_of_sums(gain, separation, items, frames, n_boot, seed)
     g, d = group_sums(gain, separation, frames)
     r = g / d[:, None]  # [F, c]: each frame's effect in units of its separation
@@ -130,7 +135,7 @@ def _effect_tables(model: dict, n_boot: int, n_perm: int, seed: int) -> dict[str
         s = model["residual"]
         gain, sep, items, frames = _kept(s)
         shape = gain.shape[1:]
-        table = frame_tests(gain.reshape(len(gain), -1), sep, items, frames, n_boot, n_perm, seed)
+        table = frame_tests(gain.reshape(len(gain), int(np.prod(shape))), sep, items, frames, n_boot, n_perm, seed)
         identity = identity_cells(s)
         table["p_perm"] = np.where(identity.ravel(), np.nan, table["p_perm"])
         out["residual"] = {k: np.reshape(v, shape) for k, v in table.items()}

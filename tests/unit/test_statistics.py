@@ -68,6 +68,13 @@ def test_frame_tests_match_their_definitions():
     assert out["n_pairs"].tolist() == [240, 240] and out["p_perm"][0] < 0.01 and out["p_perm"][1] > 0.01
 
 
+def test_frame_tests_with_no_kept_pair_report_nothing_to_test():
+    """A model that separates no pair cleanly: NaN statistics and zero counts, not a crash."""
+    out = frame_tests(np.zeros((0, 3)), np.zeros(0), [], [], 100, 100, seed=0)
+    assert all(np.isnan(out[k]).all() for k in ("effect", "ci_low", "p_perm", "cohen_d"))
+    assert out["n_pairs"].tolist() == out["n_frames"].tolist() == [0, 0, 0]
+
+
 def test_frame_sign_flip_agrees_with_a_mixed_model():
     """The frame-level sign-flip test against statsmodels' MixedLM with frame and item random effects
     (intercept's Wald p) on pair data with frame effects: the same decisions and ordered p-values."""
