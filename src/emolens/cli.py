@@ -333,7 +333,8 @@ def _dataset_options(p: argparse.ArgumentParser) -> None:
                         "within each item")
     p.add_argument("--source", help="the dataset to permute or describe (default: the built-in one)")
     p.add_argument("--items", type=int, default=N_ITEMS,
-                   help=f"items in the built-in dataset, four prompts each (default {N_ITEMS}; up to 29 per frame)")
+                   help=f"items in the built-in dataset, four prompts each (default {N_ITEMS}; the build refuses "
+                        "a size at which two texts coincide)")
     p.add_argument("--tokenizer", action="append",
                    help="describe: a Hugging Face tokenizer directory whose token-length match to report (repeatable)")
     _setting(p, "--seed", "seed", "seed of the label permutation", type=int)

@@ -1,7 +1,7 @@
 """Phase 1, the dataset (v3): 900 prompts in four emotions, built as 225 minimal quadruples.
 
-Method. Each ``item_id`` is one scenario (a person, and where the frame asks for them a relation,
-an object, an event, a place and a day) written in all four emotions with one *frame*
+Method. Each ``item_id`` is one scenario (a person, and where the frame asks for them a relation, an
+object, an event, a place and a day) written in all four emotions with one *frame*
 (:mod:`emolens.frames`): one scenario sentence shared by the four texts, then one emotional clause
 per emotion, the clauses matched in words (within one), pronouns, negation, punctuation and time
 words. There are 32 explicit and 32 implicit frames, so every emotion is written in 64 distinct
@@ -14,9 +14,9 @@ other, and the surface baseline (:mod:`emolens.surface`: length, pronouns, punct
 time words) at most :data:`MAX_SURFACE_ACCURACY` with frames held out, in each register. A probe
 that generalises across frames (group folds with :func:`frame_groups`) and from explicit to implicit
 prompts reads neither a sentence frame, nor a label word, nor the length of the text. The build is
-deterministic and has no duplicate texts; ``n_items`` builds more items (up to 29 per frame). A
-user's own JSONL may replace it; :func:`load_dataset` checks it line by line (``frame`` and
-``register`` are optional there).
+deterministic and has no duplicate texts; ``n_items`` builds more items (refused where two texts
+would coincide). A user's own JSONL may replace it; :func:`load_dataset` checks it line by line
+(``frame`` and ``register`` are optional there).
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from emolens import layout
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every workflow test runs Snakemake: all are slow."""
@@ -127,12 +129,25 @@ def mini_workdir(wf, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def one_model_workdir(wf, mini_workdir, tmp_path_factory) -> Path:
     """A working directory where the mini profile with pythia alone (``one_model.yaml`` in it) ran to completion;
-    ``log.txt`` holds Snakemake's output. The dataset and the trained organism are copied from ``mini_workdir``
-    (modification times kept), so only pythia's phases run."""
+    ``log.txt`` holds Snakemake's output. The dataset, the trained organism and pythia's per-model results
+    (activations to steering, with their benchmarks) are copied from ``mini_workdir`` (modification times kept):
+    they are the same jobs with the same settings, so what runs is what a one-model profile changes, the
+    statistics, verification, findings, figures and timing."""
 
     def build(work: Path) -> None:
-        for part in ("data", "models/pythia", "benchmarks/organism"):  # what the organism job left
-            shutil.copytree(mini_workdir / wf.results / part, work / wf.results / part)
+        src, dst = mini_workdir / wf.results, work / wf.results
+        per_model = (layout.model_dir, layout.activations, layout.readout, layout.vectors, layout.subspaces,
+                     layout.residual_chunks, layout.residual_sweep, layout.head_scores, layout.head_patching,
+                     layout.steering)
+        benchmarks = [p for p in (src / "benchmarks").glob("*/pythia*") if "gemma" not in p.name]  # not the pair's
+        copies = [layout.dataset(src), layout.dataset_card(src), *(kind(src, "pythia") for kind in per_model)]
+        for path in copies + benchmarks:
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, target)
+            else:
+                shutil.copy2(path, target)
         config = wf.one_model_config(work / "one_model.yaml")
         out = wf.run(work, "--cores", "2", config=config)
         (work / "log.txt").write_text(out.stdout)
