@@ -116,12 +116,12 @@ def length_section(res: Results) -> list[str]:
         rows.append([m, _f(length["token_match"]["equal_pairs"]), _f(surface),
                      _f(v["lexical_accuracy"]), f"{_f(acc.max())} at depth {_f(depth[acc.argmax()])}",
                      f"{_f(erased.max())} at depth {_f(depth[erased.argmax()])}",
-                     ", ".join(_f(d) for d in depth[survives]) or "nowhere",
+                     f"{len(survives)} of {len(acc)}, from depth {_f(depth[survives[0]])}" if len(survives) else "none",
                      f"depth {_f(depth[both[0]])}" if both else "nowhere"])
     if rows:
         lines += _table(["model", "pairs of equal token length", "surface (with its tokens)", "lexical",
                          "best probe (descriptive)", "best probe, length erased (LEACE)",
-                         "depths decodable after length erasure (FWER over layers)",
+                         "indices decodable after length erasure (FWER over layers)",
                          "first depth above both baselines"], rows)
     learned = [m for m, v in res.vectors.items() if v.get("learned_positions")]
     if learned:
