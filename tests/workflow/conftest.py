@@ -6,8 +6,10 @@ Fixtures:
   directory with the mini profile and the repo's Snakefile (so the workflow profile is the repo's
   ``profiles/default``); ``wf.clone(src, dst)`` copies a working directory keeping modification
   times (Snakemake sees the copy as up to date); ``wf.job_counts(log)`` reads the "Job stats" table.
-- ``mini_workdir`` (session): a tmp working directory in which ``snakemake --cores 2 --configfile
-  mini.yaml`` ran the whole DAG (dataset, organisms, every phase, verification, timing, figures).
+- ``mini_organisms`` (session): a tmp working directory in which the mini profile's dataset and
+  organisms were built (``--until organism``).
+- ``mini_workdir`` (session): a copy of it in which ``snakemake --cores 2 --configfile mini.yaml`` ran
+  the whole DAG (every phase, verification, timing, figures).
   Tests only read it; a test that changes or deletes outputs works on a ``wf.clone`` of it. Under
   pytest-xdist the workers share one run (a file lock; the first worker to ask builds it).
 - ``one_model_workdir`` (session): the same with pythia alone (``wf.one_model_config``): a one-model
@@ -116,10 +118,25 @@ def _built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> P
 
 
 @pytest.fixture(scope="session")
-def mini_workdir(wf, tmp_path_factory) -> Path:
-    """A working directory where the whole mini DAG ran to completion (built once per test run)."""
+def mini_organisms(wf, tmp_path_factory) -> Path:
+    """A working directory where the mini profile's dataset and organisms were built (``--until organism``):
+    what the null run needs, ready before the whole mini DAG is, so two workers do not wait on one."""
 
     def build(work: Path) -> None:
+        out = wf.run(work, "--cores", "2", "--until", "organism")
+        assert out.returncode == 0, out.stdout[-4000:]
+
+    return _built_once(tmp_path_factory, "mini_organisms", build)
+
+
+@pytest.fixture(scope="session")
+def mini_workdir(wf, mini_organisms, tmp_path_factory) -> Path:
+    """A working directory where the whole mini DAG ran to completion (built once per test run), from a
+    copy of ``mini_organisms``."""
+
+    def build(work: Path) -> None:
+        work.rmdir()
+        wf.clone(mini_organisms, work)
         out = wf.run(work, "--cores", "2")
         assert out.returncode == 0, out.stdout[-4000:]
 

@@ -14,14 +14,14 @@ import yaml
 
 
 @pytest.fixture(scope="module")
-def null_workdir(wf, mini_workdir, tmp_path_factory):
+def null_workdir(wf, mini_organisms, tmp_path_factory):
     work = tmp_path_factory.mktemp("null")
     config = yaml.safe_load(wf.config.read_text())
     for name, settings in config["models"].items():  # the trained organisms, read as a user's local checkpoints
-        shutil.copytree(mini_workdir / settings["path"], work / "organisms" / name)
+        shutil.copytree(mini_organisms / settings["path"], work / "organisms" / name)
         settings |= {"path": f"organisms/{name}", "n_layers": settings.pop("organism")["n_layers"]}
     out = subprocess.run([sys.executable, "-m", "emolens.cli", "dataset", "--permute-by", "frame", "--source",
-                          str(mini_workdir / wf.dataset), "--out", str(work / "null.jsonl")],
+                          str(mini_organisms / wf.dataset), "--out", str(work / "null.jsonl")],
                          capture_output=True, text=True, env=wf.env)
     assert out.returncode == 0, out.stderr
     config |= {"profile": "null", "dataset": "null.jsonl"}
