@@ -85,7 +85,11 @@ def with_observed(codes: np.ndarray, permuted: np.ndarray) -> np.ndarray:
 
 
 def perm_pvalue(observed: float, null: np.ndarray) -> float:
-    """One-sided permutation p-value (observed greater than the null), with the +1 rule: never 0."""
+    """One-sided permutation p-value (observed greater than the null), with the +1 rule: never 0. An
+    undefined statistic (NaN: e.g. a similarity of a representation with no variance) has no p-value: NaN,
+    which every family leaves out, never the smallest p."""
+    if not np.isfinite(observed):
+        return float("nan")
     return float((1 + np.sum(np.asarray(null) >= observed)) / (1 + len(null)))
 
 

@@ -27,6 +27,7 @@ from emolens.alignment import SELF_TOL
 from emolens.dataset import cue_hits, frame_groups
 from emolens.effects import CONTRASTS
 from emolens.io import ResultFileError, load_pickle, save_json
+from emolens.resampling import perm_pvalue
 
 log = logging.getLogger(__name__)
 IDENTITY_TOL = 1e-3
@@ -213,8 +214,9 @@ def _alignment_problems(path: Path, record: dict[str, Any]) -> list[str]:
     for depth in record["matched"]:
         for m in ALIGNMENT_TESTS:
             null, value, p = np.asarray(depth["null"][m], float), depth[m], depth[f"{m}_p"]
-            expected = (1 + np.sum(null >= value)) / (1 + len(null))
-            if len(null) != n_perm or not np.isfinite(value) or abs(p - expected) > 1e-12:
+            expected = perm_pvalue(value, null)
+            undefined = not np.isfinite(value) and np.isnan(p)  # no variance to compare (e.g. equal-length index 0)
+            if len(null) != n_perm or not (undefined or abs(p - expected) <= 1e-12):
                 problems.append(f"{path.name} layer {depth['layer_a']}: {m} = {value}, p {p} but its "
                                 f"{len(null)} null draws give {expected}")
     return problems

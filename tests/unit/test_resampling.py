@@ -111,3 +111,11 @@ def test_frame_slot_permutations_keep_items_and_move_a_frame_in_register():
     incomplete = frame_slot_permutations(np.array([0, 1, 1, 0]), np.zeros(4), np.zeros(4), 5, 2,
                                          np.random.default_rng(0))
     assert all(sorted(p) == [0, 1, 2, 3] for p in incomplete)  # an item with repeated emotions: shuffled on its own
+
+
+def test_an_undefined_statistic_has_no_p_value():
+    """A NaN statistic (no variance to compare) gets NaN, never the smallest p 1/(n+1)."""
+    from emolens.resampling import perm_pvalue
+
+    assert np.isnan(perm_pvalue(float("nan"), np.zeros(99)))
+    assert perm_pvalue(1.0, np.zeros(99)) == 0.01 and perm_pvalue(-1.0, np.zeros(99)) == 1.0
