@@ -109,15 +109,13 @@ def length_section(res: Results) -> list[str]:
         acc, erased = np.asarray(v["probe_accuracy"], float), np.asarray(length["erased_probe_accuracy"], float)
         depth = np.linspace(0, 1, len(acc))
         survives = np.flatnonzero(np.asarray(length["erased_decoding_test"]["p_fwer"], float) <= alpha)
-        first = (v.get("probe_vs_lexical") or {}).get("first_above")
         surface = length["surface_accuracy"]["all"]
-        both = [s for s in range(len(acc)) if first is not None and s >= first and acc[s] > surface
-                and v["probe_vs_lexical"]["above"][s]]
+        both = np.flatnonzero(np.asarray((v.get("probe_vs_lexical") or {}).get("above", False)) & (acc > surface))
         rows.append([m, _f(length["token_match"]["equal_pairs"]), _f(surface),
                      _f(v["lexical_accuracy"]), f"{_f(acc.max())} at depth {_f(depth[acc.argmax()])}",
                      f"{_f(erased.max())} at depth {_f(depth[erased.argmax()])}",
                      f"{len(survives)} of {len(acc)}, from depth {_f(depth[survives[0]])}" if len(survives) else "none",
-                     f"depth {_f(depth[both[0]])}" if both else "nowhere"])
+                     f"depth {_f(depth[both[0]])}" if len(both) else "nowhere"])
     if rows:
         lines += _table(["model", "pairs of equal token length", "surface (with its tokens)", "lexical",
                          "best probe (descriptive)", "best probe, length erased (LEACE)",
