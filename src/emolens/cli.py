@@ -255,7 +255,7 @@ def _cmd_verify(a: argparse.Namespace) -> None:
     from emolens import verify
     from emolens.dataset import load_dataset
 
-    failed = verify.run(a.results, a.models, load_dataset(a.dataset), a.out, min_spearman=a.min_spearman)
+    failed = verify.run(a.results, a.models, load_dataset(a.dataset), a.out)
     if failed:
         raise VerificationFailed(f"{failed} check(s) failed; see {a.out} and the log above")
 
@@ -468,8 +468,6 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True, help="results/<profile>")
     p.add_argument("--models", nargs="+", required=True, help="model names from the config")
     p.add_argument("--dataset", required=True, help="the dataset JSONL every phase ran on")
-    _setting(p, "--min-spearman", "verification.min_spearman",
-             "least Spearman correlation of attribution with exact head scores that passes", type=float)
     p.add_argument("--out", required=True, help="verification JSON to write")
 
 

@@ -165,7 +165,13 @@ def heads_section(res: Results) -> list[str]:
         rows.append([m, "all top-K jointly", f"{_f(h['summary_joint'])} [{_f(h['ci_joint'][0])}, "
                      f"{_f(h['ci_joint'][1])}]", {True: "yes", False: "no"}.get(
                          effect.get(m, {}).get("joint", {}).get("significant"), "n/a")])
-    return lines + _table(["model", "head", "effect [95% CI]", "significant"], rows) + [""]
+    agreement = [f"{m} {_f(s.get('spearman'))}" for m, s in res.head_scores.items()]
+    if not agreement:
+        return lines + _table(["model", "head", "effect [95% CI]", "significant"], rows) + [""]
+    return lines + _table(["model", "head", "effect [95% CI]", "significant"], rows) + [
+        "", "Heads are ranked by their exact last-position effects. Attribution patching, the first-order "
+        "estimate, ranks them with Spearman rho: " + "; ".join(agreement) + " (low where an effect is nonlinear "
+        "in the patch, e.g. an early head read through later attention; reported, not used).", ""]
 
 
 def alignment_section(res: Results) -> list[str]:

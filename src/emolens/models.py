@@ -104,10 +104,11 @@ class ModelAdapter:
     def label_logits(self, final_hidden: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
         """Logits of a few label tokens from final-normed hidden states [..., d] -> [..., n_labels]."""
         head = self.model.get_output_embeddings()
-        w = head.weight[list(token_ids)].float()  # [n_labels, d]
-        logits = final_hidden.float() @ w.T
+        dtype = torch.promote_types(final_hidden.dtype, torch.float32)  # at least float32
+        w = head.weight[list(token_ids)].to(dtype)  # [n_labels, d]
+        logits = final_hidden.to(dtype) @ w.T
         if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[list(token_ids)].float()
+            logits = logits + head.bias[list(token_ids)].to(dtype)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -319,7 +319,7 @@ def collect(adapter: ModelAdapter, tokens: Sequence[Sequence[int]], token_ids: S
         with adapter.hooks(resid={layer: _keep(captured, ("resid", layer), pos) for layer in resid},
                            head_inputs={layer: _keep(captured, ("head", layer), pos) for layer in heads}):
             hidden = adapter.forward_final(ids, use_cache=False).last_hidden_state
-        logits[batch] = adapter.label_logits(hidden[:, -1], list(token_ids)).cpu()
+        logits[batch] = adapter.label_logits(hidden[:, -1], list(token_ids)).float().cpu()
         for key, x in captured.items():
             if key not in acts:
                 acts[key] = x.new_empty(len(tokens), *x.shape[1:])

@@ -93,7 +93,7 @@ MIRRORED = {  # every CLI option that mirrors a config setting, by command
               "--kl-prompts", "--n-random-subspaces", "--transfer-alpha"},
     "steer-transfer": {"--device", "--seed", "--n-random", "--max-prompts", "--n-boot", "--ridge"},
     "align": {"--seed", "--n-perm", "--knn-k"}, "align-summary": {"--alpha"},
-    "stats": {"--seed", "--n-boot", "--n-perm", "--alpha", "--power"}, "verify": {"--min-spearman"},
+    "stats": {"--seed", "--n-boot", "--n-perm", "--alpha", "--power"},
 }
 
 

@@ -13,7 +13,7 @@ from emolens.dataset import build_dataset
 from emolens.heads import exact_last_position, frame_split, run_head_patching, run_screening, top_heads
 from emolens.io import ResultFileError, load_pickle
 from emolens.models import load_model
-from emolens.patching import attribute_heads, clean_ld, head_site, patch_pairs, prepare_pairs
+from emolens.patching import attribute_heads, clean_ld, collect, head_site, patch_pairs, prepare_pairs
 
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
 
@@ -160,3 +160,52 @@ def test_head_patching_refuses_bad_screening(tiny_adapters, records, tmp_path):
     with pytest.raises(ResultFileError, match=r"head \(7, 0\) does not exist"):
         run_head_patching(adapter, records, missing, tmp_path / "out.pkl")
     assert not (tmp_path / "out.pkl").exists()
+
+
+def _ld_with_head_shift(adapter, run: list[int], ld_index: np.ndarray, token_ids, layer: int, head: int,
+                        shift: torch.Tensor) -> float:
+    """LD of the run prompt with ``shift`` [d_head] added to one head's input at the last position."""
+    def hook(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x.view(*x.shape[:2], adapter.n_heads, -1)[:, -1, head] += shift.to(x.dtype)
+        return x
+
+    with torch.no_grad(), adapter.hooks(head_inputs={layer: hook}):
+        hidden = adapter.forward_final(torch.tensor([run]), use_cache=False).last_hidden_state
+        labels = adapter.label_logits(hidden[:, -1], token_ids)[0]
+    return float(labels[ld_index[0]] - labels[ld_index[1]])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attribution_is_the_derivative_of_the_exact_patch(tiny_checkpoints, records, family):
+    """In float64, AtP of every head equals the central difference of LD along (donor - run): the
+    estimate is the patch's first-order term, however nonlinear the full patch is."""
+    adapter = load_model({"path": str(tiny_checkpoints[family]), "dtype": "float32"}, device="cpu")
+    adapter.model.double()
+    pairs = prepare_pairs(adapter, records)
+    subset = np.arange(0, len(pairs), 6)
+    atp = attribute_heads(adapter, pairs, subset=subset, batch_size=16)[..., -1]  # [S, L, H]
+    layers = list(range(adapter.n_layers))
+    eps, worst, scale = 1e-2, 0.0, 0.0  # float32 RMSNorm inside llama-like blocks limits smaller steps
+    for s, i in enumerate(subset):
+        _, run = collect(adapter, [pairs.run[i]], pairs.token_ids, offsets=(-1,), heads=layers, batch_size=1)
+        _, donor = collect(adapter, [pairs.donor[i]], pairs.token_ids, offsets=(-1,), heads=layers, batch_size=1)
+        for layer in layers:
+            delta = (donor[("head", layer)] - run[("head", layer)])[0, 0].view(adapter.n_heads, -1)
+            for h in range(adapter.n_heads):
+                up, down = (_ld_with_head_shift(adapter, pairs.run[i], pairs.ld_index[i], pairs.token_ids, layer, h,
+                                                sign * eps * delta[h]) for sign in (1, -1))
+                worst = max(worst, abs((up - down) / (2 * eps) - atp[s, layer, h]))
+                scale = max(scale, abs(atp[s, layer, h]))
+    assert scale > 1e-3 and worst < 3e-4 * scale, (worst, scale)
+
+
+def test_verification_requires_the_top_heads_by_exact_effect(tiny_adapters, screenings, tmp_path):
+    from emolens.verify import check_screening
+
+    path = screenings["llama"]
+    assert check_screening(path, tiny_adapters["llama"].n_layers)[0]
+    scores = json.loads(path.read_text())
+    scores["top_heads"] = scores["top_heads"][::-1]  # no longer the largest first
+    (tmp_path / "s.json").write_text(json.dumps(scores))
+    assert not check_screening(tmp_path / "s.json", tiny_adapters["llama"].n_layers)[0]

@@ -12,12 +12,11 @@ rule verify:
     params:
         results=lambda wildcards, output: os.path.dirname(output[0]),
         models=" ".join(MODELS),
-        min_spearman=config["verification"]["min_spearman"],
     conda:
         "../../envs/emolens.yaml"
     shell:
         "emolens verify --results {params.results} --models {params.models} --dataset {input.dataset} "
-        "--min-spearman {params.min_spearman} --out {output} 2> {log}"
+        "--out {output} 2> {log}"
 
 
 rule timing:
