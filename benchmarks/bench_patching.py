@@ -37,7 +37,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from emolens import EMOTIONS
 from emolens.models import ModelAdapter
-from emolens.patching import ENGINES, Donor, Pairs, collect, head_site, normalised, patch_reference, resid_site
+from emolens.pairs import Pairs
+from emolens.patching import ENGINES, Donor, collect, head_site, normalised, patch_reference, resid_site
 
 MIN_DENOMINATOR = 0.05
 TOLERANCE = 1e-4  # largest |LD| difference from the fast path that counts as equal (fp32, 12 layers)

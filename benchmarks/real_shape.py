@@ -24,11 +24,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from emolens.activations import extract
+from emolens.attribution import attribute_heads
 from emolens.dataset import build_dataset
 from emolens.heads import exact_last_position
 from emolens.models import ModelAdapter
 from emolens.organisms import train_tokenizer
-from emolens.patching import attribute_heads, patch_pairs, prepare_pairs, resid_site
+from emolens.pairs import prepare_pairs
+from emolens.patching import patch_pairs, resid_site
 from emolens.readout import prompt
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment.

@@ -9,12 +9,9 @@ measure below answers one of three questions, has its own null, and belongs to t
 Benjamini-Hochberg family (its measures x matched depths x model pairs; ``summary.json`` declares
 the families and counts significance only after correction).
 
-1. Texts alike ("the two models represent these texts alike"), on raw activations: linear CKA and
-   debiased CKA (Kornblith et al. 2019; unbiased HSIC of Song et al. 2012 via U-centred Gram
-   matrices, as in Nguyen et al. 2021), mutual k-nearest-neighbour overlap (cosine after centring),
-   and orthogonal Procrustes (one global scale) between PCA scores truncated to a common k, PCA and
-   rotation fit on the fit half and R^2 scored on the held-out half. Null: the prompt correspondence
-   shuffled across all prompts (for CKA by permuting the indices of one centred Gram, computed once).
+1. Texts alike ("the two models represent these texts alike"), on raw activations: linear CKA,
+   debiased CKA, mutual k-NN overlap and held-out Procrustes R^2 (:mod:`emolens.similarity`).
+   Null: the prompt correspondence shuffled across all prompts.
 2. Emotion alike ("they represent the emotion alike"): the same four measures on item-centred
    activations (each prompt minus its item's mean over its four emotions: what varies with the
    emotion inside a scenario). Null: the correspondence shuffled within items (prompt i of a paired
@@ -23,27 +20,18 @@ the families and counts significance only after correction).
    These measures read no label, so they cannot tell the emotion from the frame's template for it:
    two models that share templates but no emotion pass them. Only family 3 can.
 3. Emotion-specific ("is the emotion structure the same?"): measures that read the emotion labels,
-   on item-centred activations. Null: the labels permuted by frame (one permutation of the emotions
-   per frame, applied to all its items, so a frame's template moves with its label), every
-   label-dependent quantity recomputed from scratch; the ridge
-   map from a's space to b's (fit on the fit half's paired raw activations) reads no label and is fit
-   once. Transfer: cosine between a's fit-half emotion vectors (mean of one emotion minus mean of
-   the others) carried through the map and b's held-out-half vectors, mean over emotions. Subspace:
-   mean cosine of the principal angles between the span of a's fit-half emotion means carried
-   through the map and the span of b's held-out emotion means (three dimensions: four means).
-   RSA, cross-validated: Pearson correlation of the six distances between the four emotion means
-   of a on one half and of b on the other half, averaged over both assignments of the halves. The
-   halves hold different items, so with labels that carry nothing every one of these is near its
-   chance level. All are functions of 4 x 4 inner products of emotion means, which are quadratic
-   forms of the prompts' Gram matrices: exact at any width and vectorised over permutations.
-   The exhaustive 24-order null of the 4 x 4 vector RSA cannot go below p = 2/25 > 0.05, so that
-   RSA (``rsa_vectors``, of the phase-3 vectors) is reported as a description, without a p-value.
+   on item-centred activations: transfer cosine, subspace cosine and cross-validated RSA of the
+   emotion means through a ridge map (:mod:`emolens.emotion_structure`). Null: the labels permuted
+   by frame (one permutation of the emotions per frame, applied to all its items, so a frame's
+   template moves with its label), every label-dependent quantity recomputed from scratch; the map
+   reads no label and is fit once.
 
 p-values are one-sided: (1 + #{null >= observed}) / (1 + n_perm). Descriptive numbers (no p-value,
-in no family): the map's held-out R^2, ``rsa_vectors``, and the overlap of the phase-3 subspaces
-(PCA of item-centred activations over all prompts: label-free, so no label null can test it).
-Each pair file also holds self cells (each model against itself at its last block: CKA and mutual
-k-NN must be 1): verification checks, never tests.
+in no family): the map's held-out R^2, ``rsa_vectors`` (the exhaustive 24-order null of that 4 x 4
+RSA of the phase-3 vectors cannot go below p = 2/25 > 0.05), and the overlap of the phase-3
+subspaces (PCA of item-centred activations over all prompts: label-free, so no label null can test
+it). Each pair file also holds self cells (each model against itself at its last block: CKA and
+mutual k-NN must be 1): verification checks, never tests.
 
 Inputs: activations (with ``item_ids``), emotion vectors and emotion subspaces of both models.
 Outputs: ``alignment/<a>__<b>.pkl`` (schema ``emolens.alignment/1``, with every null draw) and
@@ -53,23 +41,39 @@ Outputs: ``alignment/<a>__<b>.pkl`` (schema ``emolens.alignment/1``, with every 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.linalg import orthogonal_procrustes
-from scipy.stats import spearmanr
 
 from emolens import EMOTIONS, families
+from emolens.emotion_structure import (
+    emotion_grams,
+    label_codes,
+    permuted_labels,
+    rsa_cross_validated,
+    subspace_cosines,
+    transfer_cosines,
+)
 from emolens.io import load_pickle, provenance, save_json, save_pickle
-from emolens.resampling import (
-    frame_halves,
-    frame_label_permutations,
-    frame_slot_permutations,
-    perm_pvalue,
-    with_observed,
+from emolens.resampling import frame_halves, frame_slot_permutations, perm_pvalue
+from emolens.similarity import (
+    Perms,
+    center_gram,
+    fit_linear_map,
+    gram_cka,
+    gram_permutation_null,
+    knn_indices,
+    knn_overlap,
+    knn_permutation_null,
+    map_r2,
+    pca_scores,
+    permutation_null,
+    principal_angles,
+    procrustes_score,
+    rsa,
+    u_center_gram,
 )
 from emolens.vectors import item_centred
 
@@ -125,310 +129,7 @@ MEASURES = tuple(m for m, v in MEASURE_TABLE.items() if v["family"] is not None)
 DESCRIPTIVE = tuple(m for m, v in MEASURE_TABLE.items() if v["family"] is None)
 SELF_TOL = 1e-6  # a self cell must be 1 within this
 
-
-# --- permutations ---------------------------------------------------------------------------------------
-
-Perms = int | np.ndarray  # a number of fresh shuffles of all prompts, or given permutations [n_perm, n]
 Pair = tuple[np.ndarray, np.ndarray]  # (fit, test) indices, or one array per model
-
-
-def _permutations(n: int, perms: Perms, rng: np.random.Generator) -> list[np.ndarray]:
-    return list(perms) if isinstance(perms, np.ndarray) else [rng.permutation(n) for _ in range(perms)]
-
-
-# --- CKA ------------------------------------------------------------------------------------------
-
-def center_gram(g: np.ndarray) -> np.ndarray:
-    """Double-centre a Gram matrix (H G H): the centring of linear CKA."""
-    g = g - g.mean(0, keepdims=True)  # [n, n]
-    return g - g.mean(1, keepdims=True)
-
-
-def u_center_gram(g: np.ndarray) -> np.ndarray:
-    """U-centre a Gram matrix (Szekely & Rizzo 2014); inner products of U-centred Grams are unbiased HSIC."""
-    n = g.shape[0]
-    g = g.copy()
-    np.fill_diagonal(g, 0.0)
-    row = g.sum(0) / (n - 2)  # [n]
-    u = g - row[:, None] - row[None, :] + g.sum() / ((n - 1) * (n - 2))
-    np.fill_diagonal(u, 0.0)
-    return u
-
-
-def gram_cka(gx: np.ndarray, gy: np.ndarray) -> float:
-    """CKA of two already-centred Gram matrices: their normalised Frobenius inner product."""
-    return float((gx * gy).sum() / np.sqrt((gx * gx).sum() * (gy * gy).sum()))
-
-
-def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear CKA between two representations of the same n prompts (any widths)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)  # [n, dx], [n, dy]
-    return gram_cka(center_gram(x @ x.T), center_gram(y @ y.T))
-
-
-def debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Debiased linear CKA (unbiased HSIC): near 0 for unrelated representations even when d >> n."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return gram_cka(u_center_gram(x @ x.T), u_center_gram(y @ y.T))
-
-
-def gram_permutation_null(gx: np.ndarray, gy: np.ndarray, perms: Perms, rng: np.random.Generator) -> np.ndarray:
-    """CKA under shuffled prompt correspondence, permuting both indices of one centred Gram (O(n^2) each).
-
-    ``perms``: a number of shuffles of all prompts, or given permutations (e.g. within items). Centring
-    commutes with the permutation, so the Grams are centred once; the products run in float32 (about
-    1e-6 absolute error, far below the null's spread, and several times faster than float64).
-    """
-    gx32 = (gx / np.linalg.norm(gx)).astype(np.float32)  # [n, n]
-    gy32 = (gy / np.linalg.norm(gy)).astype(np.float32)
-    return np.array([np.vdot(gx32, gy32.take(p, axis=0).take(p, axis=1))
-                     for p in _permutations(len(gy), perms, rng)], dtype=np.float64)
-
-
-# --- mutual nearest neighbours -----------------------------------------------------------------------
-
-def knn_indices(x: np.ndarray, k: int) -> np.ndarray:
-    """Each prompt's k nearest other prompts by cosine similarity after centring."""
-    z = np.asarray(x, np.float64)
-    z = z - z.mean(0)
-    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)  # [n, d]
-    sim = z @ z.T  # [n, n]
-    np.fill_diagonal(sim, -np.inf)
-    return np.argpartition(-sim, k - 1, axis=1)[:, :k]  # [n, k]
-
-
-def knn_overlap(nx: np.ndarray, ny: np.ndarray) -> float:
-    """Mean fraction of shared neighbours between two neighbour-index tables."""
-    return float((nx[:, :, None] == ny[:, None, :]).any(2).mean())  # [n, k, k] -> [n, k]
-
-
-def mutual_knn(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
-    """Mutual k-NN alignment: mean overlap fraction of each prompt's k-NN sets in the two spaces."""
-    return knn_overlap(knn_indices(x, k), knn_indices(y, k))
-
-
-def knn_permutation_null(nx: np.ndarray, ny: np.ndarray, perms: Perms, rng: np.random.Generator) -> np.ndarray:
-    """k-NN overlap under shuffled correspondence, relabelling y's neighbour table, not recomputing it."""
-    # y'[i] = y[p[i]]: y's neighbours of p[i], renamed by the inverse permutation
-    return np.array([knn_overlap(nx, np.argsort(p)[ny[p]]) for p in _permutations(len(ny), perms, rng)])
-
-
-# --- RSA of phase-3 vectors (descriptive) and Procrustes -----------------------------------------------
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
-def rsa(vec_a: np.ndarray, vec_b: np.ndarray) -> float:
-    """Spearman correlation between the upper triangles of the 4x4 cosine matrices of emotion vectors."""
-    iu = np.triu_indices(len(vec_a), 1)
-    ca, cb = _unit(vec_a) @ _unit(vec_a).T, _unit(vec_b) @ _unit(vec_b).T  # [4, 4]
-    return float(spearmanr(ca[iu], cb[iu])[0])
-
-
-def pca_scores(x: np.ndarray, k: int, train_idx: np.ndarray) -> np.ndarray:
-    """All prompts projected on the top-k principal axes of the training prompts (centred on their mean)."""
-    mu = x[train_idx].mean(0)
-    _, _, vt = np.linalg.svd(x[train_idx] - mu, full_matrices=False)  # vt [min(n, d), d]
-    return (x - mu) @ vt[:k].T  # [n, k]
-
-
-def procrustes_score(xs: np.ndarray, ys: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray) -> float:
-    """Held-out R^2 of y's scores predicted by a scaled rotation of x's, both fit on the training prompts."""
-    a, b = xs[train_idx], ys[train_idx]  # [n_train, k]
-    rot, sv_sum = orthogonal_procrustes(a, b)  # rot [k, k]
-    scale = sv_sum / (a * a).sum()
-    resid = ys[test_idx] - scale * xs[test_idx] @ rot
-    return float(1.0 - (resid**2).sum() / (ys[test_idx] ** 2).sum())
-
-
-def procrustes_pca(x: np.ndarray, y: np.ndarray, k: int, train_idx: np.ndarray,
-                   test_idx: np.ndarray) -> float:
-    """Procrustes alignment of PCA-k scores of x and y: fit on train, held-out R^2 on test (1 = same)."""
-    return procrustes_score(pca_scores(x, k, train_idx), pca_scores(y, k, train_idx), train_idx, test_idx)
-
-
-def permutation_null(stat_fn: Callable[[np.ndarray, np.ndarray], float], x: np.ndarray, y: np.ndarray,
-                     perms: Perms, rng: np.random.Generator) -> np.ndarray:
-    """Statistic under shuffled prompt correspondence (rows of y permuted): measures without a shortcut."""
-    return np.array([stat_fn(x, y[p]) for p in _permutations(len(y), perms, rng)])
-
-
-# --- linear map across widths ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LinearMap:
-    """Ridge map from a's space to b's, kept in dual form W = Xa^T (Xa Xa^T + lam I)^-1 Xb (rank <= n)."""
-
-    xa: np.ndarray  # [n, da] centred training activations of a
-    dual: np.ndarray  # [n, db]
-    mean_a: np.ndarray  # [da]
-    mean_b: np.ndarray  # [db]
-
-    def directions(self, v: np.ndarray) -> np.ndarray:
-        """Carry directions (differences of points, e.g. emotion vectors) from a's space to b's."""
-        return (v @ self.xa.T) @ self.dual  # [..., da] -> [..., db]
-
-    def points(self, x: np.ndarray) -> np.ndarray:
-        """Predict b's activations from a's."""
-        return self.directions(x - self.mean_a) + self.mean_b
-
-
-def fit_linear_map(xa_train: np.ndarray, xb_train: np.ndarray, ridge: float) -> LinearMap:
-    """Ridge regression from a's width to b's; ridge is relative to the mean eigenvalue of a's Gram."""
-    mean_a, mean_b = xa_train.mean(0), xb_train.mean(0)
-    xa, xb = xa_train - mean_a, xb_train - mean_b  # [n, da], [n, db]
-    g = xa @ xa.T  # [n, n]: the dual form costs n^2 d whatever the widths
-    lam = ridge * np.trace(g) / len(g)
-    dual = np.linalg.solve(g + lam * np.eye(len(g)), xb)
-    return LinearMap(xa, dual, mean_a, mean_b)
-
-
-def map_r2(lmap: LinearMap, xa_test: np.ndarray, xb_test: np.ndarray) -> float:
-    """Held-out R^2 of the map's prediction of b's activations (how much of b the map explains)."""
-    resid = xb_test - lmap.points(xa_test)
-    return float(1.0 - (resid**2).sum() / ((xb_test - lmap.mean_b) ** 2).sum())
-
-
-def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Principal angles (radians, ascending) between row spans of a [..., k, d] and b [k2, d]; batched.
-
-    Equal to scipy.linalg.subspace_angles(a.T, b.T) sorted ascending; rows need not be orthonormal.
-    """
-    qa = np.linalg.qr(np.swapaxes(a, -1, -2))[0]  # [..., d, k]
-    qb = np.linalg.qr(b.T)[0]  # [d, k2]
-    cos = np.linalg.svd(np.swapaxes(qa, -1, -2) @ qb, compute_uv=False)  # [..., min(k, k2)], descending
-    return np.arccos(np.clip(cos, -1.0, 1.0))
-
-
-# --- emotion structure under label permutations ----------------------------------------------------------
-
-def label_codes(emotions: Sequence[str]) -> np.ndarray:
-    """Emotion names -> indices into EMOTIONS; an unknown label is an error."""
-    unknown = sorted(set(emotions) - set(EMOTIONS))
-    if unknown:
-        raise ValueError(f"unknown emotion labels {unknown}; expected {EMOTIONS}")
-    return np.array([EMOTIONS.index(e) for e in emotions])
-
-
-def permuted_labels(codes: np.ndarray, frames: Sequence[Any], n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_perm + 1, n] labellings: row 0 the observed labels, then the labels permuted by frame (one
-    permutation of the emotions per frame, applied to all its items)."""
-    return with_observed(codes, frame_label_permutations(codes, frames, n_perm, len(EMOTIONS), rng))
-
-
-def class_mean_weights(labels: np.ndarray) -> np.ndarray:
-    """[P, n] label indices -> [P, n, 4] weights whose column e averages the prompts labelled e."""
-    onehot = (labels[..., None] == np.arange(len(EMOTIONS))).astype(np.float64)
-    return onehot / np.maximum(onehot.sum(-2, keepdims=True), 1.0)
-
-
-def _quad(g: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
-    """wx^T g wy for every labelling: [P, 4, 4] inner products of class means from prompt inner products g."""
-    p, ny, c = wy.shape
-    gw = (g @ wy.transpose(1, 0, 2).reshape(ny, p * c)).reshape(len(g), p, c)  # [nx, P, 4]: one GEMM
-    return np.matmul(wx.transpose(0, 2, 1), gw.transpose(1, 0, 2))  # [P, 4, nx] @ [P, nx, 4]
-
-
-@dataclass(frozen=True)
-class EmotionGrams:
-    """4 x 4 inner products of emotion means of item-centred activations, for P labellings (row 0 observed).
-
-    ``a_fit``, ``a_test``: a's means in a's space on each half; ``b_fit``, ``b_test``: b's, in b's
-    space; ``mm``: a's fit-half means carried through the map, with themselves; ``mb``: the same with
-    b's held-out means. Everything label-dependent in phase 4 and in k is a function of these.
-    """
-
-    a_fit: np.ndarray  # [P, 4, 4]
-    a_test: np.ndarray
-    b_fit: np.ndarray
-    b_test: np.ndarray
-    mm: np.ndarray
-    mb: np.ndarray
-    n_fit: np.ndarray  # [P, 4] prompts per emotion in the fit half, per labelling
-    n_test: np.ndarray
-    mapped_var: float  # mean squared norm of a's mapped item-centred fit-half prompts (reads no label)
-    b_test_var: float  # mean squared norm of b's item-centred held-out prompts (reads no label)
-
-
-def emotion_grams(ca: np.ndarray, cb: np.ndarray, mapped_fit: np.ndarray, split: tuple[np.ndarray, np.ndarray],
-                  labels: np.ndarray) -> EmotionGrams:
-    """Class-mean inner products of item-centred ca [n, da], cb [n, db] under labels [P, n].
-
-    ``mapped_fit`` [n_fit, db]: a's item-centred fit-half activations carried into b's space.
-    """
-    fit, test = split
-    wf, wt = class_mean_weights(labels[:, fit]), class_mean_weights(labels[:, test])  # [P, n_half, 4]
-    af, at, bf, bt = ca[fit], ca[test], cb[fit], cb[test]
-    gm, gb = mapped_fit @ mapped_fit.T, bt @ bt.T
-    return EmotionGrams(
-        a_fit=_quad(af @ af.T, wf, wf), a_test=_quad(at @ at.T, wt, wt),
-        b_fit=_quad(bf @ bf.T, wf, wf), b_test=_quad(gb, wt, wt),
-        mm=_quad(gm, wf, wf), mb=_quad(mapped_fit @ bt.T, wf, wt),
-        n_fit=(labels[:, fit, None] == np.arange(len(EMOTIONS))).sum(1),
-        n_test=(labels[:, test, None] == np.arange(len(EMOTIONS))).sum(1),
-        mapped_var=float(np.trace(gm) / len(gm)), b_test_var=float(np.trace(gb) / len(gb)))
-
-
-def label_structure(xa: np.ndarray, xb: np.ndarray, items: Sequence[Any], split: tuple[np.ndarray, np.ndarray],
-                    labels: np.ndarray, ridge: float) -> EmotionGrams:
-    """Item-centre one matched depth xa [n, da], xb [n, db], fit the map on the fit half, and return the
-    emotion-mean inner products under every labelling in labels [P, n]."""
-    ca, cb = item_centred(xa, items), item_centred(xb, items)
-    lmap = fit_linear_map(xa[split[0]], xb[split[0]], ridge)
-    return emotion_grams(ca, cb, lmap.directions(ca[split[0]]), split, labels)
-
-
-def _vector_transform(counts: np.ndarray) -> np.ndarray:
-    """[P, 4] class counts -> [P, 4, 4] T with T @ means = emotion vectors (mean of one emotion minus the
-    mean of all others)."""
-    t = -counts[..., None, :] / np.maximum(counts.sum(-1)[..., None, None] - counts[..., :, None], 1)
-    eye = np.eye(counts.shape[-1], dtype=bool)
-    return np.where(eye, 1.0, t)
-
-
-def transfer_cosines(e: EmotionGrams) -> np.ndarray:
-    """[P, 4] cosine of a's mapped fit-half emotion vectors with b's held-out vectors, per emotion."""
-    tf, tt = _vector_transform(e.n_fit), _vector_transform(e.n_test)
-    cross = np.diagonal(tf @ e.mb @ np.swapaxes(tt, -1, -2), axis1=-2, axis2=-1)
-    norm_a = np.diagonal(tf @ e.mm @ np.swapaxes(tf, -1, -2), axis1=-2, axis2=-1)
-    norm_b = np.diagonal(tt @ e.b_test @ np.swapaxes(tt, -1, -2), axis1=-2, axis2=-1)
-    return cross / np.sqrt(np.maximum(norm_a * norm_b, 1e-300))
-
-
-def orthonormal_coefficients(g: np.ndarray, q: int) -> np.ndarray:
-    """[P, 4, 4] Gram M M^T of 4 means -> [P, q, 4] c with rows of c @ M orthonormal: M's top-q principal axes."""
-    lam, u = np.linalg.eigh(g)  # ascending
-    lam, u = lam[..., ::-1][..., :q], u[..., ::-1][..., :q]  # [P, q], [P, 4, q]
-    keep = lam > 1e-12 * np.maximum(lam[..., :1], 1e-300)  # a rank-deficient structure has fewer axes
-    scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)
-    return np.swapaxes(u, -1, -2) * scale[..., None]
-
-
-def subspace_cosines(e: EmotionGrams, q: int = len(EMOTIONS) - 1) -> np.ndarray:
-    """[P, q] cosines of the principal angles between the mapped span of a's fit-half emotion means and
-    the span of b's held-out emotion means (descending)."""
-    ca, cb = orthonormal_coefficients(e.mm, q), orthonormal_coefficients(e.b_test, q)
-    return np.clip(np.linalg.svd(ca @ e.mb @ np.swapaxes(cb, -1, -2), compute_uv=False), 0.0, 1.0)
-
-
-def _mean_distances(g: np.ndarray) -> np.ndarray:
-    """[P, 4, 4] Gram of the emotion means -> [P, 6] their pairwise Euclidean distances (upper triangle)."""
-    d = np.diagonal(g, axis1=-2, axis2=-1)
-    iu = np.triu_indices(g.shape[-1], 1)
-    return np.sqrt(np.maximum((d[..., :, None] + d[..., None, :] - 2 * g)[..., iu[0], iu[1]], 0.0))
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    x, y = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
-    den = np.sqrt((x * x).sum(-1) * (y * y).sum(-1))
-    return np.where(den > 0, (x * y).sum(-1) / np.where(den > 0, den, 1.0), 0.0)
-
-
-def rsa_cross_validated(e: EmotionGrams) -> np.ndarray:
-    """[P] RSA of emotion-mean distances, a on one half and b on the other, mean of both assignments."""
-    return 0.5 * (_pearson(_mean_distances(e.a_fit), _mean_distances(e.b_test))
-                  + _pearson(_mean_distances(e.a_test), _mean_distances(e.b_fit)))
 
 
 # --- layers, splits ------------------------------------------------------------------------------------

@@ -211,19 +211,19 @@ def _cmd_steer(a: argparse.Namespace) -> None:
 
 
 def _cmd_steer_transfer(a: argparse.Namespace) -> None:
-    from emolens import steering
+    from emolens import transfer
 
     adapter, records = _model_and_records(a)
     kwargs = _steering_kwargs(a)
     kwargs["settings"]["ridge"] = a.ridge
-    _with_backoff(a, lambda batch_size: steering.run_transfer(
+    _with_backoff(a, lambda batch_size: transfer.run_transfer(
         adapter, records, a.activations, a.steering, a.out, ridge=a.ridge, batch_size=batch_size, **kwargs))
 
 
 def _cmd_steer_transfer_summary(a: argparse.Namespace) -> None:
-    from emolens import steering
+    from emolens import transfer
 
-    steering.run_transfer_summary(a.inputs, a.out)
+    transfer.run_transfer_summary(a.inputs, a.out)
 
 
 def _cmd_align(a: argparse.Namespace) -> None:

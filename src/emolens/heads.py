@@ -33,11 +33,13 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from emolens.attribution import attribute_heads
 from emolens.dataset import frame_groups
 from emolens.effects import MIN_SEPARATION, contrast_counts, kept_ratio, summarise
 from emolens.io import ResultFileError, provenance, save_json, save_pickle
 from emolens.models import ModelAdapter
-from emolens.patching import Pairs, attribute_heads, head_site, normalised, patch_pairs
+from emolens.pairs import Pairs
+from emolens.patching import head_site, normalised, patch_pairs
 from emolens.readout import DEFAULT, Readout
 from emolens.resampling import frame_halves
 from emolens.residual import MESSAGE_POSITIONS, prepare_readout_pairs

@@ -3,9 +3,9 @@
 Method. A *pair* is an ordered (source, target) pair of prompts of the same item with different
 emotions. The metric is the logit difference LD = logit[source label] - logit[target label] at the
 run prompt's last position, read from the label tokens only (final norm, then the few unembedding
-rows). Denoising (the default) runs the target prompt and patches in the source prompt's
-activations; noising runs the source and patches in the target's. The normalised effect is
-(LD_patched - LD_run) / (LD_donor - LD_run): 0 = the run prompt unpatched, 1 = the donor clean.
+rows); which prompt is run and which donates is the pairs' direction (:mod:`emolens.pairs`). The
+normalised effect is (LD_patched - LD_run) / (LD_donor - LD_run): 0 = the run prompt unpatched,
+1 = the donor clean.
 
 Site grammar, written down once. A :class:`Site` is (kind, layer, head, offsets):
 ``kind="resid"``: residual index ``layer`` in 0..L (the stream entering block l; L = the last
@@ -37,16 +37,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from emolens import EMOTIONS
-from emolens.activations import length_buckets, tokenize
+from emolens.activations import length_buckets
 from emolens.models import ModelAdapter
-from emolens.readout import DEFAULT, Readout
+from emolens.pairs import Pairs
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["resid", "head"]
 Key = tuple[str, int]  # (kind, layer): one hook point
-DIRECTIONS = ("denoising", "noising")
 
 
 # --- sites -----------------------------------------------------------------------------------------
@@ -149,7 +147,7 @@ def _hooks(adapter: ModelAdapter, table: list, row_variant: np.ndarray, row_prom
     return {"resid": resid, "head_inputs": head_inputs}
 
 
-def _ld(logits: torch.Tensor, ld_index: torch.Tensor) -> torch.Tensor:
+def logit_difference(logits: torch.Tensor, ld_index: torch.Tensor) -> torch.Tensor:
     """Logit difference per row from label logits [rows, n_labels] and (source, target) [rows, 2]."""
     return logits.gather(1, ld_index[:, :1]).squeeze(1) - logits.gather(1, ld_index[:, 1:]).squeeze(1)
 
@@ -177,7 +175,7 @@ def patch_reference(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, 
                 logits = adapter.model(input_ids=run_ids[prompts].to(device),
                                        logits_to_keep=logits_to_keep).logits  # [batch, pos or kept, vocab]
             labels = logits[:, -1, list(token_ids)].float()  # [batch, n_labels]
-            out[prompts, v] = _ld(labels, ld_index[prompts].to(device)).cpu()
+            out[prompts, v] = logit_difference(labels, ld_index[prompts].to(device)).cpu()
     return out
 
 
@@ -282,7 +280,7 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
                 hidden = adapter.forward_final(run_ids[index, start:], use_cache=start > 0,
                                                **kwargs).last_hidden_state  # [rows, length - start, d_model]
             labels = adapter.label_logits(hidden[:, -1], token_ids)  # [rows, n_labels]
-            out[rp, rv] = _ld(labels, ld_index.to(device)[index]).cpu()
+            out[rp, rv] = logit_difference(labels, ld_index.to(device)[index]).cpu()
     return out
 
 
@@ -290,7 +288,7 @@ ENGINES = {"fast": patch_fast, "reference": patch_reference}
 
 
 # --- clean runs and donor activations --------------------------------------------------------------
-def _keep(store: dict, key: Any, pos: torch.Tensor | None = None) -> Callable:
+def keep_input(store: dict, key: Any, pos: torch.Tensor | None = None) -> Callable:
     """Hook that stores its input [batch, pos, width] (only positions ``pos`` if given) under ``key``."""
     def fn(x: torch.Tensor) -> None:
         store[key] = x if pos is None else x[:, pos]
@@ -316,8 +314,8 @@ def collect(adapter: ModelAdapter, tokens: Sequence[Sequence[int]], token_ids: S
         ids = torch.tensor([list(tokens[i]) for i in batch], device=device)
         pos = torch.tensor(offsets, dtype=torch.long, device=device) + ids.shape[1]
         captured: dict[Key, torch.Tensor] = {}
-        with adapter.hooks(resid={layer: _keep(captured, ("resid", layer), pos) for layer in resid},
-                           head_inputs={layer: _keep(captured, ("head", layer), pos) for layer in heads}):
+        with adapter.hooks(resid={layer: keep_input(captured, ("resid", layer), pos) for layer in resid},
+                           head_inputs={layer: keep_input(captured, ("head", layer), pos) for layer in heads}):
             hidden = adapter.forward_final(ids, use_cache=False).last_hidden_state
         logits[batch] = adapter.label_logits(hidden[:, -1], list(token_ids)).float().cpu()
         for key, x in captured.items():
@@ -325,70 +323,6 @@ def collect(adapter: ModelAdapter, tokens: Sequence[Sequence[int]], token_ids: S
                 acts[key] = x.new_empty(len(tokens), *x.shape[1:])
             acts[key][torch.tensor(batch, device=device)] = x
     return logits, acts
-
-
-# --- pairs -----------------------------------------------------------------------------------------
-def make_pairs(records: Sequence[dict[str, Any]], max_pairs: int | None = None,
-               seed: int = 0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Ordered (source, target) record pairs of distinct emotions within each item_id.
-
-    Items in order of first appearance; within an item, records in file order (12 pairs for a
-    quadruple). ``max_pairs`` keeps a seeded random subset, in the original order.
-    """
-    items: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        items[r["item_id"]].append(r)
-    pairs = [(s, t) for recs in items.values() for s in recs for t in recs if s["emotion"] != t["emotion"]]
-    if max_pairs is not None and len(pairs) > max_pairs:
-        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False))
-        pairs = [pairs[i] for i in keep]
-    return pairs
-
-
-@dataclass
-class Pairs:
-    """Tokenised pairs, ready to patch: run and donor prompts and the label indices of the metric."""
-
-    ids: list[tuple[str, str]]  # (source id, target id), the unit of statistics
-    run: list[list[int]]  # token ids of the prompt that is run (the target when denoising)
-    donor: list[list[int]]  # token ids of the prompt whose activations are patched in
-    ld_index: np.ndarray  # [P, 2] (source label, target label) as indices into token_ids
-    label_token_ids: dict[str, int]  # {emotion: token id of its one-token label word}
-    direction: str
-    readout: Readout = DEFAULT  # how the prompts were built and read
-
-    @property
-    def token_ids(self) -> list[int]:
-        return [self.label_token_ids[e] for e in EMOTIONS]
-
-    @property
-    def same_length(self) -> np.ndarray:  # [P] bool: run and donor tokenise to the same length
-        return np.array([len(r) == len(d) for r, d in zip(self.run, self.donor, strict=True)], dtype=bool)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def prepare_pairs(adapter: ModelAdapter, records: Sequence[dict[str, Any]], *, direction: str = "denoising",
-                  max_pairs: int | None = None, seed: int = 0, readout: Readout = DEFAULT) -> Pairs:
-    """Build, subsample and tokenise the pairs of ``records`` for ``direction``, in ``readout``'s prompts."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"patching direction {direction!r} is not one of {DIRECTIONS}")
-    pairs = make_pairs(records, max_pairs, seed)
-    if not pairs:
-        raise ValueError("no (source, target) pairs: every item_id needs records of at least two emotions")
-    texts = sorted({r["id"]: r["text"] for pair in pairs for r in pair}.items())
-    label_ids = readout.label_token_ids(adapter.tokenizer)  # refuses a label that is not one token
-    tokens = dict(zip((i for i, _ in texts), tokenize(adapter, [t for _, t in texts], readout), strict=True))
-    run, donor = [], []
-    for s, t in pairs:
-        r, d = (t, s) if direction == "denoising" else (s, t)
-        run.append(tokens[r["id"]])
-        donor.append(tokens[d["id"]])
-    index = {e: i for i, e in enumerate(EMOTIONS)}
-    return Pairs(ids=[(s["id"], t["id"]) for s, t in pairs], run=run, donor=donor,
-                 ld_index=np.array([[index[s["emotion"]], index[t["emotion"]]] for s, t in pairs]),
-                 label_token_ids=label_ids, direction=direction, readout=readout)
 
 
 def clean_ld(adapter: ModelAdapter, pairs: Pairs, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +333,7 @@ def clean_ld(adapter: ModelAdapter, pairs: Pairs, batch_size: int = 32) -> tuple
     index = torch.from_numpy(pairs.ld_index)
 
     def ld(tokens: list[list[int]]) -> np.ndarray:
-        return _ld(logits[[where[tuple(t)] for t in tokens]], index).double().numpy()
+        return logit_difference(logits[[where[tuple(t)] for t in tokens]], index).double().numpy()
     return ld(pairs.run), ld(pairs.donor)
 
 
@@ -434,7 +368,7 @@ def patch_pairs(adapter: ModelAdapter, pairs: Pairs, variants: Sequence[Variant]
                                  batch_size=batch_size)  # [U, n_labels], {key: [U, n_off, width]}
     u_of = np.array([which[tuple(pairs.donor[i])] for i in subset])
     index = torch.from_numpy(pairs.ld_index[subset])
-    ld_donor = _ld(donor_logits[u_of], index).double().numpy()
+    ld_donor = logit_difference(donor_logits[u_of], index).double().numpy()
     out = np.full((len(subset), len(variants) + 1), np.nan)  # the variants, then the run prompt unpatched
     order = sorted(range(len(subset)), key=lambda j: (len(pairs.run[subset[j]]), pairs.run[subset[j]]))
     batches = length_buckets([len(pairs.run[subset[j]]) for j in order], batch_size)
@@ -446,48 +380,3 @@ def patch_pairs(adapter: ModelAdapter, pairs: Pairs, variants: Sequence[Variant]
         ld = engine(adapter, run_ids, donor, [*variants, ()], token_ids, index[rows], batch_size=batch_size)
         out[rows] = ld.double().numpy()
     return out[:, :-1], out[:, -1], ld_donor
-
-
-# --- attribution patching --------------------------------------------------------------------------
-def attribute_heads(adapter: ModelAdapter, pairs: Pairs, *, offsets: Sequence[int] = (-1,),
-                    subset: Sequence[int] | None = None, batch_size: int = 32,
-                    desc: str = "attribution") -> np.ndarray:
-    """Attribution patching (gradient x activation difference) of every head: [len(subset), L, H, len(offsets)].
-
-    For each pair, one forward and backward of the clean run prompt gives dLD/d(o_proj input); the
-    estimate for head h of layer l at an offset from the end is that gradient's d_head slice dotted
-    with (donor - run) at the same offset from each prompt's end, so prompts of any lengths line up
-    by role. It estimates LD_patched - LD_run: divide by (LD_donor - LD_run) to compare with
-    normalised effects.
-    """
-    subset = np.arange(len(pairs)) if subset is None else np.asarray(subset, dtype=int)
-    n_layers, n_heads = adapter.n_layers, adapter.n_heads
-    layers = list(range(n_layers))
-    offsets = tuple(offsets)
-    out = np.full((len(subset), n_layers, n_heads, len(offsets)), np.nan)
-    device = adapter.device
-    for batch in tqdm(length_buckets([len(pairs.run[i]) for i in subset], batch_size), desc=desc, leave=False):
-        idx = subset[batch]
-        length = len(pairs.run[idx[0]])
-        _, donor = collect(adapter, [pairs.donor[i] for i in idx], pairs.token_ids, offsets=offsets,
-                           heads=layers, batch_size=batch_size)
-        run_ids = torch.tensor([pairs.run[i] for i in idx], device=device)  # [batch, pos]
-        captured: dict[int, torch.Tensor] = {}
-
-        def leaf(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_model]: gradients start here
-            return x.detach().requires_grad_(True)
-
-        keep = {layer: _keep(captured, layer) for layer in layers}
-        with torch.enable_grad(), adapter.hooks(resid={0: leaf}, head_inputs=keep):
-            hidden = adapter.forward_final(run_ids, use_cache=False).last_hidden_state
-            labels = adapter.label_logits(hidden[:, -1], pairs.token_ids)  # [batch, n_labels]
-            ld = _ld(labels, torch.from_numpy(pairs.ld_index[idx]).to(device))
-            grads = torch.autograd.grad(ld.sum(), [captured[layer] for layer in layers], allow_unused=True)
-        pos = torch.tensor(offsets, dtype=torch.long, device=device) + length
-        for layer, g in zip(layers, grads, strict=True):
-            g = torch.zeros_like(captured[layer]) if g is None else g  # a head the readout never sees
-            run_act = captured[layer].detach()[:, pos].float()  # [batch, n_off, n_heads * d_head]
-            delta = donor[("head", layer)].float() - run_act
-            score = (g[:, pos].float() * delta).unflatten(-1, (n_heads, -1)).sum(-1)  # [batch, n_off, head]
-            out[batch, layer] = score.permute(0, 2, 1).cpu().double().numpy()
-    return out

@@ -32,7 +32,8 @@ from emolens.chunks import CHUNK_NAME, chunk_name, chunk_ranges
 from emolens.effects import MIN_SEPARATION, PairLabels, pair_labels, summarise
 from emolens.io import ResultFileError, load_pickle, provenance, save_pickle
 from emolens.models import ModelAdapter
-from emolens.patching import Pairs, normalised, patch_pairs, prepare_pairs, resid_site
+from emolens.pairs import Pairs, prepare_pairs
+from emolens.patching import normalised, patch_pairs, resid_site
 from emolens.readout import DEFAULT, Readout
 
 log = logging.getLogger(__name__)

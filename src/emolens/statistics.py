@@ -44,15 +44,8 @@ import numpy as np
 from statsmodels.stats.power import TTestPower
 
 from emolens import EMOTIONS, families
-from emolens.alignment import (
-    EmotionGrams,
-    comparable_layers,
-    design_units,
-    label_codes,
-    label_structure,
-    permuted_labels,
-    split_halves,
-)
+from emolens.alignment import comparable_layers, design_units, split_halves
+from emolens.emotion_structure import EmotionGrams, label_codes, label_structure, permuted_labels
 from emolens.io import load_pickle, provenance, save_json
 from emolens.resampling import group_sums, ratio_of_sums, sign_flip_pvalue
 

@@ -15,33 +15,37 @@ from emolens.alignment import (
     DESCRIPTIVE,
     FAMILIES,
     MEASURES,
-    center_gram,
     comparable_layers,
-    debiased_cka,
-    emotion_grams,
-    fit_linear_map,
-    gram_permutation_null,
-    knn_indices,
-    knn_permutation_null,
-    label_structure,
-    linear_cka,
     matched_layers,
-    mutual_knn,
-    permuted_labels,
-    principal_angles,
-    procrustes_pca,
-    rsa,
-    rsa_cross_validated,
     run_pair,
     run_summary,
     split_halves,
+)
+from emolens.emotion_structure import (
+    emotion_grams,
+    label_structure,
+    permuted_labels,
+    rsa_cross_validated,
     subspace_cosines,
     transfer_cosines,
-    u_center_gram,
 )
 from emolens.figures import alignment_matrix
 from emolens.io import load_pickle, save_pickle
 from emolens.resampling import perm_pvalue, within_group_permutations
+from emolens.similarity import (
+    center_gram,
+    debiased_cka,
+    fit_linear_map,
+    gram_permutation_null,
+    knn_indices,
+    knn_permutation_null,
+    linear_cka,
+    mutual_knn,
+    principal_angles,
+    procrustes_pca,
+    rsa,
+    u_center_gram,
+)
 from emolens.statistics import run_k
 from emolens.vectors import emotion_vectors, item_centred
 from emolens.verify import check_alignment, check_self_alignment, check_statistics

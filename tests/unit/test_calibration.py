@@ -34,25 +34,27 @@ import time
 import numpy as np
 import pytest
 
-from emolens.alignment import (
+from emolens.alignment import split_halves
+from emolens.emotion_structure import (
+    label_structure,
+    permuted_labels,
+    rsa_cross_validated,
+    subspace_cosines,
+    transfer_cosines,
+)
+from emolens.resampling import perm_pvalue, within_group_permutations
+from emolens.similarity import (
     center_gram,
     gram_cka,
     gram_permutation_null,
     knn_indices,
     knn_overlap,
     knn_permutation_null,
-    label_structure,
     pca_scores,
     permutation_null,
-    permuted_labels,
     procrustes_score,
-    rsa_cross_validated,
-    split_halves,
-    subspace_cosines,
-    transfer_cosines,
     u_center_gram,
 )
-from emolens.resampling import perm_pvalue, within_group_permutations
 from emolens.statistics import k_axis_scores, k_decision
 from emolens.vectors import item_centred
 

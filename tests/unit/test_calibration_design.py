@@ -38,19 +38,17 @@ import time
 import numpy as np
 import pytest
 
-from emolens.alignment import (
-    center_gram,
-    gram_cka,
-    gram_permutation_null,
+from emolens.alignment import split_halves
+from emolens.dataset import build_dataset
+from emolens.emotion_structure import (
     label_structure,
     permuted_labels,
     rsa_cross_validated,
-    split_halves,
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.dataset import build_dataset
 from emolens.resampling import frame_slot_permutations, perm_pvalue
+from emolens.similarity import center_gram, gram_cka, gram_permutation_null
 from emolens.statistics import frame_tests, k_axis_scores, k_decision
 from emolens.vectors import decoding_test, grouped_folds, item_centred, probe_minus_lexical
 

@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from emolens.attribution import attribute_heads
 from emolens.dataset import build_dataset
 from emolens.heads import exact_last_position, frame_split, run_head_patching, run_screening, top_heads
 from emolens.io import ResultFileError, load_pickle
 from emolens.models import load_model
-from emolens.patching import attribute_heads, clean_ld, collect, head_site, patch_pairs, prepare_pairs
+from emolens.pairs import prepare_pairs
+from emolens.patching import clean_ld, collect, head_site, patch_pairs
 
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
 

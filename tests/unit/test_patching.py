@@ -15,18 +15,17 @@ import torch
 from emolens.chunks import chunk_name, chunk_ranges
 from emolens.dataset import build_dataset
 from emolens.io import ResultFileError, load_pickle
+from emolens.pairs import make_pairs, prepare_pairs
 from emolens.patching import (
     Donor,
     clean_ld,
     collect,
     expand_cache,
     head_site,
-    make_pairs,
     normalised,
     patch_fast,
     patch_pairs,
     patch_reference,
-    prepare_pairs,
     resid_site,
 )
 from emolens.residual import merge, run_chunk

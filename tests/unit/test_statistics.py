@@ -11,7 +11,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from emolens import EMOTIONS, families
-from emolens.alignment import EmotionGrams
+from emolens.emotion_structure import EmotionGrams
 from emolens.io import save_pickle
 from emolens.resampling import ratio_of_sums, sign_flip_pvalue
 from emolens.statistics import (

@@ -1,4 +1,4 @@
-"""Steering, directional ablation and steering transfer (emolens.steering), on tiny models and organisms."""
+"""Steering, ablation and transfer (emolens.steering, .ablation, .transfer), on tiny models and organisms."""
 
 from __future__ import annotations
 
@@ -9,34 +9,26 @@ import pytest
 import torch
 
 from emolens import EMOTIONS
+from emolens.ablation import ablation_index, emotion_basis, fit_probes, random_basis
 from emolens.activations import extract
 from emolens.dataset import build_dataset
+from emolens.edits import Prompts, clean_run, prepare_prompts, run_edits
 from emolens.io import save_pickle
 from emolens.models import ModelAdapter
 from emolens.organisms import build_organism
 from emolens.patching import collect
 from emolens.readout import DEFAULT
 from emolens.steering import (
-    Prompts,
-    ablation_index,
     bootstrap_weights,
-    clean_run,
-    emotion_basis,
-    fit_probes,
     item_matrix,
-    prepare_prompts,
-    random_basis,
     random_directions,
     readout_measures,
-    run_edits,
     run_steering,
-    run_transfer,
-    run_transfer_summary,
     steer_index,
     steering_shifts,
-    transfer_effect,
     unit,
 )
+from emolens.transfer import run_transfer, run_transfer_summary, transfer_effect
 from emolens.verify import check_steering
 
 RECORDS = build_dataset()[:64]  # 16 items x 4 emotions

@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from emolens.activations import extract  # noqa: E402
 from emolens.dataset import build_dataset  # noqa: E402
-from emolens.patching import head_site, patch_pairs, prepare_pairs, resid_site  # noqa: E402
+from emolens.pairs import prepare_pairs  # noqa: E402
+from emolens.patching import head_site, patch_pairs, resid_site  # noqa: E402
 from emolens.readout import prompt  # noqa: E402
 
 FAMILIES = ["gpt2", "gpt_neox", "llama"]

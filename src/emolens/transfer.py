@@ -1,0 +1,247 @@
+"""Steering transfer: does one model's emotion vector, carried into another model, steer it?
+
+For an ordered pair a -> b, b is steered at the index l_b where its own steering is strongest at
+``transfer_alpha`` (from b's steering file), a at the matched relative depth l_a = round(l_b * L_a / L_b).
+A ridge map from a's residual space to b's (:func:`emolens.similarity.fit_linear_map`) is fitted on the fit
+half's paired activations; a's fit-half emotion vectors go through it, are scaled to b's typical norm, and
+steer b. The measure is the fraction of b's own on-target logit-difference shift that a's mapped vector
+achieves (ratio of sums over emotions; CI by resampling items), against random unit directions of a's
+space carried through the same map, four at a time standing in for the four emotions and scored the same
+way. Inputs: all models' phase-2 activations and b's steering file. Outputs:
+``steering/transfer/into_<b>.json`` (every source a into b, :data:`TRANSFER_SCHEMA`) and
+``steering/transfer/summary.json`` (the model-pair matrix, :data:`SUMMARY_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emolens.edits import Edited, Prompts, clean_run, prepare_prompts
+from emolens.io import load_pickle, provenance, save_json
+from emolens.models import ModelAdapter
+from emolens.readout import DEFAULT, Readout
+from emolens.steering import (
+    SCHEMA,
+    VANISH,
+    K,
+    bootstrap_weights,
+    item_matrix,
+    percentile_ci,
+    random_directions,
+    split_records,
+    steer_index,
+    steering_shifts,
+    typical_norms,
+    unit,
+)
+from emolens.vectors import emotion_vectors
+
+log = logging.getLogger(__name__)
+TRANSFER_SCHEMA = "emolens.steering_transfer/1"
+SUMMARY_SCHEMA = "emolens.steering_transfer_summary/1"
+
+
+def _diag(ld: np.ndarray) -> np.ndarray:
+    """[4, I, 4] item shifts of the four emotion directions -> [I, 4] on-target shifts."""
+    return np.stack([ld[e, :, e] for e in range(K)], axis=-1)
+
+
+def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
+    """Fraction of b's own on-target shift a's mapped vectors achieve, from item shifts: own and mapped
+    [I, 4] on-target, random [R, I, 4] (each random direction's shift on each readout).
+
+    Per emotion: mapped / own. Overall: ratio of sums over emotions, with a frame-then-item bootstrap CI. Nulls: per
+    emotion, each random mapped direction's shift on readout e over own[e]; overall, sets of four random
+    mapped directions, one per emotion, scored as the mapped vectors are (a map can send any direction
+    into b's emotion subspace; what the null asks is whether it lands on the right emotion).
+    """
+    own_on, mapped_on = own.mean(0), mapped.mean(0)  # [4]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_emotion = np.where(own_on > 0, mapped_on / own_on, np.nan)
+        overall = mapped_on.sum() / own_on.sum() if own_on.sum() > 0 else np.nan
+        boot = (weights @ mapped).sum(1) / (weights @ own).sum(1)
+        null = np.where(own_on > 0, random.mean(1) / own_on, np.nan)  # [R, 4]: per emotion, over own[e]
+    low, high = (np.percentile(boot[np.isfinite(boot)], q) if np.isfinite(overall) else np.nan for q in (2.5, 97.5))
+    ok = own_on > 0  # a column of the per-emotion null is defined where b's own effect is positive
+    null_mean, null_q95 = np.full(K, np.nan), np.full(K, np.nan)
+    if len(null):
+        null_mean[ok], null_q95[ok] = null[:, ok].mean(0), np.quantile(null[:, ok], 0.95, axis=0)
+    # the overall fraction's null: four random directions, one standing in for each emotion, scored as the
+    # mapped vectors are (mean over emotions of its shift on that emotion's readout, over b's mean own effect);
+    # every assignment of the R directions to the four emotions (R^4), or a seeded sample of them
+    sets = np.empty(0)
+    if own_on.mean() > 0 and len(random):
+        n_r = len(random)
+        picks = (np.stack(np.meshgrid(*[np.arange(n_r)] * K, indexing="ij"), -1).reshape(-1, K) if n_r ** K <= 20000
+                 else np.random.default_rng(n_r).integers(n_r, size=(20000, K)))
+        rand_on = random.mean(1)  # [R, 4]
+        sets = rand_on[picks, np.arange(K)].mean(1) / own_on.mean()
+    q95 = float(np.quantile(sets, 0.95)) if len(sets) else np.nan
+    return {
+        "on_target_own": own_on, "on_target_mapped": mapped_on, "fraction": per_emotion,
+        "fraction_mean": float(overall), "fraction_ci_low": float(low), "fraction_ci_high": float(high),
+        "null_fraction_mean": null_mean, "null_fraction_q95": null_q95,
+        "null_fraction_sets_mean": float(sets.mean()) if len(sets) else np.nan,
+        "null_fraction_sets_q95": q95,
+        "null_p": float((1 + np.sum(sets >= overall)) / (1 + len(sets))) if len(sets) and np.isfinite(overall)
+        else np.nan,
+        "beats_null": bool(np.isfinite(overall) and np.isfinite(q95) and overall > q95),
+    }
+
+
+def transfer_effect(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer: int, norm: float, alpha: float,
+                    own: np.ndarray, carried: dict[str, tuple[np.ndarray, np.ndarray]], offsets: np.ndarray,
+                    averaging: np.ndarray, weights: np.ndarray, batch_size: int = 32) -> dict[str, Any]:
+    """Steer b at ``layer`` with its own vectors [4, d] and, per source, carried vectors [4, d] and carried random
+    directions [R, d], all as unit directions scaled by alpha * norm, in one batched run.
+
+    Returns {"own": {on_target [4], CI, specificity [4, 4]}, "sources": {name: transfer_fraction(...) +
+    specificity_mapped [4, 4]}}.
+    """
+    blocks = [unit(own)] + [unit(np.concatenate(pair)) for pair in carried.values()]
+    run = steer_index(adapter, prompts, clean, layer, np.concatenate(blocks), [alpha], norm, batch_size)
+    ld = steering_shifts(run, clean, prompts, offsets, averaging, 1)["ld"][0]  # [D, I, 4]
+    own_diag = _diag(ld[:K])
+    low, high = percentile_ci(weights @ own_diag)
+    out: dict[str, Any] = {"own": {"on_target": own_diag.mean(0), "on_target_ci_low": low, "on_target_ci_high": high,
+                                   "specificity": ld[:K].mean(1)}, "sources": {}}
+    start = K
+    for name, (_, random) in carried.items():
+        block = ld[start:start + K + len(random)]
+        start += K + len(random)
+        out["sources"][name] = transfer_fraction(own_diag, _diag(block[:K]), block[K:], weights) | {
+            "specificity_mapped": block[:K].mean(1)}
+    return out
+
+
+
+def matched_index(layer_b: int, n_layers_b: int, n_layers_a: int) -> int:
+    """a's residual index at the relative depth of b's index (halves round up)."""
+    return int(math.floor(layer_b * n_layers_a / n_layers_b + 0.5))
+
+
+def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activations: Sequence[str | Path],
+                 steering_json: str | Path, out_json: str | Path, *, n_random: int = 20,
+                 max_prompts: int | None = None, n_boot: int = 1000, ridge: float = 0.1, seed: int = 0,
+                 batch_size: int = 32, readout: Readout = DEFAULT, dataset: str | Path = "dataset",
+                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Steer model b (``adapter``) with every other model's emotion vectors carried through a ridge map; save."""
+    from emolens.similarity import fit_linear_map, map_r2
+
+    started = time.time()
+    name = adapter.name
+    paths = {Path(p).stem: Path(p) for p in activations}
+    if name not in paths:
+        raise ValueError(f"steer-transfer: no activations file named {name}.pkl among {sorted(map(str, paths))}")
+    steer = json.loads(Path(steering_json).read_text())
+    if steer.get("schema") != SCHEMA or steer.get("model") != name:
+        raise ValueError(f"{steering_json}: not the steering file of {name}")
+    layer_b, alpha = int(steer["best"]["layer"]), float(steer["alpha_ref"])
+    act_b = load_pickle(paths[name], schema="emolens.activations/2")
+    split = split_records(records, act_b, paths[name], dataset, seed, max_prompts)
+    items_b = sorted({str(r["item_id"]) for r in split.heldout})
+    if items_b != sorted(steer["split"]["heldout_items"]):
+        raise ValueError(f"{steering_json} was measured on other held-out items than this run would use; run "
+                         f"steer-transfer with the steering job's seed and max-prompts")
+    resid_b = act_b["resid"]["last"][:, layer_b].astype(np.float64)  # [N, d_b]
+    ids = list(act_b["ids"])
+    del act_b
+    xb_fit = resid_b[split.fit_rows]
+    own = emotion_vectors(xb_fit[:, None], split.fit_emotions)[:, 0]  # [4, d_b]
+    norm = float(typical_norms(xb_fit[:, None])[0])
+    carried: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    for source, path in paths.items():
+        if source == name:
+            continue
+        act_a = load_pickle(path, schema="emolens.activations/2")
+        if list(act_a["ids"]) != ids:
+            raise ValueError(f"{path} and {paths[name]} hold different prompts or orders; transfer needs the same")
+        n_layers_a = int(act_a["n_layers"])
+        layer_a = matched_index(layer_b, adapter.n_layers, n_layers_a)
+        resid_a = act_a["resid"]["last"][:, layer_a].astype(np.float64)  # [N, d_a]
+        del act_a
+        xa_fit = resid_a[split.fit_rows]
+        va = emotion_vectors(xa_fit[:, None], split.fit_emotions)[:, 0]  # [4, d_a]
+        scale = float(typical_norms(xa_fit[:, None])[0])
+        if scale == 0 or (np.linalg.norm(va, axis=-1) <= VANISH * scale).any():
+            skipped[source] = f"emotion vectors vanish at {source}'s index {layer_a}"
+            continue
+        lmap = fit_linear_map(xa_fit, xb_fit, ridge)
+        mapped = lmap.directions(va)  # [4, d_b]
+        rand = lmap.directions(random_directions(n_random, resid_a.shape[1],
+                                                 np.random.default_rng([seed, 5, zlib.crc32(source.encode())])))
+        if (np.linalg.norm(mapped, axis=-1) == 0).any():
+            skipped[source] = f"the map from {source}'s index {layer_a} sends an emotion vector to 0"
+            continue
+        carried[source] = (mapped, rand)
+        meta[source] = {"layer_a": layer_a, "relative_depth_a": layer_a / n_layers_a,
+                        "map_r2_heldout": map_r2(lmap, resid_a[split.held_rows], resid_b[split.held_rows]),
+                        "cosine_mapped_own": np.sum(unit(mapped) * unit(own), -1)}
+    prompts = prepare_prompts(adapter, split.heldout, readout)
+    averaging, items = item_matrix(prompts.items)
+    weights = bootstrap_weights(split.heldout, items, n_boot, np.random.default_rng([seed, 6]))
+    log.info("%s: transfer at index %d, alpha %g, from %s (skipped %s), %d random directions each, on %d prompts",
+             name, layer_b, alpha, sorted(carried), skipped, n_random, len(prompts))
+    clean = clean_run(adapter, prompts, batch_size=batch_size)
+    offsets = clean.labels[0].mean(0)
+    effect = transfer_effect(adapter, prompts, clean, layer_b, norm, alpha, own, carried, offsets, averaging, weights,
+                             batch_size)
+    at = steer["layers"].index(layer_b), steer["alphas"].index(alpha)
+    result = {
+        "schema": TRANSFER_SCHEMA, "target": name, "layer_b": layer_b, "relative_depth_b": layer_b / adapter.n_layers,
+        "alpha": alpha, "ridge": ridge, "n_random": n_random, "n_prompts": len(prompts), "n_items": len(items),
+        "own": effect["own"],
+        "own_in_steering_file": steer["readout_shift"]["ld"]["on_target"][at[0]][at[1]],
+        "sources": {s: meta[s] | effect["sources"][s] for s in carried},
+        "skipped_sources": skipped,
+        "measure": "fraction = a's mapped vector's on-target LD shift / b's own, ratio of sums over emotions; nulls: "
+                   "random unit directions of a's space through the same map; per emotion, each one's shift on "
+                   "readout e over b's own[e]; overall (null_fraction_sets_*, null_p), every assignment of four of "
+                   "them to the four emotions, scored as the fraction is",
+        "provenance": provenance(settings or {}, started, model=name),
+    }
+    save_json(result, out_json)
+    for s in carried:
+        r = result["sources"][s]
+        log.info("%s -> %s: fraction %.3f [%.3f, %.3f] of own steering (random-set null q95 %.3f, p %.3g), "
+                 "map R^2 %.3f", s, name, r["fraction_mean"], r["fraction_ci_low"], r["fraction_ci_high"],
+                 r["null_fraction_sets_q95"], r["null_p"], r["map_r2_heldout"])
+    return result
+
+
+def run_transfer_summary(files: Sequence[str | Path], out_json: str | Path) -> dict[str, Any]:
+    """The model-pair matrices (rows: source a, columns: target b) of every ``into_<b>.json``; save the JSON."""
+    started = time.time()
+    found = [json.loads(Path(f).read_text()) for f in files]
+    for f, t in zip(files, found, strict=True):
+        if t.get("schema") != TRANSFER_SCHEMA:
+            raise ValueError(f"{f}: schema {t.get('schema')!r}, expected {TRANSFER_SCHEMA!r}")
+    models = list(dict.fromkeys([t["target"] for t in found] + [s for t in found for s in t["sources"]]
+                                + [s for t in found for s in t["skipped_sources"]]))
+    keys = ("fraction_mean", "fraction_ci_low", "fraction_ci_high", "null_fraction_sets_q95", "null_p",
+            "map_r2_heldout", "beats_null", "layer_a")
+
+    def matrix(key: str) -> list[list[Any]]:
+        by_target = {t["target"]: t for t in found}
+        return [[by_target[b]["sources"].get(a, {}).get(key) if b in by_target else None for b in models]
+                for a in models]
+
+    result = {"schema": SUMMARY_SCHEMA, "models": models, "rows": "source a (whose vector is carried)",
+              "columns": "target b (steered)", **{k: matrix(k) for k in keys},
+              "layer_b": {t["target"]: t["layer_b"] for t in found}, "alpha": {t["target"]: t["alpha"] for t in found},
+              "own_on_target": {t["target"]: t["own"]["on_target"] for t in found},
+              "provenance": provenance({"files": [str(f) for f in files]}, started)}
+    save_json(result, out_json)
+    log.info("wrote %s: %d targets, %d models", out_json, len(found), len(models))
+    return result
