@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from emolens.architecture import ORGANISM_POSITIONS, ORGANISM_VISION, ORGANISM_VOCAB
 from emolens.dataset import load_dataset
 from emolens.io import provenance, save_json
-from emolens.plan import ORGANISM_POSITIONS, ORGANISM_VISION, ORGANISM_VOCAB
 from emolens.readout import DEFAULT, Readout
 
 log = logging.getLogger(__name__)

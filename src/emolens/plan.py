@@ -1,10 +1,7 @@
 """The memory plan: what each model needs on the GPU and the host, and the batch size it will run at.
 
-Method. Nothing is loaded or measured. Each model's architecture numbers come from, in order: its
-``organism`` settings (the embedded demo), ``<path>/config.json`` when the model has a local path,
-or the published numbers of the six baseline models shipped in ``architectures.json`` (matched by
-hub id, else by name). From them we count parameters (embeddings, attention with grouped-query
-heads and an explicit head_dim, the MLP, norms, and an untied lm_head) and estimate, per batch:
+Method. Nothing is loaded or measured. From each model's architecture numbers and parameter counts
+(:mod:`emolens.architecture`) we estimate, per batch:
 
 * weights: every parameter in the model's dtype; with ``quantization: int8`` (bitsandbytes
   LLM.int8) the decoder's linear layers are stored as int8 (plus one float32 scale per output row)
@@ -35,12 +32,20 @@ and a plain-text table of them.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from emolens.architecture import (
+    GATED,
+    Architecture,
+    known_architectures,
+    linear_params,
+    linear_rows,
+    n_params,
+    other_params,
+    resolve_architecture,
+    vision_params,
+)
 from emolens.config import load_config
 
 PROMPT_TOKENS = 24  # typical readout prompt length (text + suffix) with the real tokenizers; not measured
@@ -48,184 +53,15 @@ SUFFIX_TOKENS = 7  # "\nThe emotion of this message is" in the real tokenizers: 
 N_PROMPTS = 900  # prompts in the phase-1 dataset
 CUDA_OVERHEAD_GIB = 1.0  # CUDA context, cuBLAS workspace and allocator fragmentation
 SAFETY_MARGIN = 0.10  # fraction of gpu_memory_gib left unplanned
-# The demo organisms' numbers, used by emolens.organisms to build them and here to plan them.
-ORGANISM_VOCAB = 2048  # BPE vocabulary of the organisms' tokenizer: whole words, as in a real model's
-ORGANISM_POSITIONS = 128  # learned position table of the GPT-2 and GPT-Neo organisms (prompts are ~20-40 tokens)
-# The Gemma-3 organism's tiny SigLIP vision tower.
-ORGANISM_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "image_size": 28,
-                   "patch_size": 14}
-# Published vision_config of the Gemma-3 4B/12B/27B checkpoints (SigLIP-So400m at 896 px, no pooling
-# head). architectures.json holds only their text_config; the checkpoint class loads both towers.
-GEMMA3_VISION = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "image_size": 896,
-                 "patch_size": 14}
 GIB = 1024**3
 
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-_FAMILIES = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "gpt_neo": "gpt_neo", "llama": "llama", "qwen3": "qwen3",
-             "gemma3": "gemma3", "gemma3_text": "gemma3"}
-_GATED = {"llama", "qwen3", "gemma3"}  # gate, up and down projections; the others have two matrices
-_LEARNED_POSITIONS = {"gpt2", "gpt_neo"}
-_TIED_BY_DEFAULT = {"gpt2": True, "gpt_neo": True, "gpt_neox": False, "llama": False, "qwen3": False,
-                    "gemma3": True}
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The numbers the memory plan needs; ``vision`` is a multimodal checkpoint's vision_config."""
-
-    family: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_mlp: int
-    vocab_size: int
-    n_positions: int = 0  # learned absolute positions (GPT-2, GPT-Neo); 0 for rotary families
-    tied: bool = True
-    vision: dict[str, int] | None = None
 
 
 # --- architecture numbers --------------------------------------------------------------------------
-def known_architectures() -> dict[str, dict[str, Any]]:
-    """The six baseline models' published config numbers shipped with the package."""
-    text = resources.files("emolens").joinpath("architectures.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
-
-
-def _first(cfg: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if cfg.get(key) is not None:
-            return cfg[key]
-    return None
-
-
-def from_hf_config(cfg: dict[str, Any]) -> Architecture:
-    """Numbers from a Hugging Face config.json (a multimodal Gemma-3 one uses its text_config).
-
-    Raises ValueError for a model type outside the six supported families.
-    """
-    model_type = cfg.get("model_type")
-    vision = None
-    if "text_config" in cfg:  # multimodal checkpoint: the language model is the text tower
-        vision = cfg.get("vision_config") or (GEMMA3_VISION if model_type == "gemma3" else None)
-        cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
-    elif model_type == "gemma3":  # architectures.json: text_config values flattened, vision tower implied
-        vision = GEMMA3_VISION
-    family = _FAMILIES.get(model_type or "")
-    if family is None:
-        raise ValueError(f"model_type {model_type!r} is not one of {sorted(set(_FAMILIES))}")
-    d_model = _first(cfg, "hidden_size", "n_embd")
-    n_heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
-    return Architecture(
-        family=family,
-        n_layers=_first(cfg, "num_hidden_layers", "n_layer", "num_layers"),
-        d_model=d_model,
-        n_heads=n_heads,
-        n_kv_heads=_first(cfg, "num_key_value_heads") or n_heads,
-        d_head=_first(cfg, "head_dim") or d_model // n_heads,
-        d_mlp=_first(cfg, "intermediate_size", "n_inner") or 4 * d_model,
-        vocab_size=cfg["vocab_size"],
-        n_positions=_first(cfg, "n_positions", "max_position_embeddings") if family in _LEARNED_POSITIONS else 0,
-        tied=cfg.get("tie_word_embeddings", _TIED_BY_DEFAULT[family]),
-        vision=dict(vision) if vision else None,
-    )
-
-
-def from_organism(org: dict[str, Any]) -> Architecture:
-    """Numbers of a demo organism, with the defaults of :func:`emolens.organisms.build_organism`."""
-    family, d_model, n_heads = org["family"], org["d_model"], org["n_heads"]
-    gqa = family in ("llama", "qwen3", "gemma3")
-    return Architecture(
-        family=family,
-        n_layers=org["n_layers"],
-        d_model=d_model,
-        n_heads=n_heads,
-        n_kv_heads=org.get("n_kv_heads", max(1, n_heads // 2)) if gqa else n_heads,
-        d_head=org.get("d_head") or d_model // n_heads,
-        d_mlp=org.get("d_mlp", (3 if family in ("llama", "qwen3") else 4) * d_model),
-        vocab_size=ORGANISM_VOCAB,
-        n_positions=ORGANISM_POSITIONS if family in _LEARNED_POSITIONS else 0,
-        tied=_TIED_BY_DEFAULT[family],
-        vision=dict(ORGANISM_VISION) if family == "gemma3" else None,
-    )
-
-
-def resolve_architecture(name: str, settings: dict[str, Any],
-                         known: dict[str, dict[str, Any]]) -> tuple[Architecture | None, str]:
-    """(architecture, where its numbers came from), or (None, why it is unknown)."""
-    if "organism" in settings:
-        return from_organism(settings["organism"]), "organism"
-    path, hf_id = settings.get("path"), settings.get("hf_id")
-    sources: list[tuple[str, dict[str, Any]]] = []
-    for local in (path, settings.get("cache_dir")):  # a GGUF model's converted checkpoint is in cache_dir
-        if local and (Path(local) / "config.json").is_file():
-            sources.append(("config.json", json.loads((Path(local) / "config.json").read_text())))
-    by_id = [v for v in known.values() if hf_id and v.get("hf_id") == hf_id]
-    if by_id:
-        sources.append(("architectures.json", by_id[0]))
-    elif name in known and (not hf_id or known[name].get("hf_id") == hf_id) and not path:
-        sources.append(("architectures.json", known[name]))
-    if not sources:
-        where = f"no config.json in {path}" if path else f"{hf_id or name} not in architectures.json"
-        return None, f"unknown architecture ({where})"
-    source, cfg = sources[0]
-    try:
-        return from_hf_config(cfg), source
-    except ValueError as e:
-        return None, f"unknown architecture ({e})"
 
 
 # --- parameter counts ------------------------------------------------------------------------------
-def linear_params(a: Architecture) -> int:
-    """Weights of the decoder's linear layers (attention q, k, v, o and the MLP): LLM.int8's part."""
-    attn = a.d_model * a.d_head * (2 * a.n_heads + 2 * a.n_kv_heads)  # q and o, k and v
-    mlp = (3 if a.family in _GATED else 2) * a.d_model * a.d_mlp
-    return a.n_layers * (attn + mlp)
-
-
-def linear_rows(a: Architecture) -> int:
-    """Output rows of the decoder's linear layers (one float32 LLM.int8 scale each)."""
-    attn = a.d_head * (a.n_heads + 2 * a.n_kv_heads) + a.d_model
-    mlp = (2 * a.d_mlp if a.family in _GATED else a.d_mlp) + a.d_model
-    return a.n_layers * (attn + mlp)
-
-
-def other_params(a: Architecture) -> int:
-    """Everything else in the language model: embeddings, lm_head, norms and biases."""
-    d, L = a.d_model, a.n_layers
-    embed = a.vocab_size * d + a.n_positions * d + (0 if a.tied else a.vocab_size * d)
-    if a.family in ("gpt2", "gpt_neox"):  # biases on every linear; two LayerNorms per block
-        per_layer = a.d_head * (a.n_heads + 2 * a.n_kv_heads) + d + a.d_mlp + d + 4 * d
-    elif a.family == "gpt_neo":  # q, k, v without bias; out_proj and MLP with bias
-        per_layer = d + a.d_mlp + d + 4 * d
-    elif a.family == "llama":  # no biases; two RMSNorms
-        per_layer = 2 * d
-    elif a.family == "qwen3":  # two RMSNorms and the q/k norms over head_dim
-        per_layer = 2 * d + 2 * a.d_head
-    else:  # gemma3: four RMSNorms (pre/post attention and MLP) and the q/k norms
-        per_layer = 4 * d + 2 * a.d_head
-    final_norm = 2 * d if a.family in ("gpt2", "gpt_neox", "gpt_neo") else d
-    return embed + L * per_layer + final_norm
-
-
-def vision_params(a: Architecture) -> tuple[int, int]:
-    """(linear, other) parameters of a multimodal checkpoint's SigLIP tower and projector; (0, 0) if none."""
-    if not a.vision:
-        return 0, 0
-    h, m, n = a.vision["hidden_size"], a.vision["intermediate_size"], a.vision["num_hidden_layers"]
-    patches = (a.vision["image_size"] // a.vision["patch_size"]) ** 2
-    linear = n * (4 * h * h + 2 * h * m)
-    other = (3 * a.vision["patch_size"] ** 2 * h + h + patches * h  # patch conv and positions
-             + n * (4 * h + m + 5 * h)  # two LayerNorms, biases of q, k, v, o, fc1, fc2
-             + 2 * h  # post LayerNorm
-             + h * a.d_model + h)  # projector matrix and its RMSNorm
-    return linear, other
-
-
-def n_params(a: Architecture) -> int:
-    """Parameters of the language model (text tower only for a multimodal checkpoint)."""
-    return linear_params(a) + other_params(a)
 
 
 # --- memory -----------------------------------------------------------------------------------------
@@ -277,7 +113,7 @@ def activation_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> in
     b = _BYTES[dtype]
     kept = (a.n_layers + 1) * batch * tokens * a.d_model * b  # L+1 x [batch, tokens, d_model]
     scores = batch * a.n_heads * tokens * tokens * b  # [batch, heads, tokens, tokens]
-    mlp = (3 if a.family in _GATED else 2) * batch * tokens * a.d_mlp * b  # [batch, tokens, d_mlp]: gate/up/act
+    mlp = (3 if a.family in GATED else 2) * batch * tokens * a.d_mlp * b  # [batch, tokens, d_mlp]: gate/up/act
     return kept + max(scores, mlp)
 
 

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emolens.architecture import known_architectures, n_params, resolve_architecture, vision_params
 from emolens.config import ConfigError, load_config
-from emolens.plan import known_architectures, n_params, resolve_architecture, vision_params
 
 # The dtype each known hub checkpoint is published in (its safetensors), for sizes when the hub cannot be asked.
 HUB_DTYPES = {

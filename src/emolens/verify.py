@@ -1,38 +1,38 @@
 """Verification: every output of every phase, for every model, checked against its contract.
 
-Each check is one entry in ``verification.json`` ({check, model, passed, detail}); the command exits
-non-zero when any fails. Beyond presence, schema, shapes, counts and finiteness, the checks hold
-the science to its identities: patching the last block's output at the last position gives effect 1
-for every pair; patching layer 0 at the last position gives 0 for pairs of equal token length (their
-last tokens, the suffix's, embed alike in every family); the top heads are the largest exact
-effects; a model's representation aligns with itself perfectly (CKA = 1).
+Each check (:mod:`emolens.checks`) is one entry in ``verification.json`` ({check, model, passed,
+detail}); the command exits non-zero when any fails.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import Counter
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from statsmodels.stats.multitest import multipletests
-
 from emolens import EMOTIONS, layout
-from emolens.alignment import MEASURES as ALIGNMENT_TESTS
-from emolens.alignment import SELF_TOL
-from emolens.dataset import cue_hits, frame_groups
-from emolens.effects import CONTRASTS
-from emolens.heads import top_heads
-from emolens.io import ResultFileError, load_pickle, save_json
-from emolens.resampling import perm_pvalue
+from emolens.checks import (
+    ONE_MODEL,
+    check_activations,
+    check_alignment,
+    check_chunks,
+    check_dataset,
+    check_head_patching,
+    check_head_split,
+    check_identities,
+    check_readout,
+    check_screening,
+    check_self_alignment,
+    check_statistics,
+    check_steering,
+    check_sweep,
+    check_vectors,
+    load_result,
+)
+from emolens.io import ResultFileError, save_json
 
 log = logging.getLogger(__name__)
-IDENTITY_TOL = 1e-3
-ONE_MODEL = "skipped: one model, nothing to pair (cross-model phases need two models or more)"
 
 
 class Checks:
@@ -55,332 +55,10 @@ class Checks:
         return [e for e in self.entries if not e["passed"]]
 
 
-@lru_cache(maxsize=2)  # one model's activations and sweep, each read by several checks in a row
-def _load(path: Path, schema: str | None = None) -> dict[str, Any]:
-    return load_pickle(path, schema=schema)
-
-
-def _finite(*arrays: Any) -> bool:
-    return all(np.isfinite(np.asarray(a, dtype=float)).all() for a in arrays)
-
-
-def check_activations(path: Path, n_prompts: int) -> tuple[bool, str]:
-    act = _load(path, schema="emolens.activations/2")
-    last, mean = act["resid"]["last"], act["resid"]["mean"]
-    shape = (n_prompts, act["n_layers"] + 1, act["d_model"])
-    counts = Counter(act["emotions"])
-    ok = (last.shape == shape and mean.shape == shape and _finite(last, mean)
-          and len(set(counts.values())) == 1 and set(counts) == set(EMOTIONS))
-    return ok, f"resid {last.shape} (expected {shape}), classes {dict(counts)}"
-
-
-def check_readout(path: Path, counts: dict[str, int]) -> tuple[bool, str]:
-    """The readout baseline: accuracies in [0, 1], 4x4 confusions whose rows count each emotion's prompts."""
-    rb = json.loads(Path(path).read_text())
-    acc, cal = rb["accuracy"], rb["accuracy_calibrated"]
-    rows = [counts[e] for e in EMOTIONS]
-    ok = all(isinstance(a, (int, float)) and 0 <= a <= 1 for a in (acc, cal))
-    for key in ("confusion", "confusion_calibrated"):
-        matrix = np.asarray(rb[key])
-        ok &= matrix.shape == (4, 4) and matrix.sum(axis=1).tolist() == rows
-    return ok, f"accuracy {acc} raw, {cal} calibrated (chance {rb.get('chance')}), n {rb.get('n')}, " \
-               f"confusion rows {np.asarray(rb['confusion']).sum(axis=1).tolist()} (expected {rows})"
-
-
-def _in_unit(*arrays: Any) -> bool:
-    """Every value finite and in [0, 1] (accuracies)."""
-    values = [np.asarray(a, dtype=float) for a in arrays]
-    return _finite(*values) and all(((v >= 0) & (v <= 1)).all() for v in values)
-
-
-def check_vectors(vec_path: Path, sub_path: Path, n_prompts: int | None = None) -> tuple[bool, str]:
-    vec = load_pickle(vec_path, schema="emolens.vectors/1")
-    sub = load_pickle(sub_path, schema="emolens.subspaces/1")
-    sites = vec["n_layers"] + 1
-    basis = sub["basis"].astype(np.float64)  # [L+1, k, d]
-    gram_error = float(np.abs(basis @ basis.transpose(0, 2, 1) - np.eye(basis.shape[1])).max())
-    acc = vec["probe_accuracy"]
-    ok = (vec["vectors"].shape[:2] == (4, sites) and basis.shape[0] == sites and gram_error < 1e-4
-          and _finite(vec["vectors"], acc) and ((acc >= 0) & (acc <= 1)).all())
-    # frame-grouped folds: one fold per prompt, and every group held out in exactly one fold
-    fold, groups = np.asarray(vec["fold"]), list(vec["groups"])
-    folds_of: dict[str, set[int]] = {}
-    for g, k in zip(groups, fold.tolist(), strict=True):
-        folds_of.setdefault(g, set()).add(k)
-    split_groups = sorted(g for g, ks in folds_of.items() if len(ks) > 1)
-    ok &= not split_groups and fold.shape == (len(groups),) and (n_prompts is None or len(groups) == n_prompts)
-    ok &= _in_unit(vec["lexical_accuracy"], *(vec["probe_accuracy_by_register"] or {}).values())
-    transfers = {k: vec[k] for k in ("transfer_explicit_to_implicit", "transfer_implicit_to_explicit",
-                                     "lexical_transfer_explicit_to_implicit",
-                                     "lexical_transfer_implicit_to_explicit") if vec[k] is not None}
-    ok &= all(_in_unit(t) for t in transfers.values())
-    ok &= all(np.shape(vec[k]) == (sites,) for k in transfers if not k.startswith("lexical"))
-    length = vec["length"]  # the length control: erased probes per index, baselines in [0, 1]
-    erased = np.asarray(length["erased_probe_accuracy"])
-    ok &= erased.shape == (sites,) and _in_unit(erased, *length["surface_accuracy"].values())
-    split = f" ({len(split_groups)} split across folds, e.g. {split_groups[:3]})" if split_groups else ""
-    return ok, (f"vectors {vec['vectors'].shape}, basis {basis.shape}, orthonormality error {gram_error:.1e}, "
-                f"best probe accuracy {acc.max():.3f}; {len(folds_of)} groups in {len(set(fold.tolist()))} "
-                f"folds{split}; lexical baseline {vec['lexical_accuracy']:.3f}; surface baseline "
-                f"{length['surface_accuracy']['all']:.3f}; best probe after length erasure {erased.max():.3f}; "
-                f"transfer arrays {sorted(transfers) or 'none (registers unknown)'}")
-
-
-def _contrasts_present(result: dict[str, Any]) -> tuple[bool, str]:
-    """Every one of the six emotion contrasts has pairs, and the counts add up to the file's pairs."""
-    counts = result["contrast_counts"]
-    absent = [c for c in CONTRASTS if counts.get(c, {}).get("pairs", 0) == 0]
-    total = sum(c["pairs"] for c in counts.values())
-    ok = not absent and total == len(result["pairs"])
-    kept = {c: f"{v['included']}/{v['pairs']}" for c, v in counts.items()}
-    return ok, f"pairs kept per contrast {kept}" + (f"; no pairs for {absent}" if absent else "")
-
-
-def check_sweep(path: Path, n_layers: int) -> tuple[bool, str]:
-    sweep = _load(path, schema="emolens.residual_sweep/1")
-    effect = sweep["effect"]  # [P, layers, positions]
-    ok = list(sweep["layers"]) == list(range(n_layers + 1)) and effect.shape[1] == n_layers + 1
-    ok &= _finite(sweep["ld_patched"]) and effect.shape[2] == len(sweep["position_roles"])
-    ok &= any(r.startswith("message") for r in sweep["position_roles"])  # the sweep reaches the message
-    contrasts_ok, contrasts = _contrasts_present(sweep)
-    last = list(sweep["positions"]).index(-1)
-    return ok and contrasts_ok, f"effect {effect.shape}, layers 0..{max(sweep['layers'])}, positions " \
-        f"{sweep['position_roles']}, summary at L {sweep['summary'][-1, last]:.3f}; {contrasts}"
-
-
-def check_chunks(chunk_dir: Path, n_layers: int) -> tuple[bool, str]:
-    """The phase-5 chunk files cover residual indices 0..L exactly once, each a readable chunk."""
-    covered: list[int] = []
-    for path in sorted(chunk_dir.glob("layers_*.pkl")):
-        covered += list(load_pickle(path, schema="emolens.residual_chunk/1")["layers"])
-    expected = list(range(n_layers + 1))
-    missing = sorted(set(expected) - set(covered))
-    ok = sorted(covered) == expected
-    return ok, f"{len(covered)} residual indices in {chunk_dir}" + (f"; missing {missing}" if missing else "")
-
-
-def check_identities(path: Path) -> tuple[bool, str]:
-    """Index L at the last position gives 1 for every kept pair; layer 0 gives 0 for pairs of equal length."""
-    sweep = _load(path, schema="emolens.residual_sweep/1")
-    effect, layers, positions = sweep["effect"], list(sweep["layers"]), list(sweep["positions"])
-    last = positions.index(-1)
-    kept = np.asarray(sweep["included"], bool)
-    at_l = effect[kept, layers.index(max(layers)), last]
-    # last tokens embed alike in every family when the two prompts have the same length
-    at_0 = effect[kept & np.asarray(sweep["same_length"], bool), layers.index(0), last]
-    err_l, err_0 = (float(np.abs(x).max()) if x.size else 0.0 for x in (at_l - 1, at_0))
-    ok = err_l < IDENTITY_TOL and err_0 < IDENTITY_TOL and at_l.size > 0
-    zero = (f"max |effect(0)| = {err_0:.1e} over {at_0.size} kept equal-length pairs" if at_0.size else
-            "index 0 not checked: no kept pair of equal token length in the subsample")
-    return ok, f"max |effect(L) - 1| = {err_l:.1e} over {at_l.size} kept pairs; {zero}"
-
-
-def check_screening(path: Path, n_layers: int) -> tuple[bool, str]:
-    """Every head screened exactly and the top heads are the largest exact effects.
-
-    Attribution patching's agreement is reported, not required: it is a first-order estimate (equal
-    to the derivative of the exact patch, a test) and can be far from a nonlinear effect; no head is
-    chosen by it.
-    """
-    scores = json.loads(path.read_text())
-    exact, attribution = np.array(scores["exact_last_position"], float), np.array(scores["attribution"], float)
-    k = len(scores["top_heads"])
-    ok = (exact.shape[0] == n_layers and exact.shape == attribution.shape and _finite(exact, attribution)
-          and k > 0 and scores["top_heads"] == top_heads(exact, k))
-    return ok, (f"{exact.shape[0]}x{exact.shape[1]} heads, top {k} by exact effect; attribution vs exact "
-                f"Spearman {scores['spearman']} (reported, not required)")
-
-
-def check_head_patching(path: Path) -> tuple[bool, str]:
-    hp = load_pickle(path, schema="emolens.head_patching/1")
-    single, joint = hp["effect_single"], hp["effect_joint"]
-    ok = single.shape == (len(hp["pairs"]), len(hp["heads"])) and joint.shape == (len(hp["pairs"]),)
-    ok &= _finite(hp["ld_patched"]) and any(r.startswith("message") for r in hp["position_roles"])
-    contrasts_ok, contrasts = _contrasts_present(hp)
-    return ok and contrasts_ok, f"{len(hp['heads'])} heads x {len(hp['pairs'])} pairs, joint effect " \
-        f"{hp['summary_joint']:.3f} [{hp['ci_joint'][0]:.3f}, {hp['ci_joint'][1]:.3f}]; {contrasts}"
-
-
-def check_self_alignment(model: str, pair_files: list[Path]) -> tuple[bool, str]:
-    """Every alignment file that holds ``model`` stores its self cell (the model against itself at its
-    last block, through the same measures), and every similarity there is 1."""
-    cells = {}
-    for path in pair_files:
-        record = load_pickle(path, schema="emolens.alignment/1")
-        if model in record["models"]:
-            cells[path.name] = record["self_cells"][model]
-    values = np.array([v for cell in cells.values() for key, v in cell.items() if key != "layer"], float)
-    error = float(np.max(np.abs(values - 1))) if values.size else float("nan")
-    ok = bool(cells) and bool(np.all(np.abs(values - 1) < SELF_TOL))
-    return ok, f"{len(cells)} alignment files hold {model}'s self cell; max |similarity - 1| = {error:.1e}"
-
-
-def _alignment_problems(path: Path, record: dict[str, Any]) -> list[str]:
-    """A pair file's tests: finite values, one null draw per permutation, p-values that match the draws."""
-    problems = [] if record["matched"] else [f"{path.name}: no matched depths"]
-    n_perm = record["settings"]["n_perm"]
-    for depth in record["matched"]:
-        for m in ALIGNMENT_TESTS:
-            null, value, p = np.asarray(depth["null"][m], float), depth[m], depth[f"{m}_p"]
-            expected = perm_pvalue(value, null)
-            undefined = not np.isfinite(value) and np.isnan(p)  # no variance to compare (e.g. equal-length index 0)
-            if len(null) != n_perm or not (undefined or abs(p - expected) <= 1e-12):
-                problems.append(f"{path.name} layer {depth['layer_a']}: {m} = {value}, p {p} but its "
-                                f"{len(null)} null draws give {expected}")
-    return problems
-
-
-def _summary_problems(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
-    """summary.json declares every measure and counts significance after BH within each declared family."""
-    table = summary["measures"]
-    problems = [f"summary.json: measure {m} lacks its question or null" for m in ALIGNMENT_TESTS
-                if not (table.get(m, {}).get("question") and table[m].get("null") and table[m].get("family"))]
-    if problems:
-        return problems
-    by_models = {tuple(p["models"]): p for p in summary["pairs"]}
-    problems += [f"summary.json has no entry for {r['models']}" for r in records if tuple(r["models"]) not in by_models]
-    families: dict[str, list[tuple[int, str]]] = {}  # declared family -> (record, measure) in it
-    for i in range(len(records)):
-        for m in ALIGNMENT_TESTS:
-            families.setdefault(table[m]["family"], []).append((i, m))
-    for family, keys in families.items():
-        pvals = [np.array([d[f"{m}_p"] for d in records[i]["matched"]], float) for i, m in keys]
-        reject = multipletests(np.concatenate(pvals), alpha=summary["alpha"], method="fdr_bh")[0]
-        counts = np.split(reject, np.cumsum([len(p) for p in pvals])[:-1])
-        for (i, m), c in zip(keys, counts, strict=True):
-            stored = by_models.get(tuple(records[i]["models"]), {}).get("measures", {}).get(m, {})
-            if stored.get("n_significant") != int(c.sum()):
-                problems.append(f"summary.json: {records[i]['models']} {m} counts {stored.get('n_significant')} "
-                                f"significant; BH over family {family} gives {int(c.sum())}")
-        total = summary["families"][family]["n_significant"]
-        if total != int(np.concatenate(counts).sum()):
-            problems.append(f"summary.json: family {family} counts {total} significant")
-    return problems
-
-
-def check_alignment(pair_files: list[Path], summary: Path, n_models: int) -> tuple[bool, str]:
-    """Every pair file's p-values match its stored null draws, and summary.json's BH counts recompute."""
-    records = [load_pickle(p, schema="emolens.alignment/1") for p in pair_files]
-    problems = [] if len(records) == n_models * (n_models - 1) // 2 else [
-        f"{len(records)} pair files for {n_models} models"]
-    for path, record in zip(pair_files, records, strict=True):
-        problems += _alignment_problems(path, record)
-    problems += _summary_problems(json.loads(summary.read_text()), records)
-    detail = f"{len(records)} model pairs; stored p-values match their nulls, BH counts recompute"
-    return not problems, "; ".join(problems[:5]) if problems else detail
-
-
-def k_problems(k: dict[str, Any], n_models: int) -> list[str]:
-    """k.json states its rule, and each pair's k follows from its stored curve and threshold."""
-    problems = [f"k.json: no {key!r} in words" for key in ("rule", "score", "null")
-                if not (isinstance(k.get(key), str) and k[key].strip())]
-    reachable = k["alpha"] * (k["n_perm"] + 1) >= 1  # enough permutations for a p-value <= alpha
-    if len(k["pairs"]) != n_models * (n_models - 1) // 2:
-        problems.append(f"k.json: {len(k['pairs'])} pairs for {n_models} models")
-    for pair in k["pairs"]:
-        name, k_max = "__".join(pair["models"]), pair["k_max"]
-        threshold = float("inf") if pair["threshold"] is None else pair["threshold"]
-        if not 0 <= pair["k"] <= k_max <= len(EMOTIONS) - 1:
-            problems.append(f"k.json {name}: k {pair['k']} outside 0..k_max {k_max}")
-        if reachable and not np.isfinite(threshold):
-            problems.append(f"k.json {name}: threshold {pair['threshold']} is not finite")
-        depth_k = []
-        for depth in pair["depths"]:
-            z = np.array(depth["z"], float)
-            expected = int(np.cumprod(z > threshold).sum())
-            if len(depth["score"]) != k_max or len(z) != k_max or not _finite(z, depth["score"]) \
-                    or depth["k"] != expected or depth["threshold"] != pair["threshold"]:
-                problems.append(f"k.json {name} layer {depth['layer_a']}: k {depth['k']} but the curve and "
-                                f"threshold give {expected}")
-            depth_k.append(depth["k"])
-        if pair["k"] != max(depth_k, default=0):
-            problems.append(f"k.json {name}: k {pair['k']} is not the largest depth k {max(depth_k, default=0)}")
-    return problems
-
-
-def check_statistics(results: Path, n_models: int) -> tuple[bool, str]:
-    """effect.json and power.json carry provenance; k.json (two models or more: k is cross-model) states its rule
-    and each pair's k follows from its curve."""
-    modes = ("effect", "power", "k") if n_models > 1 else ("effect", "power")
-    found = {mode: json.loads(layout.statistics(results, mode).read_text()) for mode in modes}
-    problems = [f"{mode}.json has no provenance" for mode, v in found.items() if "provenance" not in v]
-    if n_models < 2:
-        return not problems, "; ".join(problems) if problems else f"modes {sorted(found)}; k {ONE_MODEL}"
-    problems += k_problems(found["k"], n_models)
-    ks = {"__".join(p["models"]): p["k"] for p in found["k"]["pairs"]}
-    return not problems, "; ".join(problems[:5]) if problems else f"modes {sorted(found)}; k per pair {ks}"
-
-
-def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]:
-    """Steering: alpha 0 shifts exactly 0, 4x4 specificity per (index, alpha), finite values, accuracies in
-    [0, 1]; the transfer file into this model (when there is one): finite fractions, its own-vector effect
-    as the steering file measured it."""
-    st = json.loads(Path(path).read_text())
-    assert st["schema"] == "emolens.steering/1", st["schema"]
-    n_l, n_a = len(st["layers"]), len(st["alphas"])
-    problems = []
-    if 0 not in st["alphas"]:
-        problems.append("alpha 0 (the clean reference) is not in the grid")
-    a0 = st["alphas"].index(0) if 0 in st["alphas"] else None
-    for metric, shift in st["readout_shift"].items():
-        for key, want in (("specificity", (n_l, n_a, 4, 4)), ("on_target", (n_l, n_a, 4)),
-                          ("on_target_ci_low", (n_l, n_a, 4)), ("random_mean", (n_l, n_a, 4)),
-                          ("random_q95", (n_l, n_a, 4))):
-            value = np.asarray(shift[key], dtype=float)
-            if value.shape != want or not _finite(value):
-                problems.append(f"{metric}.{key}: shape {value.shape} (expected {want}) or non-finite values")
-            elif a0 is not None and np.any(value[:, a0] != 0):
-                problems.append(f"{metric}.{key}: alpha 0 shift is not exactly 0 ({np.abs(value[:, a0]).max():.3g})")
-    kl = np.asarray(st["kl"]["emotion"], dtype=float)
-    if st["split"]["n_kl_prompts"] and (kl.shape != (n_l, n_a, 4) or not _finite(kl) or (kl < -1e-6).any()):
-        problems.append(f"kl: shape {kl.shape} (expected {(n_l, n_a, 4)}), non-finite or negative")
-    ab = st["ablation"]
-    if not _in_unit(ab["readout_accuracy"], ab["readout_accuracy_clean"], ab["probe_accuracy_clean"]) \
-            or np.asarray(ab["probe_accuracy"], dtype=float).shape != (n_l, n_l):
-        problems.append("ablation: accuracies outside [0, 1] or probe matrix not [index x probed index]")
-    detail = (f"{n_l} indices x {n_a} alphas; best index {st['best']['layer']} at alpha {st['best']['alpha']}: "
-              f"on-target LD {np.round(st['best']['on_target_ld'], 3).tolist()}")
-    if transfer is not None and Path(transfer).exists():
-        tr = json.loads(Path(transfer).read_text())
-        own = np.asarray(tr["own"]["on_target"], dtype=float)
-        if not np.allclose(own, tr["own_in_steering_file"], rtol=0.05, atol=0.05):
-            problems.append(f"transfer: own on-target {own} differs from the steering file's "
-                            f"{tr['own_in_steering_file']}")
-        for source, s in tr["sources"].items():
-            if not _finite(s["on_target_mapped"], s["cosine_mapped_own"]) or (
-                    s["fraction_mean"] is None and own.sum() > 0):
-                problems.append(f"transfer {source} -> {tr['target']}: non-finite values")
-        detail += "; transfer fractions " + ", ".join(f"{a} {s['fraction_mean']}" for a, s in tr["sources"].items())
-    return not problems, "; ".join(problems[:5]) if problems else detail
-
-
-def check_dataset(records: list[dict[str, Any]]) -> tuple[bool, str]:
-    """No implicit text holds an emotion stem or formula; every emotion has records."""
-    implicit = [r for r in records if r.get("register") == "implicit"]
-    hits = [(r["id"], cue_hits(r["text"])) for r in implicit if cue_hits(r["text"])]
-    counts = Counter(r["emotion"] for r in records)
-    ok = not hits and set(counts) == set(EMOTIONS)
-    return ok, f"{len(records)} prompts, {len(implicit)} implicit, {len(set(frame_groups(records)))} frames" + (
-        f"; stems or formulae in implicit texts: {hits[:5]}" if hits else "")
-
-
-def check_head_split(screening: Path, head_patching: Path) -> tuple[bool, str]:
-    """Heads are confirmed (6b) on frames, and so items, the screening (6a) never saw."""
-    selection = json.loads(screening.read_text())
-    confirmation = load_pickle(head_patching, schema="emolens.head_patching/1")
-    found = []
-    for unit in ("frames", "items"):
-        selected, confirmed = set(selection.get(unit, [])), set(confirmation.get(unit, []))
-        shared = sorted(selected & confirmed)
-        found.append((bool(selected and confirmed and not shared),
-                      f"{len(selected)} selection {unit}, {len(confirmed)} confirmation {unit}, shared {shared[:5]}"))
-    return all(ok for ok, _ in found), "; ".join(detail for _, detail in found)
-
-
 def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]) -> Checks:
     """Run every check over a profile's results directory."""
     r = Path(results)
-    _load.cache_clear()  # files may have changed since an earlier call in this process
+    load_result.cache_clear()  # files may have changed since an earlier call in this process
     checks = Checks()
     n_prompts = len(records)
     checks("dataset", None, lambda: check_dataset(records))
@@ -392,7 +70,7 @@ def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]
         checks("activations", m, lambda act=act: check_activations(act, n_prompts))
         checks("readout", m, lambda m=m: check_readout(layout.readout(r, m), per_emotion))
         try:
-            n_layers[m] = _load(act, schema="emolens.activations/2")["n_layers"]
+            n_layers[m] = load_result(act, schema="emolens.activations/2")["n_layers"]
         except ResultFileError:
             continue  # reported by the activations check; nothing downstream can be checked
         checks("vectors", m, lambda m=m: check_vectors(layout.vectors(r, m), layout.subspaces(r, m), n_prompts))

@@ -21,6 +21,7 @@ from emolens.alignment import (
     run_summary,
     split_halves,
 )
+from emolens.checks import check_alignment, check_self_alignment, check_statistics
 from emolens.emotion_structure import (
     emotion_grams,
     label_structure,
@@ -48,7 +49,6 @@ from emolens.similarity import (
 )
 from emolens.statistics import run_k
 from emolens.vectors import emotion_vectors, item_centred
-from emolens.verify import check_alignment, check_self_alignment, check_statistics
 
 
 def _rotation(d: int, rng: np.random.Generator) -> np.ndarray:

@@ -6,7 +6,8 @@ import argparse
 import pytest
 
 from emolens import cli
-from emolens.cli import INPUT_ERROR, RESOURCE_ERROR, build_parser, main
+from emolens.cli import INPUT_ERROR, RESOURCE_ERROR, main
+from emolens.options import build_parser
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

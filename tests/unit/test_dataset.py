@@ -108,8 +108,8 @@ def test_token_lengths_match_under_every_organism_tokenizer():
     """The demo organisms' tokenizers (byte-level BPE trained on the dataset, one per vocab size the demo uses)."""
     import yaml
 
+    from emolens.architecture import ORGANISM_VOCAB
     from emolens.organisms import train_tokenizer
-    from emolens.plan import ORGANISM_VOCAB
     from emolens.surface import token_counts
 
     demo = yaml.safe_load(open("config/demo.yaml"))

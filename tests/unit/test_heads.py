@@ -203,7 +203,7 @@ def test_attribution_is_the_derivative_of_the_exact_patch(tiny_checkpoints, reco
 
 
 def test_verification_requires_the_top_heads_by_exact_effect(tiny_adapters, screenings, tmp_path):
-    from emolens.verify import check_screening
+    from emolens.checks import check_screening
 
     path = screenings["llama"]
     assert check_screening(path, tiny_adapters["llama"].n_layers)[0]

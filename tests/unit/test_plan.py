@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from emolens import architecture as A
 from emolens import plan as P
 from emolens.config import load_config
 
@@ -84,7 +85,7 @@ def test_host_pickle_is_two_float32_arrays_at_every_width(baseline):
 
 
 def test_kv_cache_formula_and_prompt_tokens_override(baseline_config):
-    arch = P.from_hf_config(P.known_architectures()["llama3_8b"])
+    arch = A.from_hf_config(A.known_architectures()["llama3_8b"])
     assert P.kv_cache_bytes(arch, "bfloat16", batch=32, tokens=24) == 2 * 32 * 8 * 128 * 24 * 2 * 32
     short = {r["model"]: r for r in P.plan(baseline_config, tokens=24)}
     long = {r["model"]: r for r in P.plan(baseline_config, tokens=48)}
@@ -96,7 +97,7 @@ def test_kv_cache_formula_and_prompt_tokens_override(baseline_config):
 
 def test_head_screening_kv_is_about_t_times_a_batch_of_prompts():
     """The gemma3_12b head sweep: batch x T rows of T tokens, T = 24 times one batch of prompt caches."""
-    arch = P.from_hf_config(P.known_architectures()["gemma3_12b"])
+    arch = A.from_hf_config(A.known_architectures()["gemma3_12b"])
     groups = P.sweep_groups(arch, tokens=24, positions=11, layer_chunk=17, top_k=8)["head screening"]
     ratio = P.patching_kv_bytes(arch, "bfloat16", 16, 24, groups) / P.kv_cache_bytes(arch, "bfloat16", 16, 24)
     assert ratio == pytest.approx(24, rel=0.05)
@@ -145,7 +146,7 @@ def test_patching_kv_plan_equals_the_engines_buffers(monkeypatch, tiny_adapters,
     from emolens.patching import head_site, resid_site
 
     adapter = tiny_adapters[family]
-    arch = P.from_hf_config(adapter.model.config.to_dict())
+    arch = A.from_hf_config(adapter.model.config.to_dict())
     n, T, positions, chunk, top_k = 4, 12, 4, 3, 2
     offsets = [-(k + 1) for k in range(positions)]
     heads = [(layer, h) for layer in range(adapter.n_layers) for h in range(adapter.n_heads)]
@@ -172,7 +173,7 @@ def test_batch_is_halved_until_the_plan_fits(baseline_config):
     (row,) = P.plan(config)
     assert row["fits"] is True and row["batch_used"] < 4096
     assert 4096 % row["batch_used"] == 0  # reached by halving
-    known = P.known_architectures()
+    known = A.known_architectures()
     doubled = P.plan_model("gpt2_small", {**config["models"]["gpt2_small"], "batch_size": 2 * row["batch_used"]},
                            3, known)
     assert doubled["batch_used"] == row["batch_used"]  # twice the batch does not fit
@@ -191,7 +192,7 @@ def test_a_model_that_cannot_fit_at_batch_1_is_reported(baseline_config):
 def test_offload_caps_the_weights_on_the_gpu(baseline_config):
     settings = {**baseline_config["models"]["llama3_8b"], "dtype": "float32",
                 "offload": {"max_memory": {0: "18GiB", "cpu": "64GiB"}}}
-    row = P.plan_model("llama3_8b", settings, 24, P.known_architectures())
+    row = P.plan_model("llama3_8b", settings, 24, A.known_architectures())
     assert row["gpu_weights_gib"] == pytest.approx(18) and row["fits"] is True
     assert "offload" in row["note"]
 
@@ -213,9 +214,9 @@ def test_organism_counts_equal_the_built_models(demo_config):
 
     for name, settings in demo_config["models"].items():
         org = dict(settings["organism"])
-        arch = P.from_organism(org)
-        model = build_organism(org.pop("family"), vocab_size=P.ORGANISM_VOCAB, **org)
-        assert P.n_params(arch) + sum(P.vision_params(arch)) == _hf_param_count(model), name
+        arch = A.from_organism(org)
+        model = build_organism(org.pop("family"), vocab_size=A.ORGANISM_VOCAB, **org)
+        assert A.n_params(arch) + sum(A.vision_params(arch)) == _hf_param_count(model), name
 
 
 def test_local_config_json_is_read_for_unknown_models(tmp_path):
@@ -225,7 +226,7 @@ def test_local_config_json_is_read_for_unknown_models(tmp_path):
     model = build_organism("gemma3", d_model=64, n_layers=2, n_heads=4, d_head=16, vocab_size=300)
     model.config.save_pretrained(tmp_path)
     row = P.plan_model("mine", {"path": str(tmp_path), "dtype": "float32", "batch_size": 8}, 24,
-                       P.known_architectures())
+                       A.known_architectures())
     assert row["source"] == "config.json" and row["family"] == "gemma3"
     assert row["params"] + row["vision_params"] == _hf_param_count(model)
 
@@ -239,15 +240,15 @@ def test_int8_weights_match_bitsandbytes(tmp_path):
     from emolens.organisms import build_organism
 
     org = {"family": "gemma3", "d_model": 96, "n_layers": 6, "n_heads": 4, "d_head": 32}
-    model = build_organism(vocab_size=P.ORGANISM_VOCAB, **org)
+    model = build_organism(vocab_size=A.ORGANISM_VOCAB, **org)
     model.save_pretrained(tmp_path)
     quantized = AutoModelForCausalLM.from_pretrained(
         tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu", dtype=torch.float32)
     kinds = {type(m).__name__ for m in quantized.modules()}
     assert "Linear8bitLt" in kinds
     measured = quantized.get_memory_footprint()
-    assert P.weight_bytes(P.from_organism(org), "float32", "int8") == pytest.approx(measured, rel=0.05)
-    assert P.weight_bytes(P.from_organism(org), "float32", None) > 2 * measured
+    assert P.weight_bytes(A.from_organism(org), "float32", "int8") == pytest.approx(measured, rel=0.05)
+    assert P.weight_bytes(A.from_organism(org), "float32", None) > 2 * measured
 
 
 def test_unknown_architecture_is_a_row_not_an_error(baseline_config):
@@ -262,7 +263,7 @@ def test_unknown_architecture_is_a_row_not_an_error(baseline_config):
 
 def test_unsupported_model_type_in_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "hidden_size": 8}))
-    row = P.plan_model("m", {"path": str(tmp_path)}, 24, P.known_architectures())
+    row = P.plan_model("m", {"path": str(tmp_path)}, 24, A.known_architectures())
     assert row["fits"] is None and "mamba" in row["note"]
 
 

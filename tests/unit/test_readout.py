@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from emolens import EMOTIONS
-from emolens.cli import _readout, build_parser
+from emolens.options import _readout, build_parser
 from emolens.readout import DEFAULT, LABEL_WORDS, READOUT_SUFFIX, Readout, label_token_ids, prompt
 
 

@@ -11,6 +11,7 @@ import torch
 from emolens import EMOTIONS
 from emolens.ablation import ablation_index, emotion_basis, fit_probes, random_basis
 from emolens.activations import extract
+from emolens.checks import check_steering
 from emolens.dataset import build_dataset
 from emolens.edits import Prompts, clean_run, prepare_prompts, run_edits
 from emolens.io import save_pickle
@@ -29,7 +30,6 @@ from emolens.steering import (
     unit,
 )
 from emolens.transfer import run_transfer, run_transfer_summary, transfer_effect
-from emolens.verify import check_steering
 
 RECORDS = build_dataset()[:64]  # 16 items x 4 emotions
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from emolens import EMOTIONS
+from emolens.checks import check_vectors
 from emolens.io import load_pickle, save_pickle
 from emolens.vectors import (
     emotion_vectors,
@@ -23,7 +24,6 @@ from emolens.vectors import (
     subspace,
     transfer_splits,
 )
-from emolens.verify import check_vectors
 
 
 def _planted(n_items=40, d=16, sites=3, signal=3.0, seed=0):

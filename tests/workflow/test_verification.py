@@ -5,9 +5,9 @@ import pickle
 
 import numpy as np
 
+from emolens.checks import check_dataset, check_head_split
 from emolens.dataset import load_dataset
 from emolens.io import load_pickle
-from emolens.verify import check_dataset, check_head_split
 from emolens.verify import run as verify
 
 
