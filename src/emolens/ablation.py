@@ -19,7 +19,7 @@ import numpy as np
 from emolens import EMOTIONS
 from emolens.edits import Edited, Prompts, run_edits
 from emolens.models import ModelAdapter
-from emolens.vectors import probe_model
+from emolens.probes import probe_model
 
 
 def emotion_basis(x: np.ndarray, emotions: Sequence[str], tol: float = 1e-8) -> np.ndarray:

@@ -22,9 +22,9 @@ import numpy as np
 from emolens import EMOTIONS
 from emolens.dataset import REGISTERS, cue_hits, frame_groups, surface_accuracy
 from emolens.io import provenance
+from emolens.probes import lexical_model
 from emolens.resampling import grouped_folds, out_of_fold
 from emolens.surface import FEATURES, counts, length_match, token_counts, words
-from emolens.vectors import lexical_model
 
 SCHEMA = "emolens.dataset_card/1"
 
@@ -60,7 +60,7 @@ def _largest_difference(means: Mapping[str, float]) -> float:
 
 
 def lexical_accuracy(records: list[dict[str, Any]], seed: int = 0, folds: int = 5) -> dict[str, float]:
-    """The lexical baseline (:func:`emolens.vectors.lexical_model`) with frames held out, overall and per register."""
+    """The lexical baseline (:func:`emolens.probes.lexical_model`) with frames held out, overall and per register."""
     labels = np.array([r["emotion"] for r in records])
     texts = np.array([r["text"] for r in records], dtype=object)
     hits = out_of_fold(lexical_model(seed), texts, labels, grouped_folds(frame_groups(records), folds)) == labels

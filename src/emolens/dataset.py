@@ -33,8 +33,9 @@ import numpy as np
 from emolens import EMOTIONS
 from emolens.frames import DAYS, EVENTS, FRAMES, NAMES, PLACES, RELATIONS, THINGS
 from emolens.io import atomic_path
+from emolens.probes import probe_model
 from emolens.resampling import frame_label_permutations, grouped_folds, out_of_fold
-from emolens.surface import feature_matrix, length_match, surface_model, words
+from emolens.surface import feature_matrix, length_match, words
 
 SCHEMA_FIELDS = ("id", "emotion", "text", "item_id")  # required in every record
 OPTIONAL_FIELDS = ("frame", "register")
@@ -107,12 +108,12 @@ def surface_accuracy(records: list[dict[str, Any]], tokens: Sequence[Sequence[in
     fold = grouped_folds(frame_groups(records), folds)
     x = feature_matrix([r["text"] for r in records], tokens)
     registers = np.array([r.get("register") for r in records])
-    out = {"all": float((out_of_fold(surface_model(seed), x, labels, fold) == labels).mean())}
+    out = {"all": float((out_of_fold(probe_model(seed), x, labels, fold) == labels).mean())}
     for g in REGISTERS:
         keep = registers == g
         if len(set(fold[keep])) > 1:
             _, local = np.unique(fold[keep], return_inverse=True)
-            out[g] = float((out_of_fold(surface_model(seed), x[keep], labels[keep], local) == labels[keep]).mean())
+            out[g] = float((out_of_fold(probe_model(seed), x[keep], labels[keep], local) == labels[keep]).mean())
     return out
 
 

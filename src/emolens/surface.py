@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves i'm i've i'll i'd we're we've we'll".split())
 SECOND_PERSON = frozenset("you your yours yourself yourselves you're you've you'll you'd".split())
@@ -58,11 +55,6 @@ def feature_matrix(texts: Sequence[str], tokens: Sequence[Sequence[int]] = ()) -
     """[N, F] surface features: :data:`FEATURES`, then each given column of token counts [N]."""
     table = np.array([[c[f] for f in FEATURES] for c in map(counts, texts)], dtype=float).reshape(-1, len(FEATURES))
     return np.column_stack([table, *tokens])
-
-
-def surface_model(seed: int) -> Pipeline:
-    """The surface baseline: standardised surface counts, then a multinomial logistic regression."""
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
 
 
 def length_match(lengths: Sequence[int], items: Sequence[str]) -> dict[str, Any]:

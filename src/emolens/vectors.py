@@ -34,16 +34,13 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from emolens import EMOTIONS
 from emolens.dataset import REGISTERS, frame_groups, load_dataset, surface_accuracy
-from emolens.erasure import ConceptEraser, erased
+from emolens.erasure import erased
 from emolens.io import load_pickle, provenance, save_pickle
+from emolens.probes import lexical_model, probe_model
 from emolens.resampling import (
     frame_label_permutations,
     group_sums,
@@ -79,21 +76,6 @@ def subspace(xc: np.ndarray, k_max: int) -> tuple[np.ndarray, np.ndarray]:
     var = s**2
     k = min(k_max, vt.shape[0])
     return vt[:k], var[:k] / max(var.sum(), 1e-30)
-
-
-def probe_model(seed: int, erase: int = 0) -> Pipeline:
-    """The probe: a standardised multinomial logistic regression on one layer's activations; with ``erase``
-    > 0, the inputs' last ``erase`` columns are a concept that LEACE erases first (:mod:`emolens.erasure`)."""
-    steps = [ConceptEraser(erase)] if erase else []
-    return make_pipeline(*steps, StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
-
-
-def lexical_model(seed: int) -> Pipeline:
-    """The lexical baseline: TF-IDF word 1-2-grams and ``char_wb`` 2-5-grams of the text, then a logistic regression."""
-    words = TfidfVectorizer(analyzer="word", ngram_range=(1, 2))
-    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))
-    return make_pipeline(FeatureUnion([("words", words), ("chars", chars)]),
-                         LogisticRegression(max_iter=2000, random_state=seed))
 
 
 def probe_accuracy(x: np.ndarray, emotions: Sequence[str], groups: Sequence[str], folds: int,

@@ -47,10 +47,10 @@ from emolens.emotion_structure import (
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.resampling import frame_slot_permutations, perm_pvalue
+from emolens.resampling import frame_slot_permutations, grouped_folds, perm_pvalue
 from emolens.similarity import center_gram, gram_cka, gram_permutation_null
 from emolens.statistics import frame_tests, k_axis_scores, k_decision
-from emolens.vectors import decoding_test, grouped_folds, item_centred, probe_minus_lexical
+from emolens.vectors import decoding_test, item_centred, probe_minus_lexical
 
 pytestmark = pytest.mark.slow  # hundreds of studies: one test per table column, so no study runs twice
 

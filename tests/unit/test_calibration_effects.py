@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 from statsmodels.stats.power import TTestPower
 
-from emolens.resampling import sign_flip_pvalue
+from emolens.resampling import grouped_folds, sign_flip_pvalue
 from emolens.statistics import frame_tests
-from emolens.vectors import decoding_test, grouped_folds
+from emolens.vectors import decoding_test
 
 pytestmark = pytest.mark.slow  # hundreds of simulated studies
 

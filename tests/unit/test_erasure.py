@@ -3,8 +3,9 @@
 import numpy as np
 
 from emolens.erasure import ConceptEraser, erased
+from emolens.probes import probe_model
 from emolens.resampling import grouped_folds, out_of_fold
-from emolens.vectors import decoding_test, probe_model
+from emolens.vectors import decoding_test
 
 
 def _data(seed=0, n_frames=40, per=8, width=12):

@@ -10,14 +10,12 @@ import pytest
 from emolens import EMOTIONS
 from emolens.checks import check_vectors
 from emolens.io import load_pickle, save_pickle
+from emolens.probes import lexical_model, probe_model
+from emolens.resampling import grouped_folds, out_of_fold
 from emolens.vectors import (
     emotion_vectors,
-    grouped_folds,
     item_centred,
-    lexical_model,
-    out_of_fold,
     probe_accuracy,
-    probe_model,
     probe_report,
     run,
     split_accuracy,
@@ -261,7 +259,8 @@ def test_verification_fails_on_planted_violation(tmp_path, plant):
 def test_decoding_test_equals_a_ridge_fit_and_permutes_by_frame():
     from sklearn.linear_model import Ridge
 
-    from emolens.vectors import decoding_test, grouped_folds
+    from emolens.resampling import grouped_folds
+    from emolens.vectors import decoding_test
 
     rng = np.random.default_rng(0)
     frames = np.array([f"f{i % 6}" for i in range(30) for _ in range(4)])  # 30 items in 6 frames
@@ -284,7 +283,8 @@ def test_decoding_test_equals_a_ridge_fit_and_permutes_by_frame():
 
 
 def test_decoding_test_of_a_constant_layer_is_chance_not_an_error():
-    from emolens.vectors import decoding_test, grouped_folds
+    from emolens.resampling import grouped_folds
+    from emolens.vectors import decoding_test
 
     frames = [f"f{i % 4}" for i in range(12) for _ in range(4)]
     fold = grouped_folds(frames, 2)
