@@ -289,10 +289,11 @@ def check_statistics(results: Path, n_models: int) -> tuple[bool, str]:
 
 def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]:
     """Steering: alpha 0 shifts exactly 0, 4x4 specificity per (index, alpha), finite values, accuracies in
-    [0, 1]; the transfer file into this model (when there is one): finite fractions, its own-vector effect
-    as the steering file measured it."""
+    [0, 1]; at the chosen dose, finite tests and p-values and fractions in [0, 1], the dose within its KL
+    budget on the fit half when one was; the transfer file into this model (when there is one): finite
+    fractions, its own-vector effect as the steering file measured it."""
     st = json.loads(Path(path).read_text())
-    assert st["schema"] == "emolens.steering/1", st["schema"]
+    assert st["schema"] == "emolens.steering/2", st["schema"]
     n_l, n_a = len(st["layers"]), len(st["alphas"])
     problems = []
     if 0 not in st["alphas"]:
@@ -307,6 +308,17 @@ def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]
                 problems.append(f"{metric}.{key}: shape {value.shape} (expected {want}) or non-finite values")
             elif a0 is not None and np.any(value[:, a0] != 0):
                 problems.append(f"{metric}.{key}: alpha 0 shift is not exactly 0 ({np.abs(value[:, a0]).max():.3g})")
+    best = st["best"]
+    for key in ("on_target_ld", "specificity_row", "specificity_column", "on_target_p_permuted",
+                "on_target_p_gaussian", "specificity_row_p", "specificity_column_p"):
+        value = np.asarray(best[key], dtype=float)
+        if value.shape != (4,) or not _finite(value):
+            problems.append(f"best.{key}: shape {value.shape} (expected (4,)) or non-finite values")
+    if not _in_unit(best["steerable"]["fraction"], *(best[k] for k in best if k.endswith("_p") or "_p_" in k)):
+        problems.append("best: a steerable fraction or p-value outside [0, 1]")
+    sel = st["selection"]
+    if sel["within_budget"] and not sel["fit_kl_nonlabel"] <= sel["kl_budget"]:
+        problems.append(f"selection: off-label KL {sel['fit_kl_nonlabel']} over the budget {sel['kl_budget']}")
     kl = np.asarray(st["kl"]["emotion"], dtype=float)
     if st["split"]["n_kl_prompts"] and (kl.shape != (n_l, n_a, 4) or not _finite(kl) or (kl < -1e-6).any()):
         problems.append(f"kl: shape {kl.shape} (expected {(n_l, n_a, 4)}), non-finite or negative")
@@ -314,8 +326,9 @@ def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]
     if not _in_unit(ab["readout_accuracy"], ab["readout_accuracy_clean"], ab["probe_accuracy_clean"]) \
             or np.asarray(ab["probe_accuracy"], dtype=float).shape != (n_l, n_l):
         problems.append("ablation: accuracies outside [0, 1] or probe matrix not [index x probed index]")
-    detail = (f"{n_l} indices x {n_a} alphas; best index {st['best']['layer']} at alpha {st['best']['alpha']}: "
-              f"on-target LD {np.round(st['best']['on_target_ld'], 3).tolist()}")
+    detail = (f"{n_l} indices x {n_a} doses; chosen on the fit half: index {best['layer']} at {best['alpha']} sd "
+              f"(within the KL budget: {sel['within_budget']}); held-out on-target LD "
+              f"{np.round(best['on_target_ld'], 3).tolist()}")
     if transfer is not None and Path(transfer).exists():
         tr = json.loads(Path(transfer).read_text())
         own = np.asarray(tr["own"]["on_target"], dtype=float)

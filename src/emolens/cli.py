@@ -154,7 +154,7 @@ def _cmd_patch_heads(a: argparse.Namespace) -> None:
 
 def _steering_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """The steering options both steering subcommands share, and the settings their provenance records."""
-    options = {"n_random": a.n_random, "max_prompts": a.max_prompts, "n_boot": a.n_boot, "seed": a.seed}
+    options = {"n_null": a.n_null, "max_prompts": a.max_prompts, "n_boot": a.n_boot, "seed": a.seed}
     return {**options, "readout": a.readout, "dataset": a.dataset,
             "settings": {**a.settings, **options, "readout": a.readout.as_dict()}}
 
@@ -164,12 +164,11 @@ def _cmd_steer(a: argparse.Namespace) -> None:
 
     adapter, records = _model_and_records(a)
     kwargs = _steering_kwargs(a)
-    kwargs["settings"].update(alphas=a.alphas, layer_stride=a.layer_stride, kl_prompts=a.kl_prompts,
-                              n_random_subspaces=a.n_random_subspaces, transfer_alpha=a.transfer_alpha)
+    extra = {"alphas": a.alphas, "layer_stride": a.layer_stride, "n_random": a.n_random, "kl_prompts": a.kl_prompts,
+             "kl_budget": a.kl_budget, "n_random_subspaces": a.n_random_subspaces}
+    kwargs["settings"].update(extra)
     _with_backoff(a, lambda batch_size: steering.run_steering(
-        adapter, records, a.activations, a.out, alphas=a.alphas, layer_stride=a.layer_stride,
-        kl_prompts=a.kl_prompts, n_random_subspaces=a.n_random_subspaces, transfer_alpha=a.transfer_alpha,
-        batch_size=batch_size, **kwargs))
+        adapter, records, a.activations, a.out, batch_size=batch_size, **extra, **kwargs))
 
 
 def _cmd_steer_transfer(a: argparse.Namespace) -> None:

@@ -290,7 +290,7 @@ def steering(results: str | Path, models: Sequence[str], out_dir: str | Path, la
                 ax.plot(alphas, on[sel].mean(0), marker="o", ms=3, color=f"C{i}", label=f"{band} ({sel.sum()})")
                 ax.fill_between(alphas, low[sel].mean(0), high[sel].mean(0), color=f"C{i}", alpha=0.15, lw=0)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set(title=_label(labels, name, wrap=True), xlabel="alpha (x typical norm)", ylabel="on-target LD shift")
+        ax.set(title=_label(labels, name, wrap=True), xlabel="dose (sd along the vector)", ylabel="on-target LD shift")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6, title="band (indices)", title_fontsize=6)
     fig.suptitle(_in_profile("Steering dose-response", profile) + "\n(shaded: random directions, mean to 95th pct.)",
@@ -308,7 +308,7 @@ def steering(results: str | Path, models: Sequence[str], out_dir: str | Path, la
         emotion_ticks = [e[:4] for e in st["emotions"]]
         ax.set_xticks(range(4), emotion_ticks, fontsize=7)
         ax.set_yticks(range(4), emotion_ticks, fontsize=7)
-        ax.set(title=f"{_label(labels, name, wrap=True)}\nindex {best['layer']}, alpha {best['alpha']:g}",
+        ax.set(title=f"{_label(labels, name, wrap=True)}\nindex {best['layer']}, {best['alpha']:g} sd",
                xlabel="readout", ylabel="vector")
         ax.title.set_fontsize(8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="LD shift (logits)")

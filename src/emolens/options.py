@@ -165,22 +165,22 @@ def _steering_options(p: argparse.ArgumentParser, name: str) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, help="JSON to write")
     _setting(p, "--seed", "seed", "seed of the frame split, subsample, directions, bootstrap", type=int)
-    _setting(p, "--n-random", "steering.n_random", "random unit directions of the null", type=int)
+    _setting(p, "--n-null", "steering.n_null", "directions of each matched null", type=int)
     _setting(p, "--max-prompts", "steering.max_prompts", "held-out prompts measured (whole items; none: all)",
              type=int)
     _setting(p, "--n-boot", "steering.n_boot", "frame-then-item bootstrap resamples", type=int)
     if name == "steer":
         p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")
-        _setting(p, "--alphas", "steering.alphas",
-                 "steering strengths, in units of the typical residual norm (0 is always added)", type=float,
-                 nargs="+")
+        _setting(p, "--alphas", "steering.alphas", "steering doses in projection-sd units (0 is always added)",
+                 type=float, nargs="+")
+        _setting(p, "--n-random", "steering.n_random", "isotropic directions per index beside the dose-response",
+                 type=int)
         _setting(p, "--layer-stride", "steering.layer_stride", "steer every n-th residual index (and the last)",
                  type=int)
         _setting(p, "--kl-prompts", "steering.kl_prompts", "neutral held-out prompts for the KL cost", type=int)
         _setting(p, "--n-random-subspaces", "steering.n_random_subspaces", "random subspaces ablated as the null",
                  type=int)
-        _setting(p, "--transfer-alpha", "steering.transfer_alpha",
-                 "alpha (nearest on the grid) at which the best index is chosen and transfer runs", type=float)
+        _setting(p, "--kl-budget", "steering.kl_budget", "largest off-label KL (nats) of the chosen dose", type=float)
     else:
         p.add_argument("--activations", nargs="+", required=True,
                        help="phase-2 activations of every model (<name>.pkl), this one included")

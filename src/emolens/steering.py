@@ -1,29 +1,27 @@
 """Steering: do the emotion vectors cause anything? Dose-response, specificity and cost of adding them.
 
 Method. The frames are split once, seeded and stratified by register (:func:`emolens.heads.frame_split`),
-into a fit half and a held-out half. Everything that is estimated comes from the fit half's phase-2
-activations (last token, every residual index): the emotion vectors (mean of one emotion minus the
-mean of the others, :func:`emolens.vectors.emotion_vectors`), the typical residual norm at index l
-(the median over fit-half prompts of the last token's ||resid_l||), the emotion subspace, probes and
-cross-model maps. Everything that is measured runs on readout prompts (``readout.prompt(text)``) of
-the held-out half, whole items, at most ``max_prompts`` of them (a seeded choice of items).
+into a fit half and a held-out half. Everything estimated comes from the fit half's phase-2 activations
+(last token, every residual index): the emotion vectors (mean of one emotion minus the mean of the
+others, :func:`emolens.vectors.emotion_vectors`), the dose unit along each direction (the standard
+deviation of the residual projected on it, :mod:`emolens.steering_stats`), the nulls, the emotion
+subspace and probes. Readout prompts (``readout.prompt(text)``, whole items, at most ``max_prompts``
+per half) are measured in both halves.
 
-Steering. At residual index l (every index, or every ``layer_stride``-th and the last), the hook adds
-alpha * unit(v_e,l) * norm_l at every position of the prompt, for alpha on a grid. Alpha 0 is the
-clean run (:func:`emolens.edits.clean_run`), the reference of every shift, shared by all indices.
-Readout, per emotion e' of the four labels: the calibrated probability (softmax of the label logits
-minus the clean calibration offsets of :mod:`emolens.behaviour`, each label's mean clean logit over the
-held-out prompts, held fixed under steering) and the logit difference of e' against the mean of the
-other three. Shifts (steered minus clean) are averaged within items, then over items; the 4 x 4
-specificity matrix at each (index, alpha) holds the shift of readout e' (columns) under the vector
-of emotion e (rows); its diagonal is the on-target shift. Nulls: ``n_random`` random unit directions
-(seeded per index) at the same scale, summarised per readout e' by their mean and 95th percentile
-over directions, and the other emotions' vectors (the off-diagonal). 95% CIs resample frames, then
-items within frames (percentile bootstrap) for the on-target shift and for the null's mean and 95th
-percentile. Cost: the KL divergence KL(clean || steered) of the full next-token distribution at the
-last position, on up to ``kl_prompts`` neutral held-out prompts; also over the vocabulary without the
-four label tokens (renormalised), which steering the readout is not meant to move. The same run
-ablates the emotion subspace at each steered index (:mod:`emolens.ablation`).
+Steering. At residual index l (every ``layer_stride``-th and the last), the hook adds alpha * sd(u) * u
+at every position for each unit direction u, alpha on a grid in projection-sd units. Alpha 0 is the
+clean run, the reference of every shift. Readout, per label e': the calibrated probability (label
+logits minus each label's mean clean logit over the measured prompts, as :mod:`emolens.behaviour`
+calibrates) and the logit difference of e' against the mean of the other three; shifts are averaged
+within items, then over items. Cost: KL(clean || steered) of the next-token distribution at the last
+position on up to ``kl_prompts`` neutral prompts, also over the vocabulary without the label tokens
+(off-label KL). The (index, dose) every summary uses is chosen on the fit half's prompts: the largest
+on-target shift whose off-label KL stays within ``kl_budget`` (:func:`emolens.steering_stats.choose_dose`),
+with the half-max dose there for transfer; the held-out half then gives the dose-response at every
+index (with ``n_random`` isotropic directions for comparison) and, at the chosen point, the on-target
+shift, both specificity forms, the steerable fraction of items and ``n_null`` directions of each
+matched null. 95% CIs resample frames, then items within frames. The same run ablates the emotion
+subspace at each steered index (:mod:`emolens.ablation`).
 
 Inputs: a model, the dataset, its phase-2 activations. Output: ``results/<p>/steering/<m>.json``
 (:data:`SCHEMA`), read by :mod:`emolens.transfer`.
@@ -49,13 +47,26 @@ from emolens.heads import frame_split
 from emolens.io import load_pickle, provenance, save_json
 from emolens.models import ModelAdapter
 from emolens.readout import DEFAULT, Readout
-from emolens.resampling import codes_of, two_stage_weights
+from emolens.steering_stats import (
+    K,
+    bootstrap_weights,
+    choose_dose,
+    chosen_dose_tests,
+    gaussian_directions,
+    item_matrix,
+    on_target,
+    permuted_vectors,
+    projection_sd,
+    random_directions,
+    readout_measures,
+    shift_summary,
+    unit,
+)
 from emolens.vectors import emotion_vectors, join_records
 
 log = logging.getLogger(__name__)
-SCHEMA = "emolens.steering/1"
-ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-K = len(EMOTIONS)
+SCHEMA = "emolens.steering/2"
+ALPHAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)  # projection-sd units
 VANISH = 1e-6  # a vector shorter than this times the typical norm is no direction (index 0 of rotary models)
 
 
@@ -82,86 +93,20 @@ def typical_norms(x: np.ndarray) -> np.ndarray:
     return np.median(np.linalg.norm(x, axis=-1), axis=0)
 
 
-def unit(v: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    n = np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.divide(v, n, out=np.zeros_like(v, dtype=np.float64), where=n > 0)
-
-
-def random_directions(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
-    """[n, d] random unit directions (isotropic)."""
-    return unit(rng.standard_normal((n, d)))
-
-
 def steer_layers(n_layers: int, stride: int) -> list[int]:
     """Residual indices steered: every ``stride``-th from 0, and always the last (L)."""
     return sorted(set(range(0, n_layers + 1, stride)) | {n_layers})
 
 
-# --- readout measures and item-level statistics -----------------------------------------------------
-def readout_measures(labels: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label logits [..., 4] -> (calibrated probability, LD of each label against the mean of the other three)."""
-    z = labels - offsets
-    prob = np.exp(z - z.max(-1, keepdims=True))
-    prob /= prob.sum(-1, keepdims=True)
-    ld = z - (z.sum(-1, keepdims=True) - z) / (K - 1)
-    return prob, ld
-
-
-def item_matrix(items: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """[I, P] averaging matrix (row i: 1/n_i on item i's prompts) and the item names, in first-seen order."""
-    names = list(dict.fromkeys(items.tolist()))
-    onehot = (items[None, :] == np.array(names)[:, None]).astype(np.float64)
-    return onehot / onehot.sum(1, keepdims=True), names
-
-
-def bootstrap_weights(records: Sequence[dict[str, Any]], items: Sequence[str], n_boot: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    """[B, I] weights of ``items`` in a two-stage resample (frames, then items within frames), each row
-    summing to 1: the resampled item-mean of a per-item value v [I] is W @ v."""
-    frame_of = dict(zip((r["item_id"] for r in records), frame_groups(list(records)), strict=True))
-    weights = two_stage_weights(codes_of([frame_of[i] for i in items]), n_boot, rng)
-    return weights / weights.sum(1, keepdims=True)
-
-
-def percentile_ci(boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """95% percentile interval over the first axis."""
-    return np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
-
-
-def shift_summary(shift: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Summaries of item-mean shifts [A, 4 + R, I, 4] (alphas, emotion vectors then random directions, items,
-    readouts): specificity [A, 4, 4], on-target [A, 4] with CI, the random null's mean and 95th percentile
-    over directions [A, 4] with CIs, and the specificity index (diagonal minus mean off-diagonal) [A]."""
-    point = shift.mean(2)  # [A, D, 4]
-    spec = point[:, :K]  # [A, 4, 4]
-    diag = np.stack([shift[:, e, :, e] for e in range(K)], axis=-1)  # [A, I, 4]
-    boot_on = np.einsum("bi,aie->bae", weights, diag)
-    out = {"specificity": spec, "on_target": np.einsum("aee->ae", spec)}
-    out["on_target_ci_low"], out["on_target_ci_high"] = percentile_ci(boot_on)
-    off = ~np.eye(K, dtype=bool)
-    out["specificity_index"] = out["on_target"].mean(-1) - spec[:, off].mean(-1)
-    if shift.shape[1] > K:
-        rand = point[:, K:]  # [A, R, 4]
-        boot_r = np.einsum("bi,arie->bare", weights, shift[:, K:])
-        out["random_mean"], out["random_q95"] = rand.mean(1), np.quantile(rand, 0.95, axis=1)
-        out["random_mean_ci_low"], out["random_mean_ci_high"] = percentile_ci(boot_r.mean(2))
-        out["random_q95_ci_low"], out["random_q95_ci_high"] = percentile_ci(np.quantile(boot_r, 0.95, axis=2))
-        out["beats_random"] = out["on_target_ci_low"] > out["random_q95"]
-    return out
-
-
 # --- steering at one index ------------------------------------------------------------------------
-def steer_index(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer: int, directions: np.ndarray,
-                alphas: Sequence[float], norm: float, batch_size: int = 32) -> Edited:
-    """Steer along each unit direction [D, d] at every alpha > 0 (rows alpha-major); alpha 0 is ``clean``.
-
-    Returns the run with C = len(alphas) * D conditions; alpha-0 conditions copy the clean run.
-    """
+def steer_index(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer: int, steps: np.ndarray,
+                alphas: Sequence[float], batch_size: int = 32) -> Edited:
+    """Add alpha * step for each step [D, d] (one dose unit along a direction) at every alpha (rows alpha-major);
+    alpha 0 copies ``clean``. Returns the run with C = len(alphas) * D conditions."""
     alphas = np.asarray(alphas, dtype=np.float64)
     moving = alphas != 0
-    adds = (alphas[moving, None, None] * norm * directions[None]).reshape(-1, directions.shape[-1])
-    n_dir = len(directions)
+    adds = (alphas[moving, None, None] * steps[None]).reshape(-1, steps.shape[-1])
+    n_dir = len(steps)
     labels = np.repeat(clean.labels, len(alphas) * n_dir, axis=0)
     zeros = np.where(prompts.kl_row >= 0, 0.0, np.nan)[None]  # [1, P]: the clean run's KL from itself
     kl, kl_nl = (np.repeat(zeros, len(alphas) * n_dir, axis=0) for _ in range(2))
@@ -188,17 +133,50 @@ def steering_shifts(edited: Edited, clean: Edited, prompts: Prompts, offsets: np
     return out
 
 
+def dose_steps(x: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """[D, d] one dose unit along each direction: its unit vector times the projection sd of x [N, d] on it."""
+    return unit(directions) * projection_sd(x, directions)[:, None]
+
+
+@dataclass
+class Measured:
+    """One half's readout prompts, their clean run and calibration, and the item averaging of its shifts."""
+
+    prompts: Prompts
+    clean: Edited
+    offsets: np.ndarray  # [4] each label's mean clean logit: the calibration
+    averaging: np.ndarray  # [I, P]
+    items: list[str]
+
+
+def measure(adapter: ModelAdapter, records: Sequence[dict[str, Any]], readout: Readout, kl_prompts: int,
+            capture: Sequence[int] = (), batch_size: int = 32) -> Measured:
+    """Tokenise and run one half's readout prompts clean (capturing ``capture`` indices)."""
+    prompts = prepare_prompts(adapter, records, readout, kl_prompts)
+    clean = clean_run(adapter, prompts, capture=capture, batch_size=batch_size)
+    averaging, items = item_matrix(prompts.items)
+    return Measured(prompts, clean, clean.labels[0].mean(0), averaging, items)
+
+
+def shifts_at(adapter: ModelAdapter, half: Measured, layer: int, steps: np.ndarray, alphas: Sequence[float],
+              batch_size: int) -> dict[str, np.ndarray]:
+    """Item-mean shifts and KLs (:func:`steering_shifts`) of one half steered along ``steps`` at ``layer``."""
+    run = steer_index(adapter, half.prompts, half.clean, layer, steps, alphas, batch_size)
+    return steering_shifts(run, half.clean, half.prompts, half.offsets, half.averaging, len(alphas))
+
 
 # --- run ----------------------------------------------------------------------------------------------
 @dataclass
 class Split:
-    """A model's records in activation order, split by item; the fit half's last-token activations."""
+    """A model's records in activation order, split by frame; the measured items of each half."""
 
     records: list[dict[str, Any]]
     fit_rows: np.ndarray  # [N_fit] rows of the activations
     held_rows: np.ndarray  # [N_held]
+    fit_measured: list[dict[str, Any]]  # fit-half records the dose is chosen on (whole items, at most max_prompts)
     heldout: list[dict[str, Any]]  # the measured held-out records (whole items, at most max_prompts)
     fit_emotions: list[str]
+    fit_frames: list[str]
 
 
 def split_records(records: Sequence[dict[str, Any]], act: dict[str, Any], activations: str | Path,
@@ -208,34 +186,35 @@ def split_records(records: Sequence[dict[str, Any]], act: dict[str, Any], activa
     fit, held = frame_split(joined, seed)
     row = {r["id"]: i for i, r in enumerate(joined)}
     return Split(joined, np.array([row[r["id"]] for r in fit]), np.array([row[r["id"]] for r in held]),
-                 select_items(held, max_prompts, seed), [r["emotion"] for r in fit])
+                 select_items(fit, max_prompts, seed), select_items(held, max_prompts, seed),
+                 [r["emotion"] for r in fit], frame_groups(fit))
 
 
-def _best_layer(on_target: np.ndarray, layers: Sequence[int]) -> tuple[int, list[int]]:
-    """Index (position in ``layers``) where the mean on-target shift [Lsel, 4] is largest, and the band of
-    indices reaching half of it."""
-    score = on_target.mean(-1)
-    best = int(np.nanargmax(score))
-    band = [layers[i] for i in range(len(layers)) if score[best] > 0 and score[i] >= 0.5 * score[best]]
-    return best, band or [layers[best]]
-
-
-def _nearest(alphas: Sequence[float], target: float) -> float:
-    moving = [a for a in alphas if a != 0]
-    return float(min(moving, key=lambda a: (abs(a - target), a))) if moving else 0.0
+def _band(score: np.ndarray, layers: Sequence[int]) -> list[int]:
+    """Indices whose fit-half mean on-target shift [S] reaches half of the largest (descriptive)."""
+    top = float(np.max(score))
+    return [m for m, v in zip(layers, score, strict=True) if top > 0 and v >= 0.5 * top]
 
 
 MEASURES = {
-    "readout_shift.<ld|prob>.specificity": "[layer][alpha][4][4]: item-mean shift (steered - clean) of readout e' "
-                                           "(columns) under the vector of emotion e (rows); ld = logit difference of "
-                                           "e' against the mean of the other three labels, prob = calibrated "
-                                           "probability",
+    "alphas": "doses in projection-sd units: alpha x the standard deviation of the fit half's residual projected on "
+              "the direction, at the steered index (norm_ratio: the added vector's length over the typical norm)",
+    "readout_shift.<ld|prob>.specificity": "[layer][alpha][4][4], held-out half: item-mean shift (steered - clean) of "
+                                           "readout e' (columns) under the vector of emotion e (rows); ld = logit "
+                                           "difference of e' against the mean of the other three labels, prob = "
+                                           "calibrated probability",
     "readout_shift.<ld|prob>.on_target": "[layer][alpha][4]: the diagonal, with frame-then-item bootstrap 95% CIs",
-    "readout_shift.<ld|prob>.random_mean / random_q95": "[layer][alpha][4]: mean and 95th percentile over random "
-                                                        "unit directions (same scale) of their shift of readout e', "
-                                                        "with frame-then-item bootstrap 95% CIs",
-    "readout_shift.<ld|prob>.beats_random": "[layer][alpha][4]: on-target CI low > random_q95",
-    "readout_shift.<ld|prob>.specificity_index": "[layer][alpha]: mean diagonal - mean off-diagonal",
+    "readout_shift.<ld|prob>.random_mean / random_q95": "[layer][alpha][4]: mean and 95th percentile over isotropic "
+                                                        "directions (each at its own projection sd) of their shift "
+                                                        "of readout e': a comparison, not the test",
+    "selection": "the (index, dose) chosen on the fit half: largest mean on-target LD shift with off-label KL (largest "
+                 "over the four vectors) within kl_budget; half_max_alpha: the smallest dose reaching half of the "
+                 "index's largest fit-half shift (transfer runs there)",
+    "best": "the held-out half at the chosen (index, dose): on-target LD shift with CI and rank p per readout under "
+            "each null (permuted: label-permuted mean differences by frame; gaussian: N(0, fit covariance); "
+            "isotropic); specificity_row = M[e,e] - max other readout under v_e, specificity_column = M[e,e] - max "
+            "over other vectors on readout e, with CIs and p under the permuted null; steerable: fraction of items "
+            "whose on-target shift is positive, with CI",
     "kl": "[layer][alpha](...): mean KL(clean || steered) of the full next-token distribution at the last position "
           "over the neutral KL prompts; nonlabel: over tokens other than the four labels, renormalised",
     "ablation": "per ablated index: calibrated readout accuracy (the run's own offsets) and probe accuracy at each "
@@ -243,13 +222,50 @@ MEASURES = {
 }
 
 
+def choose_on_fit_half(adapter: ModelAdapter, fit: Measured, x_fit: np.ndarray, vectors: np.ndarray,
+                       layers: Sequence[int], alphas: Sequence[float], kl_budget: float,
+                       batch_size: int) -> dict[str, Any]:
+    """The fit half's dose-response of the four vectors at every index, and the (index, dose) chosen on it."""
+    on, kl = [], []
+    for m in tqdm(layers, desc=f"choosing the dose, {adapter.name}"):
+        shift = shifts_at(adapter, fit, m, dose_steps(x_fit[:, m], vectors[:, m]), alphas, batch_size)
+        on.append(on_target(shift["ld"]).mean(-2))  # [A, 4]
+        kl.append(shift["kl_nonlabel"])  # [A, 4]
+    on_fit, kl_fit = np.stack(on), np.stack(kl)  # [S, A, 4]
+    choice = choose_dose(on_fit, kl_fit, alphas, kl_budget)
+    layer = layers[choice["position"]]
+    return {"kl_budget": kl_budget, "layer": layer, "alpha": alphas[choice["alpha_position"]],
+            "half_max_alpha": alphas[choice["half_max_position"]], **choice,
+            "n_prompts": len(fit.prompts), "n_items": len(fit.items),
+            "n_kl_prompts": int((fit.prompts.kl_row >= 0).sum()),
+            "effective_band": _band(on_fit[:, choice["alpha_position"]].mean(-1), layers),
+            "on_target_ld": on_fit.mean(-1), "kl_nonlabel_max": kl_fit.max(-1)}
+
+
+def null_tests(adapter: ModelAdapter, held: Measured, split: Split, x: np.ndarray, vectors: np.ndarray, layer: int,
+               alpha: float, n_null: int, weights: np.ndarray, seed: int, batch_size: int) -> dict[str, Any]:
+    """At the chosen (index, dose), on the held-out half: the emotion vectors and ``n_null`` directions of each
+    matched null in one batched run, and every test on them (:func:`chosen_dose_tests`)."""
+    rng = np.random.default_rng([seed, 7, layer])
+    n_perm = max(n_null // K, 1)
+    nulls = {"permuted": permuted_vectors(x, split.fit_emotions, split.fit_frames, n_perm, rng).reshape(-1, x.shape[1]),
+             "gaussian": gaussian_directions(x, n_null, rng),
+             "isotropic": random_directions(n_null, x.shape[1], rng)}
+    directions = np.concatenate([vectors, *nulls.values()])
+    shift = shifts_at(adapter, held, layer, dose_steps(x, directions), [alpha], batch_size)["ld"][0]  # [D, I, 4]
+    blocks, start = {}, K
+    for name, dirs in nulls.items():
+        blocks[name], start = shift[start:start + len(dirs)], start + len(dirs)
+    return chosen_dose_tests(shift[:K], blocks, weights) | {"n_null": n_null, "n_permutations": n_perm}
+
+
 def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activations: str | Path,
                  out_json: str | Path, *, alphas: Sequence[float] = ALPHAS, layer_stride: int = 1, n_random: int = 20,
-                 max_prompts: int | None = None, kl_prompts: int = 24, n_random_subspaces: int = 5,
-                 n_boot: int = 1000, transfer_alpha: float = 2.0, seed: int = 0, batch_size: int = 32,
+                 n_null: int = 200, max_prompts: int | None = None, kl_prompts: int = 24, kl_budget: float = 0.5,
+                 n_random_subspaces: int = 5, n_boot: int = 1000, seed: int = 0, batch_size: int = 32,
                  readout: Readout = DEFAULT, dataset: str | Path = "dataset",
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Steering dose-response, specificity, KL cost and directional ablation of one model; save the JSON."""
+    """Steering dose-response, the chosen dose's tests, KL cost and directional ablation of one model; save the JSON."""
     started = time.time()
     act = load_pickle(activations, schema="emolens.activations/2")
     if (act["n_layers"], act["d_model"]) != (adapter.n_layers, adapter.d_model):
@@ -267,31 +283,28 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     if not layers:
         raise ValueError(f"{adapter.name}: the emotion vectors vanish at every steered index {candidates}")
     alphas = sorted({float(a) for a in alphas} | {0.0})
-    alpha_ref = _nearest(alphas, transfer_alpha)
-    prompts = prepare_prompts(adapter, split.heldout, readout, kl_prompts)
-    averaging, items = item_matrix(prompts.items)
-    weights = bootstrap_weights(split.heldout, items, n_boot, np.random.default_rng([seed, 2]))
-    log.info("%s: steering at %d indices %s (skipped %s), alphas %s, %d emotion + %d random directions, on %d "
-             "held-out prompts (%d items, %d KL prompts); fit half %d prompts", adapter.name, len(layers), layers,
-             skipped, alphas, K, n_random, len(prompts), len(items), int((prompts.kl_row >= 0).sum()), len(x_fit))
-    clean = clean_run(adapter, prompts, capture=layers, batch_size=batch_size)
-    offsets = clean.labels[0].mean(0)  # [4]: behaviour.py's calibration, on the clean held-out run
+    sd = np.stack([projection_sd(x_fit[:, m], vectors[:, m]) for m in layers])  # [S, 4]
+    log.info("%s: steering at %d indices %s (skipped %s), alphas %s (projection sd), fit half %d prompts",
+             adapter.name, len(layers), layers, skipped, alphas, len(x_fit))
+    fit = measure(adapter, split.fit_measured, readout, kl_prompts, batch_size=batch_size)
+    selection = choose_on_fit_half(adapter, fit, x_fit, vectors, layers, alphas, kl_budget, batch_size)
+    held = measure(adapter, split.heldout, readout, kl_prompts, capture=layers, batch_size=batch_size)
+    weights = bootstrap_weights(split.heldout, held.items, n_boot, np.random.default_rng([seed, 2]))
     probes = fit_probes(x_fit, split.fit_emotions, layers, seed)
-    truth_labels = np.asarray(EMOTIONS)[prompts.truth]
-    probe_clean = {m: float((probes[m].predict(clean.acts[m][0]) == truth_labels).mean()) for m in layers}
+    truth_labels = np.asarray(EMOTIONS)[held.prompts.truth]
+    probe_clean = {m: float((probes[m].predict(held.clean.acts[m][0]) == truth_labels).mean()) for m in layers}
     per_layer, ablation = [], []
     for m in tqdm(layers, desc=f"steering {adapter.name}"):
-        dirs = np.concatenate([unit(vectors[:, m]),
+        dirs = np.concatenate([vectors[:, m],
                                random_directions(n_random, adapter.d_model, np.random.default_rng([seed, 3, m]))])
-        run = steer_index(adapter, prompts, clean, m, dirs, alphas, float(norms[m]), batch_size)
-        shifts = steering_shifts(run, clean, prompts, offsets, averaging, len(alphas))
+        shifts = shifts_at(adapter, held, m, dose_steps(x_fit[:, m], dirs), alphas, batch_size)
         per_layer.append({"ld": shift_summary(shifts["ld"], weights), "prob": shift_summary(shifts["prob"], weights),
                           "kl": shifts["kl"], "kl_nonlabel": shifts["kl_nonlabel"]})
         basis = emotion_basis(x_fit[:, m], split.fit_emotions)
         rng = np.random.default_rng([seed, 4, m])
         bases = np.stack([basis] + [random_basis(len(basis), adapter.d_model, rng) for _ in range(n_random_subspaces)])
-        ablation.append(ablation_index(adapter, prompts, clean, m, bases, probes, weights, averaging, offsets,
-                                       batch_size) | {"k": len(basis)})
+        ablation.append(ablation_index(adapter, held.prompts, held.clean, m, bases, probes, weights, held.averaging,
+                                       held.offsets, batch_size) | {"k": len(basis)})
     shift = {metric: {key: np.stack([p[metric][key] for p in per_layer]) for key in per_layer[0][metric]}
              for metric in ("ld", "prob")}
     kl = {}
@@ -299,65 +312,66 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         values = np.stack([p[name] for p in per_layer])  # [layer, alpha, 4 + R]
         kl[f"emotion{suffix}"] = values[..., :K]
         kl[f"random_mean{suffix}"] = values[..., K:].mean(-1)
-        kl[f"random_q95{suffix}"] = np.quantile(values[..., K:], 0.95, axis=-1)
-    a_ref = alphas.index(alpha_ref)
-    best, band = _best_layer(shift["ld"]["on_target"][:, a_ref], layers)
+    s, a = selection["position"], selection["alpha_position"]
+    layer, alpha = layers[s], alphas[a]
+    tests = null_tests(adapter, held, split, x_fit[:, layer], vectors[:, layer], layer, alpha, n_null, weights, seed,
+                       batch_size)
+    clean_accuracy = float(calibrated_accuracy(held.clean.labels[0], held.prompts.truth))
     result = {
         "schema": SCHEMA, "model": adapter.name, "n_layers": adapter.n_layers, "d_model": adapter.d_model,
         "quantization": adapter.quantization, "emotions": list(EMOTIONS),
         "layers": layers, "relative_depth": [m / adapter.n_layers for m in layers], "skipped_layers": skipped,
-        "alphas": alphas, "alpha_ref": alpha_ref,
-        "split": {"method": "heads.frame_split (seeded, by frame, stratified by register): vectors, norms, subspaces "
-                            "and probes fit on the fit half; measured on whole held-out frames",
+        "alphas": alphas, "dose_unit": "projection sd", "projection_sd": sd,
+        "norm_ratio": sd / norms[layers][:, None],  # [S, 4]: one dose unit's length over the typical norm
+        "selection": selection,
+        "split": {"method": "heads.frame_split (seeded, by frame, stratified by register): vectors, doses, nulls, "
+                            "subspaces and probes fit on the fit half; the dose chosen on fit-half prompts; measured "
+                            "on whole held-out frames",
                   "n_fit_prompts": len(split.fit_rows), "n_heldout_prompts_available": len(split.held_rows),
-                  "n_prompts": len(prompts), "n_items": len(items), "heldout_items": items,
-                  "n_kl_prompts": int((prompts.kl_row >= 0).sum())},
+                  "n_prompts": len(held.prompts), "n_items": len(held.items), "heldout_items": held.items,
+                  "n_kl_prompts": int((held.prompts.kl_row >= 0).sum())},
         "n_random": n_random, "n_boot": n_boot,
         "typical_norm": norms[layers], "vector_norm": vnorm[:, layers].T,
-        "calibration_offsets": dict(zip(EMOTIONS, offsets.tolist(), strict=True)),
-        "clean": {"accuracy_calibrated": float(calibrated_accuracy(clean.labels[0], prompts.truth)),
-                  "accuracy_raw": float((clean.labels[0].argmax(-1) == prompts.truth).mean()),
+        "calibration_offsets": dict(zip(EMOTIONS, held.offsets.tolist(), strict=True)),
+        "clean": {"accuracy_calibrated": clean_accuracy,
+                  "accuracy_raw": float((held.clean.labels[0].argmax(-1) == held.prompts.truth).mean()),
                   "probe_accuracy": [probe_clean[m] for m in layers]},
         "readout_shift": shift,
         "kl": kl,
         "best": {
-            "layer": layers[best], "relative_depth": layers[best] / adapter.n_layers, "alpha": alpha_ref,
-            "effective_band": band, "effective_band_relative_depth": [min(band) / adapter.n_layers,
-                                                                      max(band) / adapter.n_layers],
-            "on_target_ld": shift["ld"]["on_target"][best, a_ref],
-            "on_target_ld_ci_low": shift["ld"]["on_target_ci_low"][best, a_ref],
-            "on_target_ld_ci_high": shift["ld"]["on_target_ci_high"][best, a_ref],
-            "random_ld_q95": shift["ld"]["random_q95"][best, a_ref],
-            "beats_random": shift["ld"]["beats_random"][best, a_ref],
-            "specificity_ld": shift["ld"]["specificity"][best, a_ref],
-            "specificity_prob": shift["prob"]["specificity"][best, a_ref],
-            "specificity_index_ld": shift["ld"]["specificity_index"][best, a_ref],
-            "kl": kl["emotion"][best, a_ref], "kl_random_mean": kl["random_mean"][best, a_ref],
-            "kl_nonlabel": kl["emotion_nonlabel"][best, a_ref],
-            "ablation_readout_drop": ablation[best]["readout_drop"],
-            "ablation_readout_drop_random_mean": ablation[best]["readout_drop_random_mean"],
+            "layer": layer, "relative_depth": layer / adapter.n_layers, "alpha": alpha,
+            "half_max_alpha": selection["half_max_alpha"], "within_budget": selection["within_budget"],
+            "effective_band": selection["effective_band"],
+            "norm_ratio": alpha * sd[s] / norms[layer],
+            **{f"{k}_ld" if k in ("on_target", "on_target_ci_low", "on_target_ci_high", "specificity") else k: v
+               for k, v in tests.items()},
+            "specificity_prob": shift["prob"]["specificity"][s, a],
+            "kl": kl["emotion"][s, a], "kl_nonlabel": kl["emotion_nonlabel"][s, a],
+            "ablation_readout_drop": ablation[s]["readout_drop"],
+            "ablation_readout_drop_random_mean": ablation[s]["readout_drop_random_mean"],
         },
         "ablation": {
             "basis": "span of the fit half's four emotion class means, centred (= the span of its emotion vectors), "
                      "at the ablated index; projected out at every position",
-            "k": [a["k"] for a in ablation], "n_random_subspaces": n_random_subspaces,
-            "readout_accuracy_clean": float(calibrated_accuracy(clean.labels[0], prompts.truth)),
-            **{key: [a[key] for a in ablation] for key in ablation[0] if key.startswith("readout_")},
+            "k": [ab["k"] for ab in ablation], "n_random_subspaces": n_random_subspaces,
+            "readout_accuracy_clean": clean_accuracy,
+            **{key: [ab[key] for ab in ablation] for key in ablation[0] if key.startswith("readout_")},
             "probe_layers": layers, "probe_accuracy_clean": [probe_clean[m] for m in layers],
-            "probe_accuracy": [[a["probe_accuracy"].get(m) for m in layers] for a in ablation],
-            "probe_accuracy_random_mean": [[a["probe_accuracy_random_mean"].get(m) for m in layers] for a in ablation],
+            "probe_accuracy": [[ab["probe_accuracy"].get(m) for m in layers] for ab in ablation],
+            "probe_accuracy_random_mean": [[ab["probe_accuracy_random_mean"].get(m) for m in layers]
+                                           for ab in ablation],
         },
         "measures": MEASURES,
-        "readout": readout.as_dict(), "label_token_ids": dict(zip(EMOTIONS, prompts.token_ids, strict=True)),
+        "readout": readout.as_dict(), "label_token_ids": dict(zip(EMOTIONS, held.prompts.token_ids, strict=True)),
         "provenance": provenance(settings or {}, started, model=adapter.name),
     }
     save_json(result, out_json)
     b = result["best"]
-    log.info("%s: steering strongest at index %d (depth %.2f, band %s) at alpha %g: on-target LD shift %s "
-             "(random q95 %s), specificity index %.3f, KL %s; ablation there: readout drop %.3f (random %.3f)",
-             adapter.name, b["layer"], b["relative_depth"], band, alpha_ref, np.round(b["on_target_ld"], 3),
-             np.round(b["random_ld_q95"], 3), b["specificity_index_ld"], np.round(b["kl"], 4),
-             b["ablation_readout_drop"], b["ablation_readout_drop_random_mean"])
+    log.info("%s: chosen on the fit half: index %d (depth %.2f) at %g sd (KL off-label %.3f, budget %g, within %s); "
+             "held out: on-target LD %s [p permuted %s], specificity row %s column %s, steerable %s",
+             adapter.name, layer, b["relative_depth"], alpha, selection["fit_kl_nonlabel"], kl_budget,
+             b["within_budget"], np.round(b["on_target_ld"], 3), np.round(b["on_target_p_permuted"], 3),
+             np.round(b["specificity_row"], 3), np.round(b["specificity_column"], 3),
+             np.round(b["steerable"]["fraction"], 2))
     log.info("wrote %s in %.1f s", out_json, time.time() - started)
     return result
-

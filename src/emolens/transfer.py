@@ -1,15 +1,19 @@
 """Steering transfer: does one model's emotion vector, carried into another model, steer it?
 
-For an ordered pair a -> b, b is steered at the index l_b where its own steering is strongest at
-``transfer_alpha`` (from b's steering file), a at the matched relative depth l_a = round(l_b * L_a / L_b).
-A ridge map from a's residual space to b's (:func:`emolens.similarity.fit_linear_map`) is fitted on the fit
-half's paired activations; a's fit-half emotion vectors go through it, are scaled to b's typical norm, and
-steer b. The measure is the fraction of b's own on-target logit-difference shift that a's mapped vector
-achieves (ratio of sums over emotions; CI by resampling items), against random unit directions of a's
-space carried through the same map, four at a time standing in for the four emotions and scored the same
-way. Inputs: all models' phase-2 activations and b's steering file. Outputs:
-``steering/transfer/into_<b>.json`` (every source a into b, :data:`TRANSFER_SCHEMA`) and
-``steering/transfer/summary.json`` (the model-pair matrix, :data:`SUMMARY_SCHEMA`).
+For an ordered pair a -> b, b is steered at the index l_b its steering chose on the fit half, at the
+half-max dose there (the smallest dose at which b's own vectors reach half of their largest fit-half
+shift: below saturation, where a good map and a bad one differ), and a at the matched relative depth
+l_a = round(l_b * L_a / L_b). A ridge map from a's residual space to b's
+(:func:`emolens.similarity.fit_linear_map`) is fitted on the fit half's paired activations; a's
+fit-half emotion vectors go through it and steer b, each direction dosed in b's projection-sd units
+(:mod:`emolens.steering_stats`). The measure is the fraction of b's own on-target logit-difference
+shift that a's mapped vectors achieve (ratio of sums over emotions; CI by resampling frames, then
+items), against two nulls carried through the same map: ``n_null`` isotropic directions of a's space
+(sets of four standing in for the four emotions) and a's label-permuted emotion vectors (labels
+permuted by frame, four per permutation), each scored as the fraction is. Inputs: all models'
+phase-2 activations and b's steering file. Outputs: ``steering/transfer/into_<b>.json`` (every
+source a into b, :data:`TRANSFER_SCHEMA`) and ``steering/transfer/summary.json`` (the model-pair
+matrix, :data:`SUMMARY_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -25,39 +29,32 @@ from typing import Any
 
 import numpy as np
 
-from emolens.edits import Edited, Prompts, clean_run, prepare_prompts
 from emolens.io import load_pickle, provenance, save_json
 from emolens.models import ModelAdapter
 from emolens.readout import DEFAULT, Readout
-from emolens.steering import (
-    SCHEMA,
-    VANISH,
+from emolens.resampling import perm_pvalue
+from emolens.steering import SCHEMA, VANISH, Measured, dose_steps, measure, shifts_at, split_records, typical_norms
+from emolens.steering_stats import (
     K,
     bootstrap_weights,
-    item_matrix,
+    on_target,
     percentile_ci,
+    permuted_vectors,
     random_directions,
-    split_records,
-    steer_index,
-    steering_shifts,
-    typical_norms,
     unit,
 )
 from emolens.vectors import emotion_vectors
 
 log = logging.getLogger(__name__)
-TRANSFER_SCHEMA = "emolens.steering_transfer/1"
+TRANSFER_SCHEMA = "emolens.steering_transfer/2"
 SUMMARY_SCHEMA = "emolens.steering_transfer_summary/1"
 
 
-def _diag(ld: np.ndarray) -> np.ndarray:
-    """[4, I, 4] item shifts of the four emotion directions -> [I, 4] on-target shifts."""
-    return np.stack([ld[e, :, e] for e in range(K)], axis=-1)
-
-
-def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
+def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, weights: np.ndarray,
+                      permuted: np.ndarray | None = None) -> dict[str, Any]:
     """Fraction of b's own on-target shift a's mapped vectors achieve, from item shifts: own and mapped
-    [I, 4] on-target, random [R, I, 4] (each random direction's shift on each readout).
+    [I, 4] on-target, random [R, I, 4] (each random direction's shift on each readout), permuted [P, I, 4]
+    (each label permutation's four mapped vectors' on-target shifts).
 
     Per emotion: mapped / own. Overall: ratio of sums over emotions, with a frame-then-item bootstrap CI. Nulls: per
     emotion, each random mapped direction's shift on readout e over own[e]; overall, sets of four random
@@ -86,6 +83,8 @@ def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, w
         rand_on = random.mean(1)  # [R, 4]
         sets = rand_on[picks, np.arange(K)].mean(1) / own_on.mean()
     q95 = float(np.quantile(sets, 0.95)) if len(sets) else np.nan
+    perm = (permuted.mean(1).mean(-1) / own_on.mean() if permuted is not None and len(permuted) and own_on.mean() > 0
+            else np.empty(0))  # [P]: each permutation's four vectors, scored as the mapped vectors are
     return {
         "on_target_own": own_on, "on_target_mapped": mapped_on, "fraction": per_emotion,
         "fraction_mean": float(overall), "fraction_ci_low": float(low), "fraction_ci_high": float(high),
@@ -95,33 +94,35 @@ def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, w
         "null_p": float((1 + np.sum(sets >= overall)) / (1 + len(sets))) if len(sets) and np.isfinite(overall)
         else np.nan,
         "beats_null": bool(np.isfinite(overall) and np.isfinite(q95) and overall > q95),
+        "null_permuted_q95": float(np.quantile(perm, 0.95)) if len(perm) else np.nan,
+        "null_p_permuted": perm_pvalue(overall, perm) if len(perm) else np.nan,
     }
 
 
-def transfer_effect(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer: int, norm: float, alpha: float,
-                    own: np.ndarray, carried: dict[str, tuple[np.ndarray, np.ndarray]], offsets: np.ndarray,
-                    averaging: np.ndarray, weights: np.ndarray, batch_size: int = 32) -> dict[str, Any]:
-    """Steer b at ``layer`` with its own vectors [4, d] and, per source, carried vectors [4, d] and carried random
-    directions [R, d], all as unit directions scaled by alpha * norm, in one batched run.
+def transfer_effect(adapter: ModelAdapter, held: Measured, xb_fit: np.ndarray, layer: int, alpha: float,
+                    own: np.ndarray, carried: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], weights: np.ndarray,
+                    batch_size: int = 32) -> dict[str, Any]:
+    """Steer b at ``layer`` with its own vectors [4, d] and, per source, carried vectors [4, d], carried random
+    directions [R, d] and carried label-permuted vectors [P * 4, d], each dosed alpha projection sds of b's fit
+    half ``xb_fit`` [N, d], in one batched run.
 
     Returns {"own": {on_target [4], CI, specificity [4, 4]}, "sources": {name: transfer_fraction(...) +
     specificity_mapped [4, 4]}}.
     """
-    blocks = [unit(own)] + [unit(np.concatenate(pair)) for pair in carried.values()]
-    run = steer_index(adapter, prompts, clean, layer, np.concatenate(blocks), [alpha], norm, batch_size)
-    ld = steering_shifts(run, clean, prompts, offsets, averaging, 1)["ld"][0]  # [D, I, 4]
-    own_diag = _diag(ld[:K])
+    blocks = [own] + [np.concatenate(dirs) for dirs in carried.values()]
+    ld = shifts_at(adapter, held, layer, dose_steps(xb_fit, np.concatenate(blocks)), [alpha], batch_size)["ld"][0]
+    own_diag = on_target(ld[:K])  # [I, 4]
     low, high = percentile_ci(weights @ own_diag)
     out: dict[str, Any] = {"own": {"on_target": own_diag.mean(0), "on_target_ci_low": low, "on_target_ci_high": high,
                                    "specificity": ld[:K].mean(1)}, "sources": {}}
     start = K
-    for name, (_, random) in carried.items():
-        block = ld[start:start + K + len(random)]
-        start += K + len(random)
-        out["sources"][name] = transfer_fraction(own_diag, _diag(block[:K]), block[K:], weights) | {
-            "specificity_mapped": block[:K].mean(1)}
+    for name, (_, random, permuted) in carried.items():
+        block = ld[start:start + K + len(random) + len(permuted)]
+        start += len(block)
+        perm = on_target(block[K + len(random):].reshape(-1, K, *block.shape[1:]))  # [P, I, 4]
+        out["sources"][name] = transfer_fraction(own_diag, on_target(block[:K]), block[K:K + len(random)], weights,
+                                                 perm) | {"specificity_mapped": block[:K].mean(1)}
     return out
-
 
 
 def matched_index(layer_b: int, n_layers_b: int, n_layers_a: int) -> int:
@@ -130,7 +131,7 @@ def matched_index(layer_b: int, n_layers_b: int, n_layers_a: int) -> int:
 
 
 def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activations: Sequence[str | Path],
-                 steering_json: str | Path, out_json: str | Path, *, n_random: int = 20,
+                 steering_json: str | Path, out_json: str | Path, *, n_null: int = 200,
                  max_prompts: int | None = None, n_boot: int = 1000, ridge: float = 0.1, seed: int = 0,
                  batch_size: int = 32, readout: Readout = DEFAULT, dataset: str | Path = "dataset",
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     steer = json.loads(Path(steering_json).read_text())
     if steer.get("schema") != SCHEMA or steer.get("model") != name:
         raise ValueError(f"{steering_json}: not the steering file of {name}")
-    layer_b, alpha = int(steer["best"]["layer"]), float(steer["alpha_ref"])
+    layer_b, alpha = int(steer["best"]["layer"]), float(steer["best"]["half_max_alpha"])
     act_b = load_pickle(paths[name], schema="emolens.activations/2")
     split = split_records(records, act_b, paths[name], dataset, seed, max_prompts)
     items_b = sorted({str(r["item_id"]) for r in split.heldout})
@@ -157,8 +158,7 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     del act_b
     xb_fit = resid_b[split.fit_rows]
     own = emotion_vectors(xb_fit[:, None], split.fit_emotions)[:, 0]  # [4, d_b]
-    norm = float(typical_norms(xb_fit[:, None])[0])
-    carried: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    carried: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     meta: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for source, path in paths.items():
@@ -179,44 +179,47 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
             continue
         lmap = fit_linear_map(xa_fit, xb_fit, ridge)
         mapped = lmap.directions(va)  # [4, d_b]
-        rand = lmap.directions(random_directions(n_random, resid_a.shape[1],
-                                                 np.random.default_rng([seed, 5, zlib.crc32(source.encode())])))
+        rng = np.random.default_rng([seed, 5, zlib.crc32(source.encode())])
+        rand = lmap.directions(random_directions(n_null, resid_a.shape[1], rng))
+        perm = lmap.directions(permuted_vectors(xa_fit, split.fit_emotions, split.fit_frames, max(n_null // K, 1),
+                                                rng).reshape(-1, resid_a.shape[1]))
         if (np.linalg.norm(mapped, axis=-1) == 0).any():
             skipped[source] = f"the map from {source}'s index {layer_a} sends an emotion vector to 0"
             continue
-        carried[source] = (mapped, rand)
+        carried[source] = (mapped, rand, perm)
         meta[source] = {"layer_a": layer_a, "relative_depth_a": layer_a / n_layers_a,
                         "map_r2_heldout": map_r2(lmap, resid_a[split.held_rows], resid_b[split.held_rows]),
                         "cosine_mapped_own": np.sum(unit(mapped) * unit(own), -1)}
-    prompts = prepare_prompts(adapter, split.heldout, readout)
-    averaging, items = item_matrix(prompts.items)
-    weights = bootstrap_weights(split.heldout, items, n_boot, np.random.default_rng([seed, 6]))
-    log.info("%s: transfer at index %d, alpha %g, from %s (skipped %s), %d random directions each, on %d prompts",
-             name, layer_b, alpha, sorted(carried), skipped, n_random, len(prompts))
-    clean = clean_run(adapter, prompts, batch_size=batch_size)
-    offsets = clean.labels[0].mean(0)
-    effect = transfer_effect(adapter, prompts, clean, layer_b, norm, alpha, own, carried, offsets, averaging, weights,
-                             batch_size)
+    held = measure(adapter, split.heldout, readout, 0, batch_size=batch_size)
+    weights = bootstrap_weights(split.heldout, held.items, n_boot, np.random.default_rng([seed, 6]))
+    log.info("%s: transfer at index %d, half-max dose %g sd, from %s (skipped %s), %d random directions and %d "
+             "label permutations each, on %d prompts", name, layer_b, alpha, sorted(carried), skipped, n_null,
+             max(n_null // K, 1), len(held.prompts))
+    effect = transfer_effect(adapter, held, xb_fit, layer_b, alpha, own, carried, weights, batch_size)
     at = steer["layers"].index(layer_b), steer["alphas"].index(alpha)
     result = {
         "schema": TRANSFER_SCHEMA, "target": name, "layer_b": layer_b, "relative_depth_b": layer_b / adapter.n_layers,
-        "alpha": alpha, "ridge": ridge, "n_random": n_random, "n_prompts": len(prompts), "n_items": len(items),
+        "alpha": alpha, "dose_unit": "projection sd (b's fit half), the half-max dose of b's steering", "ridge": ridge,
+        "n_null": n_null, "n_permutations": max(n_null // K, 1), "n_prompts": len(held.prompts),
+        "n_items": len(held.items),
         "own": effect["own"],
         "own_in_steering_file": steer["readout_shift"]["ld"]["on_target"][at[0]][at[1]],
         "sources": {s: meta[s] | effect["sources"][s] for s in carried},
         "skipped_sources": skipped,
         "measure": "fraction = a's mapped vector's on-target LD shift / b's own, ratio of sums over emotions; nulls: "
                    "random unit directions of a's space through the same map; per emotion, each one's shift on "
-                   "readout e over b's own[e]; overall (null_fraction_sets_*, null_p), every assignment of four of "
-                   "them to the four emotions, scored as the fraction is",
+                   "readout e over b's own[e]; overall (null_fraction_sets_*, null_p), assignments of four of "
+                   "them to the four emotions, scored as the fraction is; and (null_permuted_q95, "
+                   "null_p_permuted) a's emotion vectors under labels permuted by frame, through the same map",
         "provenance": provenance(settings or {}, started, model=name),
     }
     save_json(result, out_json)
     for s in carried:
         r = result["sources"][s]
-        log.info("%s -> %s: fraction %.3f [%.3f, %.3f] of own steering (random-set null q95 %.3f, p %.3g), "
-                 "map R^2 %.3f", s, name, r["fraction_mean"], r["fraction_ci_low"], r["fraction_ci_high"],
-                 r["null_fraction_sets_q95"], r["null_p"], r["map_r2_heldout"])
+        log.info("%s -> %s: fraction %.3f [%.3f, %.3f] of own steering (random-set null q95 %.3f, p %.3g; "
+                 "permuted p %.3g), map R^2 %.3f", s, name, r["fraction_mean"], r["fraction_ci_low"],
+                 r["fraction_ci_high"], r["null_fraction_sets_q95"], r["null_p"], r["null_p_permuted"],
+                 r["map_r2_heldout"])
     return result
 
 
@@ -230,7 +233,7 @@ def run_transfer_summary(files: Sequence[str | Path], out_json: str | Path) -> d
     models = list(dict.fromkeys([t["target"] for t in found] + [s for t in found for s in t["sources"]]
                                 + [s for t in found for s in t["skipped_sources"]]))
     keys = ("fraction_mean", "fraction_ci_low", "fraction_ci_high", "null_fraction_sets_q95", "null_p",
-            "map_r2_heldout", "beats_null", "layer_a")
+            "null_permuted_q95", "null_p_permuted", "map_r2_heldout", "beats_null", "layer_a")
 
     def matrix(key: str) -> list[list[Any]]:
         by_target = {t["target"]: t for t in found}

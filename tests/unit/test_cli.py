@@ -90,9 +90,9 @@ MIRRORED = {  # every CLI option that mirrors a config setting, by command
     "patch-heads": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions", "--min-separation",
                     "--n-boot"},
     "residual-merge": {"--seed", "--n-boot", "--min-separation"},
-    "steer": {"--device", "--seed", "--n-random", "--max-prompts", "--n-boot", "--alphas", "--layer-stride",
-              "--kl-prompts", "--n-random-subspaces", "--transfer-alpha"},
-    "steer-transfer": {"--device", "--seed", "--n-random", "--max-prompts", "--n-boot", "--ridge"},
+    "steer": {"--device", "--seed", "--n-null", "--max-prompts", "--n-boot", "--alphas", "--n-random",
+              "--layer-stride", "--kl-prompts", "--kl-budget", "--n-random-subspaces"},
+    "steer-transfer": {"--device", "--seed", "--n-null", "--max-prompts", "--n-boot", "--ridge"},
     "align": {"--seed", "--n-perm", "--knn-k"}, "align-summary": {"--alpha"},
     "stats": {"--seed", "--n-boot", "--n-perm", "--alpha", "--power"},
 }

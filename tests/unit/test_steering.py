@@ -19,16 +19,8 @@ from emolens.models import ModelAdapter
 from emolens.organisms import build_organism
 from emolens.patching import collect
 from emolens.readout import DEFAULT
-from emolens.steering import (
-    bootstrap_weights,
-    item_matrix,
-    random_directions,
-    readout_measures,
-    run_steering,
-    steer_index,
-    steering_shifts,
-    unit,
-)
+from emolens.steering import dose_steps, measure, run_steering, shifts_at, steer_index, steering_shifts
+from emolens.steering_stats import bootstrap_weights, item_matrix, random_directions, readout_measures, unit
 from emolens.transfer import run_transfer, run_transfer_summary, transfer_effect
 
 RECORDS = build_dataset()[:64]  # 16 items x 4 emotions
@@ -47,7 +39,7 @@ def test_alpha_zero_is_the_clean_run_exactly(tiny_adapters, family):
     assert np.array_equal(zero.labels[0], reference.double().numpy())  # bit-identical, not close
     clean = clean_run(adapter, prompts, batch_size=8)
     direction = random_directions(1, adapter.d_model, np.random.default_rng(0))
-    steered = steer_index(adapter, prompts, clean, 1, direction, [0.0, 1.0], 10.0, 8)
+    steered = steer_index(adapter, prompts, clean, 1, 10.0 * direction, [0.0, 1.0], 8)
     assert np.array_equal(steered.labels[0], clean.labels[0]) and np.all(steered.kl[0][prompts.kl_row >= 0] == 0)
     assert not np.allclose(steered.labels[1], clean.labels[0])  # alpha 1 does move it
     assert np.all(steered.kl[1][prompts.kl_row >= 0] > 0) and np.isnan(steered.kl[1][prompts.kl_row < 0]).all()
@@ -95,7 +87,7 @@ def test_planted_direction_moves_the_readout_monotonically_and_random_ones_do_no
     alphas = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
     dirs = np.concatenate([u[None], random_directions(8, d, np.random.default_rng(1))])
     for layer in range(adapter.n_layers + 1):
-        run = steer_index(adapter, prompts, clean, layer, dirs, alphas, norm=8.0, batch_size=64)
+        run = steer_index(adapter, prompts, clean, layer, 8.0 * dirs, alphas, batch_size=64)
         ld = steering_shifts(run, clean, prompts, offsets, averaging, len(alphas))["ld"]  # [A, D, I, 4]
         grat = ld[:, :, :, 0].mean(-1)  # [A, D]: gratitude readout shift, item mean
         planted, random = grat[:, 0], grat[:, 1:]
@@ -178,24 +170,23 @@ def _readout_directions(adapter: ModelAdapter) -> np.ndarray:
 
 def test_transfer_through_the_identity_map_equals_own_steering(tiny_adapters):
     adapter = tiny_adapters["llama"]
-    prompts = _prompts(adapter, kl_prompts=0)
-    clean = clean_run(adapter, prompts, batch_size=16)
-    offsets = clean.labels[0].mean(0)
-    averaging, names = item_matrix(prompts.items)
-    weights = bootstrap_weights([{"item_id": n} for n in names], names, 100, np.random.default_rng(0))
-    layer, alpha, norm = adapter.n_layers, 2.0, 5.0
+    held = measure(adapter, RECORDS, DEFAULT, 0, batch_size=16)
+    weights = bootstrap_weights([{"item_id": n} for n in held.items], held.items, 100, np.random.default_rng(0))
+    layer, alpha = adapter.n_layers, 2.0
+    xb_fit = 3.0 * np.random.default_rng(2).standard_normal((40, adapter.d_model))  # the dose unit's sd
     own = _readout_directions(adapter)
     random = random_directions(5, adapter.d_model, np.random.default_rng(1))
-    effect = transfer_effect(adapter, prompts, clean, layer, norm, alpha, own, {"self": (own.copy(), random)},
-                             offsets, averaging, weights, batch_size=16)
+    permuted = np.concatenate([own[[1, 0, 3, 2]], own[[2, 3, 0, 1]], own[[3, 2, 1, 0]]])  # three relabellings
+    effect = transfer_effect(adapter, held, xb_fit, layer, alpha, own, {"self": (own.copy(), random, permuted)},
+                             weights, batch_size=16)
     src = effect["sources"]["self"]
     assert np.all(effect["own"]["on_target"] > 0)
     np.testing.assert_allclose(src["on_target_mapped"], effect["own"]["on_target"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(src["fraction"], 1.0, rtol=1e-6)
     assert src["fraction_mean"] == pytest.approx(1.0, rel=1e-6) and src["beats_null"]
+    assert src["null_p_permuted"] == pytest.approx(0.25)  # every relabelling scores below the right labels
     # and it is the steering phase's own measurement of the same vectors, run on its own
-    run = steer_index(adapter, prompts, clean, layer, unit(own), [0.0, alpha], norm, batch_size=16)
-    ld = steering_shifts(run, clean, prompts, offsets, averaging, 2)["ld"][1]  # [4, I, 4]
+    ld = shifts_at(adapter, held, layer, dose_steps(xb_fit, own), [0.0, alpha], batch_size=16)["ld"][1]
     np.testing.assert_allclose(np.einsum("eie->e", ld) / ld.shape[1], src["on_target_mapped"], rtol=1e-5, atol=1e-6)
 
 
@@ -212,11 +203,11 @@ def steering_run(tiny_adapters, tmp_path_factory):
                "item_ids": [r["item_id"] for r in records], "n_layers": adapter.n_layers,
                "d_model": adapter.d_model, "quantization": None, "provenance": {}}
         save_pickle(act, root / "activations" / f"{family}.pkl")
-    kwargs = {"n_random": 3, "max_prompts": 24, "n_boot": 50, "seed": 0, "batch_size": 64}
+    kwargs = {"n_null": 8, "max_prompts": 24, "n_boot": 50, "seed": 0, "batch_size": 64}
     st, acts = root / "steering", [root / "activations" / f"{f}.pkl" for f in ("llama", "qwen3")]
     for family in ("llama", "qwen3"):
         run_steering(tiny_adapters[family], records, root / "activations" / f"{family}.pkl", st / f"{family}.json",
-                     alphas=[0, 1, 4], kl_prompts=3, n_random_subspaces=2, **kwargs)
+                     alphas=[0, 1, 4], n_random=3, kl_prompts=3, n_random_subspaces=2, **kwargs)
     for family in ("llama", "qwen3"):
         run_transfer(tiny_adapters[family], records, acts, st / f"{family}.json",
                      st / "transfer" / f"into_{family}.json", **kwargs)
@@ -263,3 +254,29 @@ def test_figures_draw_steering(steering_run, tmp_path):
     names = {p.name for p in tmp_path.glob("*.png")}
     assert names == {"steering_dose_response.png", "steering_specificity.png", "steering_ablation.png",
                      "steering_transfer.png"}
+
+
+def test_steering_equals_an_independent_forward_hook(tiny_adapters):
+    """Reference: adding the same vector to the output of block l - 1 with a plain PyTorch forward hook on the
+    Hugging Face module (no emolens hook code) gives the same label logits as steering at index l."""
+    adapter = tiny_adapters["llama"]
+    prompts = _prompts(adapter, RECORDS[:8], kl_prompts=0)
+    clean = clean_run(adapter, prompts, batch_size=8)
+    step = 3.0 * random_directions(1, adapter.d_model, np.random.default_rng(5))  # [1, d]
+    steered = steer_index(adapter, prompts, clean, 2, step, [0.0, 2.0], batch_size=8).labels[1]  # [P, 4]
+    add = torch.as_tensor(2.0 * step[0], dtype=torch.float32)
+
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (output[0] + add, *output[1:])
+        return output + add
+
+    handle = adapter.model.model.layers[1].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            want = np.stack([adapter.model(torch.tensor([t])).logits[0, -1, prompts.token_ids].double().numpy()
+                             for t in prompts.tokens])
+    finally:
+        handle.remove()
+    assert np.abs(want - clean.labels[0]).max() > 1e-2  # the vector does move the logits
+    np.testing.assert_allclose(steered, want, rtol=1e-4, atol=1e-4)

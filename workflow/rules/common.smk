@@ -100,7 +100,7 @@ def steering_flags():
     """CLI flags both steering jobs share: the item split's seed, the measured prompts, the nulls, the bootstrap."""
     s = config["steering"]
     subsample = f"--max-prompts {s['max_prompts']}" if s["max_prompts"] else ""
-    return f"--seed {config['seed']} --n-random {s['n_random']} --n-boot {s['n_boot']} {subsample}"
+    return f"--seed {config['seed']} --n-null {s['n_null']} --n-boot {s['n_boot']} {subsample}"
 
 
 def n_layers(model):

@@ -26,7 +26,8 @@ rule steer:
         layer_stride=config["steering"]["layer_stride"],
         kl_prompts=config["steering"]["kl_prompts"],
         n_random_subspaces=config["steering"]["n_random_subspaces"],
-        transfer_alpha=config["steering"]["transfer_alpha"],
+        n_random=config["steering"]["n_random"],
+        kl_budget=config["steering"]["kl_budget"],
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -39,7 +40,8 @@ rule steer:
         "steer --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
         "--dataset {input.dataset} --activations {input.activations} --out {output} {params.flags} "
         "--alphas {params.alphas} --layer-stride {params.layer_stride} --kl-prompts {params.kl_prompts} "
-        "--n-random-subspaces {params.n_random_subspaces} --transfer-alpha {params.transfer_alpha} "
+        "--n-random-subspaces {params.n_random_subspaces} --n-random {params.n_random} "
+        "--kl-budget {params.kl_budget} "
         "--device {params.device} 2> {log}"
 
 

@@ -1,0 +1,101 @@
+"""Steering statistics (emolens.steering_stats): doses, matched nulls, specificity, choice, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emolens import EMOTIONS
+from emolens.resampling import frame_label_permutations
+from emolens.steering_stats import (
+    choose_dose,
+    chosen_dose_tests,
+    gaussian_directions,
+    permuted_vectors,
+    projection_sd,
+    readout_measures,
+    specificity_forms,
+)
+from emolens.vectors import emotion_vectors
+
+
+def test_the_old_index_was_four_thirds_of_the_on_target_shift_and_the_forms_can_fail():
+    """LDs against the mean of the other three sum to zero, so mean diagonal - mean off-diagonal is 4/3 of the
+    mean diagonal whatever the matrix: it could not fail. The two forms can."""
+    rng = np.random.default_rng(0)
+    clean, steered = rng.standard_normal((4, 4)), rng.standard_normal((4, 4))
+    m = readout_measures(steered, np.zeros(4))[1] - readout_measures(clean, np.zeros(4))[1]  # rows: vectors
+    off = ~np.eye(4, dtype=bool)
+    assert np.diag(m).mean() - m[off].mean() == pytest.approx(4 / 3 * np.diag(m).mean())
+    bad = np.diag([1.0, 1.0, 1.0, 1.0])
+    bad[0, 2] = 2.0  # gratitude's vector moves apology's readout more than its own
+    row, col = specificity_forms(bad)
+    assert row[0] == -1.0 and col[2] == -1.0 and row[1] == 1.0 and col[1] == 1.0
+
+
+def test_projection_sd_and_gaussian_directions_follow_the_fit_covariance():
+    rng = np.random.default_rng(1)
+    scales = np.array([10.0, 1.0, 0.1])
+    x = rng.standard_normal((4000, 3)) * scales
+    assert projection_sd(x, np.eye(3) * 5.0) == pytest.approx(scales, rel=0.05)  # the length of a direction is moot
+    g = gaussian_directions(x, 4000, rng)
+    np.testing.assert_allclose(g.std(0), scales, rtol=0.06)  # N(0, Sigma): they live where the residual varies
+
+
+def test_permuted_vectors_are_the_vectors_of_the_permuted_labels():
+    rng = np.random.default_rng(2)
+    emotions = [EMOTIONS[i % 4] for i in range(48)]
+    frames = [f"f{i // 8}" for i in range(48)]
+    x = rng.standard_normal((48, 5))
+    got = permuted_vectors(x, emotions, frames, 3, np.random.default_rng(3))
+    perms = frame_label_permutations(np.array([EMOTIONS.index(e) for e in emotions]), frames, 3, 4,
+                                     np.random.default_rng(3))
+    for p in range(3):
+        want = emotion_vectors(x[:, None], [EMOTIONS[c] for c in perms[p]])[:, 0]
+        np.testing.assert_allclose(got[p], want, atol=1e-12)
+
+
+def test_choose_dose_keeps_the_budget_and_says_when_it_cannot():
+    alphas = [0.0, 1.0, 2.0, 4.0]
+    on = np.zeros((2, 4, 4))
+    on[1] = np.array([0.0, 1.0, 2.0, 3.0])[:, None]  # index 1 rises with the dose
+    on[0] = np.array([0.0, 0.5, 0.8, 5.0])[:, None]  # index 0 is largest only at a costly dose
+    kl = np.zeros((2, 4, 4))
+    kl[:, 3] = 2.0  # the largest dose breaks the model
+    pick = choose_dose(on, kl, alphas, budget=0.5)
+    assert (pick["position"], pick["alpha_position"], pick["within_budget"]) == (1, 2, True)
+    assert pick["half_max_position"] == 2  # half of index 1's largest (3.0) is first reached at dose 2
+    none = choose_dose(on, kl + 1.0, alphas, budget=0.5)
+    assert not none["within_budget"] and none["alpha_position"] == 1
+
+
+def _simulated(rng: np.random.Generator, n_perm: int, planted: float) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Item shifts at the chosen dose built like ours: each vector (the real four and every permutation's
+    four) moves each readout by a random amount, items add noise and share a frame effect; the real vectors
+    add ``planted`` to their own readout."""
+    n_items, n_frames = 24, 12
+    frame = np.repeat(np.arange(n_frames), n_items // n_frames)
+    sets = rng.standard_normal((1 + n_perm, 4, 1, 4)) * 0.5  # [set, vector, 1, readout]
+    noise = rng.standard_normal((1 + n_perm, 4, n_items, 4)) + rng.standard_normal((1, 1, n_frames, 4))[:, :, frame]
+    shift = sets + 0.5 * noise
+    shift[0] += planted * np.eye(4)[:, None, :]
+    weights = rng.dirichlet(np.ones(n_items), size=50)
+    return shift[0], {"permuted": shift[1:].reshape(-1, n_items, 4)}, weights
+
+
+@pytest.mark.parametrize("planted, lowest, highest", [(0.0, 0.0, 0.08), (2.5, 0.8, 1.0)])
+def test_the_chosen_dose_tests_hold_their_size_and_find_a_planted_effect(planted, lowest, highest):
+    """Calibration: with no emotion signal (the real vectors exchangeable with the permuted ones) the on-target
+    and both specificity tests reject at about alpha = 0.05 (<= 0.08: 0.05 plus Monte Carlo error over 300
+    studies); with a planted on-target effect they find it."""
+    rng = np.random.default_rng(4)
+    rates = {"on_target": [], "row": [], "column": []}
+    for _ in range(300):
+        own, nulls, weights = _simulated(rng, 49, planted)
+        out = chosen_dose_tests(own, nulls, weights)
+        rates["on_target"].append(out["on_target_p_permuted"][0] <= 0.05)
+        rates["row"].append(out["specificity_row_p"][0] <= 0.05)
+        rates["column"].append(out["specificity_column_p"][0] <= 0.05)
+    found = {k: float(np.mean(v)) for k, v in rates.items()}
+    print(f"planted {planted}: rejection rates {found}")
+    assert all(lowest <= v <= highest for v in found.values()), found
