@@ -316,6 +316,9 @@ def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]
             problems.append(f"best.{key}: shape {value.shape} (expected (4,)) or non-finite values")
     if not _in_unit(best["steerable"]["fraction"], *(best[k] for k in best if k.endswith("_p") or "_p_" in k)):
         problems.append("best: a steerable fraction or p-value outside [0, 1]")
+    null = best["ablation_null"]
+    if not _in_unit(null["readout_drop_p_permuted"], null["readout_drop_p_matched"]) or not null["n_matched"]:
+        problems.append(f"best.ablation_null: p outside [0, 1] or no matched subspace ({null['n_matched']})")
     sel = st["selection"]
     if sel["within_budget"] and not sel["fit_kl_nonlabel"] <= sel["kl_budget"]:
         problems.append(f"selection: off-label KL {sel['fit_kl_nonlabel']} over the budget {sel['kl_budget']}")

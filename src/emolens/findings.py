@@ -205,7 +205,9 @@ def steering_section(res: Results) -> list[str]:
              "half, per emotion (gratitude, anger, apology, neutral): the on-target LD shift with its p against "
              "label-permuted vectors; specificity, row form (its own readout minus the largest other readout it "
              "moves) and column form (its readout under it minus the most any other emotion's vector moves that "
-             "readout), with p against the permuted null; and the share of items it moves the right way.", ""]
+             "readout), with p against the permuted null; the share of items it moves the right way; and the drop in "
+             "calibrated readout when the emotion subspace is projected out, against label-permuted emotion subspaces "
+             "and random subspaces that remove as much variance.", ""]
     rows = []
     for m, s in res.steering.items():
         b, sel = s["best"], s["selection"]
@@ -220,9 +222,11 @@ def steering_section(res: Results) -> list[str]:
                      " ".join(_f(v) for v in b["specificity_column"]) + " (p " + " ".join(
                          _f(v) for v in b["specificity_column_p"]) + ")",
                      " ".join(_f(v) for v in b["steerable"]["fraction"]),
-                     f"{_f(b['ablation_readout_drop'])} (random {_f(b['ablation_readout_drop_random_mean'])})"])
+                     f"{_f(b['ablation_readout_drop'])} (p {_f(b['ablation_null']['readout_drop_p_permuted'])}, "
+                     f"{_f(b['ablation_null']['readout_drop_p_matched'])})"])
     lines += _table(["model", "index (depth)", "dose", "fit KL off-label / budget", "on-target LD shift (p)",
-                     "specificity, row (p)", "specificity, column (p)", "items steered", "ablation readout drop"],
+                     "specificity, row (p)", "specificity, column (p)", "items steered",
+                     "ablation readout drop (p permuted, matched)"],
                     rows)
     t = res.steering_transfer
     if t:

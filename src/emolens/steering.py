@@ -40,7 +40,14 @@ import numpy as np
 from tqdm import tqdm
 
 from emolens import EMOTIONS
-from emolens.ablation import ablation_index, calibrated_accuracy, emotion_basis, fit_probes, random_basis
+from emolens.ablation import (
+    ablation_index,
+    calibrated_accuracy,
+    emotion_basis,
+    fit_probes,
+    matched_null,
+    random_basis,
+)
 from emolens.dataset import frame_groups
 from emolens.edits import Edited, Prompts, clean_run, prepare_prompts, run_edits
 from emolens.heads import frame_split
@@ -218,7 +225,9 @@ MEASURES = {
     "kl": "[layer][alpha](...): mean KL(clean || steered) of the full next-token distribution at the last position "
           "over the neutral KL prompts; nonlabel: over tokens other than the four labels, renormalised",
     "ablation": "per ablated index: calibrated readout accuracy (the run's own offsets) and probe accuracy at each "
-                "later probed index, emotion subspace vs random subspaces of the same dimension",
+                "later probed index, emotion subspace vs random subspaces of the same dimension; at the chosen "
+                "index (best.ablation_null), against label-permuted emotion subspaces and random subspaces matched "
+                "in removed variance, with rank p-values",
 }
 
 
@@ -316,6 +325,8 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     layer, alpha = layers[s], alphas[a]
     tests = null_tests(adapter, held, split, x_fit[:, layer], vectors[:, layer], layer, alpha, n_null, weights, seed,
                        batch_size)
+    ablation_null = matched_null(adapter, held.prompts, held.clean, layer, x_fit[:, layer], split.fit_emotions,
+                                 split.fit_frames, probes, n_null, seed, batch_size)
     clean_accuracy = float(calibrated_accuracy(held.clean.labels[0], held.prompts.truth))
     result = {
         "schema": SCHEMA, "model": adapter.name, "n_layers": adapter.n_layers, "d_model": adapter.d_model,
@@ -349,6 +360,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
             "kl": kl["emotion"][s, a], "kl_nonlabel": kl["emotion_nonlabel"][s, a],
             "ablation_readout_drop": ablation[s]["readout_drop"],
             "ablation_readout_drop_random_mean": ablation[s]["readout_drop_random_mean"],
+            "ablation_null": ablation_null,
         },
         "ablation": {
             "basis": "span of the fit half's four emotion class means, centred (= the span of its emotion vectors), "

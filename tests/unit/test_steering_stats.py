@@ -99,3 +99,20 @@ def test_the_chosen_dose_tests_hold_their_size_and_find_a_planted_effect(planted
     found = {k: float(np.mean(v)) for k, v in rates.items()}
     print(f"planted {planted}: rejection rates {found}")
     assert all(lowest <= v <= highest for v in found.values()), found
+
+
+def test_matched_subspaces_remove_as_much_variance_as_the_emotion_subspace():
+    from emolens.ablation import matched_bases, random_basis, removed_variance
+
+    rng = np.random.default_rng(6)
+    d = 40
+    x = rng.standard_normal((300, d)) * np.geomspace(10.0, 0.1, d)  # a few directions hold most of the variance
+    emotion = np.linalg.qr(np.eye(d)[:, [1, 4, 9]] + 0.1 * rng.standard_normal((d, 3)))[0].T
+    target = removed_variance(x, emotion)
+    isotropic = np.mean([removed_variance(x, random_basis(3, d, rng)) for _ in range(20)])
+    assert isotropic < 0.5 * target  # isotropic subspaces remove far less: the old null was too easy
+    matched = matched_bases(x, 3, target, 50, rng)
+    assert matched.shape == (50, 3, d)
+    for b in matched:
+        np.testing.assert_allclose(b @ b.T, np.eye(3), atol=1e-10)
+        assert abs(removed_variance(x, b) - target) <= 0.1 * target
