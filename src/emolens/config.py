@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,14 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded as configured; the message names the setting to change."""
 
 
-def schema() -> dict[str, Any]:
-    """The config JSON schema shipped with the package."""
+@lru_cache(maxsize=1)
+def _parsed_schema() -> dict[str, Any]:
     return yaml.safe_load(resources.files("emolens").joinpath("schemas/config.schema.yaml").read_text())
+
+
+def schema() -> dict[str, Any]:
+    """The config JSON schema shipped with the package (parsed once per process; a fresh copy each call)."""
+    return copy.deepcopy(_parsed_schema())
 
 
 def default(key: str) -> Any:
