@@ -26,7 +26,7 @@ from emolens.edits import Edited, Prompts, run_edits
 from emolens.models import ModelAdapter
 from emolens.probes import probe_model
 from emolens.resampling import frame_label_permutations, perm_pvalue
-from emolens.steering_stats import K
+from emolens.steering_stats import ItemBootstrap, K
 
 
 def emotion_basis(x: np.ndarray, emotions: Sequence[str], tol: float = 1e-8) -> np.ndarray:
@@ -82,7 +82,7 @@ def fit_probes(x_fit: np.ndarray, emotions: Sequence[str], layers: Sequence[int]
 
 
 def ablation_index(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer: int, bases: np.ndarray,
-                   probes: dict[int, Any], weights: np.ndarray, averaging: np.ndarray, offsets: np.ndarray,
+                   probes: dict[int, Any], boot: ItemBootstrap, averaging: np.ndarray, offsets: np.ndarray,
                    batch_size: int = 32) -> dict[str, Any]:
     """Project each basis [C, k, d] (row 0 the emotion subspace, then random ones) out at index ``layer``;
     readout accuracy and probe accuracy at every probed index m >= layer, clean and ablated."""
@@ -94,7 +94,7 @@ def ablation_index(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer
     acc_fixed = calibrated_accuracy(run.labels, truth, offsets)
     hits_clean = ((clean.labels[0] - clean.labels[0].mean(0)).argmax(-1) == truth).astype(float)
     hits = ((run.labels[0] - run.labels[0].mean(0)).argmax(-1) == truth).astype(float)
-    boot = weights @ (averaging @ (hits_clean - hits))  # [B]: item-resampled drop
+    drop_low, drop_high = boot.ci(averaging @ (hits_clean - hits))  # per-item drops
     labels = np.asarray(EMOTIONS)[truth]
     probe = {m: np.array([(probes[m].predict(run.acts[m][c]) == labels).mean() for c in range(len(bases))])
              for m in later}
@@ -104,8 +104,7 @@ def ablation_index(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer
 
     return {
         "readout_accuracy": float(acc[0]), "readout_drop": acc_clean - float(acc[0]),
-        "readout_drop_ci_low": float(np.percentile(boot, 2.5)),
-        "readout_drop_ci_high": float(np.percentile(boot, 97.5)),
+        "readout_drop_ci_low": float(drop_low), "readout_drop_ci_high": float(drop_high),
         "readout_drop_random_mean": acc_clean - rand(acc), "readout_drop_random_max": acc_clean - rand(acc, np.min),
         "readout_accuracy_fixed_offsets": float(acc_fixed[0]),
         "readout_accuracy_fixed_offsets_random_mean": rand(acc_fixed),

@@ -11,7 +11,7 @@ reduces to the item-level versions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -155,6 +155,30 @@ def bca_interval(estimate: np.ndarray, boot: np.ndarray, jackknife: np.ndarray,
         out.append(np.array([np.nanquantile(boot[:, c], q[c]) if np.isfinite(q[c]) else np.nan
                              for c in range(boot.shape[1])]))
     return out[0], out[1]
+
+
+def item_mean_bca(values: np.ndarray, weights: np.ndarray, frame_of_item: np.ndarray,
+                  stat: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Two-stage BCa 95% CI of ``stat`` (default: identity) of the item mean of per-item values [I, ...].
+
+    Replicates from two-stage bootstrap weights [B, I] (rows summing to 1), acceleration from the
+    leave-one-frame-out means; ``stat`` maps [..., *values.shape[1:]] arrays over leading axes. A cell
+    the resampling cannot move gets a point CI; fewer than two frames give NaN.
+    """
+    stat = stat or (lambda m: m)
+    estimate = np.asarray(stat(values.mean(0)), float)
+    n_frames = int(frame_of_item.max()) + 1 if len(frame_of_item) else 0
+    if n_frames < 2:
+        return np.full_like(estimate, np.nan), np.full_like(estimate, np.nan)
+    keep = (frame_of_item[None, :] != np.arange(n_frames)[:, None]).astype(float)  # [F, I]
+    boot = np.asarray(stat(np.tensordot(weights, values, 1)), float).reshape(len(weights), -1)
+    jack = np.asarray(stat(np.tensordot(keep / keep.sum(1, keepdims=True), values, 1)), float).reshape(n_frames, -1)
+    flat = estimate.ravel()
+    low, high = flat.copy(), flat.copy()
+    vary = np.ptp(boot, axis=0) > 1e-12
+    if vary.any():
+        low[vary], high[vary] = bca_interval(flat[vary], boot[:, vary], jack[:, vary])
+    return low.reshape(estimate.shape), high.reshape(estimate.shape)
 
 
 def ratio_of_sums(num: np.ndarray, den: np.ndarray, items: Sequence[Any], frames: Sequence[Any], n_boot: int,

@@ -55,11 +55,12 @@ from emolens.io import load_pickle, provenance, save_json
 from emolens.models import ModelAdapter
 from emolens.readout import DEFAULT, Readout
 from emolens.steering_stats import (
+    ItemBootstrap,
     K,
-    bootstrap_weights,
     choose_dose,
     chosen_dose_tests,
     gaussian_directions,
+    item_bootstrap,
     item_matrix,
     on_target,
     permuted_vectors,
@@ -252,7 +253,7 @@ def choose_on_fit_half(adapter: ModelAdapter, fit: Measured, x_fit: np.ndarray, 
 
 
 def null_tests(adapter: ModelAdapter, held: Measured, split: Split, x: np.ndarray, vectors: np.ndarray, layer: int,
-               alpha: float, n_null: int, weights: np.ndarray, seed: int, batch_size: int) -> dict[str, Any]:
+               alpha: float, n_null: int, boot: ItemBootstrap, seed: int, batch_size: int) -> dict[str, Any]:
     """At the chosen (index, dose), on the held-out half: the emotion vectors and ``n_null`` directions of each
     matched null in one batched run, and every test on them (:func:`chosen_dose_tests`)."""
     rng = np.random.default_rng([seed, 7, layer])
@@ -265,7 +266,7 @@ def null_tests(adapter: ModelAdapter, held: Measured, split: Split, x: np.ndarra
     blocks, start = {}, K
     for name, dirs in nulls.items():
         blocks[name], start = shift[start:start + len(dirs)], start + len(dirs)
-    return chosen_dose_tests(shift[:K], blocks, weights) | {"n_null": n_null, "n_permutations": n_perm}
+    return chosen_dose_tests(shift[:K], blocks, boot) | {"n_null": n_null, "n_permutations": n_perm}
 
 
 def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activations: str | Path,
@@ -298,7 +299,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     fit = measure(adapter, split.fit_measured, readout, kl_prompts, batch_size=batch_size)
     selection = choose_on_fit_half(adapter, fit, x_fit, vectors, layers, alphas, kl_budget, batch_size)
     held = measure(adapter, split.heldout, readout, kl_prompts, capture=layers, batch_size=batch_size)
-    weights = bootstrap_weights(split.heldout, held.items, n_boot, np.random.default_rng([seed, 2]))
+    boot = item_bootstrap(split.heldout, held.items, n_boot, np.random.default_rng([seed, 2]))
     probes = fit_probes(x_fit, split.fit_emotions, layers, seed)
     truth_labels = np.asarray(EMOTIONS)[held.prompts.truth]
     probe_clean = {m: float((probes[m].predict(held.clean.acts[m][0]) == truth_labels).mean()) for m in layers}
@@ -307,12 +308,12 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         dirs = np.concatenate([vectors[:, m],
                                random_directions(n_random, adapter.d_model, np.random.default_rng([seed, 3, m]))])
         shifts = shifts_at(adapter, held, m, dose_steps(x_fit[:, m], dirs), alphas, batch_size)
-        per_layer.append({"ld": shift_summary(shifts["ld"], weights), "prob": shift_summary(shifts["prob"], weights),
+        per_layer.append({"ld": shift_summary(shifts["ld"], boot), "prob": shift_summary(shifts["prob"], boot),
                           "kl": shifts["kl"], "kl_nonlabel": shifts["kl_nonlabel"]})
         basis = emotion_basis(x_fit[:, m], split.fit_emotions)
         rng = np.random.default_rng([seed, 4, m])
         bases = np.stack([basis] + [random_basis(len(basis), adapter.d_model, rng) for _ in range(n_random_subspaces)])
-        ablation.append(ablation_index(adapter, held.prompts, held.clean, m, bases, probes, weights, held.averaging,
+        ablation.append(ablation_index(adapter, held.prompts, held.clean, m, bases, probes, boot, held.averaging,
                                        held.offsets, batch_size) | {"k": len(basis)})
     shift = {metric: {key: np.stack([p[metric][key] for p in per_layer]) for key in per_layer[0][metric]}
              for metric in ("ld", "prob")}
@@ -323,7 +324,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         kl[f"random_mean{suffix}"] = values[..., K:].mean(-1)
     s, a = selection["position"], selection["alpha_position"]
     layer, alpha = layers[s], alphas[a]
-    tests = null_tests(adapter, held, split, x_fit[:, layer], vectors[:, layer], layer, alpha, n_null, weights, seed,
+    tests = null_tests(adapter, held, split, x_fit[:, layer], vectors[:, layer], layer, alpha, n_null, boot, seed,
                        batch_size)
     ablation_null = matched_null(adapter, held.prompts, held.clean, layer, x_fit[:, layer], split.fit_emotions,
                                  split.fit_frames, probes, n_null, seed, batch_size)

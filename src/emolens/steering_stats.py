@@ -20,14 +20,15 @@ it is not reported.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from emolens import EMOTIONS
 from emolens.dataset import frame_groups
-from emolens.resampling import codes_of, frame_label_permutations, perm_pvalue, two_stage_weights
+from emolens.resampling import codes_of, frame_label_permutations, item_mean_bca, perm_pvalue, two_stage_weights
 
 K = len(EMOTIONS)
 
@@ -85,18 +86,27 @@ def item_matrix(items: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return onehot / onehot.sum(1, keepdims=True), names
 
 
-def bootstrap_weights(records: Sequence[dict[str, Any]], items: Sequence[str], n_boot: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    """[B, I] weights of ``items`` in a two-stage resample (frames, then items within frames), each row
-    summing to 1: the resampled item-mean of a per-item value v [I] is W @ v."""
+@dataclass
+class ItemBootstrap:
+    """Two-stage resampling (frames, then items within frames) of per-item values: weights [B, I], rows
+    summing to 1 (the resampled item mean of v [I] is weights @ v), and each item's frame [I] (for BCa)."""
+
+    weights: np.ndarray
+    frames: np.ndarray
+
+    def ci(self, values: np.ndarray, stat: Callable[[np.ndarray], np.ndarray] | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+        """BCa 95% CI of stat(item mean) of values [I, ...] (:func:`emolens.resampling.item_mean_bca`)."""
+        return item_mean_bca(values, self.weights, self.frames, stat)
+
+
+def item_bootstrap(records: Sequence[dict[str, Any]], items: Sequence[str], n_boot: int,
+                   rng: np.random.Generator) -> ItemBootstrap:
+    """The two-stage resampling of ``items`` (ids of ``records``), by their frames."""
     frame_of = dict(zip((r["item_id"] for r in records), frame_groups(list(records)), strict=True))
-    weights = two_stage_weights(codes_of([frame_of[i] for i in items]), n_boot, rng)
-    return weights / weights.sum(1, keepdims=True)
-
-
-def percentile_ci(boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """95% percentile interval over the first axis."""
-    return np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
+    frames = codes_of([frame_of[i] for i in items])
+    weights = two_stage_weights(frames, n_boot, rng)
+    return ItemBootstrap(weights / weights.sum(1, keepdims=True), frames)
 
 
 def on_target(shift: np.ndarray) -> np.ndarray:
@@ -104,15 +114,14 @@ def on_target(shift: np.ndarray) -> np.ndarray:
     return np.stack([shift[..., e, :, e] for e in range(K)], axis=-1)
 
 
-def shift_summary(shift: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+def shift_summary(shift: np.ndarray, boot: ItemBootstrap) -> dict[str, np.ndarray]:
     """Summaries of item-mean shifts [A, 4 + R, I, 4] (alphas, emotion vectors then isotropic directions, items,
     readouts): the matrix [A, 4, 4], on-target [A, 4] with CI, the isotropic directions' mean and 95th
     percentile over directions [A, 4] (a per-index comparison; the tests use the matched nulls)."""
     point = shift.mean(2)  # [A, D, 4]
     spec = point[:, :K]  # [A, 4, 4]
     out = {"specificity": spec, "on_target": np.einsum("aee->ae", spec)}
-    out["on_target_ci_low"], out["on_target_ci_high"] = percentile_ci(np.einsum("bi,aie->bae", weights,
-                                                                                on_target(shift[:, :K])))
+    out["on_target_ci_low"], out["on_target_ci_high"] = boot.ci(np.moveaxis(on_target(shift[:, :K]), 1, 0))
     if shift.shape[1] > K:
         rand = point[:, K:]  # [A, R, 4]
         out["random_mean"], out["random_q95"] = rand.mean(1), np.quantile(rand, 0.95, axis=1)
@@ -127,14 +136,14 @@ def specificity_forms(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return diag - off.max(-1), diag - off.max(-2)
 
 
-def steerable_fraction(own: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+def steerable_fraction(own: np.ndarray, boot: ItemBootstrap) -> dict[str, np.ndarray]:
     """Per emotion, the fraction of items whose on-target shift [I, 4] is positive, with a frame-then-item CI."""
     positive = (own > 0).astype(np.float64)
-    low, high = percentile_ci(weights @ positive)
+    low, high = boot.ci(positive)
     return {"fraction": positive.mean(0), "ci_low": low, "ci_high": high}
 
 
-def chosen_dose_tests(emotion: np.ndarray, nulls: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, Any]:
+def chosen_dose_tests(emotion: np.ndarray, nulls: dict[str, np.ndarray], boot: ItemBootstrap) -> dict[str, Any]:
     """Everything reported at the chosen (index, dose) from item shifts: the emotion vectors' [4, I, 4] and each
     null's [n, I, 4] (null "permuted" holds whole permutations, 4 vectors each, in emotion order).
 
@@ -144,14 +153,14 @@ def chosen_dose_tests(emotion: np.ndarray, nulls: dict[str, np.ndarray], weights
     own = on_target(emotion)  # [I, 4]
     matrix = emotion.mean(1)  # [4, 4]
     row, col = specificity_forms(matrix)
-    boot = np.einsum("bi,vie->bve", weights, emotion)  # [B, 4, 4]
-    boot_row, boot_col = specificity_forms(boot)
+    items = np.moveaxis(emotion, 1, 0)  # [I, 4, 4]
     out: dict[str, Any] = {"specificity": matrix, "on_target": own.mean(0)}
-    out["on_target_ci_low"], out["on_target_ci_high"] = percentile_ci(weights @ own)
+    out["on_target_ci_low"], out["on_target_ci_high"] = boot.ci(own)
     out["specificity_row"], out["specificity_column"] = row, col
-    out["specificity_row_ci_low"], out["specificity_row_ci_high"] = percentile_ci(boot_row)
-    out["specificity_column_ci_low"], out["specificity_column_ci_high"] = percentile_ci(boot_col)
-    out["steerable"] = steerable_fraction(own, weights)
+    out["specificity_row_ci_low"], out["specificity_row_ci_high"] = boot.ci(items, lambda m: specificity_forms(m)[0])
+    out["specificity_column_ci_low"], out["specificity_column_ci_high"] = boot.ci(
+        items, lambda m: specificity_forms(m)[1])
+    out["steerable"] = steerable_fraction(own, boot)
     for name, shift in nulls.items():
         point = shift.mean(1)  # [n, 4]: each null direction's mean shift of each readout
         if name == "permuted":

@@ -35,10 +35,10 @@ from emolens.readout import DEFAULT, Readout
 from emolens.resampling import perm_pvalue
 from emolens.steering import SCHEMA, VANISH, Measured, dose_steps, measure, shifts_at, split_records, typical_norms
 from emolens.steering_stats import (
+    ItemBootstrap,
     K,
-    bootstrap_weights,
+    item_bootstrap,
     on_target,
-    percentile_ci,
     permuted_vectors,
     random_directions,
     unit,
@@ -50,7 +50,12 @@ TRANSFER_SCHEMA = "emolens.steering_transfer/2"
 SUMMARY_SCHEMA = "emolens.steering_transfer_summary/1"
 
 
-def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, weights: np.ndarray,
+def _fraction(m: np.ndarray) -> np.ndarray:
+    """Item means [..., 2, 4] of (own, mapped) on-target shifts -> the ratio of sums over emotions, mapped over own."""
+    return m[..., 1, :].sum(-1) / m[..., 0, :].sum(-1)
+
+
+def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, boot: ItemBootstrap,
                       permuted: np.ndarray | None = None) -> dict[str, Any]:
     """Fraction of b's own on-target shift a's mapped vectors achieve, from item shifts: own and mapped
     [I, 4] on-target, random [R, I, 4] (each random direction's shift on each readout), permuted [P, I, 4]
@@ -65,9 +70,8 @@ def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, w
     with np.errstate(divide="ignore", invalid="ignore"):
         per_emotion = np.where(own_on > 0, mapped_on / own_on, np.nan)
         overall = mapped_on.sum() / own_on.sum() if own_on.sum() > 0 else np.nan
-        boot = (weights @ mapped).sum(1) / (weights @ own).sum(1)
         null = np.where(own_on > 0, random.mean(1) / own_on, np.nan)  # [R, 4]: per emotion, over own[e]
-    low, high = (np.percentile(boot[np.isfinite(boot)], q) if np.isfinite(overall) else np.nan for q in (2.5, 97.5))
+        low, high = boot.ci(np.stack([own, mapped], 1), _fraction) if np.isfinite(overall) else (np.nan, np.nan)
     ok = own_on > 0  # a column of the per-emotion null is defined where b's own effect is positive
     null_mean, null_q95 = np.full(K, np.nan), np.full(K, np.nan)
     if len(null):
@@ -100,7 +104,7 @@ def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, w
 
 
 def transfer_effect(adapter: ModelAdapter, held: Measured, xb_fit: np.ndarray, layer: int, alpha: float,
-                    own: np.ndarray, carried: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], weights: np.ndarray,
+                    own: np.ndarray, carried: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], boot: ItemBootstrap,
                     batch_size: int = 32) -> dict[str, Any]:
     """Steer b at ``layer`` with its own vectors [4, d] and, per source, carried vectors [4, d], carried random
     directions [R, d] and carried label-permuted vectors [P * 4, d], each dosed alpha projection sds of b's fit
@@ -112,7 +116,7 @@ def transfer_effect(adapter: ModelAdapter, held: Measured, xb_fit: np.ndarray, l
     blocks = [own] + [np.concatenate(dirs) for dirs in carried.values()]
     ld = shifts_at(adapter, held, layer, dose_steps(xb_fit, np.concatenate(blocks)), [alpha], batch_size)["ld"][0]
     own_diag = on_target(ld[:K])  # [I, 4]
-    low, high = percentile_ci(weights @ own_diag)
+    low, high = boot.ci(own_diag)
     out: dict[str, Any] = {"own": {"on_target": own_diag.mean(0), "on_target_ci_low": low, "on_target_ci_high": high,
                                    "specificity": ld[:K].mean(1)}, "sources": {}}
     start = K
@@ -120,7 +124,7 @@ def transfer_effect(adapter: ModelAdapter, held: Measured, xb_fit: np.ndarray, l
         block = ld[start:start + K + len(random) + len(permuted)]
         start += len(block)
         perm = on_target(block[K + len(random):].reshape(-1, K, *block.shape[1:]))  # [P, I, 4]
-        out["sources"][name] = transfer_fraction(own_diag, on_target(block[:K]), block[K:K + len(random)], weights,
+        out["sources"][name] = transfer_fraction(own_diag, on_target(block[:K]), block[K:K + len(random)], boot,
                                                  perm) | {"specificity_mapped": block[:K].mean(1)}
     return out
 
@@ -191,11 +195,11 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                         "map_r2_heldout": map_r2(lmap, resid_a[split.held_rows], resid_b[split.held_rows]),
                         "cosine_mapped_own": np.sum(unit(mapped) * unit(own), -1)}
     held = measure(adapter, split.heldout, readout, 0, batch_size=batch_size)
-    weights = bootstrap_weights(split.heldout, held.items, n_boot, np.random.default_rng([seed, 6]))
+    boot = item_bootstrap(split.heldout, held.items, n_boot, np.random.default_rng([seed, 6]))
     log.info("%s: transfer at index %d, half-max dose %g sd, from %s (skipped %s), %d random directions and %d "
              "label permutations each, on %d prompts", name, layer_b, alpha, sorted(carried), skipped, n_null,
              max(n_null // K, 1), len(held.prompts))
-    effect = transfer_effect(adapter, held, xb_fit, layer_b, alpha, own, carried, weights, batch_size)
+    effect = transfer_effect(adapter, held, xb_fit, layer_b, alpha, own, carried, boot, batch_size)
     at = steer["layers"].index(layer_b), steer["alphas"].index(alpha)
     result = {
         "schema": TRANSFER_SCHEMA, "target": name, "layer_b": layer_b, "relative_depth_b": layer_b / adapter.n_layers,

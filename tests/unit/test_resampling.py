@@ -9,6 +9,7 @@ from scipy import stats
 from emolens.resampling import (
     frame_halves,
     frame_label_permutations,
+    item_mean_bca,
     perm_pvalue,
     ratio_of_sums,
     sign_flip_pvalue,
@@ -77,6 +78,19 @@ def test_ratio_of_sums_ci_matches_scipy_bca_with_one_item_per_frame():
                           rng=np.random.default_rng(1)).confidence_interval
     assert ratio[0] == pytest.approx(num.sum() / den.sum())
     assert low[0] == pytest.approx(ref.low, abs=0.02) and high[0] == pytest.approx(ref.high, abs=0.02)
+
+
+def test_item_mean_bca_matches_scipy_bca_with_one_item_per_frame():
+    """Steering's CIs: BCa of a statistic of the item mean; with one item per frame, scipy's BCa of items."""
+    rng = np.random.default_rng(8)
+    values = rng.gamma(2.0, 1.0, (40, 2))  # skewed, so BCa differs from the percentile interval
+    frames = np.arange(40)
+    weights = two_stage_weights(frames, 20000, np.random.default_rng(0))
+    low, high = item_mean_bca(values, weights / weights.sum(1, keepdims=True), frames, lambda m: m[..., 1] / m[..., 0])
+    ref = stats.bootstrap((np.arange(40),), lambda i, axis=-1: values[i, 1].mean(axis) / values[i, 0].mean(axis),
+                          n_resamples=20000, vectorized=True, method="BCa",
+                          rng=np.random.default_rng(1)).confidence_interval
+    assert low == pytest.approx(ref.low, abs=0.02) and high == pytest.approx(ref.high, abs=0.02)
 
 
 def test_ratio_of_sums_ci_widens_when_items_share_a_frame_effect():

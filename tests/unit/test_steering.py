@@ -20,7 +20,7 @@ from emolens.organisms import build_organism
 from emolens.patching import collect
 from emolens.readout import DEFAULT
 from emolens.steering import dose_steps, measure, run_steering, shifts_at, steer_index, steering_shifts
-from emolens.steering_stats import bootstrap_weights, item_matrix, random_directions, readout_measures, unit
+from emolens.steering_stats import item_bootstrap, item_matrix, random_directions, readout_measures, unit
 from emolens.transfer import run_transfer, run_transfer_summary, transfer_effect
 
 RECORDS = build_dataset()[:64]  # 16 items x 4 emotions
@@ -149,12 +149,12 @@ def test_ablating_the_emotion_span_drives_later_probes_to_chance(tokenizer):
     labels = np.asarray(EMOTIONS)[held.truth]
     assert all((probes[m].predict(clean.acts[m][0]) == labels).mean() > 0.95 for m in layers)
     averaging, names = item_matrix(held.items)
-    weights = bootstrap_weights([{"item_id": n} for n in names], names, 50, rng)  # each item its own frame
+    boot = item_bootstrap([{"item_id": n} for n in names], names, 50, rng)  # each item its own frame
     layer = 1
     basis = emotion_basis(x_fit[:, layer], fit_emotions)
     assert basis.shape == (3, d)
     bases = np.stack([basis] + [random_basis(3, d, rng) for _ in range(3)])
-    out = ablation_index(adapter, held, clean, layer, bases, probes, weights, averaging, clean.labels[0].mean(0))
+    out = ablation_index(adapter, held, clean, layer, bases, probes, boot, averaging, clean.labels[0].mean(0))
     assert sorted(out["probe_accuracy"]) == [1, 2, 3]  # only indices at or after the ablated one
     for m in (1, 2, 3):
         assert out["probe_accuracy"][m] < 0.45, out  # chance is 0.25
@@ -171,14 +171,14 @@ def _readout_directions(adapter: ModelAdapter) -> np.ndarray:
 def test_transfer_through_the_identity_map_equals_own_steering(tiny_adapters):
     adapter = tiny_adapters["llama"]
     held = measure(adapter, RECORDS, DEFAULT, 0, batch_size=16)
-    weights = bootstrap_weights([{"item_id": n} for n in held.items], held.items, 100, np.random.default_rng(0))
+    boot = item_bootstrap([{"item_id": n} for n in held.items], held.items, 100, np.random.default_rng(0))
     layer, alpha = adapter.n_layers, 2.0
     xb_fit = 3.0 * np.random.default_rng(2).standard_normal((40, adapter.d_model))  # the dose unit's sd
     own = _readout_directions(adapter)
     random = random_directions(5, adapter.d_model, np.random.default_rng(1))
     permuted = np.concatenate([own[[1, 0, 3, 2]], own[[2, 3, 0, 1]], own[[3, 2, 1, 0]]])  # three relabellings
     effect = transfer_effect(adapter, held, xb_fit, layer, alpha, own, {"self": (own.copy(), random, permuted)},
-                             weights, batch_size=16)
+                             boot, batch_size=16)
     src = effect["sources"]["self"]
     assert np.all(effect["own"]["on_target"] > 0)
     np.testing.assert_allclose(src["on_target_mapped"], effect["own"]["on_target"], rtol=1e-6, atol=1e-7)

@@ -8,6 +8,7 @@ import pytest
 from emolens import EMOTIONS
 from emolens.resampling import frame_label_permutations
 from emolens.steering_stats import (
+    ItemBootstrap,
     choose_dose,
     chosen_dose_tests,
     gaussian_directions,
@@ -69,7 +70,7 @@ def test_choose_dose_keeps_the_budget_and_says_when_it_cannot():
     assert not none["within_budget"] and none["alpha_position"] == 1
 
 
-def _simulated(rng: np.random.Generator, n_perm: int, planted: float) -> tuple[np.ndarray, dict, np.ndarray]:
+def _simulated(rng: np.random.Generator, n_perm: int, planted: float) -> tuple[np.ndarray, dict, ItemBootstrap]:
     """Item shifts at the chosen dose built like ours: each vector (the real four and every permutation's
     four) moves each readout by a random amount, items add noise and share a frame effect; the real vectors
     add ``planted`` to their own readout."""
@@ -79,8 +80,8 @@ def _simulated(rng: np.random.Generator, n_perm: int, planted: float) -> tuple[n
     noise = rng.standard_normal((1 + n_perm, 4, n_items, 4)) + rng.standard_normal((1, 1, n_frames, 4))[:, :, frame]
     shift = sets + 0.5 * noise
     shift[0] += planted * np.eye(4)[:, None, :]
-    weights = rng.dirichlet(np.ones(n_items), size=50)
-    return shift[0], {"permuted": shift[1:].reshape(-1, n_items, 4)}, weights
+    boot = ItemBootstrap(rng.dirichlet(np.ones(n_items), size=50), frame)
+    return shift[0], {"permuted": shift[1:].reshape(-1, n_items, 4)}, boot
 
 
 @pytest.mark.parametrize("planted, lowest, highest", [(0.0, 0.0, 0.08), (2.5, 0.8, 1.0)])
@@ -91,8 +92,8 @@ def test_the_chosen_dose_tests_hold_their_size_and_find_a_planted_effect(planted
     rng = np.random.default_rng(4)
     rates = {"on_target": [], "row": [], "column": []}
     for _ in range(300):
-        own, nulls, weights = _simulated(rng, 49, planted)
-        out = chosen_dose_tests(own, nulls, weights)
+        own, nulls, boot = _simulated(rng, 49, planted)
+        out = chosen_dose_tests(own, nulls, boot)
         rates["on_target"].append(out["on_target_p_permuted"][0] <= 0.05)
         rates["row"].append(out["specificity_row_p"][0] <= 0.05)
         rates["column"].append(out["specificity_column_p"][0] <= 0.05)
