@@ -93,6 +93,23 @@ def perm_pvalue(observed: float, null: np.ndarray) -> float:
     return float((1 + np.sum(np.asarray(null) >= observed)) / (1 + len(null)))
 
 
+def perm_pvalues(observed: np.ndarray, null: np.ndarray, tol: float = 0.0) -> np.ndarray:
+    """:func:`perm_pvalue` per cell: observed [...], null [n, ...]; a null draw within ``tol`` below the
+    observed value counts as a tie (floating-point accuracies)."""
+    observed = np.asarray(observed, float)
+    p = (1 + (np.asarray(null) >= observed - tol).sum(0)) / (1 + len(null))
+    return np.where(np.isfinite(observed), p, np.nan)
+
+
+def max_statistic_pvalues(observed: np.ndarray, null: np.ndarray, tol: float = 0.0) -> np.ndarray:
+    """Family-wise p per cell: observed [...] against the null's maximum over all cells of each draw
+    (null [n, ...]), with the +1 rule; NaN where observed is NaN."""
+    observed = np.asarray(observed, float)
+    maxima = np.asarray(null, float).reshape(len(null), -1).max(1).reshape((-1,) + (1,) * observed.ndim)
+    p = (1 + (maxima >= observed - tol).sum(0)) / (1 + len(null))
+    return np.where(np.isfinite(observed), p, np.nan)
+
+
 def sign_flip_pvalue(x: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
     """Two-sided sign-flip permutation p-value of each column's mean against 0 (x [units, c], no NaN)."""
     observed = np.abs(x.mean(0))  # [c]

@@ -47,7 +47,7 @@ from emolens import EMOTIONS, families
 from emolens.alignment import comparable_layers, design_units, split_halves
 from emolens.emotion_structure import EmotionGrams, label_codes, label_structure, permuted_labels
 from emolens.io import load_pickle, provenance, save_json
-from emolens.resampling import group_sums, ratio_of_sums, sign_flip_pvalue
+from emolens.resampling import group_sums, max_statistic_pvalues, ratio_of_sums, sign_flip_pvalue
 
 COHEN_D = (0.2, 0.5, 0.8)  # Cohen's small, medium and large effects
 
@@ -277,7 +277,7 @@ def k_decision(scores: np.ndarray, alpha: float) -> dict[str, Any]:
     z = (scores - mean) / np.where(sd > 0, sd, np.inf)
     max_null = z[1:].reshape(len(null), -1).max(1)  # [n_perm]
     threshold = max_stat_threshold(max_null, alpha)
-    p_fwer = (1 + (max_null[:, None, None] >= z[0][None]).sum(0)) / (len(null) + 1)  # [D, q]
+    p_fwer = max_statistic_pvalues(z[0], z[1:])  # [D, q]
     k = np.array([leading_count(row > threshold) for row in z[0]], int)  # [D]
     return {"z": z[0], "null_mean": mean, "null_sd": sd, "p_fwer": p_fwer, "threshold": threshold, "k": k}
 

@@ -95,7 +95,7 @@ def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, b
         "null_fraction_mean": null_mean, "null_fraction_q95": null_q95,
         "null_fraction_sets_mean": float(sets.mean()) if len(sets) else np.nan,
         "null_fraction_sets_q95": q95,
-        "null_p": float((1 + np.sum(sets >= overall)) / (1 + len(sets))) if len(sets) and np.isfinite(overall)
+        "null_p": perm_pvalue(overall, sets) if len(sets) and np.isfinite(overall)
         else np.nan,
         "beats_null": bool(np.isfinite(overall) and np.isfinite(q95) and overall > q95),
         "null_permuted_q95": float(np.quantile(perm, 0.95)) if len(perm) else np.nan,

@@ -46,7 +46,9 @@ from emolens.resampling import (
     group_sums,
     grouped_folds,
     item_frames,
+    max_statistic_pvalues,
     out_of_fold,
+    perm_pvalues,
     simultaneous_band,
     two_stage_weights,
 )
@@ -253,8 +255,7 @@ def decoding_test(x: np.ndarray, labels: Sequence[str], frames: Sequence[str], f
             scores = (hat @ centred_null).reshape(len(te), n_perm, -1).transpose(1, 0, 2) + means  # one GEMM
             null[:, s] += (scores.argmax(-1) == y_null[:, te]).sum(-1)
     observed, null = observed / len(y), null / len(y)
-    p = (1 + (null >= observed - 1e-12).sum(0)) / (1 + n_perm)
-    p_fwer = (1 + (null.max(1)[:, None] >= observed - 1e-12).sum(0)) / (1 + n_perm)
+    p, p_fwer = perm_pvalues(observed, null, tol=1e-12), max_statistic_pvalues(observed, null, tol=1e-12)
     return {"probe": "ridge classifier on standardised features (dual form), the same frame-grouped folds",
             "null": "emotion labels permuted by frame (one permutation per frame, all its items), the whole fit "
                     "recomputed", "n_perm": n_perm,

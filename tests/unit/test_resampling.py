@@ -10,7 +10,9 @@ from emolens.resampling import (
     frame_halves,
     frame_label_permutations,
     item_mean_bca,
+    max_statistic_pvalues,
     perm_pvalue,
+    perm_pvalues,
     ratio_of_sums,
     sign_flip_pvalue,
     simultaneous_band,
@@ -133,3 +135,14 @@ def test_an_undefined_statistic_has_no_p_value():
 
     assert np.isnan(perm_pvalue(float("nan"), np.zeros(99)))
     assert perm_pvalue(1.0, np.zeros(99)) == 0.01 and perm_pvalue(-1.0, np.zeros(99)) == 1.0
+
+
+def test_max_statistic_pvalues_are_at_least_the_pointwise_ones_and_count_the_observed_draw():
+    rng = np.random.default_rng(10)
+    null = rng.standard_normal((999, 6))
+    observed = np.array([0.0, 1.0, 2.0, 3.0, 4.0, np.nan])
+    pointwise, familywise = perm_pvalues(observed, null), max_statistic_pvalues(observed, null)
+    assert np.isnan(pointwise[-1]) and np.isnan(familywise[-1])
+    assert np.all(familywise[:-1] >= pointwise[:-1])
+    assert familywise[0] == pytest.approx((1 + np.sum(null.max(1) >= 0.0)) / 1000)
+    assert pointwise[2] == pytest.approx(perm_pvalue(2.0, null[:, 2]))
