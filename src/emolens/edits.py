@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from emolens import EMOTIONS
 from emolens.activations import length_buckets, tokenize
@@ -185,7 +186,7 @@ def run_edits(adapter: ModelAdapter, prompts: Prompts, layer: int, *, add: np.nd
     n_kl = int((prompts.kl_row >= 0).sum())
     logprobs = None
     nonlabel = None
-    for c, p in batches:
+    for c, p in tqdm(batches, desc=f"{n_cond} edits x {n} prompts at index {layer}", leave=False):
         ids = torch.tensor([prompts.tokens[i] for i in (p[:1] if shared else p)])  # [rows or 1, pos]
         hidden, captured = _forward(adapter, ids, layer, None if add_t is None else add_t[c],
                                     None if basis_t is None else basis_t[c], capture)  # [rows, pos, d]
