@@ -204,6 +204,8 @@ def _band(score: np.ndarray, layers: Sequence[int]) -> list[int]:
     return [m for m, v in zip(layers, score, strict=True) if top > 0 and v >= 0.5 * top]
 
 
+LD_NAMES = {"on_target": "on_target_ld", "on_target_ci_low": "on_target_ld_ci_low",
+            "on_target_ci_high": "on_target_ld_ci_high", "specificity": "specificity_ld"}  # best: LD readouts
 MEASURES = {
     "alphas": "doses in projection-sd units: alpha x the standard deviation of the fit half's residual projected on "
               "the direction, at the steered index (norm_ratio: the added vector's length over the typical norm)",
@@ -355,8 +357,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
             "half_max_alpha": selection["half_max_alpha"], "within_budget": selection["within_budget"],
             "effective_band": selection["effective_band"],
             "norm_ratio": alpha * sd[s] / norms[layer],
-            **{f"{k}_ld" if k in ("on_target", "on_target_ci_low", "on_target_ci_high", "specificity") else k: v
-               for k, v in tests.items()},
+            **{LD_NAMES.get(k, k): v for k, v in tests.items()},
             "specificity_prob": shift["prob"]["specificity"][s, a],
             "kl": kl["emotion"][s, a], "kl_nonlabel": kl["emotion_nonlabel"][s, a],
             "ablation_readout_drop": ablation[s]["readout_drop"],

@@ -180,7 +180,7 @@ def choose_dose(on_target_fit: np.ndarray, kl_fit: np.ndarray, alphas: Sequence[
                 budget: float) -> dict[str, Any]:
     """The (index, dose) of the largest mean on-target shift whose off-label KL (largest over the four vectors)
     stays within ``budget``, from fit-half measures [S, A, 4]; and the half-max dose there (the smallest
-    dose reaching half of the index's largest mean on-target shift), where transfer is measured.
+    dose reaching half of the chosen shift, the largest within the budget), where transfer is measured.
 
     When no nonzero dose stays within the budget, the smallest dose at the index of the largest shift is
     chosen and ``within_budget`` is False.
@@ -193,7 +193,6 @@ def choose_dose(on_target_fit: np.ndarray, kl_fit: np.ndarray, alphas: Sequence[
         s, a = np.unravel_index(np.argmax(np.where(ok, score, -np.inf)), score.shape)
     else:
         s, a = int(np.argmax(score.max(-1))), int(np.flatnonzero(moving)[0])
-    curve = np.where(moving, score[s], -np.inf)
-    half = int(np.flatnonzero(moving & (curve >= 0.5 * curve.max()))[0]) if curve.max() > 0 else int(a)
+    half = int(np.flatnonzero(moving & (score[s] >= 0.5 * score[s, a]))[0]) if score[s, a] > 0 else int(a)
     return {"position": int(s), "alpha_position": int(a), "half_max_position": half, "within_budget": within,
             "fit_on_target": float(score[s, a]), "fit_kl_nonlabel": float(cost[s, a])}

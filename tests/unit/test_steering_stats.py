@@ -65,7 +65,7 @@ def test_choose_dose_keeps_the_budget_and_says_when_it_cannot():
     kl[:, 3] = 2.0  # the largest dose breaks the model
     pick = choose_dose(on, kl, alphas, budget=0.5)
     assert (pick["position"], pick["alpha_position"], pick["within_budget"]) == (1, 2, True)
-    assert pick["half_max_position"] == 2  # half of index 1's largest (3.0) is first reached at dose 2
+    assert pick["half_max_position"] == 1  # half of the chosen shift (2.0) is first reached at dose 1
     none = choose_dose(on, kl + 1.0, alphas, budget=0.5)
     assert not none["within_budget"] and none["alpha_position"] == 1
 
