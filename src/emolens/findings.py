@@ -216,14 +216,14 @@ def steering_section(res: Results) -> list[str]:
                      f"{_f(b['alpha'], 1)} sd, norm x{_f(float(np.mean(b['norm_ratio'])))}",
                      f"{_f(sel['fit_kl_nonlabel'], 3)} / {_f(sel['kl_budget'], 2)}{budget}",
                      " ".join(_f(v) for v in b["on_target_ld"]) + " (p " + " ".join(
-                         _f(v) for v in b["on_target_p_permuted"]) + ")",
+                         _f(v, 3) for v in b["on_target_p_permuted"]) + ")",
                      " ".join(_f(v) for v in b["specificity_row"]) + " (p " + " ".join(
-                         _f(v) for v in b["specificity_row_p"]) + ")",
+                         _f(v, 3) for v in b["specificity_row_p"]) + ")",
                      " ".join(_f(v) for v in b["specificity_column"]) + " (p " + " ".join(
-                         _f(v) for v in b["specificity_column_p"]) + ")",
+                         _f(v, 3) for v in b["specificity_column_p"]) + ")",
                      " ".join(_f(v) for v in b["steerable"]["fraction"]),
-                     f"{_f(b['ablation_readout_drop'])} (p {_f(b['ablation_null']['readout_drop_p_permuted'])}, "
-                     f"{_f(b['ablation_null']['readout_drop_p_matched'])})"])
+                     f"{_f(b['ablation_readout_drop'])} (p {_f(b['ablation_null']['readout_drop_p_permuted'], 3)}, "
+                     f"{_f(b['ablation_null']['readout_drop_p_matched'], 3)})"])
     lines += _table(["model", "index (depth)", "dose", "fit KL off-label / budget", "on-target LD shift (p)",
                      "specificity, row (p)", "specificity, column (p)", "items steered",
                      "ablation readout drop (p permuted, matched)"],
@@ -234,7 +234,7 @@ def steering_section(res: Results) -> list[str]:
         lines += ["", "Fraction of b's own steering effect that a's vector, carried through the linear map, achieves "
                   "at b's half-max dose, with its p against a's label-permuted vectors through the same map "
                   "(rows a, columns b):", ""]
-        cell = [[f"{_f(t['fraction_mean'][i][j])} (p {_f(t['null_p_permuted'][i][j])})"
+        cell = [[f"{_f(t['fraction_mean'][i][j])} (p {_f(t['null_p_permuted'][i][j], 3)})"
                  if t["fraction_mean"][i][j] is not None else "n/a" for j in range(len(models))]
                 for i in range(len(models))]
         lines += _table(["a \\ b", *models], [[a, *cell[i]] for i, a in enumerate(models)])
