@@ -4,8 +4,11 @@ For an ordered pair a -> b, b is steered at the index l_b its steering chose on 
 half-max dose there (the smallest dose at which b's own vectors reach half of their largest fit-half
 shift: below saturation, where a good map and a bad one differ), and a at the matched relative depth
 l_a = round(l_b * L_a / L_b). A ridge map from a's residual space to b's
-(:func:`emolens.similarity.fit_linear_map`) is fitted on the fit half's paired activations; a's
-fit-half emotion vectors go through it and steer b, each direction dosed in b's projection-sd units
+(:func:`emolens.similarity.fit_linear_map`) is fitted on the paired activations of one part of the
+fit half's frames, and a's emotion vectors, from the other part, go through it and steer b (a map fit
+on the prompts whose class means it carries reproduces b's class means whenever a decodes the
+emotion linearly: its residuals are orthogonal to every linear function of a), each direction dosed
+in b's projection-sd units
 (:mod:`emolens.steering_stats`). The measure is the fraction of b's own on-target logit-difference
 shift that a's mapped vectors achieve (ratio of sums over emotions; CI by resampling frames, then
 items), against two nulls carried through the same map: ``n_null`` isotropic directions of a's space
@@ -32,7 +35,7 @@ import numpy as np
 from emolens.io import load_pickle, provenance, save_json
 from emolens.models import ModelAdapter
 from emolens.readout import DEFAULT, Readout
-from emolens.resampling import perm_pvalue
+from emolens.resampling import frame_halves, perm_pvalue
 from emolens.steering import SCHEMA, VANISH, Measured, dose_steps, measure, shifts_at, split_records, typical_norms
 from emolens.steering_stats import (
     ItemBootstrap,
@@ -162,6 +165,9 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     del act_b
     xb_fit = resid_b[split.fit_rows]
     own = emotion_vectors(xb_fit[:, None], split.fit_emotions)[:, 0]  # [4, d_b]
+    map_part, vec_part = frame_halves(split.fit_frames, [split.records[i].get("register") for i in split.fit_rows],
+                                      seed + 1)  # the map never sees the frames whose class means it carries
+    emotions, frames = np.asarray(split.fit_emotions)[vec_part], np.asarray(split.fit_frames)[vec_part]
     carried: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     meta: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
@@ -176,16 +182,16 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         resid_a = act_a["resid"]["last"][:, layer_a].astype(np.float64)  # [N, d_a]
         del act_a
         xa_fit = resid_a[split.fit_rows]
-        va = emotion_vectors(xa_fit[:, None], split.fit_emotions)[:, 0]  # [4, d_a]
+        va = emotion_vectors(xa_fit[vec_part, None], emotions)[:, 0]  # [4, d_a]
         scale = float(typical_norms(xa_fit[:, None])[0])
         if scale == 0 or (np.linalg.norm(va, axis=-1) <= VANISH * scale).any():
             skipped[source] = f"emotion vectors vanish at {source}'s index {layer_a}"
             continue
-        lmap = fit_linear_map(xa_fit, xb_fit, ridge)
+        lmap = fit_linear_map(xa_fit[map_part], xb_fit[map_part], ridge)
         mapped = lmap.directions(va)  # [4, d_b]
         rng = np.random.default_rng([seed, 5, zlib.crc32(source.encode())])
         rand = lmap.directions(random_directions(n_null, resid_a.shape[1], rng))
-        perm = lmap.directions(permuted_vectors(xa_fit, split.fit_emotions, split.fit_frames, max(n_null // K, 1),
+        perm = lmap.directions(permuted_vectors(xa_fit[vec_part], emotions, frames, max(n_null // K, 1),
                                                 rng).reshape(-1, resid_a.shape[1]))
         if (np.linalg.norm(mapped, axis=-1) == 0).any():
             skipped[source] = f"the map from {source}'s index {layer_a} sends an emotion vector to 0"
@@ -205,6 +211,8 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         "schema": TRANSFER_SCHEMA, "target": name, "layer_b": layer_b, "relative_depth_b": layer_b / adapter.n_layers,
         "alpha": alpha, "dose_unit": "projection sd (b's fit half), the half-max dose of b's steering", "ridge": ridge,
         "n_null": n_null, "n_permutations": max(n_null // K, 1), "n_prompts": len(held.prompts),
+        "map_fit": f"the fit half's frames split in two: the map on one ({len(map_part)} prompts), a's vectors and "
+                   f"their permuted null on the other ({len(vec_part)} prompts), so the map cannot reproduce them",
         "n_items": len(held.items),
         "own": effect["own"],
         "own_in_steering_file": steer["readout_shift"]["ld"]["on_target"][at[0]][at[1]],
