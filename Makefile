@@ -44,8 +44,6 @@ report: demo
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
-	$(BIN)/snakemake --lint --configfile config/real.yaml
-	$(BIN)/snakemake --lint --configfile config/null.yaml
 	$(BIN)/snakemake --lint
 
 # The quick loop: lint and the fast tests (no workflow runs, no calibration suites).

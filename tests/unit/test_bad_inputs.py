@@ -255,6 +255,7 @@ def test_bad_input_gets_one_clear_line_and_no_output(name, tmp_path, monkeypatch
     assert not list(tmp_path.rglob(".*.tmp*")), "a temporary file was left behind"
 
 
+@pytest.mark.slow  # a fresh process: about 8 s of imports
 @pytest.mark.parametrize("name", ["malicious pickle"])
 def test_console_script_exits_2_with_one_line(name, tmp_path, monkeypatch):
     """The installed ``emolens`` script, in a fresh process: exit status 2, one line, no traceback."""
@@ -267,6 +268,7 @@ def test_console_script_exits_2_with_one_line(name, tmp_path, monkeypatch):
     assert not Path("PWNED").exists()
 
 
+@pytest.mark.slow  # a fresh snakemake process
 @pytest.mark.parametrize("name", ["unknown config key"])
 def test_snakemake_config_error_is_one_line(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

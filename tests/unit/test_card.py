@@ -36,6 +36,7 @@ def _leaky(records):
     return [r | {"text": r["text"] + " See you at six tonight."} if r["emotion"] == "neutral" else r for r in records]
 
 
+@pytest.mark.slow  # about 13 s: the lexical and surface baselines on 900 prompts, twice
 def test_the_card_of_the_built_dataset_and_of_a_leaky_one():
     records = build_dataset()
     card = describe(records)
@@ -53,6 +54,7 @@ def test_the_card_of_the_built_dataset_and_of_a_leaky_one():
     assert "surface baseline, frames held out: all" in text and "| implicit: words |" in text
 
 
+@pytest.mark.slow  # about 10 s
 def test_describe_command_prints_and_writes_the_card(tmp_path, capsys):
     out = tmp_path / "card.json"
     assert main(["dataset", "describe", "--out", str(out)]) == 0

@@ -98,6 +98,7 @@ def test_heldout_split_by_item():
     assert not test_items & train_items
 
 
+@pytest.mark.slow  # about 13 s: trains an organism to its accuracy and margin targets
 def test_run_trains_saves_and_loads_back(tmp_path):
     data = tmp_path / "data.jsonl"
     write_dataset(build_dataset(), data)
