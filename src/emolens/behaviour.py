@@ -12,7 +12,10 @@ its own average. The offsets are fitted on the same prompts they are scored on (
 free, on hundreds of prompts), so calibrated accuracy is a mild in-sample estimate. Both are
 reported overall, per register (when the records have one) and as 4x4 confusion matrices (rows =
 true emotion, columns = predicted, in :data:`emolens.EMOTIONS` order), beside chance (0.25) and the
-share of raw predictions that go to each label. Patching effects are interpretable only where the
+share of raw predictions that go to each label. An instruct model (``models.<m>.chat_template``) is
+also read with the prompt in its chat template (the message as the user's turn, the suffix opening
+the assistant's answer: :meth:`emolens.readout.Readout.chat_prompt`), reported under ``chat`` beside
+the plain readout every other phase uses. Patching effects are interpretable only where the
 clean model separates the emotions; this file says how far it does.
 
 Inputs: one model's settings, the dataset JSONL and the readout. Output:
@@ -89,10 +92,11 @@ def readout_report(logits: np.ndarray, emotions: Sequence[str],
 
 
 def label_logits(adapter: ModelAdapter, texts: Sequence[str], readout: Readout = DEFAULT,
-                 batch_size: int = 32) -> np.ndarray:
-    """Clean label logits [N, 4] (EMOTIONS order) at each readout prompt's last position."""
+                 batch_size: int = 32, chat: bool = False) -> np.ndarray:
+    """Clean label logits [N, 4] (EMOTIONS order) at each readout prompt's last position (``chat``: the prompt
+    in the tokenizer's chat template, :meth:`Readout.chat_prompt`)."""
     ids = readout.label_token_ids(adapter.tokenizer)
-    tokens = tokenize(adapter, texts, readout)
+    tokens = tokenize(adapter, texts, readout, chat)
     logits, _ = collect(adapter, tokens, [ids[e] for e in EMOTIONS], offsets=(), batch_size=batch_size)
     return logits.double().numpy()
 
@@ -104,16 +108,25 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
     records = load_dataset(dataset)
     adapter = load_model(settings, name=name, device=device)
     label_ids = readout.label_token_ids(adapter.tokenizer)  # refuse a bad label before any forward
-    texts = [r["text"] for r in records]
-    logits, _ = run_with_backoff(lambda bs: label_logits(adapter, texts, readout, bs), settings.get("batch_size", 16),
-                                 what=f"readout {name}")
+    chat = bool(settings.get("chat_template"))
+    if chat and not getattr(adapter.tokenizer, "chat_template", None):
+        raise ValueError(f"models.{name}.chat_template: the tokenizer of {name} has no chat template; "
+                         "set chat_template to false")
+    texts, emotions = [r["text"] for r in records], [r["emotion"] for r in records]
     registers = [r.get("register") for r in records]
-    report = readout_report(logits, [r["emotion"] for r in records],
-                            registers if any(r is not None for r in registers) else None)
+    registers = registers if any(r is not None for r in registers) else None
+
+    def report_for(chat: bool) -> dict[str, Any]:
+        logits, _ = run_with_backoff(lambda bs: label_logits(adapter, texts, readout, bs, chat),
+                                     settings.get("batch_size", 16), what=f"readout {name}")
+        return readout_report(logits, emotions, registers)
+
+    report = report_for(chat=False)
     result = {
         "schema": SCHEMA,
         "model": name,
         **report,
+        "chat": report_for(chat=True) if chat else None,  # the same readout in the tokenizer's chat template
         "readout": readout.as_dict(),
         "label_token_ids": label_ids,
         "quantization": adapter.quantization,
@@ -123,6 +136,9 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
     share = max(report["predicted_share"].items(), key=lambda kv: kv[1])
     log.info("readout %s: accuracy %.3f raw, %.3f calibrated (chance %.2f, n = %d); most predicted %r (%.0f%%)",
              name, report["accuracy"], report["accuracy_calibrated"], CHANCE, report["n"], share[0], 100 * share[1])
+    if chat:
+        log.info("readout %s in its chat template: accuracy %.3f raw, %.3f calibrated", name,
+                 result["chat"]["accuracy"], result["chat"]["accuracy_calibrated"])
     for register, r in report["by_register"].items():
         log.info("readout %s [%s]: accuracy %.3f raw, %.3f calibrated (n = %d)", name, register, r["accuracy"],
                  r["accuracy_calibrated"], r["n"])

@@ -55,12 +55,17 @@ def check_readout(path: Path, counts: dict[str, int]) -> tuple[bool, str]:
     rb = json.loads(Path(path).read_text())
     acc, cal = rb["accuracy"], rb["accuracy_calibrated"]
     rows = [counts[e] for e in EMOTIONS]
-    ok = all(isinstance(a, (int, float)) and 0 <= a <= 1 for a in (acc, cal))
-    for key in ("confusion", "confusion_calibrated"):
-        matrix = np.asarray(rb[key])
-        ok &= matrix.shape == (4, 4) and matrix.sum(axis=1).tolist() == rows
+    ok = True
+    for report in (rb, rb.get("chat") or rb):  # the chat-template readout, where there is one, the same way
+        ok &= all(isinstance(a, (int, float)) and 0 <= a <= 1
+                  for a in (report["accuracy"], report["accuracy_calibrated"]))
+        for key in ("confusion", "confusion_calibrated"):
+            matrix = np.asarray(report[key])
+            ok &= matrix.shape == (4, 4) and matrix.sum(axis=1).tolist() == rows
+    chat = f"; chat template {rb['chat']['accuracy']} raw, {rb['chat']['accuracy_calibrated']} calibrated" \
+        if rb.get("chat") else ""
     return ok, f"accuracy {acc} raw, {cal} calibrated (chance {rb.get('chance')}), n {rb.get('n')}, " \
-               f"confusion rows {np.asarray(rb['confusion']).sum(axis=1).tolist()} (expected {rows})"
+               f"confusion rows {np.asarray(rb['confusion']).sum(axis=1).tolist()} (expected {rows}){chat}"
 
 
 def _in_unit(*arrays: Any) -> bool:

@@ -38,18 +38,23 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def readout_section(res: Results) -> list[str]:
-    rows = []
+    rows, chat = [], any(r.get("chat") for r in res.readout.values())
     for m, r in res.readout.items():
         reg, share = r.get("by_register") or {}, r["predicted_share"]
         top = max(share, key=share.get)
+        c = r.get("chat")
+        in_chat = f"{_f(c['accuracy'])} / {_f(c['accuracy_calibrated'])}" if c else "-"
         rows.append([m, _f(r["accuracy"]), _f(r["accuracy_calibrated"]),
                      *(_f(reg.get(g, {}).get("accuracy_calibrated")) for g in ("explicit", "implicit")),
-                     f"{top} ({_f(share[top])})"])
+                     f"{top} ({_f(share[top])})", *([in_chat] if chat else [])])
+    note = (" Chat template: the same prompt as an instruct model's conversation (the message as the user's turn, "
+            "the suffix opening the assistant's answer), raw / calibrated; every other section uses the plain "
+            "prompt." if chat else "")
     return ["## Does each model read the emotion?", "",
             "The model's own 4-way prediction from its label logits after the readout prompt (chance 0.25); "
-            "calibrated = each label's mean logit over the dataset subtracted first.", "",
+            "calibrated = each label's mean logit over the dataset subtracted first." + note, "",
             *_table(["model", "accuracy", "calibrated", "calibrated, explicit", "calibrated, implicit",
-                     "most predicted label (share)"], rows), ""]
+                     "most predicted label (share)", *(["chat template"] if chat else [])], rows), ""]
 
 
 def probe_section(res: Results) -> list[str]:

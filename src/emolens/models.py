@@ -168,6 +168,9 @@ def _post_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
 
 # --- loading ---------------------------------------------------------------------------------------
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Left in the models.<m>.dtype under int8: the unembedding (the readout's label rows) and a multimodal
+# checkpoint's vision side, which the text readout never runs (patterns match module names from the start).
+INT8_SKIP = ["lm_head", r".*vision_tower", r".*multi_modal_projector"]
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -179,6 +182,9 @@ def resolve_device(device: str = "auto") -> str:
 
 def load_model(settings: dict[str, Any], name: str = "model", device: str = "auto") -> ModelAdapter:
     """Load a model from its settings (``path`` or ``hf_id``, ``gguf_file``, ``dtype``, ``quantization``, ``offload``).
+
+    ``quantization: int8`` is bitsandbytes LLM.int8 on every linear layer but :data:`INT8_SKIP`, the rest
+    (norms, embeddings, the skipped layers) in ``dtype``. A Gemma model in float16 is refused: it overflows.
 
     A GGUF model (``gguf_file``) is dequantised by transformers into the configured dtype; with
     ``cache_dir`` its first load writes an ordinary checkpoint there and every load reads that
@@ -205,7 +211,7 @@ def load_model(settings: dict[str, Any], name: str = "model", device: str = "aut
     if gguf:
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     elif quantization == "int8":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=INT8_SKIP)
         # bitsandbytes logs a cast warning on every int8 matmul whose input is not float16
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         kwargs["device_map"] = device
@@ -225,6 +231,10 @@ def load_model(settings: dict[str, Any], name: str = "model", device: str = "aut
         family_of(config.model_type)
     except ModelLoadError as e:
         raise ModelLoadError(f"models.{name} ({source!r}): {e}") from None
+    if config.model_type.startswith("gemma") and dtype_name == "float16":
+        raise ModelLoadError(f"models.{name}.dtype: float16 with a {config.model_type} model ({source!r}): Gemma-3's "
+                             "activations overflow float16 (transformers issue 36822) and its outputs become empty or "
+                             "NaN; set dtype to bfloat16 or float32")
     try:
         model, info = AutoModelForCausalLM.from_pretrained(source, revision=settings.get("revision"), **gguf,
                                                            **kwargs)
@@ -331,7 +341,8 @@ def _write_gguf_checkpoint(source: str, gguf_file: str, cache: Path, settings: d
     # model's own class (GemmaTokenizer, ...) rebuilds its normalizer and pre-tokenizer on load.
     specials = {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")
                 if getattr(tokenizer, k, None) is not None}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, **specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer,
+                                        chat_template=getattr(tokenizer, "chat_template", None), **specials)
     tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any result
     try:

@@ -68,6 +68,16 @@ class Readout:
         """The readout prompt for one message: prefix, text, suffix."""
         return self.prefix + text + self.suffix
 
+    def chat_prompt(self, text: str, tokenizer: Any) -> str:
+        """The readout prompt as an instruct model's conversation: ``prefix + text`` is the user's turn and the
+        suffix (leading whitespace dropped) opens the assistant's answer, so the label word comes next as in
+        :meth:`prompt`. The tokenizer's chat template writes the turns (and its own special tokens)."""
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template, so the readout cannot be wrapped in one")
+        turn = tokenizer.apply_chat_template([{"role": "user", "content": self.prefix + text}],
+                                             add_generation_prompt=True, tokenize=False)
+        return turn + self.suffix.lstrip()
+
     def label_token_ids(self, tokenizer: Any) -> dict[str, int]:
         """{emotion: token id} of each label word; a ValueError if a word is not one token or two share one."""
         ids = {}

@@ -1,15 +1,18 @@
 """Readout baseline: the report from planted logits by hand, and the model's own prediction on tiny models."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from emolens import EMOTIONS
 from emolens.activations import tokenize
 from emolens.behaviour import label_logits, readout_report, run
 from emolens.dataset import build_dataset, write_dataset
+from emolens.models import load_model
 from emolens.readout import DEFAULT, Readout
 
 FAMILIES = ["gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3"]
@@ -106,4 +109,40 @@ def test_run_refuses_a_label_that_splits(tiny_checkpoints, tmp_path):
     with pytest.raises(ValueError, match=r"readout\.labels\.anger = ' xqzangerz'"):
         run({"path": str(tiny_checkpoints["gpt2"]), "dtype": "float32"}, data, out, name="gpt2", device="cpu",
             readout=readout)
+    assert not out.exists()
+
+
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_chat_readout_reads_the_prompt_in_the_chat_template(tiny_checkpoints, tmp_path):
+    """An instruct model's chat readout: the message as the user's turn, the suffix opening the answer; it is
+    reported beside the plain readout, which stays what every other phase reads."""
+    ckpt = tmp_path / "chat_model"
+    shutil.copytree(tiny_checkpoints["gpt2"], ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    tok.chat_template = CHAT
+    tok.save_pretrained(ckpt)
+    data, out = tmp_path / "data.jsonl", tmp_path / "readout.json"
+    records = build_dataset()[:40]
+    write_dataset(records, data)
+    settings = {"path": str(ckpt), "dtype": "float32", "batch_size": 64}
+    plain = run(settings, data, tmp_path / "plain.json", name="m", device="cpu")
+    result = run({**settings, "chat_template": True}, data, out, name="m", device="cpu")
+    assert plain["chat"] is None and result["accuracy"] == plain["accuracy"]
+    text = records[0]["text"]
+    assert DEFAULT.chat_prompt(text, tok) == f"<|user|>{text}<|end|><|assistant|>" + DEFAULT.suffix.lstrip()
+    adapter = load_model(settings, name="m", device="cpu")
+    logits = label_logits(adapter, [r["text"] for r in records], DEFAULT, chat=True)
+    expected = readout_report(logits, [r["emotion"] for r in records], [r.get("register") for r in records])
+    assert json.loads(out.read_text())["chat"]["accuracy_calibrated"] == expected["accuracy_calibrated"]
+    assert not np.allclose(logits, label_logits(adapter, [r["text"] for r in records], DEFAULT))
+
+
+def test_chat_readout_refused_without_a_chat_template(tiny_checkpoints, tmp_path):
+    data, out = tmp_path / "data.jsonl", tmp_path / "readout.json"
+    write_dataset(build_dataset()[:8], data)
+    with pytest.raises(ValueError, match=r"models\.m\.chat_template: the tokenizer of m has no chat template"):
+        run({"path": str(tiny_checkpoints["gpt2"]), "chat_template": True}, data, out, name="m", device="cpu")
     assert not out.exists()

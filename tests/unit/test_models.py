@@ -104,6 +104,31 @@ def test_int8_gemma3_loads_quantised_and_runs(tiny_checkpoints, tiny_adapters, t
     assert 0 < rel < 0.1, rel
 
 
+def test_int8_gemma3_keeps_every_unquantised_module_out_of_float16(tiny_checkpoints):
+    """gemma3_12b's setting (int8, bfloat16): every linear layer of the text model is int8 but the unembedding,
+    and every other parameter and floating buffer is bfloat16 (bitsandbytes' float16 default breaks Gemma)."""
+    from bitsandbytes.nn import Linear8bitLt
+
+    adapter = load_model({"path": str(tiny_checkpoints["gemma3"]), "quantization": "int8", "dtype": "bfloat16"},
+                         name="g8", device="cpu")
+    model = adapter.model
+    int8 = {n for n, m in model.named_modules() if isinstance(m, Linear8bitLt)}
+    text_linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "language_model" in n}
+    assert int8 == text_linears and int8  # every text-model linear layer, nothing of the vision side
+    assert not any(isinstance(m, Linear8bitLt) for n, m in model.named_modules() if n.startswith("lm_head"))
+    params = {n: p.dtype for n, p in model.named_parameters() if n.rsplit(".", 1)[0] not in int8}
+    assert params and set(params.values()) == {torch.bfloat16}, {n: d for n, d in params.items()
+                                                                  if d != torch.bfloat16}
+    buffers = {n: b.dtype for n, b in model.named_buffers() if b.is_floating_point()}
+    assert set(buffers.values()) <= {torch.bfloat16, torch.float32}, buffers  # rotary frequencies stay float32
+    assert {p.dtype for n, p in model.named_parameters() if n.rsplit(".", 1)[0] in int8} == {torch.int8}
+
+
+def test_float16_gemma3_is_refused_by_name(tiny_checkpoints):
+    with pytest.raises(ModelLoadError, match=r"models\.g16\.dtype: float16 .*bfloat16 or float32"):
+        load_model({"path": str(tiny_checkpoints["gemma3"]), "dtype": "float16"}, name="g16", device="cpu")
+
+
 def test_multimodal_gemma3_loads_saved_weights(tiny_checkpoints, tiny_adapters):
     saved = load_file(tiny_checkpoints["gemma3"] / "model.safetensors")  # legacy key names on disk
     adapter = tiny_adapters["gemma3"]
