@@ -2,9 +2,12 @@
 
 Builds the model from its published numbers (``emolens/architectures.json``; no weights), with a
 tokenizer trained on the dataset, and times at the baseline's size (900 prompts of about 24 tokens,
-12 ordered pairs per item): activation extraction, the residual last-position sweep, the all-heads
-last-position sweep and one attribution pass. Prints wall time, tokens per second and, on CUDA, the
-fraction of the GPU's dense bf16 peak the forward FLOPs (2 x parameters x tokens) reach.
+12 ordered pairs per item) every GPU phase: the readout, activation extraction, the residual
+last-position sweep, the all-heads last-position sweep, one attribution pass, the top-heads patching
+and a steering batch (``--steer`` directions at the middle index on 64 prompts). Prints wall time,
+tokens per second and, on CUDA, the fraction of the GPU's dense bf16 peak the forward FLOPs
+(2 x parameters x tokens) reach, and the peak GPU memory beside the plan's prediction for the same
+setting (``emolens plan``, config/config.yaml's row); ``--json`` writes all of it to one file.
 
     python benchmarks/real_shape.py --model gpt2_small                      # CPU: fp32, subsampled pairs
     python benchmarks/real_shape.py --model llama3_8b --dtype bfloat16      # one GPU
@@ -20,17 +23,23 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from emolens.activations import extract
+from emolens.architecture import known_architectures
 from emolens.attribution import attribute_heads
+from emolens.behaviour import label_logits
+from emolens.config import load_config
 from emolens.dataset import build_dataset
+from emolens.edits import prepare_prompts, run_edits
 from emolens.heads import exact_last_position
 from emolens.models import ModelAdapter
 from emolens.organisms import train_tokenizer
 from emolens.pairs import prepare_pairs
-from emolens.patching import patch_pairs, resid_site
+from emolens.patching import head_site, patch_pairs, resid_site
+from emolens.plan import plan_model
 from emolens.readout import prompt
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment.
@@ -76,8 +85,11 @@ def _quantise_linear_int8(model: torch.nn.Module) -> None:
         torch.cuda.empty_cache()
 
 
+PHASES: dict[str, dict[str, float]] = {}  # label -> wall seconds, tokens/s, fraction of bf16 peak
+
+
 def timed(label: str, fn: Callable[[], Any], tokens: int, flops_per_token: float, peak: float | None) -> Any:
-    """Run ``fn`` once, print wall time, tokens/s and (on CUDA) the fraction of bf16 peak."""
+    """Run ``fn`` once, print (and keep in PHASES) wall time, tokens/s and, on CUDA, the fraction of bf16 peak."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -85,9 +97,11 @@ def timed(label: str, fn: Callable[[], Any], tokens: int, flops_per_token: float
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
+    PHASES[label] = {"seconds": wall, "tokens_per_s": tokens / wall}
     line = f"{label:<34} {wall:9.2f} s  {tokens / wall:12.0f} tok/s"
     if peak:
-        line += f"  {flops_per_token * tokens / wall / peak:6.1%} of bf16 peak"
+        PHASES[label]["bf16_peak_fraction"] = flops_per_token * tokens / wall / peak
+        line += f"  {PHASES[label]['bf16_peak_fraction']:6.1%} of bf16 peak"
     print(line, flush=True)
     return out
 
@@ -99,6 +113,8 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="bitsandbytes LLM.int8 decoder weights")
     parser.add_argument("--max-pairs", type=int, default=None, help="subsample the 2700 pairs (CPU default 64)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steer", type=int, default=64, help="directions of the steering batch")
+    parser.add_argument("--json", default=None, help="write the measurements to this file")
     a = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, a.dtype or ("bfloat16" if device == "cuda" else "float32"))
@@ -118,6 +134,8 @@ def main() -> None:
     flops = 2.0 * n_params
     texts = [r["text"] for r in records]
     n_tokens = sum(len(tokenizer(prompt(t))["input_ids"]) for t in texts)
+    timed(f"readout ({len(texts)} prompts)", lambda: label_logits(adapter, texts, batch_size=a.batch_size),
+          n_tokens, flops, peak)
     timed(f"activations ({len(texts)} prompts)", lambda: extract(adapter, texts, a.batch_size), n_tokens, flops, peak)
 
     pairs = prepare_pairs(adapter, records, max_pairs=max_pairs)
@@ -126,15 +144,38 @@ def main() -> None:
           lambda: patch_pairs(adapter, pairs, variants, batch_size=a.batch_size),
           len(pairs) * len(variants), flops, peak)
     n_heads = adapter.n_layers * adapter.n_heads
-    timed(f"all-heads sweep ({len(pairs)} pairs x {n_heads})",
-          lambda: exact_last_position(adapter, pairs, a.batch_size),
-          len(pairs) * n_heads, flops, peak)
+    scores = timed(f"all-heads sweep ({len(pairs)} pairs x {n_heads})",
+                   lambda: exact_last_position(adapter, pairs, a.batch_size),
+                   len(pairs) * n_heads, flops, peak)
     run_tokens = sum(len(t) for t in pairs.run)
     timed(f"attribution ({len(pairs)} pairs)",
           lambda: attribute_heads(adapter, pairs, offsets=(-1,), batch_size=a.batch_size),
           run_tokens, 3 * flops, peak)
+    patched, ld_run, _ = scores  # [P, L, H], [P]: the top 8 heads by mean effect go to 6b
+    top = np.argsort(-np.abs((patched - ld_run[:, None, None]).mean(axis=0).reshape(-1)))[:8]
+    heads = [head_site(int(i) // adapter.n_heads, int(i) % adapter.n_heads, range(-9, 0)) for i in top]
+    timed(f"top-heads patching ({len(pairs)} pairs x {len(heads) + 1})",
+          lambda: patch_pairs(adapter, pairs, [(h,) for h in heads] + [tuple(heads)], batch_size=a.batch_size),
+          len(pairs) * (len(heads) + 1) * 9, flops, peak)
+    steer = prepare_prompts(adapter, records[:64])
+    directions = np.random.default_rng(0).normal(size=(a.steer, adapter.d_model)).astype(np.float32)
+    timed(f"steering ({a.steer} directions x 64 prompts)",
+          lambda: run_edits(adapter, steer, adapter.n_layers // 2, add=directions, batch_size=a.batch_size),
+          a.steer * sum(len(t) for t in steer.tokens), flops, peak)
+    result: dict[str, Any] = {"model": a.model, "dtype": str(dtype).removeprefix("torch."), "int8": a.int8,
+                              "device": where, "params": n_params, "phases": dict(PHASES)}
     if device == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory {result['peak_gib']:.1f} GiB")
+    settings = load_config("config/config.yaml")["models"].get(a.model)
+    if settings:
+        row = plan_model(a.model, {**settings, "batch_size": a.batch_size}, 24, known_architectures())
+        result["plan"] = {k: row.get(k) for k in ("weights_gib", "total_gib", "batch_used", "fits")}
+        print(f"plan (config/config.yaml, batch {a.batch_size}): weights {row['weights_gib']:.1f} GiB, "
+              f"total {row['total_gib']:.1f} GiB on 24 GiB, fits {row['fits']}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.gguf
 NAME = "tiny-gemma3.gguf"
 
 
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+
+
 def _write_gguf(model, tokenizer, path) -> None:
     """The model's fp32 tensors under llama.cpp's Gemma-3 names, its config and its byte-level BPE tokenizer."""
     cfg = model.config
@@ -49,6 +52,7 @@ def _write_gguf(model, tokenizer, path) -> None:
         getattr(writer, f"add_{key}_token_id" if key != "unk" else "add_unk_token_id")(
             getattr(tokenizer, f"{key}_token_id"))
     writer.add_add_bos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, cfg.num_hidden_layers)
     for hf_name, tensor in model.state_dict().items():
         if hf_name == "lm_head.weight":  # tied: llama.cpp writes no output.weight
@@ -104,6 +108,7 @@ def test_gguf_converts_once_into_the_cache_and_matches_the_original(tiny_gguf, t
     text = prompt("Thank you so much for the flowers, they made my week.")
     ids = torch.tensor([tokenizer.encode(text)])
     assert adapter.tokenizer.encode(text) == ids[0].tolist()  # the tokenizer came through the GGUF file
+    assert adapter.tokenizer.chat_template == CHAT_TEMPLATE  # and its chat template (the chat readout needs it)
     assert ids.shape[1] > 8  # longer than the sliding window
     torch.testing.assert_close(_logits(adapter.model, ids), _logits(model, ids), atol=1e-5, rtol=0)
 
