@@ -197,8 +197,33 @@ def alignment_section(res: Results) -> list[str]:
                      f"{meas['transfer_cosine_mean']['n_significant']}/{meas['transfer_cosine_mean']['n_tests']}",
                      k.get(tuple(p["models"]), "n/a")])
     rule = res.statistics.get("k", {}).get("rule", "")
-    return lines + [""] + _table(["pair", "CKA (texts)", "CKA (item-centred)", "vector transfer cosine",
-                                  "transfer significant (depths)", "k"], rows) + ["", f"k: {rule}", ""]
+    lines += [""] + _table(["pair", "CKA (texts)", "CKA (item-centred)", "vector transfer cosine",
+                            "transfer significant (depths)", "k"], rows) + ["", f"k: {rule}", ""]
+    if len(summary["pairs"]) <= MAX_DEPTH_TABLES:
+        for p in summary["pairs"]:
+            lines += depth_table(p)
+    return lines
+
+
+MAX_DEPTH_TABLES = 3  # a profile with a few pairs gets each pair's measures per matched depth
+DEPTH_MEASURES = {"linear_cka": "CKA (texts)", "linear_cka_item_centred": "CKA (item-centred)",
+                  "transfer_cosine_mean": "vector transfer cosine", "subspace_mean_cos": "subspace cosine",
+                  "rsa": "RSA"}
+
+
+def depth_table(pair: dict[str, Any]) -> list[str]:
+    """One pair's alignment per matched depth: each measure with its permutation null's mean and BH-adjusted p."""
+    meas, (a, b) = pair["measures"], pair["models"]
+
+    def cell(key: str, i: int) -> str:
+        m = meas[key]
+        return f"{_f(m['value'][i])} (null {_f(m['null_mean'][i])}, p {_f(m['p_bh'][i], 3)})"
+
+    rows = [[f"{la} / {lb}", *(cell(k, i) for k in DEPTH_MEASURES), _f(meas["map_r2"]["value"][i])]
+            for i, (la, lb) in enumerate(pair["matched_layers"])]
+    return [f"{a} / {b} per matched depth (residual index in {a} / in {b}; each measure with its permutation "
+            "null's mean and Benjamini-Hochberg p; map R2 = held-out fit of the linear map from a to b):", "",
+            *_table(["index", *DEPTH_MEASURES.values(), "map R2"], rows), ""]
 
 
 def steering_section(res: Results) -> list[str]:
