@@ -40,6 +40,7 @@ Outputs: ``alignment/<a>__<b>.pkl`` (schema ``emolens.alignment/1``, with every 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -357,13 +358,18 @@ def run_summary(pair_files: Sequence[str | Path], out_json: str | Path, alpha: f
                       "map_r2": [d["map_r2"] for d in matched], "self_cells": r.get("self_cells"),
                       "measures": measures})
     by_family = {}
+    floor = 1 / (1 + min(r["settings"]["n_perm"] for r in records))  # the smallest permutation p any test can have
     for family, question in FAMILIES.items():
         members = [m for m in MEASURES if MEASURE_TABLE[m]["family"] == family]
+        n_tests = sum(p["measures"][m]["n_tests"] for p in pairs for m in members)
         by_family[family] = {
             "question": question, "measures": members,
             "correction": f"{families.CORRECTION}, over these measures x matched depths x model pairs",
-            "n_tests": sum(p["measures"][m]["n_tests"] for p in pairs for m in members),
-            "n_significant": sum(p["measures"][m]["n_significant"] for p in pairs for m in members)}
+            "n_tests": n_tests,
+            "n_significant": sum(p["measures"][m]["n_significant"] for p in pairs for m in members),
+            # BH calls i tests significant only if i of them have p <= i * alpha / n_tests: with every p >= floor,
+            # no test can be significant unless at least this many share the floor
+            "p_floor": floor, "min_tests_at_floor": math.ceil(n_tests * floor / alpha - 1e-9)}
     prov = provenance({"alpha": alpha}, started, inputs=[str(p) for p in pair_files])
     save_json({"alpha": alpha, "measures": MEASURE_TABLE, "families": by_family,
                "significance": "every n_significant counts tests with BH-adjusted p <= alpha within its family",

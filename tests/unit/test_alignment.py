@@ -271,6 +271,9 @@ def test_run_pair_and_summary_write_promised_keys(tmp_path):
     assert all(summary["measures"][m]["question"] and summary["measures"][m]["null"] for m in MEASURES)
     assert all(summary["measures"][m]["null"] is None for m in DESCRIPTIVE)
     assert summary["families"]["emotion_specific"]["n_tests"] == 9
+    # p >= 1/21: BH at alpha 0.05 over 9 tests needs ceil(9 * (1/21) / 0.05) = 9 of them at that floor
+    assert summary["families"]["emotion_specific"]["p_floor"] == pytest.approx(1 / 21)
+    assert summary["families"]["emotion_specific"]["min_tests_at_floor"] == 9
     assert "p" not in summary["pairs"][0]["measures"]["rsa_vectors"]  # the 4x4 vector RSA is no test
 
 
