@@ -285,12 +285,12 @@ def caveats(res: Results, organisms: list[str]) -> list[str]:
             notes.append(f"{m}: {sum(excluded.values())} of {len(s['pairs'])} pairs below min_separation "
                          f"{s['min_separation']} were left out of the patching summaries ({excluded}).")
     for family, f in (res.alignment_summary or {}).get("families", {}).items():
-        if f.get("min_tests_at_floor", 1) > 1:
-            notes.append(f"{family}: with alignment.n_perm permutations no p is below {_f(f['p_floor'], 3)}, so "
-                         f"Benjamini-Hochberg over its {f['n_tests']} tests can call a test significant only when at "
-                         f"least {f['min_tests_at_floor']} of them sit at that floor: a count of significant tests "
-                         "near zero is the resolution of the test, not evidence against alignment; raise "
-                         "alignment.n_perm.")
+        if f["n_significant"] < f.get("min_tests_at_floor", 1):
+            notes.append(f"{family}: {f['n_significant']} of {f['n_tests']} significant, but with alignment.n_perm "
+                         f"permutations no p is below {_f(f['p_floor'], 3)}, and Benjamini-Hochberg over "
+                         f"{f['n_tests']} tests calls any significant only when at least {f['min_tests_at_floor']} "
+                         "sit at that floor: the count is the resolution of the test, not evidence against "
+                         "alignment; raise alignment.n_perm.")
     for m, r in res.readout.items():
         if r["accuracy_calibrated"] < WEAK_READOUT:
             notes.append(f"{m} reads the emotion weakly (calibrated accuracy {_f(r['accuracy_calibrated'])}): its "
