@@ -18,7 +18,7 @@ if command -v nvidia-smi > /dev/null && nvidia-smi > /dev/null 2>&1; then
 else
     echo "no GPU: dry run on CPU" | tee -a "$log"
     shapes=("gpt2_small --max-pairs 8 --steer 8 --batch-size 32")
-    limit=900 fidelity="--reference float32 --builds bfloat16 int8 --max-items 12 --device cpu"
+    limit=900 fidelity="--reference float32 --builds int8 --max-items 12 --device cpu"  # bf16 is emulated on CPU
 fi
 for args in "${shapes[@]}"; do
     name="${args%% *}"
