@@ -5,8 +5,9 @@
 #   3. int8-vs-bf16 fidelity on Gemma-3 270M's real weights (benchmarks/int8_fidelity.py), where the checkpoint
 #      `make real` writes (results/real/models/gemma3_270m) was carried; else it says it was skipped.
 # Without a GPU it is a dry run on CPU: gpt2_small at fp32 on 8 pairs, and the fidelity on 12 items.
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh            (PYTHON=.venv/bin/python to name the interpreter)
 set -uo pipefail
+python="${PYTHON:-python}"
 out="${OUT:-.}"
 mkdir -p "$out"
 log="$out/gpu_check.txt"
@@ -22,17 +23,17 @@ else
 fi
 for args in "${shapes[@]}"; do
     name="${args%% *}"
-    timeout "$limit" python benchmarks/real_shape.py --model $args --json "$out/real_shape_$name.json" 2>&1 \
+    timeout "$limit" "$python" benchmarks/real_shape.py --model $args --json "$out/real_shape_$name.json" 2>&1 \
         | grep -v "it/s]" | tee -a "$log" || echo "real_shape.py --model $args: exit ${PIPESTATUS[0]}" | tee -a "$log"
 done
 if [ -f results/real/models/gemma3_270m/config.json ]; then
-    timeout 150 python benchmarks/int8_fidelity.py --config config/real.yaml --model gemma3_270m $fidelity \
+    timeout 150 "$python" benchmarks/int8_fidelity.py --config config/real.yaml --model gemma3_270m $fidelity \
         --out "$out/int8_fidelity.json" 2>&1 | grep -v "it/s]" | tee -a "$log" \
         || echo "int8_fidelity.py: exit ${PIPESTATUS[0]}" | tee -a "$log"
 else
     echo "int8 fidelity skipped: no checkpoint at results/real/models/gemma3_270m (make real writes it)" | tee -a "$log"
 fi
-python - "$out" <<'EOF'
+"$python" - "$out" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 parts = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != "gpu_check.json"}

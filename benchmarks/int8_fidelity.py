@@ -5,7 +5,9 @@ The int8 build is bitsandbytes LLM.int8 on every decoder linear layer, everythin
 without int8 tells the cost of 16-bit compute from that of the int8 weights. On the dataset's readout
 prompts (whole items, ``--max-items`` of them, seeded) each build is compared with the reference
 (float32 by default): per residual index, the relative error of the last-token residual
-(||build - ref|| / ||ref||, mean over prompts); the readout's agreement (argmax of the four label
+(||build - ref|| / ||ref||, mean over prompts) and the same error per dimension in units of that
+dimension's sd across prompts (what a standardised probe reads: Gemma-3's norm is a few huge
+dimensions, so a small relative error can be large in the others); the readout's agreement (argmax of the four label
 logits, raw and calibrated) and KL(ref || build) of the full next-token distribution at the last
 position; and at every ``--probe-every``-th index the frame-held-out probe accuracy on each build
 and the reference's probe scored on the build's activations. Writes one JSON and prints the table.
@@ -84,10 +86,18 @@ def probes(ref: np.ndarray, new: np.ndarray, labels: np.ndarray, fold: np.ndarra
 def compare(ref: dict[str, Any], new: dict[str, Any], labels: np.ndarray, fold: np.ndarray, probe_at: list[int],
             seed: int) -> dict[str, Any]:
     """Every fidelity number of one build against the reference."""
-    diff = np.linalg.norm(new["resid"] - ref["resid"], axis=-1)  # [N, L+1]
-    rel = (diff / np.maximum(np.linalg.norm(ref["resid"], axis=-1), 1e-30)).mean(axis=0)
+    delta = new["resid"] - ref["resid"]  # [N, L+1, d]
+    rel = (np.linalg.norm(delta, axis=-1) / np.maximum(np.linalg.norm(ref["resid"], axis=-1), 1e-30)).mean(axis=0)
+    # the same error in the units a standardised probe reads: each dimension over its sd across prompts
+    sd = ref["resid"].std(axis=0)  # [L+1, d]
+    typical = np.linalg.norm(ref["resid"], axis=-1).mean(axis=0) / np.sqrt(sd.shape[-1])  # [L+1] rms per dimension
+    kept = sd > 1e-3 * typical[:, None]  # dimensions all but constant across prompts (index 0's last token) left out
+    standardised = np.array([np.sqrt(np.mean((delta[:, i, k] / sd[i, k]) ** 2)) if k.any() else np.nan
+                             for i, k in enumerate(kept)])
     kl = (ref["logprobs"].exp() * (ref["logprobs"] - new["logprobs"])).sum(-1).clamp_min(0).double().numpy()
-    return {"relative_error": rel.tolist(), "agreement": agreement(ref["labels"], new["labels"]),
+    return {"relative_error": rel.tolist(),
+            "standardised_error": [None if np.isnan(v) else v for v in standardised.tolist()],
+            "agreement": agreement(ref["labels"], new["labels"]),
             "kl": {"mean": float(kl.mean()), "median": float(np.median(kl)), "max": float(kl.max())},
             "finite": bool(np.isfinite(new["resid"]).all() and np.isfinite(new["labels"]).all()),
             "probe": {str(i): probes(ref["resid"][:, i], new["resid"][:, i], labels, fold, seed) for i in probe_at}}
@@ -145,13 +155,13 @@ def main() -> None:
               f"{r['agreement']['raw']:.3f} raw, {r['agreement']['calibrated']:.3f} calibrated; KL mean "
               f"{r['kl']['mean']:.4f} median {r['kl']['median']:.4f} max {r['kl']['max']:.4f} nats; calibrated "
               f"accuracy {r['readout_accuracy_calibrated']:.3f} ({a.reference} {ref_acc:.3f})")
-        print("| index | relative error | probe " + a.reference + " | probe " + build + " | " + a.reference
-              + " probe on " + build + " |\n|---|---|---|---|---|")
-        for i, rel in enumerate(r["relative_error"]):
+        print("| index | relative error | standardised error (sd) | probe " + a.reference + " | probe " + build
+              + " | " + a.reference + " probe on " + build + " |\n|---|---|---|---|---|---|")
+        for i, (rel, sd) in enumerate(zip(r["relative_error"], r["standardised_error"], strict=True)):
             p = r["probe"].get(str(i))
             cells = [f"{p['reference']:.3f}", f"{p['build']:.3f}", f"{p['reference_probe_on_build']:.3f}"] if p \
                 else [""] * 3
-            print(f"| {i} | {rel:.4f} | " + " | ".join(cells) + " |")
+            print(f"| {i} | {rel:.4f} | {'n/a' if sd is None else f'{sd:.3f}'} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
