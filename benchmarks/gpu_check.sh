@@ -15,20 +15,20 @@ log="$out/gpu_check.txt"
 if command -v nvidia-smi > /dev/null && nvidia-smi > /dev/null 2>&1; then
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
     shapes=("llama3_8b --dtype bfloat16 --batch-size 64" "gemma3_12b --dtype bfloat16 --int8 --batch-size 16")
-    limit=200 fidelity="--reference bfloat16 --builds int8 --device cuda"
+    limit=200 fidelity_limit=150 fidelity="--reference bfloat16 --builds int8 --device cuda"
 else
     echo "no GPU: dry run on CPU" | tee -a "$log"
     shapes=("gpt2_small --max-pairs 8 --steer 8 --batch-size 32")
-    limit=900 fidelity="--reference float32 --builds int8 --max-items 12 --device cpu"  # bf16 is emulated on CPU
+    limit=900 fidelity_limit=600 fidelity="--reference float32 --builds int8 --max-items 12 --device cpu"  # no bf16 units
 fi
 for args in "${shapes[@]}"; do
     name="${args%% *}"
     timeout "$limit" "$python" benchmarks/real_shape.py --model $args --json "$out/real_shape_$name.json" 2>&1 \
-        | grep -v "it/s]" | tee -a "$log" || echo "real_shape.py --model $args: exit ${PIPESTATUS[0]}" | tee -a "$log"
+        | tr '\r' '\n' | grep -v "it/s]" | tee -a "$log" || echo "real_shape.py --model $args: exit ${PIPESTATUS[0]}" | tee -a "$log"
 done
 if [ -f results/real/models/gemma3_270m/config.json ]; then
-    timeout 150 "$python" benchmarks/int8_fidelity.py --config config/real.yaml --model gemma3_270m $fidelity \
-        --out "$out/int8_fidelity.json" 2>&1 | grep -v "it/s]" | tee -a "$log" \
+    timeout "$fidelity_limit" "$python" benchmarks/int8_fidelity.py --config config/real.yaml --model gemma3_270m $fidelity \
+        --out "$out/int8_fidelity.json" 2>&1 | tr '\r' '\n' | grep -v "it/s]" | tee -a "$log" \
         || echo "int8_fidelity.py: exit ${PIPESTATUS[0]}" | tee -a "$log"
 else
     echo "int8 fidelity skipped: no checkpoint at results/real/models/gemma3_270m (make real writes it)" | tee -a "$log"
