@@ -24,11 +24,11 @@ fi
 for args in "${shapes[@]}"; do
     name="${args%% *}"
     timeout "$limit" "$python" benchmarks/real_shape.py --model $args --json "$out/real_shape_$name.json" 2>&1 \
-        | tr '\r' '\n' | grep -v "it/s]" | tee -a "$log" || echo "real_shape.py --model $args: exit ${PIPESTATUS[0]}" | tee -a "$log"
+        | tr '\r' '\n' | grep -v -E "it/s]|s/it]" | tee -a "$log" || echo "real_shape.py --model $args: exit ${PIPESTATUS[0]}" | tee -a "$log"
 done
 if [ -f results/real/models/gemma3_270m/config.json ]; then
     timeout "$fidelity_limit" "$python" benchmarks/int8_fidelity.py --config config/real.yaml --model gemma3_270m $fidelity \
-        --out "$out/int8_fidelity.json" 2>&1 | tr '\r' '\n' | grep -v "it/s]" | tee -a "$log" \
+        --out "$out/int8_fidelity.json" 2>&1 | tr '\r' '\n' | grep -v -E "it/s]|s/it]" | tee -a "$log" \
         || echo "int8_fidelity.py: exit ${PIPESTATUS[0]}" | tee -a "$log"
 else
     echo "int8 fidelity skipped: no checkpoint at results/real/models/gemma3_270m (make real writes it)" | tee -a "$log"
