@@ -181,7 +181,7 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise DatasetError(f"{path}: dataset file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is dropped
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}); a dataset is JSONL, one object a line") from None
     except OSError as e:

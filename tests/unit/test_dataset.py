@@ -49,6 +49,9 @@ def test_dataset_contract(tmp_path):
     path = tmp_path / "d.jsonl"
     write_dataset(records, path)
     assert load_dataset(path) == records
+    bom = tmp_path / "bom.jsonl"  # saved by a spreadsheet: UTF-8 with a byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_dataset(bom) == records
 
 
 def test_frames_are_many_and_balanced():
