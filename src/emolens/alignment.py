@@ -353,7 +353,7 @@ def run_summary(pair_files: Sequence[str | Path], out_json: str | Path, alpha: f
             ["different_widths"] if r["d_model"][0] != r["d_model"][1] else [])
         pairs.append({"models": r["models"], "file": str(path), "quantization": r["quantization"],
                       "int8_involved": r["int8_involved"],
-                      "flags": flags, "d_model": r["d_model"], "n_prompts": r["n_prompts"],
+                      "flags": flags, "d_model": r["d_model"], "n_layers": r["n_layers"], "n_prompts": r["n_prompts"],
                       "n_items": r.get("n_items"), "matched_layers": [[d["layer_a"], d["layer_b"]] for d in matched],
                       "map_r2": [d["map_r2"] for d in matched], "self_cells": r.get("self_cells"),
                       "measures": measures})

@@ -219,11 +219,12 @@ def depth_table(pair: dict[str, Any]) -> list[str]:
         m = meas[key]
         return f"{_f(m['value'][i])} (null {_f(m['null_mean'][i])}, p {_f(m['p_bh'][i], 3)})"
 
-    rows = [[f"{la} / {lb}", *(cell(k, i) for k in DEPTH_MEASURES), _f(meas["map_r2"]["value"][i])]
-            for i, (la, lb) in enumerate(pair["matched_layers"])]
-    return [f"{a} / {b} per matched depth (residual index in {a} / in {b}; each measure with its permutation "
-            "null's mean and Benjamini-Hochberg p; map R2 = held-out fit of the linear map from a to b):", "",
-            *_table(["index", *DEPTH_MEASURES.values(), "map R2"], rows), ""]
+    na, nb = pair["n_layers"]
+    rows = [[f"{la} / {lb}", f"{_f(la / na)} / {_f(lb / nb)}", *(cell(k, i) for k in DEPTH_MEASURES),
+             _f(meas["map_r2"]["value"][i])] for i, (la, lb) in enumerate(pair["matched_layers"])]
+    return [f"{a} / {b} per matched depth (residual index and relative depth in {a} / in {b}; each measure with "
+            "its permutation null's mean and Benjamini-Hochberg p; map R2 = held-out fit of the linear map from a to "
+            "b):", "", *_table(["index", "depth", *DEPTH_MEASURES.values(), "map R2"], rows), ""]
 
 
 def steering_section(res: Results) -> list[str]:

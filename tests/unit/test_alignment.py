@@ -264,6 +264,7 @@ def test_run_pair_and_summary_write_promised_keys(tmp_path):
     summary = json.loads((tmp_path / "alignment" / "summary.json").read_text())
     assert summary["pairs"][0]["flags"] == ["int8_involved", "different_widths"]
     assert summary["pairs"][0]["quantization"] == [None, "int8"]  # the figure marks the int8 model by it
+    assert summary["pairs"][0]["n_layers"] == [2, 4]  # the findings give each matched depth as a relative depth
     alignment_matrix(tmp_path / "alignment" / "summary.json", ["small", "wide"], tmp_path / "alignment.png")
     assert (tmp_path / "alignment.png").read_bytes().startswith(b"\x89PNG")
     assert len(summary["pairs"][0]["measures"]["linear_cka"]["value"]) == 3 and "provenance" in summary

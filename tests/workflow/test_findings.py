@@ -19,9 +19,10 @@ def test_findings_page_reports_the_files_numbers(mini_workdir, wf):
         assert f"## {heading}" in page
     assert "demo organisms trained on this dataset" in page and "nan" not in page.lower()
     pair = json.loads((results / "alignment" / "summary.json").read_text())["pairs"][0]  # one pair: per depth too
-    (la, lb), cka = pair["matched_layers"][-1], pair["measures"]["linear_cka"]
+    (la, lb), (na, nb), cka = pair["matched_layers"][-1], pair["n_layers"], pair["measures"]["linear_cka"]
     row = next(line for line in page.splitlines() if line.startswith(f"| {la} / {lb} | "))
-    assert row.startswith(f"| {la} / {lb} | {cka['value'][-1]:.2f} (null {cka['null_mean'][-1]:.2f}, p ")
+    assert row.startswith(f"| {la} / {lb} | {la / na:.2f} / {lb / nb:.2f} | {cka['value'][-1]:.2f} "
+                          f"(null {cka['null_mean'][-1]:.2f}, p ")
 
 
 def test_findings_page_of_one_model_says_the_cross_model_phases_were_skipped(one_model_workdir, wf):
