@@ -21,15 +21,18 @@ else
     shapes=("gpt2_small --max-pairs 8 --steer 8 --batch-size 32")
     limit=900 fidelity_limit=600 fidelity="--reference float32 --builds int8 --max-items 12 --device cpu"  # no bf16 units
 fi
+# logged SECONDS SCRIPT ARGS...: run a benchmark under a time limit, its output (progress bars left out) to the log
+logged() {
+    local limit="$1"; shift
+    timeout "$limit" "$python" "$@" 2>&1 | tr '\r' '\n' | grep -v -E "it/s]|s/it]" | tee -a "$log" \
+        || echo "$*: exit ${PIPESTATUS[0]}" | tee -a "$log"
+}
 for args in "${shapes[@]}"; do
-    name="${args%% *}"
-    timeout "$limit" "$python" benchmarks/real_shape.py --model $args --json "$out/real_shape_$name.json" 2>&1 \
-        | tr '\r' '\n' | grep -v -E "it/s]|s/it]" | tee -a "$log" || echo "real_shape.py --model $args: exit ${PIPESTATUS[0]}" | tee -a "$log"
+    logged "$limit" benchmarks/real_shape.py --model $args --json "$out/real_shape_${args%% *}.json"
 done
 if [ -f results/real/models/gemma3_270m/config.json ]; then
-    timeout "$fidelity_limit" "$python" benchmarks/int8_fidelity.py --config config/real.yaml --model gemma3_270m $fidelity \
-        --out "$out/int8_fidelity.json" 2>&1 | tr '\r' '\n' | grep -v -E "it/s]|s/it]" | tee -a "$log" \
-        || echo "int8_fidelity.py: exit ${PIPESTATUS[0]}" | tee -a "$log"
+    logged "$fidelity_limit" benchmarks/int8_fidelity.py --config config/real.yaml --model gemma3_270m $fidelity \
+        --out "$out/int8_fidelity.json"
 else
     echo "int8 fidelity skipped: no checkpoint at results/real/models/gemma3_270m (make real writes it)" | tee -a "$log"
 fi

@@ -28,15 +28,18 @@ from sklearn.base import clone
 
 from emolens import EMOTIONS
 from emolens.activations import length_buckets, tokenize
+from emolens.behaviour import readout_report
 from emolens.config import load_config
 from emolens.dataset import build_dataset, frame_groups
 from emolens.models import ModelAdapter, load_model
 from emolens.probes import probe_model
 from emolens.readout import Readout
-from emolens.resampling import grouped_folds, out_of_fold
+from emolens.resampling import grouped_folds
+from emolens.vectors import probe_accuracy
 
 BUILDS = {"float32": {"dtype": "float32"}, "bfloat16": {"dtype": "bfloat16"},
           "int8": {"dtype": "bfloat16", "quantization": "int8"}}  # int8 as config/config.yaml's gemma3_12b
+FOLDS = 5  # frame-held-out probe folds, as the vectors phase's subspace.probe_folds default
 
 
 @torch.inference_mode()
@@ -72,18 +75,18 @@ def agreement(ref: np.ndarray, new: np.ndarray) -> dict[str, float]:
     return {"raw": raw, "calibrated": cal}
 
 
-def probes(ref: np.ndarray, new: np.ndarray, labels: np.ndarray, fold: np.ndarray, seed: int) -> dict[str, float]:
+def probes(ref: np.ndarray, new: np.ndarray, labels: np.ndarray, frames: list[str], seed: int) -> dict[str, float]:
     """Frame-held-out probe accuracy on the reference, on the build, and the reference's probe on the build."""
-    crossed = np.empty(len(labels), dtype=object)
+    fold, crossed = grouped_folds(frames, FOLDS), np.empty(len(labels), dtype=object)
     for k in np.unique(fold):
         fitted = clone(probe_model(seed)).fit(ref[fold != k], labels[fold != k])
         crossed[fold == k] = fitted.predict(new[fold == k])
-    return {"reference": float((out_of_fold(probe_model(seed), ref, labels, fold) == labels).mean()),
-            "build": float((out_of_fold(probe_model(seed), new, labels, fold) == labels).mean()),
+    return {"reference": probe_accuracy(ref, labels, frames, FOLDS, seed),
+            "build": probe_accuracy(new, labels, frames, FOLDS, seed),
             "reference_probe_on_build": float((crossed == labels).mean())}
 
 
-def compare(ref: dict[str, Any], new: dict[str, Any], labels: np.ndarray, fold: np.ndarray, probe_at: list[int],
+def compare(ref: dict[str, Any], new: dict[str, Any], labels: np.ndarray, frames: list[str], probe_at: list[int],
             seed: int) -> dict[str, Any]:
     """Every fidelity number of one build against the reference."""
     delta = new["resid"] - ref["resid"]  # [N, L+1, d]
@@ -100,11 +103,8 @@ def compare(ref: dict[str, Any], new: dict[str, Any], labels: np.ndarray, fold: 
             "agreement": agreement(ref["labels"], new["labels"]),
             "kl": {"mean": float(kl.mean()), "median": float(np.median(kl)), "max": float(kl.max())},
             "finite": bool(np.isfinite(new["resid"]).all() and np.isfinite(new["labels"]).all()),
-            "probe": {str(i): probes(ref["resid"][:, i], new["resid"][:, i], labels, fold, seed) for i in probe_at}}
-
-
-def calibrated_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.asarray(EMOTIONS)[(logits - logits.mean(0)).argmax(1)] == labels))
+            "probe": {str(i): probes(ref["resid"][:, i], new["resid"][:, i], labels, frames, seed)
+                      for i in probe_at}}
 
 
 def main() -> None:
@@ -127,7 +127,7 @@ def main() -> None:
     if a.max_items:
         keep = set(np.random.default_rng(a.seed).choice(items, a.max_items, replace=False))
         records = [r for r in records if r["item_id"] in keep]
-    labels, fold = np.asarray([r["emotion"] for r in records]), grouped_folds(frame_groups(records), 5)
+    labels, frames = np.asarray([r["emotion"] for r in records]), frame_groups(records)
     results: dict[str, Any] = {"model": a.model, "reference": a.reference, "n_prompts": len(records), "builds": {}}
     runs = {}
     for build in [a.reference, *a.builds]:
@@ -139,13 +139,13 @@ def main() -> None:
                                 [ids[e] for e in EMOTIONS], a.batch_size)
         results["builds"][build] = {
             "seconds": time.perf_counter() - started,
-            "readout_accuracy_calibrated": calibrated_accuracy(runs[build]["labels"], labels),
+            "readout_accuracy_calibrated": readout_report(runs[build]["labels"], labels)["accuracy_calibrated"],
             "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in adapter.model.parameters()})}
         n_sites = adapter.n_layers + 1
         del adapter
     probe_at = sorted({*range(0, n_sites, a.probe_every), n_sites - 1})
     for build in a.builds:
-        results["builds"][build] |= compare(runs[a.reference], runs[build], labels, fold, probe_at, a.seed)
+        results["builds"][build] |= compare(runs[a.reference], runs[build], labels, frames, probe_at, a.seed)
     with open(a.out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"{a.model}: {len(records)} readout prompts, each build against {a.reference}")

@@ -56,7 +56,7 @@ def check_readout(path: Path, counts: dict[str, int]) -> tuple[bool, str]:
     acc, cal = rb["accuracy"], rb["accuracy_calibrated"]
     rows = [counts[e] for e in EMOTIONS]
     ok = True
-    for report in (rb, rb.get("chat") or rb):  # the chat-template readout, where there is one, the same way
+    for report in [rb] + ([rb["chat"]] if rb.get("chat") else []):  # the chat-template readout the same way
         ok &= all(isinstance(a, (int, float)) and 0 <= a <= 1
                   for a in (report["accuracy"], report["accuracy_calibrated"]))
         for key in ("confusion", "confusion_calibrated"):
