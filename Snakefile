@@ -3,13 +3,14 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from emolens.config import coerce_overrides, first_error
+from emolens.config import coerce_overrides, first_error, replace_labels
 
 min_version("9.0")
 
 
 COMMAND_LINE = workflow.config_settings.config  # --config key=value: nested values arrive as strings
 coerce_overrides(config, COMMAND_LINE)
+replace_labels(config, workflow.configfiles, COMMAND_LINE)  # the emotions are a set: the last layer's, whole
 try:
     validate(config, "workflow/schemas/config.schema.yaml")
 except WorkflowError:  # Snakemake prints the whole schema around the message: say it in one line
@@ -20,6 +21,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/preflight.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/organisms.smk"
+include: "workflow/rules/equivalence.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/readout.smk"
 include: "workflow/rules/vectors.smk"

@@ -1,15 +1,16 @@
 """Directional ablation: does removing the emotion subspace remove what reads or decodes the emotion?
 
-At index l, x <- x - B^T B x at every position, B [3, d] the orthonormal basis of the span of the fit
-half's four emotion class means, centred (the span of its emotion vectors), against random 3-dimensional
-subspaces (``n_random_subspaces`` of them in :func:`emolens.steering.run_steering`). Measured on the
+At index l, x <- x - B^T B x at every position, B [k, d] (k <= n - 1 of n emotions, 3 for the built-in
+four) the orthonormal basis of the span of the fit half's emotion class means, centred (the span of its
+emotion vectors), against random k-dimensional subspaces (``n_random_subspaces`` of them in
+:func:`emolens.steering.run_steering`). Measured on the
 held-out prompts: the calibrated readout accuracy (offsets = the run's own mean label logits, as
 behaviour.py calibrates) and the accuracy of the phase-3 probe (standardised logistic regression) fitted
 on the fit half's clean activations at each later index m >= l and tested on the held-out ablated
 activations there.
 
 Matched nulls at the chosen index (:func:`matched_null`): label-permuted emotion subspaces (the same
-estimator on labels permuted by frame) and random 3-dimensional subspaces whose removed variance on
+estimator on labels permuted by frame) and random k-dimensional subspaces whose removed variance on
 the fit half lies within 10% of the emotion subspace's (directions mixed between the fit covariance's
 and isotropic ones, kept by rejection), each with a rank p-value for the drop.
 """
@@ -21,20 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from emolens import EMOTIONS
+from emolens import emotion_order
 from emolens.edits import Edited, Prompts, run_edits
 from emolens.models import ModelAdapter
 from emolens.probes import probe_model
 from emolens.resampling import frame_label_permutations, perm_pvalue
-from emolens.steering_stats import ItemBootstrap, K
+from emolens.steering_stats import ItemBootstrap
 
 
 def emotion_basis(x: np.ndarray, emotions: Sequence[str], tol: float = 1e-8) -> np.ndarray:
-    """[k <= 3, d] orthonormal basis of the span of the four class means of [N, d], centred."""
-    labels = np.asarray(emotions)
-    means = np.stack([x[labels == e].mean(0) for e in EMOTIONS])  # [4, d]
+    """[k <= n - 1, d] orthonormal basis of the span of the n emotions' class means of [N, d], centred."""
+    labels, order = np.asarray(emotions), emotion_order(emotions)
+    means = np.stack([x[labels == e].mean(0) for e in order])  # [n, d]
     _, s, vt = np.linalg.svd(means - means.mean(0), full_matrices=False)
-    return vt[: int((s > tol * max(s.max(initial=0.0), 1e-30)).sum())][: len(EMOTIONS) - 1]
+    return vt[: int((s > tol * max(s.max(initial=0.0), 1e-30)).sum())][: len(order) - 1]
 
 
 def random_basis(k: int, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,7 +70,7 @@ def matched_bases(x: np.ndarray, k: int, target: float, n: int, rng: np.random.G
 
 
 def calibrated_accuracy(labels: np.ndarray, truth: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
-    """Accuracy [...] of argmax(label logits [..., P, 4] - offsets); offsets default to the run's own mean
+    """Accuracy [...] of argmax(label logits [..., P, n_emotions] - offsets); offsets default to the run's own mean
     label logits over its prompts (the contextual calibration of behaviour.py)."""
     if offsets is None:
         offsets = labels.mean(-2, keepdims=True)
@@ -95,7 +96,7 @@ def ablation_index(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer
     hits_clean = ((clean.labels[0] - clean.labels[0].mean(0)).argmax(-1) == truth).astype(float)
     hits = ((run.labels[0] - run.labels[0].mean(0)).argmax(-1) == truth).astype(float)
     drop_low, drop_high = boot.ci(averaging @ (hits_clean - hits))  # per-item drops
-    labels = np.asarray(EMOTIONS)[truth]
+    labels = prompts.labels
     probe = {m: np.array([(probes[m].predict(run.acts[m][c]) == labels).mean() for c in range(len(bases))])
              for m in later}
 
@@ -120,16 +121,17 @@ def matched_null(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer: 
     label-permuted emotion subspaces and variance-matched random subspaces, with rank p-values."""
     rng = np.random.default_rng([seed, 8, layer])
     basis = emotion_basis(x_fit, emotions)
-    codes = np.array([EMOTIONS.index(e) for e in emotions])
-    perms = frame_label_permutations(codes, frames, max(n_null // K, 1), K, rng)
-    permuted = [emotion_basis(x_fit, np.asarray(EMOTIONS)[p]) for p in perms]
+    order = emotion_order(emotions)
+    codes = np.array([order.index(e) for e in emotions])
+    perms = frame_label_permutations(codes, frames, max(n_null // len(order), 1), len(order), rng)
+    permuted = [emotion_basis(x_fit, np.asarray(order)[p]) for p in perms]
     permuted = np.array([b for b in permuted if len(b) == len(basis)])
     target = removed_variance(x_fit, basis)
     matched = matched_bases(x_fit, len(basis), target, n_null, rng)
     bases = np.concatenate([basis[None], permuted.reshape(-1, *basis.shape), matched])
     later = [m for m in probes if m >= layer]
     run = run_edits(adapter, prompts, layer, basis=bases, capture=later, batch_size=batch_size)
-    truth, labels = prompts.truth, np.asarray(EMOTIONS)[prompts.truth]
+    truth, labels = prompts.truth, prompts.labels
     drop = float(calibrated_accuracy(clean.labels[0], truth)) - calibrated_accuracy(run.labels, truth)  # [C]
     probe_clean = {m: float((probes[m].predict(clean.acts[m][0]) == labels).mean()) for m in later}
     probe_drop = {m: probe_clean[m] - np.array([(probes[m].predict(run.acts[m][c]) == labels).mean()

@@ -99,7 +99,7 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
         device: str = "auto", readout: Readout = DEFAULT) -> None:
     """Load the model and dataset, extract every layer's residual stream, save the pickle."""
     started = time.time()
-    records = load_dataset(dataset)
+    records = load_dataset(dataset, readout.labels)
     adapter = load_model(settings, name=name, device=device)
     texts = [r["text"] for r in records]
     resid, _ = run_with_backoff(lambda bs: extract(adapter, texts, bs, readout), settings.get("batch_size", 16),

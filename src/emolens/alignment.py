@@ -1,19 +1,19 @@
 """Cross-model alignment of emotion representations (phase 4).
 
-Methods. Two models a and b read the same prompts; each item is one scenario written in all four
-emotions. We compare their residual streams at the readout position, layer l of a against layer
-round(l * Lb / La) of b (matched relative depth), and as a full layer x layer matrix of linear CKA.
-The frames are split once (seeded, stratified by register) into a fit half and a held-out half; no
-frame (and so no template) is in both, and each half holds every emotion of its items. Every
-measure below answers one of three questions, has its own null, and belongs to that question's
-Benjamini-Hochberg family (its measures x matched depths x model pairs; ``summary.json`` declares
-the families and counts significance only after correction).
+Methods. Two models a and b read the same prompts; each item is one scenario written in all the
+run's emotions (four in the built-in dataset). We compare their residual streams at the readout
+position, layer l of a against layer round(l * Lb / La) of b (matched relative depth), and as a full
+layer x layer matrix of linear CKA. The frames are split once (seeded, stratified by register) into a
+fit half and a held-out half; no frame (and so no template) is in both, and each half holds every
+emotion of its items. Every measure below answers one of three questions, has its own null, and
+belongs to that question's Benjamini-Hochberg family (its measures x matched depths x model pairs;
+``summary.json`` declares the families and counts significance only after correction).
 
 1. Texts alike ("the two models represent these texts alike"), on raw activations: linear CKA,
    debiased CKA, mutual k-NN overlap and held-out Procrustes R^2 (:mod:`emolens.similarity`).
    Null: the prompt correspondence shuffled across all prompts.
 2. Emotion alike ("they represent the emotion alike"): the same four measures on item-centred
-   activations (each prompt minus its item's mean over its four emotions: what varies with the
+   activations (each prompt minus its item's mean over its emotions: what varies with the
    emotion inside a scenario). Null: the correspondence shuffled within items (prompt i of a paired
    with another prompt of the same item in b, by one permutation of the emotions per frame, so the
    items of a frame stay in register), which keeps the scenarios and breaks which emotion is which.
@@ -27,11 +27,11 @@ the families and counts significance only after correction).
    reads no label and is fit once.
 
 p-values are one-sided: (1 + #{null >= observed}) / (1 + n_perm). Descriptive numbers (no p-value,
-in no family): the map's held-out R^2, ``rsa_vectors`` (the exhaustive 24-order null of that 4 x 4
-RSA of the phase-3 vectors cannot go below p = 2/25 > 0.05), and the overlap of the phase-3
-subspaces (PCA of item-centred activations over all prompts: label-free, so no label null can test
-it). Each pair file also holds self cells (each model against itself at its last block: CKA and
-mutual k-NN must be 1): verification checks, never tests.
+in no family): the map's held-out R^2, ``rsa_vectors`` (the exhaustive n!-order null of that n x n
+RSA of the phase-3 vectors of n emotions cannot go below p = 2/(n! + 1), 2/25 > 0.05 for four), and
+the overlap of the phase-3 subspaces (PCA of item-centred activations over all prompts: label-free,
+so no label null can test it). Each pair file also holds self cells (each model against itself at
+its last block: CKA and mutual k-NN must be 1): verification checks, never tests.
 
 Inputs: activations (with ``item_ids``), emotion vectors and emotion subspaces of both models.
 Outputs: ``alignment/<a>__<b>.pkl`` (schema ``emolens.alignment/1``, with every null draw) and
@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens import EMOTIONS, families
+from emolens import emotion_order, families
 from emolens.emotion_structure import (
     emotion_grams,
     label_codes,
@@ -223,7 +223,7 @@ def _compare_depth(xa: np.ndarray, xb: np.ndarray, ga: np.ndarray, gb: np.ndarra
 
     xa [n, da], xb [n, db]: float64 activations; ga, gb: their centred Grams; split: (fit, test)
     indices; labels [P+1, n]: observed then labels permuted by frame; within [P, n]: within-item
-    correspondence permutations; vec: the phase-3 emotion vectors [4, d]; sub: phase-3 bases [k_max, d].
+    correspondence permutations; vec: the phase-3 emotion vectors [n_emotions, d]; sub: phase-3 bases [k_max, d].
     """
     tests = _similarity_tests(xa, xb, ga, gb, split, settings["n_perm"], settings, rng, "")
     ca, cb = item_centred(xa, items), item_centred(xb, items)  # [n, da], [n, db]
@@ -231,7 +231,7 @@ def _compare_depth(xa: np.ndarray, xb: np.ndarray, ga: np.ndarray, gb: np.ndarra
                                rng, "_item_centred")
     lmap = fit_linear_map(xa[split[0]], xb[split[0]], settings["ridge"])
     eg = emotion_grams(ca, cb, lmap.directions(ca[split[0]]), split, labels)
-    transfer, subspace = transfer_cosines(eg), subspace_cosines(eg)  # [P+1, 4], [P+1, 3]
+    transfer, subspace = transfer_cosines(eg), subspace_cosines(eg)  # [P+1, n_emotions], [P+1, n_emotions - 1]
     rsa_cv = rsa_cross_validated(eg)  # [P+1]
     tests["transfer_cosine_mean"] = (transfer[0].mean(), transfer[1:].mean(1))
     tests["subspace_mean_cos"] = (subspace[0].mean(), subspace[1:].mean(1))
@@ -271,21 +271,23 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
     subs = [load_pickle(p, "emolens.subspaces/1") for p in (sub_a, sub_b)]
     if list(acts[0]["ids"]) != list(acts[1]["ids"]):
         raise ValueError(f"{act_a} and {act_b} hold different prompts or orders; alignment needs the same")
+    emotions = list(acts[0]["emotions"])
+    order = emotion_order(emotions)
     for v, path in zip(vecs, (vec_a, vec_b), strict=True):
-        if tuple(v["emotions"]) != EMOTIONS:
-            raise ValueError(f"{path}: emotions {v['emotions']} are not in the order {EMOTIONS}")
+        if tuple(v["emotions"]) != order:
+            raise ValueError(f"{path}: emotions {list(v['emotions'])} are not the prompts' {list(order)} in order; "
+                             f"compute both models' vectors from the same dataset")
     models = [Path(act_a).stem, Path(act_b).stem]
     settings = {"seed": seed, "n_perm": n_perm, "k_nn": k_nn, "k_pca": k_pca, "ridge": ridge,
                 "position": position}
     ra, rb = (a["resid"][position] for a in acts)  # [n, La+1, da], [n, Lb+1, db]
     grams_a, grams_b = _normalised_grams(ra), _normalised_grams(rb)
     cka = grams_a.reshape(len(grams_a), -1) @ grams_b.reshape(len(grams_b), -1).T  # [La+1, Lb+1]
-    emotions = list(acts[0]["emotions"])
     items, frames, registers = design_units(acts[0], act_a)
     split = split_halves(frames, registers, seed)
     rng = np.random.default_rng(seed)
     labels = permuted_labels(label_codes(emotions), frames, n_perm, rng)  # [P+1, n], the same at every depth
-    within = frame_slot_permutations(labels[0], items, frames, n_perm, len(EMOTIONS), rng)  # [P, n]
+    within = frame_slot_permutations(labels[0], items, frames, n_perm, len(order), rng)  # [P, n]
     n_layers_a, n_layers_b = int(acts[0]["n_layers"]), int(acts[1]["n_layers"])
     matched = []
     comparable, skipped = comparable_layers(ra, rb, n_layers_a, n_layers_b)

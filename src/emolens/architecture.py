@@ -28,7 +28,11 @@ GEMMA3_VISION = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_lay
 _FAMILIES = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "gpt_neo": "gpt_neo", "llama": "llama", "qwen3": "qwen3",
              "gemma3": "gemma3", "gemma3_text": "gemma3"}
 GATED = {"llama", "qwen3", "gemma3"}  # gate, up and down projections; the others have two matrices
-_LEARNED_POSITIONS = {"gpt2", "gpt_neo"}
+# Other model types with a two-matrix MLP (any type not named here is planned with a gated one, as most are now)
+TWO_MATRIX = {"gpt2", "gpt_neox", "gpt_neo", "opt", "falcon", "bloom", "gptj", "codegen", "mpt", "phi", "biogpt",
+              "gpt_bigcode", "starcoder2", "stablelm", "persimmon", "xglm"}
+_LEARNED_POSITIONS = {"gpt2", "gpt_neo", "opt", "biogpt", "gpt_bigcode", "xglm"}
+_EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts")  # MoE: every expert's weights are loaded
 _TIED_BY_DEFAULT = {"gpt2": True, "gpt_neo": True, "gpt_neox": False, "llama": False, "qwen3": False,
                     "gemma3": True}
 
@@ -48,6 +52,8 @@ class Architecture:
     n_positions: int = 0  # learned absolute positions (GPT-2, GPT-Neo); 0 for rotary families
     tied: bool = True
     vision: dict[str, int] | None = None
+    gated: bool = False  # gate, up and down projections in the MLP
+    n_experts: int = 1  # MoE: MLPs per layer, each d_mlp wide
 
 
 def known_architectures() -> dict[str, dict[str, Any]]:
@@ -66,7 +72,8 @@ def _first(cfg: dict[str, Any], *keys: str) -> Any:
 def from_hf_config(cfg: dict[str, Any]) -> Architecture:
     """Numbers from a Hugging Face config.json (a multimodal Gemma-3 one uses its text_config).
 
-    Raises ValueError for a model type outside the six supported families.
+    Any model type: the six families' own counts, others with two norms per block and a gated MLP (unless in
+    :data:`TWO_MATRIX`), MoE experts counted whole. Raises ValueError naming a size the config lacks.
     """
     model_type = cfg.get("model_type")
     vision = None
@@ -75,29 +82,47 @@ def from_hf_config(cfg: dict[str, Any]) -> Architecture:
         cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
     elif model_type == "gemma3":  # architectures.json: text_config values flattened, vision tower implied
         vision = GEMMA3_VISION
-    family = _FAMILIES.get(model_type or "")
-    if family is None:
-        raise ValueError(f"model_type {model_type!r} is not one of {sorted(set(_FAMILIES))}")
-    d_model = _first(cfg, "hidden_size", "n_embd")
-    n_heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
+    if not model_type:
+        raise ValueError("the config has no model_type")
+    family = _FAMILIES.get(model_type, model_type)
+    sizes = {"width": ("hidden_size", "n_embd", "d_model"), "depth": ("num_hidden_layers", "n_layer", "num_layers"),
+             "heads": ("num_attention_heads", "n_head", "num_heads"), "vocabulary": ("vocab_size",)}
+    found = {what: _first(cfg, *keys) for what, keys in sizes.items()}
+    missing = [f"{what} ({' / '.join(sizes[what])})" for what, v in found.items() if v is None]
+    if missing:
+        raise ValueError(f"a {model_type} config without its {', '.join(missing)}")
+    d_model, n_heads = found["width"], found["heads"]
+    experts = _first(cfg, *_EXPERTS) or 1
+    d_mlp = (_first(cfg, "moe_intermediate_size") if experts > 1 else None) or _first(
+        cfg, "ffn_dim", "ffn_hidden_size", "n_inner", "intermediate_size") or 4 * d_model
     return Architecture(
         family=family,
-        n_layers=_first(cfg, "num_hidden_layers", "n_layer", "num_layers"),
+        n_layers=found["depth"],
         d_model=d_model,
         n_heads=n_heads,
-        n_kv_heads=_first(cfg, "num_key_value_heads") or n_heads,
+        n_kv_heads=1 if cfg.get("multi_query") and not cfg.get("new_decoder_architecture")  # Falcon-7B
+        else _first(cfg, "num_key_value_heads", "num_kv_heads") or n_heads,
         d_head=_first(cfg, "head_dim") or d_model // n_heads,
-        d_mlp=_first(cfg, "intermediate_size", "n_inner") or 4 * d_model,
-        vocab_size=cfg["vocab_size"],
+        d_mlp=d_mlp,
+        vocab_size=found["vocabulary"],
         n_positions=_first(cfg, "n_positions", "max_position_embeddings") if family in _LEARNED_POSITIONS else 0,
-        tied=cfg.get("tie_word_embeddings", _TIED_BY_DEFAULT[family]),
+        tied=cfg.get("tie_word_embeddings", _TIED_BY_DEFAULT.get(family, False)),
         vision=dict(vision) if vision else None,
+        gated=family in GATED or (family not in _FAMILIES.values() and family not in TWO_MATRIX),
+        n_experts=int(experts),
     )
 
 
 def from_organism(org: dict[str, Any]) -> Architecture:
-    """Numbers of a demo organism, with the defaults of :func:`emolens.organisms.build_organism`."""
+    """Numbers of a demo organism, with the defaults of :func:`emolens.organisms.build_organism` (an organism of
+    another tested type: its tiny config's)."""
     family, d_model, n_heads = org["family"], org["d_model"], org["n_heads"]
+    if family not in _TIED_BY_DEFAULT:
+        from emolens.model_types import tiny_config
+
+        sizes = {k: v for k, v in org.items() if k not in ("family", "seed", "max_steps", "min_steps", "lr",
+                                                            "batch_size", "vocab_size")}
+        return from_hf_config(tiny_config(family, vocab_size=ORGANISM_VOCAB, **sizes).to_dict())
     gqa = family in ("llama", "qwen3", "gemma3")
     return Architecture(
         family=family,
@@ -111,6 +136,7 @@ def from_organism(org: dict[str, Any]) -> Architecture:
         n_positions=ORGANISM_POSITIONS if family in _LEARNED_POSITIONS else 0,
         tied=_TIED_BY_DEFAULT[family],
         vision=dict(ORGANISM_VISION) if family == "gemma3" else None,
+        gated=family in GATED,
     )
 
 
@@ -142,14 +168,14 @@ def resolve_architecture(name: str, settings: dict[str, Any],
 def linear_params(a: Architecture) -> int:
     """Weights of the decoder's linear layers (attention q, k, v, o and the MLP): LLM.int8's part."""
     attn = a.d_model * a.d_head * (2 * a.n_heads + 2 * a.n_kv_heads)  # q and o, k and v
-    mlp = (3 if a.family in GATED else 2) * a.d_model * a.d_mlp
+    mlp = (3 if a.gated else 2) * a.d_model * a.d_mlp * a.n_experts
     return a.n_layers * (attn + mlp)
 
 
 def linear_rows(a: Architecture) -> int:
     """Output rows of the decoder's linear layers (one float32 LLM.int8 scale each)."""
     attn = a.d_head * (a.n_heads + 2 * a.n_kv_heads) + a.d_model
-    mlp = (2 * a.d_mlp if a.family in GATED else a.d_mlp) + a.d_model
+    mlp = ((2 * a.d_mlp if a.gated else a.d_mlp) + a.d_model) * a.n_experts
     return a.n_layers * (attn + mlp)
 
 
@@ -165,8 +191,10 @@ def other_params(a: Architecture) -> int:
         per_layer = 2 * d
     elif a.family == "qwen3":  # two RMSNorms and the q/k norms over head_dim
         per_layer = 2 * d + 2 * a.d_head
-    else:  # gemma3: four RMSNorms (pre/post attention and MLP) and the q/k norms
+    elif a.family == "gemma3":  # four RMSNorms (pre/post attention and MLP) and the q/k norms
         per_layer = 4 * d + 2 * a.d_head
+    else:  # another type: two norms, its biases not counted (a fraction of a percent)
+        per_layer = 2 * d
     final_norm = 2 * d if a.family in ("gpt2", "gpt_neox", "gpt_neo") else d
     return embed + L * per_layer + final_norm
 

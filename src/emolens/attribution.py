@@ -33,7 +33,7 @@ def attribute_heads(adapter: ModelAdapter, pairs: Pairs, *, offsets: Sequence[in
     """
     subset = np.arange(len(pairs)) if subset is None else np.asarray(subset, dtype=int)
     n_layers, n_heads = adapter.n_layers, adapter.n_heads
-    layers = list(range(n_layers))
+    layers = adapter.head_layers  # a hybrid's other blocks stay NaN
     offsets = tuple(offsets)
     out = np.full((len(subset), n_layers, n_heads, len(offsets)), np.nan)
     device = adapter.device

@@ -1,18 +1,18 @@
 """Readout baseline: does the model read the emotion at all?
 
 Method. Every dataset prompt (the message inside the configured readout, :mod:`emolens.readout`)
-runs once, clean, in batches of equal token length; the model's answer is the argmax of its four
-label logits at the last position (final norm, then the four unembedding rows, as every patching
+runs once, clean, in batches of equal token length; the model's answer is the argmax of its label
+logits (one per emotion of the run) at the last position (final norm, then those unembedding rows, as every patching
 metric reads them: :func:`emolens.patching.collect`). Raw accuracy takes that argmax as it is. A
 model may favour one label whatever the message (a 135M model answered " anger" for all 900
 prompts), which raw accuracy cannot tell from not reading the message. Contextual calibration, in
 the spirit of Zhao et al. (2021) with the dataset itself as the content-free estimate, subtracts each
 label's mean logit over all prompts before the argmax: it asks whether the right label rises above
-its own average. The offsets are fitted on the same prompts they are scored on (four numbers, three
-free, on hundreds of prompts), so calibrated accuracy is a mild in-sample estimate. Both are
-reported overall, per register (when the records have one) and as 4x4 confusion matrices (rows =
-true emotion, columns = predicted, in :data:`emolens.EMOTIONS` order), beside chance (0.25) and the
-share of raw predictions that go to each label. An instruct model (``models.<m>.chat_template``) is
+its own average. The offsets are fitted on the same prompts they are scored on (n numbers for n
+emotions, n - 1 free, on hundreds of prompts), so calibrated accuracy is a mild in-sample estimate.
+Both are reported overall, per register (when the records have one) and as n x n confusion matrices
+(rows = true emotion, columns = predicted, in :func:`emolens.emotion_order`), beside chance (1 / n)
+and the share of raw predictions that go to each label. An instruct model (``models.<m>.chat_template``) is
 also read with the prompt in its chat template (the message as the user's turn, the suffix opening
 the assistant's answer: :meth:`emolens.readout.Readout.chat_prompt`), reported under ``chat`` beside
 the plain readout every other phase uses. Patching effects are interpretable only where the
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens import EMOTIONS
+from emolens import emotion_order
 from emolens.activations import tokenize
 from emolens.dataset import load_dataset
 from emolens.io import provenance, save_json
@@ -43,12 +43,10 @@ from emolens.readout import DEFAULT, Readout
 
 log = logging.getLogger(__name__)
 SCHEMA = "emolens.readout/1"
-CHANCE = 1 / len(EMOTIONS)
 
 
-def confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """[4, 4] counts: row = true emotion index, column = predicted index."""
-    k = len(EMOTIONS)
+def confusion(truth: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
+    """[k, k] counts of k emotions: row = true emotion index, column = predicted index."""
     return np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
 
 
@@ -58,15 +56,17 @@ def _accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 def readout_report(logits: np.ndarray, emotions: Sequence[str],
                    registers: Sequence[str | None] | None = None) -> dict[str, Any]:
-    """The baseline's numbers from label logits [N, 4] (columns in EMOTIONS order) and true emotions.
+    """The baseline's numbers from label logits [N, n_emotions] (columns in :func:`emolens.emotion_order` of the
+    true emotions, as the readout's labels) and true emotions; chance is 1 / n_emotions.
 
     Calibrated predictions are argmax(logits - mean_label_logit), the mean taken over all N prompts
     (``by_register`` uses the same offsets). ``registers`` (optional, None entries skipped) adds ``by_register``.
     """
-    logits = np.asarray(logits, dtype=np.float64)  # [N, 4]
-    assert logits.ndim == 2 and logits.shape == (len(emotions), len(EMOTIONS)), logits.shape
-    truth = np.array([EMOTIONS.index(e) for e in emotions], dtype=int)  # [N]
-    offsets = logits.mean(axis=0)  # [4]: each label's mean logit, the calibration
+    order = emotion_order(emotions)
+    logits = np.asarray(logits, dtype=np.float64)  # [N, n_emotions]
+    assert logits.ndim == 2 and logits.shape == (len(emotions), len(order)), logits.shape
+    truth = np.array([order.index(e) for e in emotions], dtype=int)  # [N]
+    offsets = logits.mean(axis=0)  # [n_emotions]: each label's mean logit, the calibration
     raw = logits.argmax(axis=1)  # [N]
     calibrated = (logits - offsets).argmax(axis=1)  # [N]
     by_register: dict[str, dict[str, Any]] = {}
@@ -79,25 +79,25 @@ def readout_report(logits: np.ndarray, emotions: Sequence[str],
                                      "n": int(mask.sum())}
     return {
         "n": len(truth),
-        "chance": CHANCE,
-        "emotions": list(EMOTIONS),
+        "chance": 1 / len(order),
+        "emotions": list(order),
         "accuracy": _accuracy(truth, raw),
         "accuracy_calibrated": _accuracy(truth, calibrated),
-        "confusion": confusion(truth, raw).tolist(),
-        "confusion_calibrated": confusion(truth, calibrated).tolist(),
+        "confusion": confusion(truth, raw, len(order)).tolist(),
+        "confusion_calibrated": confusion(truth, calibrated, len(order)).tolist(),
         "by_register": by_register,
-        "predicted_share": {e: float(np.mean(raw == i)) for i, e in enumerate(EMOTIONS)},
-        "mean_label_logit": {e: float(offsets[i]) for i, e in enumerate(EMOTIONS)},
+        "predicted_share": {e: float(np.mean(raw == i)) for i, e in enumerate(order)},
+        "mean_label_logit": {e: float(offsets[i]) for i, e in enumerate(order)},
     }
 
 
 def label_logits(adapter: ModelAdapter, texts: Sequence[str], readout: Readout = DEFAULT,
                  batch_size: int = 32, chat: bool = False) -> np.ndarray:
-    """Clean label logits [N, 4] (EMOTIONS order) at each readout prompt's last position (``chat``: the prompt
-    in the tokenizer's chat template, :meth:`Readout.chat_prompt`)."""
+    """Clean label logits [N, n_emotions] (the readout's emotions) at each readout prompt's last position
+    (``chat``: the prompt in the tokenizer's chat template, :meth:`Readout.chat_prompt`)."""
     ids = readout.label_token_ids(adapter.tokenizer)
     tokens = tokenize(adapter, texts, readout, chat)
-    logits, _ = collect(adapter, tokens, [ids[e] for e in EMOTIONS], offsets=(), batch_size=batch_size)
+    logits, _ = collect(adapter, tokens, [ids[e] for e in readout.emotions], offsets=(), batch_size=batch_size)
     return logits.double().numpy()
 
 
@@ -105,7 +105,7 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
         readout: Readout = DEFAULT) -> dict[str, Any]:
     """Load the model and dataset, read every prompt's emotion from the label logits, save the JSON."""
     started = time.time()
-    records = load_dataset(dataset)
+    records = load_dataset(dataset, readout.labels)
     adapter = load_model(settings, name=name, device=device)
     label_ids = readout.label_token_ids(adapter.tokenizer)  # refuse a bad label before any forward
     chat = bool(settings.get("chat_template"))
@@ -135,7 +135,8 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
     save_json(result, out)
     share = max(report["predicted_share"].items(), key=lambda kv: kv[1])
     log.info("readout %s: accuracy %.3f raw, %.3f calibrated (chance %.2f, n = %d); most predicted %r (%.0f%%)",
-             name, report["accuracy"], report["accuracy_calibrated"], CHANCE, report["n"], share[0], 100 * share[1])
+             name, report["accuracy"], report["accuracy_calibrated"], report["chance"], report["n"], share[0],
+             100 * share[1])
     if chat:
         log.info("readout %s in its chat template: accuracy %.3f raw, %.3f calibrated", name,
                  result["chat"]["accuracy"], result["chat"]["accuracy_calibrated"])

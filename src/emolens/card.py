@@ -1,12 +1,13 @@
 """The dataset card: what a dataset's texts give away about the emotion before any model reads them.
 
-For any dataset (the built-in one or a user's JSONL): its frames per emotion and register, how
-minimal its quadruples are (words per text, items within one word, equal token lengths under each
-tokenizer given, word edit distance between an item's texts), the surface cues per emotion
-(pronouns, negation, punctuation, time words) with their largest difference, the surface and
-lexical baselines with frames held out, and the implicit texts that contain an emotion stem or
-formula. ``emolens dataset describe`` prints it; the workflow writes it beside the dataset and the
-findings quote it.
+For any dataset (the built-in one or a user's JSONL, of any emotions: its own, in
+:func:`emolens.emotion_order`): its frames per emotion and register, how minimal its items are
+(words per text, items within one word, equal token lengths under each tokenizer given, word edit
+distance between an item's texts), the surface cues per emotion (pronouns, negation, punctuation,
+time words) with their largest difference, the surface and lexical baselines with frames held out,
+and the implicit texts that contain an emotion stem or formula (:func:`emolens.dataset.emotion_cues`).
+``emolens dataset describe`` prints it; the workflow writes it beside the dataset and the findings
+quote it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from emolens import EMOTIONS
-from emolens.dataset import REGISTERS, cue_hits, frame_groups, surface_accuracy
+from emolens import emotion_order
+from emolens.dataset import REGISTERS, cue_hits, emotion_cues, frame_groups, surface_accuracy
 from emolens.io import provenance
 from emolens.probes import lexical_model
 from emolens.resampling import grouped_folds, out_of_fold
@@ -45,14 +46,14 @@ def pair_distances(records: list[dict[str, Any]]) -> dict[str, float]:
     for r in records:
         by_item[r["item_id"]][r["emotion"]] = words(r["text"])
     out = {}
-    for a, b in combinations(EMOTIONS, 2):
+    for a, b in combinations(emotion_order(r["emotion"] for r in records), 2):
         d = [edit_distance(t[a], t[b]) / max(len(t[a]), len(t[b]), 1) for t in by_item.values() if a in t and b in t]
         out[f"{a}-{b}"] = float(np.mean(d)) if d else float("nan")
     return out
 
 
 def _by_emotion(values: np.ndarray, emotions: np.ndarray) -> dict[str, float]:
-    return {e: float(values[emotions == e].mean()) for e in EMOTIONS if (emotions == e).any()}
+    return {e: float(values[emotions == e].mean()) for e in emotion_order(emotions) if (emotions == e).any()}
 
 
 def _largest_difference(means: Mapping[str, float]) -> float:
@@ -74,6 +75,7 @@ def describe(records: list[dict[str, Any]], tokenizers: Mapping[str, Any] | None
     """The card of a dataset: see the module docstring; ``tokenizers`` maps a name to a Hugging Face tokenizer."""
     started = time.time()
     emotions = np.array([r["emotion"] for r in records])
+    order = emotion_order(emotions)
     registers = np.array([r.get("register") or "all" for r in records])
     items, frames = [r["item_id"] for r in records], frame_groups(records)
     texts = [r["text"] for r in records]
@@ -85,18 +87,20 @@ def describe(records: list[dict[str, Any]], tokenizers: Mapping[str, Any] | None
         cues = {f: _by_emotion(table[f][in_g], emotions[in_g]) for f in FEATURES}
         per_register[g] = {
             "frames": {e: len({f for f, keep in zip(frames, in_g & (emotions == e), strict=True) if keep})
-                       for e in EMOTIONS},
+                       for e in order},
             "mean": cues, "largest_difference": {f: _largest_difference(m) for f, m in cues.items()}}
     implicit = [r for r in records if r.get("register") == "implicit"]
+    cues = emotion_cues(order)
     return {
-        "schema": SCHEMA, "n_prompts": len(records), "n_items": len(set(items)), "n_frames": len(set(frames)),
+        "schema": SCHEMA, "emotions": list(order), "n_prompts": len(records), "n_items": len(set(items)),
+        "n_frames": len(set(frames)),
         "registers": per_register,
         "words": length_match(table["words"].astype(int), items),
         "tokens": {name: length_match(n, items) for name, n in tokens.items()},
         "edit_distance": pair_distances(records),
         "surface_accuracy": surface_accuracy(records, list(tokens.values()), seed=seed, folds=folds),
         "lexical_accuracy": lexical_accuracy(records, seed=seed, folds=folds),
-        "implicit_with_cues": sum(bool(cue_hits(r["text"])) for r in implicit),
+        "implicit_with_cues": sum(bool(cue_hits(r["text"], cues)) for r in implicit),
         "provenance": provenance({"seed": seed, "folds": folds}, started),
     }
 
@@ -106,12 +110,14 @@ def render(card: Mapping[str, Any]) -> str:
     def f(x: float) -> str:
         return f"{x:.2f}"
 
-    lines = [f"{card['n_prompts']} prompts, {card['n_items']} items, {card['n_frames']} frames; chance 0.25.", "",
-             "| register | " + " | ".join(EMOTIONS) + " | largest difference |", "|---|" + "---|" * (len(EMOTIONS) + 1)]
+    emotions = card["emotions"]
+    lines = [f"{card['n_prompts']} prompts, {card['n_items']} items, {card['n_frames']} frames; "
+             f"chance {f(1 / len(emotions))}.", "",
+             "| register | " + " | ".join(emotions) + " | largest difference |", "|---|" + "---|" * (len(emotions) + 1)]
     for g, reg in card["registers"].items():
-        lines.append(f"| {g}: frames | " + " | ".join(str(reg["frames"][e]) for e in EMOTIONS) + " | |")
+        lines.append(f"| {g}: frames | " + " | ".join(str(reg["frames"][e]) for e in emotions) + " | |")
         for feature in FEATURES:
-            means = " | ".join(f(reg["mean"][feature].get(e, np.nan)) for e in EMOTIONS)
+            means = " | ".join(f(reg["mean"][feature].get(e, np.nan)) for e in emotions)
             lines.append(f"| {g}: {feature.replace('_', ' ')} | {means} | {f(reg['largest_difference'][feature])} |")
     words_match = card["words"]
     lines += ["", f"- items whose texts lie within one word: {f(words_match['items_within_one'])} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,11 @@ from typing import Any
 import numpy as np
 from statsmodels.stats.multitest import multipletests
 
-from emolens import EMOTIONS, layout
+from emolens import emotion_order, layout
 from emolens.alignment import MEASURES as ALIGNMENT_TESTS
 from emolens.alignment import SELF_TOL
-from emolens.dataset import cue_hits, frame_groups
-from emolens.effects import CONTRASTS
+from emolens.dataset import cue_hits, emotion_cues, frame_groups
+from emolens.effects import contrasts
 from emolens.heads import top_heads
 from emolens.io import load_pickle
 from emolens.resampling import perm_pvalue
@@ -40,28 +41,30 @@ def _finite(*arrays: Any) -> bool:
     return all(np.isfinite(np.asarray(a, dtype=float)).all() for a in arrays)
 
 
-def check_activations(path: Path, n_prompts: int) -> tuple[bool, str]:
+def check_activations(path: Path, n_prompts: int, emotions: Sequence[str]) -> tuple[bool, str]:
+    """Every prompt at every index, finite, balanced over the run's ``emotions``."""
     act = load_result(path, schema="emolens.activations/2")
     last, mean = act["resid"]["last"], act["resid"]["mean"]
     shape = (n_prompts, act["n_layers"] + 1, act["d_model"])
     counts = Counter(act["emotions"])
     ok = (last.shape == shape and mean.shape == shape and _finite(last, mean)
-          and len(set(counts.values())) == 1 and set(counts) == set(EMOTIONS))
+          and len(set(counts.values())) == 1 and set(counts) == set(emotions))
     return ok, f"resid {last.shape} (expected {shape}), classes {dict(counts)}"
 
 
 def check_readout(path: Path, counts: dict[str, int]) -> tuple[bool, str]:
-    """The readout baseline: accuracies in [0, 1], 4x4 confusions whose rows count each emotion's prompts."""
+    """The readout baseline of the run's emotions (``counts``: prompts per emotion, in order): accuracies in [0, 1],
+    n x n confusions whose rows count each emotion's prompts."""
     rb = json.loads(Path(path).read_text())
     acc, cal = rb["accuracy"], rb["accuracy_calibrated"]
-    rows = [counts[e] for e in EMOTIONS]
-    ok = True
+    rows = list(counts.values())
+    ok = rb.get("emotions") == list(counts)
     for report in [rb] + ([rb["chat"]] if rb.get("chat") else []):  # the chat-template readout the same way
         ok &= all(isinstance(a, (int, float)) and 0 <= a <= 1
                   for a in (report["accuracy"], report["accuracy_calibrated"]))
         for key in ("confusion", "confusion_calibrated"):
             matrix = np.asarray(report[key])
-            ok &= matrix.shape == (4, 4) and matrix.sum(axis=1).tolist() == rows
+            ok &= matrix.shape == (len(rows), len(rows)) and matrix.sum(axis=1).tolist() == rows
     chat = f"; chat template {rb['chat']['accuracy']} raw, {rb['chat']['accuracy_calibrated']} calibrated" \
         if rb.get("chat") else ""
     return ok, f"accuracy {acc} raw, {cal} calibrated (chance {rb.get('chance')}), n {rb.get('n')}, " \
@@ -74,15 +77,19 @@ def _in_unit(*arrays: Any) -> bool:
     return _finite(*values) and all(((v >= 0) & (v <= 1)).all() for v in values)
 
 
-def check_vectors(vec_path: Path, sub_path: Path, n_prompts: int | None = None) -> tuple[bool, str]:
+def check_vectors(vec_path: Path, sub_path: Path, n_prompts: int | None = None,
+                  emotions: Sequence[str] | None = None) -> tuple[bool, str]:
+    """One vector per emotion (the run's ``emotions`` if given) and index, orthonormal bases, probes on
+    frame-grouped folds, accuracies in [0, 1]."""
     vec = load_pickle(vec_path, schema="emolens.vectors/1")
     sub = load_pickle(sub_path, schema="emolens.subspaces/1")
     sites = vec["n_layers"] + 1
     basis = sub["basis"].astype(np.float64)  # [L+1, k, d]
     gram_error = float(np.abs(basis @ basis.transpose(0, 2, 1) - np.eye(basis.shape[1])).max())
     acc = vec["probe_accuracy"]
-    ok = (vec["vectors"].shape[:2] == (4, sites) and basis.shape[0] == sites and gram_error < 1e-4
-          and _finite(vec["vectors"], acc) and ((acc >= 0) & (acc <= 1)).all())
+    ok = emotions is None or list(vec["emotions"]) == list(emotions)
+    ok &= (vec["vectors"].shape[:2] == (len(vec["emotions"]), sites) and basis.shape[0] == sites
+           and gram_error < 1e-4 and _finite(vec["vectors"], acc) and ((acc >= 0) & (acc <= 1)).all())
     # frame-grouped folds: one fold per prompt, and every group held out in exactly one fold
     fold, groups = np.asarray(vec["fold"]), list(vec["groups"])
     folds_of: dict[str, set[int]] = {}
@@ -100,7 +107,8 @@ def check_vectors(vec_path: Path, sub_path: Path, n_prompts: int | None = None) 
     erased = np.asarray(length["erased_probe_accuracy"])
     ok &= erased.shape == (sites,) and _in_unit(erased, *length["surface_accuracy"].values())
     split = f" ({len(split_groups)} split across folds, e.g. {split_groups[:3]})" if split_groups else ""
-    return ok, (f"vectors {vec['vectors'].shape}, basis {basis.shape}, orthonormality error {gram_error:.1e}, "
+    return ok, (f"vectors {vec['vectors'].shape} of {list(vec['emotions'])}, basis {basis.shape}, "
+                f"orthonormality error {gram_error:.1e}, "
                 f"best probe accuracy {acc.max():.3f}; {len(folds_of)} groups in {len(set(fold.tolist()))} "
                 f"folds{split}; lexical baseline {vec['lexical_accuracy']:.3f}; surface baseline "
                 f"{length['surface_accuracy']['all']:.3f}; best probe after length erasure {erased.max():.3f}; "
@@ -108,9 +116,10 @@ def check_vectors(vec_path: Path, sub_path: Path, n_prompts: int | None = None) 
 
 
 def _contrasts_present(result: dict[str, Any]) -> tuple[bool, str]:
-    """Every one of the six emotion contrasts has pairs, and the counts add up to the file's pairs."""
+    """Every emotion contrast of the run (its label tokens' emotions) has pairs, and the counts add up to the
+    file's pairs."""
     counts = result["contrast_counts"]
-    absent = [c for c in CONTRASTS if counts.get(c, {}).get("pairs", 0) == 0]
+    absent = [c for c in contrasts(result["label_token_ids"]) if counts.get(c, {}).get("pairs", 0) == 0]
     total = sum(c["pairs"] for c in counts.values())
     ok = not absent and total == len(result["pairs"])
     kept = {c: f"{v['included']}/{v['pairs']}" for c, v in counts.items()}
@@ -261,7 +270,7 @@ def k_problems(k: dict[str, Any], n_models: int) -> list[str]:
     for pair in k["pairs"]:
         name, k_max = "__".join(pair["models"]), pair["k_max"]
         threshold = float("inf") if pair["threshold"] is None else pair["threshold"]
-        if not 0 <= pair["k"] <= k_max <= len(EMOTIONS) - 1:
+        if not 0 <= pair["k"] <= k_max <= len(k["emotions"]) - 1:
             problems.append(f"k.json {name}: k {pair['k']} outside 0..k_max {k_max}")
         if reachable and not np.isfinite(threshold):
             problems.append(f"k.json {name}: threshold {pair['threshold']} is not finite")
@@ -292,22 +301,26 @@ def check_statistics(results: Path, n_models: int) -> tuple[bool, str]:
     return not problems, "; ".join(problems[:5]) if problems else f"modes {sorted(found)}; k per pair {ks}"
 
 
-def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]:
-    """Steering: alpha 0 shifts exactly 0, 4x4 specificity per (index, alpha), finite values, accuracies in
-    [0, 1]; at the chosen dose, finite tests and p-values and fractions in [0, 1], the dose within its KL
-    budget on the fit half when one was; the transfer file into this model (when there is one): finite
-    fractions, its own-vector effect as the steering file measured it."""
+def check_steering(path: Path, transfer: Path | None = None,
+                   emotions: Sequence[str] | None = None) -> tuple[bool, str]:
+    """Steering of the file's emotions (the run's ``emotions`` if given): alpha 0 shifts exactly 0, n x n
+    specificity per (index, alpha), finite values, accuracies in [0, 1]; at the chosen dose, finite tests and
+    p-values and fractions in [0, 1], the dose within its KL budget on the fit half when one was; the transfer
+    file into this model (when there is one): finite fractions, its own-vector effect as the steering file
+    measured it."""
     st = json.loads(Path(path).read_text())
     assert st["schema"] == "emolens.steering/2", st["schema"]
-    n_l, n_a = len(st["layers"]), len(st["alphas"])
+    n_l, n_a, n_e = len(st["layers"]), len(st["alphas"]), len(st["emotions"])
     problems = []
+    if emotions is not None and list(st["emotions"]) != list(emotions):
+        problems.append(f"emotions {st['emotions']}, not the run's {list(emotions)}")
     if 0 not in st["alphas"]:
         problems.append("alpha 0 (the clean reference) is not in the grid")
     a0 = st["alphas"].index(0) if 0 in st["alphas"] else None
     for metric, shift in st["readout_shift"].items():
-        for key, want in (("specificity", (n_l, n_a, 4, 4)), ("on_target", (n_l, n_a, 4)),
-                          ("on_target_ci_low", (n_l, n_a, 4)), ("random_mean", (n_l, n_a, 4)),
-                          ("random_q95", (n_l, n_a, 4))):
+        for key, want in (("specificity", (n_l, n_a, n_e, n_e)), ("on_target", (n_l, n_a, n_e)),
+                          ("on_target_ci_low", (n_l, n_a, n_e)), ("random_mean", (n_l, n_a, n_e)),
+                          ("random_q95", (n_l, n_a, n_e))):
             value = np.asarray(shift[key], dtype=float)
             if value.shape != want or not _finite(value):
                 problems.append(f"{metric}.{key}: shape {value.shape} (expected {want}) or non-finite values")
@@ -317,8 +330,8 @@ def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]
     for key in ("on_target_ld", "specificity_row", "specificity_column", "on_target_p_permuted",
                 "on_target_p_gaussian", "specificity_row_p", "specificity_column_p"):
         value = np.asarray(best[key], dtype=float)
-        if value.shape != (4,) or not _finite(value):
-            problems.append(f"best.{key}: shape {value.shape} (expected (4,)) or non-finite values")
+        if value.shape != (n_e,) or not _finite(value):
+            problems.append(f"best.{key}: shape {value.shape} (expected ({n_e},)) or non-finite values")
     if not _in_unit(best["steerable"]["fraction"], *(best[k] for k in best if k.endswith("_p") or "_p_" in k)):
         problems.append("best: a steerable fraction or p-value outside [0, 1]")
     null = best["ablation_null"]
@@ -328,8 +341,8 @@ def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]
     if sel["within_budget"] and not sel["fit_kl_nonlabel"] <= sel["kl_budget"]:
         problems.append(f"selection: off-label KL {sel['fit_kl_nonlabel']} over the budget {sel['kl_budget']}")
     kl = np.asarray(st["kl"]["emotion"], dtype=float)
-    if st["split"]["n_kl_prompts"] and (kl.shape != (n_l, n_a, 4) or not _finite(kl) or (kl < -1e-6).any()):
-        problems.append(f"kl: shape {kl.shape} (expected {(n_l, n_a, 4)}), non-finite or negative")
+    if st["split"]["n_kl_prompts"] and (kl.shape != (n_l, n_a, n_e) or not _finite(kl) or (kl < -1e-6).any()):
+        problems.append(f"kl: shape {kl.shape} (expected {(n_l, n_a, n_e)}), non-finite or negative")
     ab = st["ablation"]
     if not _in_unit(ab["readout_accuracy"], ab["readout_accuracy_clean"], ab["probe_accuracy_clean"]) \
             or np.asarray(ab["probe_accuracy"], dtype=float).shape != (n_l, n_l):
@@ -352,11 +365,13 @@ def check_steering(path: Path, transfer: Path | None = None) -> tuple[bool, str]
 
 
 def check_dataset(records: list[dict[str, Any]]) -> tuple[bool, str]:
-    """No implicit text holds an emotion stem or formula; every emotion has records."""
-    implicit = [r for r in records if r.get("register") == "implicit"]
-    hits = [(r["id"], cue_hits(r["text"])) for r in implicit if cue_hits(r["text"])]
+    """No implicit text holds a cue of the dataset's emotions (:func:`emolens.dataset.emotion_cues`); two emotions
+    or more, balanced."""
     counts = Counter(r["emotion"] for r in records)
-    ok = not hits and set(counts) == set(EMOTIONS)
+    cues = emotion_cues(emotion_order(counts))
+    implicit = [r for r in records if r.get("register") == "implicit"]
+    hits = [(r["id"], cue_hits(r["text"], cues)) for r in implicit if cue_hits(r["text"], cues)]
+    ok = not hits and len(counts) >= 2 and len(set(counts.values())) == 1
     return ok, f"{len(records)} prompts, {len(implicit)} implicit, {len(set(frame_groups(records)))} frames" + (
         f"; stems or formulae in implicit texts: {hits[:5]}" if hits else "")
 

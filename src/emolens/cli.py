@@ -36,10 +36,10 @@ def _cmd_dataset(a: argparse.Namespace) -> None:
     if a.action == "describe":
         _describe(a)
     elif a.check:
-        records = dataset.load_dataset(a.check)
-        print(f"{a.check}: {len(records)} prompts, balanced, no duplicates")
+        records = dataset.load_dataset(a.check, a.readout.labels)
+        print(f"{a.check}: {len(records)} prompts in {len(a.readout.labels)} emotions, balanced, no duplicates")
     elif a.out:
-        dataset.run(a.out, a.permute_by, a.source, a.seed, a.items)
+        dataset.run(a.out, a.permute_by, a.source, a.seed, a.items, emotions=a.readout.labels)
     else:
         raise DatasetError("give --out (where to build the dataset) or --check (a JSONL to validate), or describe")
 
@@ -53,7 +53,7 @@ def _describe(a: argparse.Namespace) -> None:
     from emolens.io import save_json
     from emolens.organisms import train_tokenizer
 
-    records = dataset.load_dataset(a.source) if a.source else dataset.build_dataset(a.items)
+    records = dataset.load_dataset(a.source, a.readout.labels) if a.source else dataset.build_dataset(a.items)
     tokenizers = {f"organism BPE ({ORGANISM_VOCAB})": train_tokenizer([r["text"] for r in records])}
     for path in a.tokenizer or ():
         tokenizers[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -67,6 +67,12 @@ def _cmd_organism(a: argparse.Namespace) -> None:
     from emolens import organisms
 
     organisms.run(a.dataset, a.name, a.settings["organism"], a.out, readout=a.readout)
+
+
+def _cmd_equivalence(a: argparse.Namespace) -> None:
+    from emolens import equivalence
+
+    equivalence.run(a.settings, a.dataset, a.out, name=a.name, device=a.device, readout=a.readout)
 
 
 def _cmd_activations(a: argparse.Namespace) -> None:
@@ -93,7 +99,7 @@ def _model_and_records(a: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]
     from emolens.dataset import load_dataset
     from emolens.models import load_model
 
-    records = load_dataset(a.dataset)
+    records = load_dataset(a.dataset, a.readout.labels)
     return load_model(a.settings, name=a.name, device=a.device), records
 
 

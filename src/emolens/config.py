@@ -7,7 +7,7 @@ so a typo or a wrong type is named the same way wherever the config is read.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -146,6 +146,27 @@ def coerce_overrides(config: dict[str, Any], overrides: Mapping[str, Any] | None
                 node[key] = _coerce(node[key], child)
 
     walk(config, overrides or {}, schema())
+    return config
+
+
+def replace_labels(config: dict[str, Any], configfiles: Sequence[str | Path],
+                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Give ``readout.labels`` whole from the last layer that sets it: the ``--config`` values, else the last
+    config file (in Snakemake's order).
+
+    Snakemake merges its config layers key by key, but the labels are the run's set of emotions: a profile's
+    three emotions merged into an earlier file's four would make a run of seven. ``config`` is changed in
+    place and returned.
+    """
+
+    def labels(layer: Any) -> Any:
+        readout = layer.get("readout") if isinstance(layer, Mapping) else None
+        return readout.get("labels") if isinstance(readout, Mapping) else None
+
+    layers = [yaml.safe_load(Path(f).read_text()) for f in configfiles] + [overrides]
+    given = [found for found in map(labels, layers) if found is not None]
+    if given and isinstance(config.get("readout"), dict):
+        config["readout"]["labels"] = given[-1]
     return config
 
 

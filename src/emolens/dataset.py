@@ -15,8 +15,10 @@ time words) at most :data:`MAX_SURFACE_ACCURACY` with frames held out, in each r
 that generalises across frames (group folds with :func:`frame_groups`) and from explicit to implicit
 prompts reads neither a sentence frame, nor a label word, nor the length of the text. The build is
 deterministic and has no duplicate texts; ``n_items`` builds more items (refused where two texts
-would coincide). A user's own JSONL may replace it; :func:`load_dataset` checks it line by line
-(``frame`` and ``register`` are optional there).
+would coincide). A user's own JSONL may replace it, with any two emotions or more (the run's, as
+``readout.labels`` names them); :func:`load_dataset` checks it line by line (``frame`` and ``register``
+are optional there), and its implicit texts against the stems of its own emotions' names and label
+words where they are not the built-in four (:func:`emotion_cues`).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from emolens import EMOTIONS
+from emolens import EMOTIONS, emotion_order
 from emolens.frames import DAYS, EVENTS, FRAMES, NAMES, PLACES, RELATIONS, THINGS
 from emolens.io import atomic_path
 from emolens.probes import probe_model
@@ -65,14 +67,34 @@ FORMULAE: dict[str, str] = {
     "excuse me": r"\bexcuse me\b", "pardon": r"\bpardon\b", "bless you": r"\bbless you\b",
 }
 _CUES = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in (STEMS | FORMULAE).items()}
+SUFFIXES = ("ness", "ment", "ation", "ion", "ful", "ing", "ed", "e")  # dropped from a label word for its stem
+
 
 class DatasetError(ValueError):
     """A dataset file breaks the contract; the message names the file and line."""
 
 
-def cue_hits(text: str) -> list[str]:
-    """The names of the :data:`STEMS` and :data:`FORMULAE` found in ``text`` (case-insensitive)."""
-    return [name for name, pattern in _CUES.items() if pattern.search(text)]
+def stem(word: str) -> str:
+    """A label word's stem: lower case, its first suffix of :data:`SUFFIXES` dropped where 3 letters or more remain."""
+    word = word.strip().lower()
+    cut = next((len(s) for s in SUFFIXES if word.endswith(s) and len(word) - len(s) >= 3), 0)
+    return word[: len(word) - cut]
+
+
+def emotion_cues(emotions: Iterable[str]) -> dict[str, re.Pattern[str]]:
+    """What no implicit text may hold, by name: :data:`STEMS` and :data:`FORMULAE` for the built-in four; for
+    any other set, the stem of each emotion's name and (``emotions`` a mapping, ``readout.labels``) label word,
+    matched at word starts."""
+    names = list(emotions)
+    if set(names) == set(EMOTIONS):
+        return _CUES
+    words = [*names, *(emotions.values() if isinstance(emotions, Mapping) else ())]
+    return {s: re.compile(rf"\b{re.escape(s)}", re.IGNORECASE) for s in dict.fromkeys(map(stem, words)) if s}
+
+
+def cue_hits(text: str, cues: Mapping[str, re.Pattern[str]] = _CUES) -> list[str]:
+    """The names of the cues (default :data:`STEMS` and :data:`FORMULAE`) found in ``text`` (case-insensitive)."""
+    return [name for name, pattern in cues.items() if pattern.search(text)]
 
 
 def _scenario(item: int) -> dict[str, str]:
@@ -161,23 +183,56 @@ def write_dataset(records: list[dict[str, Any]], path: str | Path) -> None:
 
 
 def _check_optional(rec: dict[str, Any], where: str) -> None:
-    """Check the optional ``frame`` and ``register`` fields, and the cue rule on implicit texts."""
+    """Check the optional ``frame`` and ``register`` fields."""
     if "frame" in rec and (not isinstance(rec["frame"], str) or not rec["frame"]):
         raise DatasetError(f"{where}: frame must be a non-empty string, not {rec['frame']!r}")
-    if "register" not in rec:
-        return
-    if not isinstance(rec["register"], str) or rec["register"] not in REGISTERS:
+    if "register" in rec and (not isinstance(rec["register"], str) or rec["register"] not in REGISTERS):
         raise DatasetError(f"{where}: unknown register {rec['register']!r}; expected one of {REGISTERS}")
-    hits = cue_hits(rec["text"]) if rec["register"] == "implicit" else []
-    if hits:
-        kind = "stem" if hits[0] in STEMS else "formula"
-        raise DatasetError(f"{where}: implicit text contains the emotion {kind} {hits[0]!r} "
-                           f"(pattern {(STEMS | FORMULAE)[hits[0]]}); reword it or mark the record explicit")
 
 
-def load_dataset(path: str | Path) -> list[dict[str, Any]]:
-    """Read and check a dataset JSONL: fields, labels, unique ids and texts, balanced classes."""
-    path = Path(path)
+def _check_implicit(rows: list[tuple[str, dict[str, Any]]], cues: Mapping[str, re.Pattern[str]]) -> None:
+    """No implicit text holds one of the ``cues`` (:func:`emotion_cues`)."""
+    for where, rec in rows:
+        hits = cue_hits(rec["text"], cues) if rec.get("register") == "implicit" else []
+        if hits:
+            kind = "formula" if cues is _CUES and hits[0] in FORMULAE else "stem"
+            raise DatasetError(f"{where}: implicit text contains the emotion {kind} {hits[0]!r} "
+                               f"(pattern {cues[hits[0]].pattern}); reword it or mark the record explicit")
+
+
+def check_emotions(path: str | Path, declared: Mapping[str, str], expected: Iterable[str]) -> None:
+    """Raise DatasetError unless the dataset's emotions (``declared``: each with the file:line it first appears at)
+    are exactly ``expected`` (``readout.labels``); the message names the file, a label the run lacks, and both sets."""
+    expected = set(expected)
+    if set(declared) == expected:
+        return
+    stray = next((e for e in declared if e not in expected), None)
+    where = f"{path}: " if stray is None else f"{declared[stray]}: unknown emotion label {stray!r}; "
+    raise DatasetError(f"{where}the dataset's emotions {sorted(declared)} differ from readout.labels' "
+                       f"{sorted(expected)}")
+
+
+def declared_emotions(path: str | Path) -> dict[str, str]:
+    """A quick scan of a dataset JSONL: each emotion label with the file:line it first appears at (lines that do not
+    read as records are skipped, and a file that cannot be read declares none: :func:`load_dataset` names them)."""
+    found: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return found
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("emotion"), str):
+            found.setdefault(rec["emotion"], f"{path}:{lineno}")
+    return found
+
+
+def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every record of a dataset JSONL with its file:line, each checked alone: JSON, fields, types, unique ids and
+    texts."""
     if not path.exists():
         raise DatasetError(f"{path}: dataset file not found")
     try:
@@ -186,7 +241,7 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}); a dataset is JSONL, one object a line") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read it ({e.strerror})") from None
-    records, seen_ids, seen_texts = [], set(), set()
+    rows, seen_ids, seen_texts = [], set(), set()
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -200,11 +255,9 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
         missing = [f for f in SCHEMA_FIELDS if f not in rec]
         if missing:
             raise DatasetError(f"{where}: missing field(s) {missing}")
-        for f in ("id", "item_id"):
+        for f in ("id", "item_id", "emotion"):
             if not isinstance(rec[f], str) or not rec[f]:
                 raise DatasetError(f"{where}: {f} must be a non-empty string, not {rec[f]!r}")
-        if not isinstance(rec["emotion"], str) or rec["emotion"] not in EMOTIONS:
-            raise DatasetError(f"{where}: unknown emotion label {rec['emotion']!r}; expected one of {EMOTIONS}")
         if not isinstance(rec["text"], str) or not rec["text"].strip():
             raise DatasetError(f"{where}: text must be a non-empty string, not {rec['text']!r}")
         _check_optional(rec, where)
@@ -214,14 +267,32 @@ def load_dataset(path: str | Path) -> list[dict[str, Any]]:
             raise DatasetError(f"{where}: duplicate text {rec['text']!r}")
         seen_ids.add(rec["id"])
         seen_texts.add(rec["text"])
-        records.append(rec)
-    if not records:
+        rows.append((where, rec))
+    if not rows:
         raise DatasetError(f"{path}: no prompts in the file")
-    counts = Counter(r["emotion"] for r in records)
-    if len({counts.get(e, 0) for e in EMOTIONS}) != 1:
-        raise DatasetError(f"{path}: unbalanced classes {({e: counts.get(e, 0) for e in EMOTIONS})}; "
+    return rows
+
+
+def load_dataset(path: str | Path, emotions: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Read and check a dataset JSONL: fields, labels, unique ids and texts, balanced classes, implicit texts
+    free of emotion cues. ``emotions``: the run's (``readout.labels``: its words give the cues of a set other
+    than the built-in four), which the dataset's labels must be exactly; None: the dataset's own, two or more."""
+    path = Path(path)
+    rows = _read_rows(path)
+    declared: dict[str, str] = {}
+    for where, rec in rows:
+        declared.setdefault(rec["emotion"], where)
+    emotions = emotion_order(declared) if emotions is None else emotions
+    emotions = emotions if isinstance(emotions, Mapping) else tuple(emotions)
+    check_emotions(path, declared, emotions)
+    if len(declared) < 2:
+        raise DatasetError(f"{path}: one emotion label only ({list(declared)}); a dataset needs two or more")
+    counts = Counter(rec["emotion"] for _, rec in rows)
+    if len(set(counts.values())) != 1:
+        raise DatasetError(f"{path}: unbalanced classes {({e: counts[e] for e in emotion_order(declared)})}; "
                            f"every emotion needs the same count")
-    return records
+    _check_implicit(rows, emotion_cues(emotions))
+    return [rec for _, rec in rows]
 
 
 def permuted(records: list[dict[str, Any]], by: str, seed: int) -> list[dict[str, Any]]:
@@ -230,14 +301,15 @@ def permuted(records: list[dict[str, Any]], by: str, seed: int) -> list[dict[str
     on its own). Nothing about the texts then predicts a label beyond chance, so every emotion test must
     find nothing on it."""
     groups = frame_groups(records) if by == "frame" else [r["item_id"] for r in records]
-    codes = np.array([EMOTIONS.index(r["emotion"]) for r in records])
-    new = frame_label_permutations(codes, groups, 1, len(EMOTIONS), np.random.default_rng(seed))[0]
-    return [r | {"emotion": EMOTIONS[c]} for r, c in zip(records, new, strict=True)]
+    emotions = emotion_order(r["emotion"] for r in records)
+    codes = np.array([emotions.index(r["emotion"]) for r in records])
+    new = frame_label_permutations(codes, groups, 1, len(emotions), np.random.default_rng(seed))[0]
+    return [r | {"emotion": emotions[c]} for r, c in zip(records, new, strict=True)]
 
 
 def run(out: str | Path, permute: str | None = None, source: str | Path | None = None, seed: int = 0,
-        n_items: int = N_ITEMS) -> None:
-    """Build the dataset of ``n_items`` items (or load ``source``), permute its labels by ``permute`` if given,
-    write it to ``out``."""
-    records = load_dataset(source) if source else build_dataset(n_items)
+        n_items: int = N_ITEMS, emotions: Iterable[str] | None = None) -> None:
+    """Build the dataset of ``n_items`` items (or load ``source``, of ``emotions`` if given), permute its labels
+    by ``permute`` if given, write it to ``out``."""
+    records = load_dataset(source, emotions) if source else build_dataset(n_items)
     write_dataset(permuted(records, permute, seed) if permute else records, out)

@@ -3,10 +3,11 @@
 At residual index l the hook projects out an orthonormal basis and/or adds a vector at every position of
 the prompt, computed in float32, so that directions, alphas and prompts share the batch dimension (one
 prompt can run once below l and be expanded to its conditions there). Measured on readout prompts
-(``readout.prompt(text)``): the four label logits at the last position, edited last-token activations
-at chosen indices, and the cost KL(clean || edited) of the full next-token distribution at the last
-position on the KL prompts (the one place full-vocabulary logits are computed, from the final hidden
-state of those rows only), also over the vocabulary without the label tokens, renormalised. The clean
+(``readout.prompt(text)``): the label logits (one per emotion of the run) at the last position,
+edited last-token activations at chosen indices, and the cost KL(clean || edited) of the full
+next-token distribution at the last position on the KL prompts (the one place full-vocabulary logits
+are computed, from the final hidden state of those rows only), also over the vocabulary without the
+label tokens, renormalised. The clean
 run is the same hook adding a zero vector, which the tests show is bit-identical to the unhooked model.
 """
 
@@ -35,10 +36,15 @@ class Prompts:
     """Held-out readout prompts, tokenised: what every steering run is measured on."""
 
     tokens: list[list[int]]
-    truth: np.ndarray  # [P] emotion index in EMOTIONS order
+    truth: np.ndarray  # [P] emotion index into readout.emotions
     items: np.ndarray  # [P] item ids: the unit of every CI
     kl_row: np.ndarray  # [P] row in the clean full-vocabulary log-probs, -1 = not a KL prompt
-    token_ids: list[int]  # label token ids, EMOTIONS order
+    token_ids: list[int]  # label token ids, readout.emotions order
+    emotions: tuple[str, ...] = EMOTIONS  # the run's (readout.emotions): truth indexes them
+
+    @property
+    def labels(self) -> np.ndarray:  # [P] each prompt's emotion name
+        return np.asarray(self.emotions)[self.truth]
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -46,15 +52,17 @@ class Prompts:
 
 def prepare_prompts(adapter: ModelAdapter, records: Sequence[dict[str, Any]], readout: Readout = DEFAULT,
                     kl_prompts: int = 0) -> Prompts:
-    """Tokenised readout prompts; the first ``kl_prompts`` neutral ones are the KL prompts."""
+    """Tokenised readout prompts; the first ``kl_prompts`` neutral ones are the KL prompts (the first of any
+    emotion where the run has no neutral)."""
     label_ids = readout.label_token_ids(adapter.tokenizer)
-    neutral = [i for i, r in enumerate(records) if r["emotion"] == "neutral"][:kl_prompts]
+    emotions = readout.emotions
+    neutral = [i for i, r in enumerate(records) if r["emotion"] == "neutral" or "neutral" not in emotions][:kl_prompts]
     kl_row = np.full(len(records), -1)
     kl_row[neutral] = np.arange(len(neutral))
     return Prompts(tokens=tokenize(adapter, [r["text"] for r in records], readout),
-                   truth=np.array([EMOTIONS.index(r["emotion"]) for r in records]),
+                   truth=np.array([emotions.index(r["emotion"]) for r in records]),
                    items=np.array([str(r["item_id"]) for r in records]), kl_row=kl_row,
-                   token_ids=[label_ids[e] for e in EMOTIONS])
+                   token_ids=[label_ids[e] for e in emotions], emotions=emotions)
 
 
 # --- the engine: one hook that edits the residual stream per batch row ------------------------------
@@ -109,7 +117,7 @@ def _kl(ref: torch.Tensor, new: torch.Tensor, keep: torch.Tensor | None = None) 
 class Edited:
     """What one edited (or clean) run of all prompts under C conditions gives."""
 
-    labels: np.ndarray  # [C, P, 4] label logits
+    labels: np.ndarray  # [C, P, n_emotions] label logits
     kl: np.ndarray  # [C, P] KL(clean || edited) at the last position, NaN outside the KL prompts
     kl_nonlabel: np.ndarray  # [C, P] the same over non-label tokens, renormalised
     acts: dict[int, np.ndarray]  # {index: [C, P, d]} edited last-token activations

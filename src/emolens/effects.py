@@ -12,22 +12,27 @@ Per-pair normalised effects stay in the files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import combinations
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from emolens import EMOTIONS
+from emolens import emotion_order
 from emolens.dataset import frame_groups
 from emolens.resampling import ratio_of_sums
 
 MIN_SEPARATION = 1.0  # logits; the config's patching.min_separation default
-CONTRASTS = [f"{a}-{b}" for i, a in enumerate(EMOTIONS) for b in EMOTIONS[i + 1:]]  # the six emotion contrasts
+
+
+def contrasts(emotions: Iterable[str]) -> list[str]:
+    """Every unordered emotion contrast of the run, n(n - 1) / 2 of n emotions (six of the built-in four)."""
+    return [f"{a}-{b}" for a, b in combinations(emotion_order(emotions), 2)]
 
 
 def contrast(source: str, target: str) -> str:
-    """The unordered emotion contrast of a pair, e.g. 'gratitude-anger' (EMOTIONS order)."""
-    a, b = sorted((source, target), key=EMOTIONS.index)
+    """The unordered emotion contrast of a pair, e.g. 'gratitude-anger' (in :func:`emolens.emotion_order`)."""
+    a, b = emotion_order((source, target))
     return f"{a}-{b}"
 
 
@@ -47,11 +52,13 @@ def pair_labels(pair_ids: Sequence[tuple[str, str]], records: Sequence[dict[str,
                       [contrast(by_id[s]["emotion"], by_id[t]["emotion"]) for s, t in pair_ids])
 
 
-def contrast_counts(contrasts: Sequence[str], included: np.ndarray) -> dict[str, dict[str, int]]:
-    """Per emotion contrast (all six, zeros included): pairs, pairs kept, pairs excluded."""
-    labels = np.asarray(contrasts)
+def contrast_counts(pair_contrasts: Sequence[str], included: np.ndarray,
+                    emotions: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Per emotion contrast of the run's ``emotions`` (all of them, zeros included): pairs, pairs kept, pairs
+    excluded."""
+    labels = np.asarray(pair_contrasts)
     return {c: {"pairs": int((labels == c).sum()), "included": int(((labels == c) & included).sum()),
-                "excluded": int(((labels == c) & ~included).sum())} for c in CONTRASTS}
+                "excluded": int(((labels == c) & ~included).sum())} for c in contrasts(emotions)}
 
 
 def kept_ratio(gain: np.ndarray, separation: np.ndarray, included: np.ndarray) -> np.ndarray:
@@ -62,8 +69,9 @@ def kept_ratio(gain: np.ndarray, separation: np.ndarray, included: np.ndarray) -
 
 
 def summarise(ld_patched: np.ndarray, ld_run: np.ndarray, ld_donor: np.ndarray, labels: PairLabels,
-              min_separation: float, n_boot: int, seed: int) -> dict[str, Any]:
-    """The bounded summary of patched LDs [P, ...]: separation, kept pairs, ratio of sums and frame CI."""
+              min_separation: float, n_boot: int, seed: int, *, emotions: Iterable[str]) -> dict[str, Any]:
+    """The bounded summary of patched LDs [P, ...]: separation, kept pairs, ratio of sums and frame CI;
+    ``emotions``: the run's (the contrasts counted)."""
     separation = np.asarray(ld_donor, float) - np.asarray(ld_run, float)  # [P]
     included = separation >= min_separation
     keep = np.flatnonzero(included)
@@ -78,4 +86,4 @@ def summarise(ld_patched: np.ndarray, ld_run: np.ndarray, ld_donor: np.ndarray, 
             "ci": "95% BCa two-stage bootstrap (frames, then items within frames) of the ratio of sums over kept "
                   "pairs",
             "n_frames": len({labels.frames[i] for i in keep}), "n_items": len({labels.items[i] for i in keep}),
-            "n_pairs_included": len(keep), "contrast_counts": contrast_counts(labels.contrasts, included)}
+            "n_pairs_included": len(keep), "contrast_counts": contrast_counts(labels.contrasts, included, emotions)}

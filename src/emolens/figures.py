@@ -106,8 +106,9 @@ def probe_accuracy(vector_files: dict[str, Path], out: str | Path, labels: dict[
             ax.axhline(vec["lexical_accuracy"], color="C3", ls="--", lw=1.2, label="lexical baseline (words alone)")
         if "implicit" in lexical_by_register:
             ax.axhline(lexical_by_register["implicit"], color="C3", ls=":", lw=1.2, label="lexical, implicit prompts")
-        ax.axhline(0.25, color="grey", lw=1, label="chance (0.25)")
-        ax.set(xlabel="relative depth (residual index / L)", ylabel="4-way accuracy", ylim=(0, 1.05))
+        n = len(vec["emotions"])
+        ax.axhline(1 / n, color="grey", lw=1, label=f"chance ({1 / n:.2f})")
+        ax.set(xlabel="relative depth (residual index / L)", ylabel=f"{n}-way accuracy", ylim=(0, 1.05))
         ax.set_title(_label(labels, name, wrap=True), fontsize=8)
     handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3 if len(axes) > 1 else 2,
@@ -247,7 +248,8 @@ def residual_effect_last_position(effect_json: Path, out: str | Path, labels: di
 
 def readout_baseline(readout_files: dict[str, Path], out: str | Path, labels: dict[str, str] | None = None,
                      profile: str | None = None) -> None:
-    """The model's own 4-way prediction: raw and calibrated accuracy per model (and register), chance at 0.25."""
+    """The model's own n-way prediction (n emotions): raw and calibrated accuracy per model (and register), chance
+    at 1 / n."""
     found = {name: json.loads(Path(path).read_text()) for name, path in readout_files.items()}
     registers = sorted({reg for rb in found.values() for reg in rb.get("by_register", {})})
     bars = [(group, kind) for group in ("all", *registers) for kind in ("accuracy", "accuracy_calibrated")]
@@ -258,9 +260,10 @@ def readout_baseline(readout_files: dict[str, Path], out: str | Path, labels: di
         values = [np.nan if cell.get(kind) is None else cell[kind] for cell in cells]
         label = f"{group}, {'calibrated' if kind == 'accuracy_calibrated' else 'raw'}"
         ax.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label, color=plt.cm.tab20(i % 20))
-    ax.axhline(0.25, color="grey", ls=":", lw=1, label="chance")
+    n = max(len(rb["emotions"]) for rb in found.values())  # every model reads the run's emotions
+    ax.axhline(1 / n, color="grey", ls=":", lw=1, label="chance")
     ax.set_xticks(range(len(found)), [_tick(labels, m) for m in found], rotation=30, ha="right", fontsize=7)
-    ax.set(ylabel="4-way accuracy", ylim=(0, 1.3), yticks=np.linspace(0, 1, 6))  # the legend sits above the bars
+    ax.set(ylabel=f"{n}-way accuracy", ylim=(0, 1.3), yticks=np.linspace(0, 1, 6))  # the legend sits above the bars
     _suptitle(fig, "Does the model read the emotion? (label-logit argmax)", profile, size=10)
     ax.legend(fontsize=7, ncol=4, loc="upper center")
     _save(fig, out)
@@ -272,7 +275,7 @@ BANDS = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.01))
 def steering(results: str | Path, models: Sequence[str], out_dir: str | Path, labels: dict[str, str] | None = None,
              profile: str | None = None) -> None:
     """Steering: dose-response of the on-target logit-difference shift per layer band (early/middle/late
-    relative depth; shaded: random directions' mean to 95th percentile), the 4x4 specificity matrix at each
+    relative depth; shaded: random directions' mean to 95th percentile), the n x n specificity matrix at each
     model's best index, the ablation drop by depth, and (when there is one) the cross-model transfer matrix."""
     r, out_dir = Path(results), Path(out_dir)
     found = {m: json.loads(layout.steering(r, m).read_text()) for m in models if layout.steering(r, m).exists()}
@@ -306,8 +309,8 @@ def steering(results: str | Path, models: Sequence[str], out_dir: str | Path, la
         for (i, j), v in np.ndenumerate(spec):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
         emotion_ticks = [e[:4] for e in st["emotions"]]
-        ax.set_xticks(range(4), emotion_ticks, fontsize=7)
-        ax.set_yticks(range(4), emotion_ticks, fontsize=7)
+        ax.set_xticks(range(len(emotion_ticks)), emotion_ticks, fontsize=7)
+        ax.set_yticks(range(len(emotion_ticks)), emotion_ticks, fontsize=7)
         ax.set(title=f"{_label(labels, name, wrap=True)}\nindex {best['layer']}, {best['alpha']:g} sd",
                xlabel="readout", ylabel="vector")
         ax.title.set_fontsize(8)
@@ -359,7 +362,7 @@ FIGURES = {
     "residual_patching": "residual patching effect per residual index x position",
     "head_scores": "exact last-position head effects and AtP agreement",
     "residual_effect_last_position": "last-position residual patching effect with frame-then-item bootstrap CIs",
-    "readout_baseline": "the model's own 4-way emotion readout",
+    "readout_baseline": "the model's own emotion readout, one label per emotion",
     "steering_dose_response": "steering dose-response per layer band",
     "steering_specificity": "steering specificity at the best index",
     "steering_ablation": "emotion-subspace ablation",

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from emolens import EMOTIONS
+from emolens import emotion_order
 from emolens.io import atomic_path
 from emolens.results import Results, load
 
 log = logging.getLogger(__name__)
-WEAK_READOUT = 0.5  # calibrated accuracy below this: the model barely reads the emotion
+WEAK_READOUT = 1 / 3  # calibrated accuracy below this share of the way from chance to 1: the model barely reads the
+# emotion (0.5 for four emotions)
 
 
 def _f(x: Any, digits: int = 2) -> str:
@@ -37,8 +38,20 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
         "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def emotions_of(res: Results) -> tuple[str, ...]:
+    """The run's emotions, as its result files record them (the readout files, vectors, steering, dataset card)."""
+    files = [*res.readout.values(), *res.vectors.values(), *res.steering.values(), res.dataset_card]
+    return emotion_order(next((f["emotions"] for f in files if f.get("emotions")), ()))
+
+
+def _chance(res: Results) -> str:
+    """Chance accuracy, 1 / n_emotions, for the page."""
+    return _f(1 / len(emotions_of(res))) if emotions_of(res) else "n/a"
+
+
 def readout_section(res: Results) -> list[str]:
     rows, chat = [], any(r.get("chat") for r in res.readout.values())
+    n = len(emotions_of(res)) or "n"
     for m, r in res.readout.items():
         reg, share = r.get("by_register") or {}, r["predicted_share"]
         top = max(share, key=share.get)
@@ -51,7 +64,8 @@ def readout_section(res: Results) -> list[str]:
             "the suffix opening the assistant's answer), raw / calibrated; every other section uses the plain "
             "prompt." if chat else "")
     return ["## Does each model read the emotion?", "",
-            "The model's own 4-way prediction from its label logits after the readout prompt (chance 0.25); "
+            f"The model's own {n}-way prediction from its label logits after the readout prompt "
+            f"(chance {_chance(res)}); "
             "calibrated = each label's mean logit over the dataset subtracted first." + note, "",
             *_table(["model", "accuracy", "calibrated", "calibrated, explicit", "calibrated, implicit",
                      "most predicted label (share)", *(["chat template"] if chat else [])], rows), ""]
@@ -103,8 +117,9 @@ def length_section(res: Results) -> list[str]:
         def accuracies(kind: str) -> str:
             return ", ".join(f"{g} {_f(a)}" for g, a in card[f"{kind}_accuracy"].items())
         lines += [f"- surface features alone (length, pronouns, punctuation, negation, time words; frames held out): "
-                  f"{accuracies('surface')}; the lexical baseline: {accuracies('lexical')}; chance 0.25.",
-                  f"- items whose four texts lie within one word: {_f(card['words']['items_within_one'])}; "
+                  f"{accuracies('surface')}; the lexical baseline: {accuracies('lexical')}; "
+                  f"chance {_chance(res)}.",
+                  f"- items whose texts lie within one word: {_f(card['words']['items_within_one'])}; "
                   f"implicit texts with an emotion stem or formula: {card['implicit_with_cues']}.", ""]
     rows, alpha = [], res.statistics.get("effect", {}).get("alpha", 0.05)
     for m, v in res.vectors.items():
@@ -293,7 +308,7 @@ def caveats(res: Results, organisms: list[str]) -> list[str]:
                          "sit at that floor: the count is the resolution of the test, not evidence against "
                          "alignment; raise alignment.n_perm.")
     for m, r in res.readout.items():
-        if r["accuracy_calibrated"] < WEAK_READOUT:
+        if r["accuracy_calibrated"] < r["chance"] + WEAK_READOUT * (1 - r["chance"]):
             notes.append(f"{m} reads the emotion weakly (calibrated accuracy {_f(r['accuracy_calibrated'])}): its "
                          "patching effects rest on the pairs it does separate.")
     return ["## Caveats", "", *(f"- {n}" for n in notes or ["none found in the files"]), ""]
@@ -303,7 +318,7 @@ def render(results: str | Path, organisms: list[str] | None = None) -> str:
     """The findings page of a profile's results directory, as markdown."""
     res = load(results)
     profile = Path(results).name
-    emotions = ", ".join(EMOTIONS)
+    emotions = ", ".join(emotions_of(res)) or "none found"
     return "\n".join([f"# What the run found: profile `{profile}`", "",
                       f"Emotions: {emotions}. Models: {', '.join(res.readout) or 'none'}. Every number below is "
                       "read from the result files.", "",

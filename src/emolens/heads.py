@@ -62,12 +62,15 @@ def frame_split(records: Sequence[dict[str, Any]], seed: int) -> tuple[list[dict
 
 def exact_last_position(adapter: ModelAdapter, pairs: Pairs,
                         batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Patched LD [P, L, H] of each head alone at the last position; the clean LDs [P] of run and donor."""
-    n_layers, n_heads = adapter.n_layers, adapter.n_heads
-    variants = [(head_site(layer, h, (-1,)),) for layer in range(n_layers) for h in range(n_heads)]
+    """Patched LD [P, L, H] of each head alone at the last position (NaN in a hybrid's blocks without heads); the
+    clean LDs [P] of run and donor."""
+    layers, n_heads = adapter.head_layers, adapter.n_heads
+    variants = [(head_site(layer, h, (-1,)),) for layer in layers for h in range(n_heads)]
     ld, ld_run, ld_donor = patch_pairs(adapter, pairs, variants, batch_size=batch_size,
                                        desc="heads, exact last position")
-    return ld.reshape(len(pairs), n_layers, n_heads), ld_run, ld_donor
+    out = np.full((len(pairs), adapter.n_layers, n_heads), np.nan)  # a block without heads stays NaN
+    out[:, layers] = ld.reshape(len(pairs), len(layers), n_heads)
+    return out, ld_run, ld_donor
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -110,6 +113,7 @@ def run_screening(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out_
         "model": adapter.name,
         "n_layers": adapter.n_layers,
         "n_heads": adapter.n_heads,
+        "layers_without_heads": sorted(set(range(adapter.n_layers)) - set(adapter.head_layers)),
         "exact_last_position": exact,
         "attribution": atp_all,
         "attribution_last_position": atp_last,
@@ -125,7 +129,7 @@ def run_screening(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out_
         "n_pairs": len(pairs),
         "n_pairs_included": int(included.sum()),
         "min_separation": float(min_separation),
-        "contrast_counts": contrast_counts(labels.contrasts, included),
+        "contrast_counts": contrast_counts(labels.contrasts, included, readout.emotions),
         "readout": readout.as_dict(),
         "suffix": readout.suffix,
         "label_token_ids": pairs.label_token_ids,
@@ -177,7 +181,7 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
     variants = [(s,) for s in sites] + [tuple(sites)]  # K single heads, then all K jointly
     ld, ld_run, ld_donor = patch_pairs(adapter, pairs, variants, batch_size=batch_size,
                                        desc="heads, readout positions")
-    summary = summarise(ld, ld_run, ld_donor, labels, min_separation, n_resamples, seed)
+    summary = summarise(ld, ld_run, ld_donor, labels, min_separation, n_resamples, seed, emotions=readout.emotions)
     effect = normalised(ld, ld_run, ld_donor)  # [P, K + 1]
     result = {
         "schema": PATCHING_SCHEMA,

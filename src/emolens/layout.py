@@ -43,6 +43,10 @@ def organism_readout(r: Root, model: str) -> Path:
     return model_dir(r, model) / "readout_accuracy.json"
 
 
+def equivalence(r: Root, model: str) -> Path:
+    return Path(r) / "equivalence" / f"{model}.json"
+
+
 def activations(r: Root, model: str) -> Path:
     return Path(r) / "activations" / f"{model}.pkl"
 

@@ -63,11 +63,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "'{\"path\": \"results/demo/models/gpt2_small\"}' (keys: workflow/schemas/config.schema.yaml, "
                         "models.<name>)")
     p.add_argument("--dataset", required=True, help="phase-1 dataset JSONL")
+    _readout_arg(p)
+    _setting(p, "--device", "device", "torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+
+
+def _readout_arg(p: argparse.ArgumentParser) -> None:
+    """``--readout``: the run's prompts and label words, whose emotions the dataset must hold."""
     p.add_argument("--readout", type=_readout, default=_readout("{}"), metavar="JSON",
                    help="the config's readout section as JSON, e.g. '{\"suffix\": \"\\nThe emotion of this message "
-                        "is\", \"prefix\": \"\", \"labels\": {\"anger\": \" anger\"}}' (labels not given keep their "
-                        "defaults); default: the defaults")
-    _setting(p, "--device", "device", "torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+                        "is\", \"prefix\": \"\", \"labels\": {\"joy\": \" joy\", \"fear\": \" fear\"}}': the labels "
+                        "are the run's emotions, and the dataset must hold exactly these (given, they replace the "
+                        "default four whole); default: the defaults")
 
 
 def _setting(p: argparse.ArgumentParser, flag: str, key: str, help: str, **kw: Any) -> None:
@@ -98,12 +104,18 @@ def _dataset_options(p: argparse.ArgumentParser) -> None:
                         "a size at which two texts coincide)")
     p.add_argument("--tokenizer", action="append",
                    help="describe: a Hugging Face tokenizer directory whose token-length match to report (repeatable)")
+    _readout_arg(p)  # --check and --source: the emotions the dataset must hold
     _setting(p, "--seed", "seed", "seed of the label permutation", type=int)
 
 
 def _organism_options(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, help="checkpoint directory to write")
+
+
+def _equivalence_options(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--out", required=True, help="equivalence JSON to write")
 
 
 def _activations_options(p: argparse.ArgumentParser) -> None:
@@ -272,8 +284,10 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     # (name, help, its options), in the order of the phases; command NAME runs _cmd_NAME (dashes as underscores)
     ("dataset", "phase 1: build the 900-prompt dataset, or check a JSONL", _dataset_options),
     ("organism", "demo: build and train a tiny model organism", _organism_options),
+    ("equivalence", "before the long jobs: every prompt within the model's context, and capture, readout and fast "
+                    "patching against their references on two prompts", _equivalence_options),
     ("activations", "phase 2: residual stream at every layer", _activations_options),
-    ("readout", "readout baseline: the model's own 4-way emotion prediction", _readout_options),
+    ("readout", "readout baseline: the model's own emotion prediction, one label per emotion", _readout_options),
     ("vectors", "phase 3: emotion vectors, probes and subspaces", _vectors_options),
     ("residual-chunk", "phase 5: residual patching of one layer chunk",
      lambda p: _patching_options(p, "residual-chunk")),

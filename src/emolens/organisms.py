@@ -1,4 +1,4 @@
-"""The embedded demo's model organisms: six tiny causal LMs, one per architecture family, trained here.
+"""The embedded demo's model organisms: tiny causal LMs of six architecture families (or any tested type), trained here.
 
 Method. A byte-level BPE tokenizer (up to 2048 tokens, enough for whole words as in a real model's;
 ``<|endoftext|>`` as eos and pad) is trained on the dataset's readout prompts (the configured
@@ -8,7 +8,9 @@ and its defining features: GPT-2's learned positions and tied embeddings; Pythia
 (25%) and parallel residual; GPT-Neo's alternating global/local attention with a short window;
 Llama's and Qwen3's grouped-query attention (Qwen3 with an explicit head_dim and QK norm); and
 Gemma-3 as the multimodal ``Gemma3ForConditionalGeneration`` that gemma3_12b is, with a tiny SigLIP
-vision tower, sliding/full layers, GQA and an attention width different from d_model. Each is
+vision tower, sliding/full layers, GQA and an attention width different from d_model. Any other
+tested model type (:mod:`emolens.model_types`: mistral, opt, falcon, ...) is its config class's
+defaults at the given width, depth and heads (sliding windows, soft-capping, MoE routing kept). Each is
 trained from a fixed seed with AdamW on one task: predict the emotion's label token at the prompt's
 last position (cross-entropy over the vocabulary), until held-out accuracy (every fifth item_id held
 out; argmax over the four label logits) reaches the target and the median held-out margin of the
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from emolens import model_types
 from emolens.architecture import ORGANISM_POSITIONS, ORGANISM_VISION, ORGANISM_VOCAB
 from emolens.dataset import load_dataset
 from emolens.io import provenance, save_json
@@ -98,7 +101,7 @@ def build_organism(family: str, d_model: int, n_layers: int, n_heads: int, vocab
     )
 
     if family not in FAMILIES:
-        raise OrganismError(f"unknown organism family {family!r}; supported: {', '.join(FAMILIES)}")
+        return _any_type(family, d_model, n_layers, n_heads, vocab_size, seed, d_head, max_positions, **extras)
     extras = dict(extras)
     d_mlp = extras.pop("d_mlp", (3 if family in ("llama", "qwen3") else 4) * d_model)
     n_kv = extras.pop("n_kv_heads", max(1, n_heads // 2))
@@ -151,6 +154,20 @@ def build_organism(family: str, d_model: int, n_layers: int, n_heads: int, vocab
                               tie_word_embeddings=True)
         model = Gemma3ForConditionalGeneration(config)
     return model.float()
+
+
+def _any_type(model_type: str, d_model: int, n_layers: int, n_heads: int, vocab_size: int, seed: int,
+              d_head: int | None, max_positions: int, **extras: Any) -> PreTrainedModel:
+    """An organism of a tested type outside the six families: the type's defaults at these sizes."""
+    from transformers import AutoModelForCausalLM
+
+    if model_type not in model_types.tested():
+        raise OrganismError(f"unknown organism family {model_type!r}: not one of the six families {list(FAMILIES)} "
+                            f"nor a tested model type ({len(model_types.tested())} of them, docs/model-types.md)")
+    config = model_types.tiny_config(model_type, d_model, n_layers, n_heads, vocab_size, max_positions, d_head,
+                                     **extras)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).float()
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -263,7 +280,7 @@ def run(dataset_path: str | Path, name: str, organism_settings: dict[str, Any], 
     if missing:
         raise OrganismError(f"models.{name}: organism settings lack {missing}")
     family = settings.pop("family")
-    records = load_dataset(dataset_path)
+    records = load_dataset(dataset_path, readout.labels)
     tokenizer = train_tokenizer([r["text"] for r in records], vocab_size=vocab_size, readout=readout)
     longest = max(len(tokenizer.encode(readout.prompt(r["text"]))) for r in records)
     settings.setdefault("max_positions", max(ORGANISM_POSITIONS, longest))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens import EMOTIONS
+from emolens import emotion_order
 from emolens.activations import tokenize
 from emolens.models import ModelAdapter
 from emolens.readout import DEFAULT, Readout
@@ -26,8 +26,8 @@ def make_pairs(records: Sequence[dict[str, Any]], max_pairs: int | None = None,
                seed: int = 0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Ordered (source, target) record pairs of distinct emotions within each item_id.
 
-    Items in order of first appearance; within an item, records in file order (12 pairs for a
-    quadruple). ``max_pairs`` keeps a seeded random subset, in the original order.
+    Items in order of first appearance; within an item, records in file order (n(n - 1) pairs for an
+    item of n emotions, 12 for a quadruple). ``max_pairs`` keeps a seeded random subset, in the original order.
     """
     items: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -47,13 +47,13 @@ class Pairs:
     run: list[list[int]]  # token ids of the prompt that is run (the target when denoising)
     donor: list[list[int]]  # token ids of the prompt whose activations are patched in
     ld_index: np.ndarray  # [P, 2] (source label, target label) as indices into token_ids
-    label_token_ids: dict[str, int]  # {emotion: token id of its one-token label word}
+    label_token_ids: dict[str, int]  # {emotion: token id of its one-token label word}, the run's emotions
     direction: str
     readout: Readout = DEFAULT  # how the prompts were built and read
 
     @property
-    def token_ids(self) -> list[int]:
-        return [self.label_token_ids[e] for e in EMOTIONS]
+    def token_ids(self) -> list[int]:  # the label tokens in :func:`emolens.emotion_order`
+        return [self.label_token_ids[e] for e in emotion_order(self.label_token_ids)]
 
     @property
     def same_length(self) -> np.ndarray:  # [P] bool: run and donor tokenise to the same length
@@ -79,7 +79,7 @@ def prepare_pairs(adapter: ModelAdapter, records: Sequence[dict[str, Any]], *, d
         r, d = (t, s) if direction == "denoising" else (s, t)
         run.append(tokens[r["id"]])
         donor.append(tokens[d["id"]])
-    index = {e: i for i, e in enumerate(EMOTIONS)}
+    index = {e: i for i, e in enumerate(emotion_order(label_ids))}
     return Pairs(ids=[(s["id"], t["id"]) for s, t in pairs], run=run, donor=donor,
                  ld_index=np.array([[index[s["emotion"]], index[t["emotion"]]] for s, t in pairs]),
                  label_token_ids=label_ids, direction=direction, readout=readout)

@@ -353,14 +353,15 @@ def patch_pairs(adapter: ModelAdapter, pairs: Pairs, variants: Sequence[Variant]
     Each distinct donor prompt runs once (its clean label logits and the activations the variants
     patch, at every offset they use). Pairs are then grouped by run-prompt length (pairs sharing a
     run prompt side by side) into batches of at most ``batch_size`` pairs, and the engine
-    (``method``: "fast" or "reference") runs every variant plus the unpatched run prompt.
+    (``method``: "fast" or "reference") runs every variant plus the unpatched run prompt. A hybrid model's
+    recurrent state cannot be forked along the batch, so it always runs the reference.
     Returns (ld_patched [S, n_variants], ld_run [S], ld_donor [S]).
     """
     subset = np.arange(len(pairs)) if subset is None else np.asarray(subset, dtype=int)
     offsets = tuple(sorted({o for v in variants for s in v for o in s.offsets}))
     resid = sorted({s.layer for v in variants for s in v if s.kind == "resid"})
     heads = sorted({s.layer for v in variants for s in v if s.kind == "head"})
-    engine = ENGINES[method]
+    engine = ENGINES[method if adapter.prefix_cache else "reference"]
     token_ids = pairs.token_ids
     donors = sorted({tuple(pairs.donor[i]) for i in subset})
     which = {t: u for u, t in enumerate(donors)}

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from emolens.architecture import (
-    GATED,
     Architecture,
     known_architectures,
     linear_params,
@@ -113,7 +112,7 @@ def activation_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> in
     b = _BYTES[dtype]
     kept = (a.n_layers + 1) * batch * tokens * a.d_model * b  # L+1 x [batch, tokens, d_model]
     scores = batch * a.n_heads * tokens * tokens * b  # [batch, heads, tokens, tokens]
-    mlp = (3 if a.family in GATED else 2) * batch * tokens * a.d_mlp * b  # [batch, tokens, d_mlp]: gate/up/act
+    mlp = (3 if a.gated else 2) * batch * tokens * a.d_mlp * b  # [batch, tokens, d_mlp]: gate/up/act
     return kept + max(scores, mlp)
 
 

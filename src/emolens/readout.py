@@ -2,8 +2,10 @@
 
 A :class:`Readout` is the config's ``readout`` section: a prompt is ``prefix + message + suffix``
 (the prefix may hold a few-shot demonstration; empty by default), and the model's answer is read at
-the last position as the logits of the four label words (each with its leading space). A label word
-must be exactly one token in the model's tokenizer, and the four tokens must differ:
+the last position as the logits of the label words (each with its leading space). ``labels`` maps each
+emotion of the run to its word: its keys are the run's emotions (any two or more; the built-in four
+by default), kept in :func:`emolens.emotion_order`, and a dataset must hold exactly these emotions. A
+label word must be exactly one token in the model's tokenizer, and the tokens must differ:
 :meth:`Readout.label_token_ids` refuses anything else (a word that splits would otherwise be scored
 by its first piece, which other words may share). :data:`DEFAULT` is the readout of the defaults;
 the module functions :func:`prompt` and :func:`label_token_ids` apply it.
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from emolens import EMOTIONS
+from emolens import EMOTIONS, emotion_order
 
 READOUT_SUFFIX = "\nThe emotion of this message is"
 LABEL_WORDS: dict[str, str] = {e: " " + e for e in EMOTIONS}
@@ -33,32 +35,36 @@ class Readout:
     def __post_init__(self) -> None:
         if not isinstance(self.suffix, str) or not isinstance(self.prefix, str):
             raise ValueError(f"readout.suffix and readout.prefix must be strings, got {self.suffix!r}, {self.prefix!r}")
-        unknown = sorted(set(self.labels) - set(EMOTIONS))
-        missing = [e for e in EMOTIONS if e not in self.labels]
-        if unknown or missing:
-            wrong = "; ".join(f"{what} {names}" for what, names in (("unknown", unknown), ("missing", missing))
-                              if names)
-            raise ValueError(f"readout.labels must name exactly the emotions {list(EMOTIONS)}: {wrong}")
+        if not isinstance(self.labels, Mapping) or len(self.labels) < 2:
+            raise ValueError(f"readout.labels must name two emotions or more, each with its label word "
+                             f"{{emotion: word}}, got {self.labels!r}")
         for emotion, word in self.labels.items():
+            if not isinstance(emotion, str) or not emotion.strip():
+                raise ValueError(f"readout.labels: an emotion must be a non-empty name, got {emotion!r}")
             if not isinstance(word, str) or not word:
                 raise ValueError(f"readout.labels.{emotion} must be a non-empty string, got {word!r}")
-        object.__setattr__(self, "labels", {e: self.labels[e] for e in EMOTIONS})  # EMOTIONS order, own copy
+        object.__setattr__(self, "labels", {e: self.labels[e] for e in emotion_order(self.labels)})  # own copy
 
     def __hash__(self) -> int:  # the labels dict is never changed after construction
         return hash((self.suffix, self.prefix, tuple(self.labels.items())))
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> Readout:
-        """The config's ``readout`` section (any key left out keeps its default; labels merge per emotion)."""
+        """The config's ``readout`` section (any key left out keeps its default; labels given replace the
+        default four whole: they are the run's emotions)."""
         section = dict(section or {})
         unknown = sorted(set(section) - set(KEYS))
         if unknown:
             raise ValueError(f"readout: unknown key(s) {unknown}; expected some of {list(KEYS)}")
-        labels = section.get("labels") or {}
+        labels = section.get("labels") or LABEL_WORDS
         if not isinstance(labels, Mapping):
             raise ValueError(f"readout.labels must be an object {{emotion: word}}, got {labels!r}")
-        return cls(suffix=section.get("suffix", READOUT_SUFFIX), prefix=section.get("prefix", ""),
-                   labels={**LABEL_WORDS, **labels})
+        return cls(suffix=section.get("suffix", READOUT_SUFFIX), prefix=section.get("prefix", ""), labels=dict(labels))
+
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        """The run's emotions, in the order of every vector, matrix and file."""
+        return tuple(self.labels)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, as the config section (``Readout.from_config(r.as_dict()) == r``)."""

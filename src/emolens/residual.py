@@ -213,7 +213,7 @@ def merge(chunk_paths: Sequence[str | Path], out: str | Path, n_layers: int, *, 
     ld = np.concatenate([np.asarray(chunks[i]["ld_patched"]) for i in order], axis=1)  # [P, L+1, positions]
     labels = PairLabels(*(list(first[k]) for k in PairLabels._fields))
     summary = summarise(ld, first["ld_clean_run"], first["ld_clean_donor"], labels, min_separation, n_resamples,
-                        seed)
+                        seed, emotions=first["label_token_ids"])  # the run's emotions, each with its label token
     result = {
         "schema": SWEEP_SCHEMA,
         "model": first.get("model"),

@@ -113,9 +113,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def rsa(vec_a: np.ndarray, vec_b: np.ndarray) -> float:
-    """Spearman correlation between the upper triangles of the 4x4 cosine matrices of emotion vectors."""
+    """Spearman correlation between the upper triangles of the n x n cosine matrices of emotion vectors."""
     iu = np.triu_indices(len(vec_a), 1)
-    ca, cb = _unit(vec_a) @ _unit(vec_a).T, _unit(vec_b) @ _unit(vec_b).T  # [4, 4]
+    ca, cb = _unit(vec_a) @ _unit(vec_a).T, _unit(vec_b) @ _unit(vec_b).T  # [n, n]
     return float(spearmanr(ca[iu], cb[iu])[0])
 
 

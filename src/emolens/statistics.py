@@ -1,9 +1,9 @@
 """Effect sizes, power and aligned subspace dimension (phase 7).
 
-Methods. The unit of inference is the frame: an item's 12 ordered pairs share its 4 prompts, and a
-frame's 4-5 items share its four templates, so neither pairs nor items are independent
-(:mod:`emolens.resampling`). ``effect``: for every residual cell (layer x readout position) and
-every patched head (singly, and the top-K jointly, measured on the confirmation half of the
+Methods. The unit of inference is the frame: an item's n(n - 1) ordered pairs share its n prompts (12
+and 4 for the built-in four emotions), and a frame's items share its templates, so neither pairs nor
+items are independent (:mod:`emolens.resampling`). ``effect``: for every residual cell (layer x
+readout position) and every patched head (singly, and the top-K jointly, measured on the confirmation half of the
 frames), each frame contributes its gain G_f = sum over its kept pairs of (LD_patched - LD_run) and
 separation D_f = sum of (LD_donor - LD_run) (pairs below ``min_separation`` are left out,
 :mod:`emolens.effects`). We report the effect as the ratio of sums sum(G) / sum(D) with a 95% BCa
@@ -17,7 +17,7 @@ frames needed to detect Cohen's d 0.2, 0.5 and 0.8 at alpha and the target power
 d each model's kept frames detect; there is no post-hoc power.
 ``k``: how many dimensions of emotion structure two models share, calibrated. Frames are split
 once (seeded, stratified by register) into a fit and a held-out half. At every matched depth, a's
-emotion axes (principal axes of its four emotion means, item-centred activations, fit half) are
+emotion axes (principal axes of its n emotion means, item-centred activations, fit half) are
 carried through a ridge map a -> b (fit on the fit half) and orthonormalised in b's space; axis k
 scores the cross-validated agreement of a's mapped fit-half means with b's held-out means along it
 (near 0 when labels carry nothing). The null permutes the emotion labels by frame (one permutation
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from statsmodels.stats.power import TTestPower
 
-from emolens import EMOTIONS, families
+from emolens import emotion_order, families
 from emolens.alignment import comparable_layers, design_units, split_halves
 from emolens.emotion_structure import EmotionGrams, label_codes, label_structure, permuted_labels
 from emolens.io import load_pickle, provenance, save_json
@@ -206,8 +206,8 @@ def run_power(sweep_files: Sequence[str | Path], head_files: Sequence[str | Path
 
 # --- k: how many emotion dimensions align across a model pair -------------------------------------------
 
-K_SCORE = ("per matched depth and axis k = 1..k_max (k_max <= 3: four emotion means span three dimensions): a's "
-           "emotion axes are the principal axes of its four emotion means on the fit half of the frames "
+K_SCORE = ("per matched depth and axis k = 1..k_max (k_max <= n - 1: n emotion means span n - 1 dimensions): a's "
+           "emotion axes are the principal axes of its n emotion means on the fit half of the frames "
            "(item-centred activations), ordered by variance, carried through the ridge map a -> b (fit on the "
            "fit half's paired activations) and orthonormalised in b's space in that order (Gram-Schmidt). Axis "
            "k scores sum_e (q_k . a_e)(q_k . b_e) / sqrt(v_a v_b), with a_e a's mapped fit-half emotion means, "
@@ -245,15 +245,15 @@ def k_axis_scores(e: EmotionGrams, q: int) -> np.ndarray:
     lam, v = lam[..., ::-1][..., :q], v[..., ::-1][..., :q]  # descending
     scale = np.maximum(lam[..., :1], 1e-300)
     ok_a = lam > AXIS_RTOL * scale  # [P, q]
-    coef = np.swapaxes(v, -1, -2) * np.where(ok_a, 1 / np.sqrt(np.where(ok_a, lam, 1.0)), 0.0)[..., None]  # [P, q, 4]
+    coef = np.swapaxes(v, -1, -2) * np.where(ok_a, 1 / np.sqrt(np.where(ok_a, lam, 1.0)), 0.0)[..., None]  # [P, q, C]
     mapped_a, mapped_b = coef @ e.mm @ np.swapaxes(coef, -1, -2), coef @ e.mb  # [P, q, q]: the mapped axes' Gram
     span = np.zeros(ok_a.shape)  # [P, q]: the score of the span of a's first k + 1 mapped axes
     for k in range(q):  # Gram-Schmidt in a's order: axis k scores what it adds to the span of axes < k
         w, u = np.linalg.eigh(mapped_a[..., : k + 1, : k + 1])
         keep = w > AXIS_RTOL * np.maximum(w[..., -1:], 1e-300)
         basis = np.swapaxes(u, -1, -2) * np.where(keep, 1 / np.sqrt(np.where(keep, w, 1.0)), 0.0)[..., None]
-        on_a = basis @ coef[..., : k + 1, :] @ e.mm  # [P, k+1, 4]: an orthonormal basis of the span, on a_e
-        on_b = basis @ mapped_b[..., : k + 1, :]  # [P, k+1, 4]: the same basis on b_e
+        on_a = basis @ coef[..., : k + 1, :] @ e.mm  # [P, k+1, C]: an orthonormal basis of the span, on a_e
+        on_b = basis @ mapped_b[..., : k + 1, :]  # [P, k+1, C]: the same basis on b_e
         span[..., k] = (on_a * on_b).sum((-2, -1))  # basis-free: the trace of a's means x projection x b's
     score = np.diff(span, axis=-1, prepend=0.0) * ok_a
     return score / max(np.sqrt(e.mapped_var * e.b_test_var), 1e-300)
@@ -288,7 +288,7 @@ def _pair_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, seed: int, n_per
     items, frames, registers = design_units(act_a, "activations")
     split = split_halves(frames, registers, seed)
     labels = permuted_labels(label_codes(act_a["emotions"]), frames, n_perm, np.random.default_rng(seed))  # [P+1, n]
-    q = min(sub_a["basis"].shape[1], sub_b["basis"].shape[1], len(EMOTIONS) - 1)
+    q = min(sub_a["basis"].shape[1], sub_b["basis"].shape[1], len(emotion_order(act_a["emotions"])) - 1)
     ra, rb = act_a["resid"][position], act_b["resid"][position]
     layers = comparable_layers(ra, rb, int(act_a["n_layers"]), int(act_b["n_layers"]))[0]
     out = {"k": 0, "k_layers": None, "k_max": q, "threshold": float("inf"), "n_frames": len(np.unique(frames)),
@@ -325,7 +325,7 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
     """How many emotion dimensions align across each model pair, family-wise calibrated (``K_RULE``).
 
     Each model's files are read once (not once per pair it is in) and only the residual readout
-    ``position`` is kept; the subspace files give k_max (capped at 3).
+    ``position`` is kept; the subspace files give k_max (capped at n_emotions - 1).
     """
     started = time.time()
     names = [Path(p).stem for p in act_files]
@@ -344,6 +344,7 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
     settings = {"seed": seed, "n_perm": n_perm, "ridge": ridge, "position": position, "alpha": alpha}
     save_json(settings | {
         "score": K_SCORE, "null": K_NULL, "rule": K_RULE,
+        "emotions": list(emotion_order(e for act in acts for e in act["emotions"])),
         "family": "per model pair: all matched depths x k = 1..k_max",
         "pairs": pairs,
         "provenance": provenance(settings, started, inputs=[str(p) for p in [*act_files, *sub_files]]),

@@ -12,9 +12,10 @@ Steering. At residual index l (every ``layer_stride``-th and the last), the hook
 at every position for each unit direction u, alpha on a grid in projection-sd units. Alpha 0 is the
 clean run, the reference of every shift. Readout, per label e': the calibrated probability (label
 logits minus each label's mean clean logit over the measured prompts, as :mod:`emolens.behaviour`
-calibrates) and the logit difference of e' against the mean of the other three; shifts are averaged
+calibrates) and the logit difference of e' against the mean of the other labels; shifts are averaged
 within items, then over items. Cost: KL(clean || steered) of the next-token distribution at the last
-position on up to ``kl_prompts`` neutral prompts, also over the vocabulary without the label tokens
+position on up to ``kl_prompts`` neutral prompts (of any emotion where the run has no neutral), also over
+the vocabulary without the label tokens
 (off-label KL). The (index, dose) every summary uses is chosen on the fit half's prompts: the largest
 on-target shift whose off-label KL stays within ``kl_budget`` (:func:`emolens.steering_stats.choose_dose`),
 with the half-max dose there for transfer; the held-out half then gives the dose-response at every
@@ -39,7 +40,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from emolens import EMOTIONS
 from emolens.ablation import (
     ablation_index,
     calibrated_accuracy,
@@ -56,7 +56,6 @@ from emolens.models import ModelAdapter
 from emolens.readout import DEFAULT, Readout
 from emolens.steering_stats import (
     ItemBootstrap,
-    K,
     choose_dose,
     chosen_dose_tests,
     gaussian_directions,
@@ -127,12 +126,13 @@ def steer_index(adapter: ModelAdapter, prompts: Prompts, clean: Edited, layer: i
 
 def steering_shifts(edited: Edited, clean: Edited, prompts: Prompts, offsets: np.ndarray, averaging: np.ndarray,
                     n_alphas: int) -> dict[str, np.ndarray]:
-    """Item-mean shifts {"ld", "prob"} [A, D, I, 4] and mean KLs over the KL prompts {"kl", "kl_nonlabel"} [A, D]."""
+    """Item-mean shifts {"ld", "prob"} [A, D, I, n_emotions] and mean KLs over the KL prompts {"kl", "kl_nonlabel"}
+    [A, D]."""
     prob0, ld0 = readout_measures(clean.labels[0], offsets)
-    prob, ld = readout_measures(edited.labels, offsets)  # [C, P, 4]
+    prob, ld = readout_measures(edited.labels, offsets)  # [C, P, n_emotions]
     out = {}
     for name, value, ref in (("ld", ld, ld0), ("prob", prob, prob0)):
-        items = np.einsum("ip,cpe->cie", averaging, value - ref)  # [C, I, 4]
+        items = np.einsum("ip,cpe->cie", averaging, value - ref)  # [C, I, n_emotions]
         out[name] = items.reshape(n_alphas, -1, *items.shape[1:])
     kl_mask = prompts.kl_row >= 0
     for name, value in (("kl", edited.kl), ("kl_nonlabel", edited.kl_nonlabel)):
@@ -152,7 +152,7 @@ class Measured:
 
     prompts: Prompts
     clean: Edited
-    offsets: np.ndarray  # [4] each label's mean clean logit: the calibration
+    offsets: np.ndarray  # [n_emotions] each label's mean clean logit: the calibration
     averaging: np.ndarray  # [I, P]
     items: list[str]
 
@@ -209,16 +209,16 @@ LD_NAMES = {"on_target": "on_target_ld", "on_target_ci_low": "on_target_ld_ci_lo
 MEASURES = {
     "alphas": "doses in projection-sd units: alpha x the standard deviation of the fit half's residual projected on "
               "the direction, at the steered index (norm_ratio: the added vector's length over the typical norm)",
-    "readout_shift.<ld|prob>.specificity": "[layer][alpha][4][4], held-out half: item-mean shift (steered - clean) of "
-                                           "readout e' (columns) under the vector of emotion e (rows); ld = logit "
-                                           "difference of e' against the mean of the other three labels, prob = "
-                                           "calibrated probability",
-    "readout_shift.<ld|prob>.on_target": "[layer][alpha][4]: the diagonal, with frame-then-item bootstrap 95% CIs",
-    "readout_shift.<ld|prob>.random_mean / random_q95": "[layer][alpha][4]: mean and 95th percentile over isotropic "
+    "readout_shift.<ld|prob>.specificity": "[layer][alpha][n][n] (n emotions, in 'emotions' order), held-out half: "
+                                           "item-mean shift (steered - clean) of readout e' (columns) under the vector "
+                                           "of emotion e (rows); ld = logit difference of e' against the mean of the "
+                                           "other labels, prob = calibrated probability",
+    "readout_shift.<ld|prob>.on_target": "[layer][alpha][n]: the diagonal, with frame-then-item bootstrap 95% CIs",
+    "readout_shift.<ld|prob>.random_mean / random_q95": "[layer][alpha][n]: mean and 95th percentile over isotropic "
                                                         "directions (each at its own projection sd) of their shift "
                                                         "of readout e': a comparison, not the test",
     "selection": "the (index, dose) chosen on the fit half: largest mean on-target LD shift with off-label KL (largest "
-                 "over the four vectors) within kl_budget; half_max_alpha: the smallest dose reaching half of the "
+                 "over the emotion vectors) within kl_budget; half_max_alpha: the smallest dose reaching half of the "
                  "index's largest fit-half shift (transfer runs there)",
     "best": "the held-out half at the chosen (index, dose): on-target LD shift with CI and rank p per readout under "
             "each null (permuted: label-permuted mean differences by frame; gaussian: N(0, fit covariance); "
@@ -226,7 +226,8 @@ MEASURES = {
             "over other vectors on readout e, with CIs and p under the permuted null; steerable: fraction of items "
             "whose on-target shift is positive, with CI",
     "kl": "[layer][alpha](...): mean KL(clean || steered) of the full next-token distribution at the last position "
-          "over the neutral KL prompts; nonlabel: over tokens other than the four labels, renormalised",
+          "over the KL prompts (neutral ones where the run has neutral); nonlabel: over tokens other than the labels, "
+          "renormalised",
     "ablation": "per ablated index: calibrated readout accuracy (the run's own offsets) and probe accuracy at each "
                 "later probed index, emotion subspace vs random subspaces of the same dimension; at the chosen "
                 "index (best.ablation_null), against label-permuted emotion subspaces and random subspaces matched "
@@ -237,13 +238,13 @@ MEASURES = {
 def choose_on_fit_half(adapter: ModelAdapter, fit: Measured, x_fit: np.ndarray, vectors: np.ndarray,
                        layers: Sequence[int], alphas: Sequence[float], kl_budget: float,
                        batch_size: int) -> dict[str, Any]:
-    """The fit half's dose-response of the four vectors at every index, and the (index, dose) chosen on it."""
+    """The fit half's dose-response of the emotion vectors at every index, and the (index, dose) chosen on it."""
     on, kl = [], []
     for m in tqdm(layers, desc=f"choosing the dose, {adapter.name}"):
         shift = shifts_at(adapter, fit, m, dose_steps(x_fit[:, m], vectors[:, m]), alphas, batch_size)
-        on.append(on_target(shift["ld"]).mean(-2))  # [A, 4]
-        kl.append(shift["kl_nonlabel"])  # [A, 4]
-    on_fit, kl_fit = np.stack(on), np.stack(kl)  # [S, A, 4]
+        on.append(on_target(shift["ld"]).mean(-2))  # [A, n_emotions]
+        kl.append(shift["kl_nonlabel"])  # [A, n_emotions]
+    on_fit, kl_fit = np.stack(on), np.stack(kl)  # [S, A, n_emotions]
     choice = choose_dose(on_fit, kl_fit, alphas, kl_budget)
     layer = layers[choice["position"]]
     return {"kl_budget": kl_budget, "layer": layer, "alpha": alphas[choice["alpha_position"]],
@@ -259,16 +260,17 @@ def null_tests(adapter: ModelAdapter, held: Measured, split: Split, x: np.ndarra
     """At the chosen (index, dose), on the held-out half: the emotion vectors and ``n_null`` directions of each
     matched null in one batched run, and every test on them (:func:`chosen_dose_tests`)."""
     rng = np.random.default_rng([seed, 7, layer])
-    n_perm = max(n_null // K, 1)
+    k = len(vectors)  # the run's emotions
+    n_perm = max(n_null // k, 1)
     nulls = {"permuted": permuted_vectors(x, split.fit_emotions, split.fit_frames, n_perm, rng).reshape(-1, x.shape[1]),
              "gaussian": gaussian_directions(x, n_null, rng),
              "isotropic": random_directions(n_null, x.shape[1], rng)}
     directions = np.concatenate([vectors, *nulls.values()])
-    shift = shifts_at(adapter, held, layer, dose_steps(x, directions), [alpha], batch_size)["ld"][0]  # [D, I, 4]
-    blocks, start = {}, K
+    shift = shifts_at(adapter, held, layer, dose_steps(x, directions), [alpha], batch_size)["ld"][0]  # [D, I, n]
+    blocks, start = {}, k
     for name, dirs in nulls.items():
         blocks[name], start = shift[start:start + len(dirs)], start + len(dirs)
-    return chosen_dose_tests(shift[:K], blocks, boot) | {"n_null": n_null, "n_permutations": n_perm}
+    return chosen_dose_tests(shift[:k], blocks, boot) | {"n_null": n_null, "n_permutations": n_perm}
 
 
 def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activations: str | Path,
@@ -286,16 +288,20 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     split = split_records(records, act, activations, dataset, seed, max_prompts)
     x_fit = act["resid"]["last"][split.fit_rows].astype(np.float64)  # [N_fit, L+1, d]
     del act
-    vectors = emotion_vectors(x_fit, split.fit_emotions)  # [4, L+1, d]
+    emotions = readout.emotions
+    vectors = emotion_vectors(x_fit, split.fit_emotions)  # [n_emotions, L+1, d]
+    if len(vectors) != len(emotions):
+        raise ValueError(f"the fit half holds the emotions {sorted(set(split.fit_emotions))}, not readout.labels' "
+                         f"{sorted(emotions)}")
     norms = typical_norms(x_fit)  # [L+1]
-    vnorm = np.linalg.norm(vectors, axis=-1)  # [4, L+1]
+    vnorm = np.linalg.norm(vectors, axis=-1)  # [n_emotions, L+1]
     candidates = steer_layers(adapter.n_layers, layer_stride)
     layers = [m for m in candidates if norms[m] > 0 and (vnorm[:, m] > VANISH * norms[m]).all()]
     skipped = [m for m in candidates if m not in layers]
     if not layers:
         raise ValueError(f"{adapter.name}: the emotion vectors vanish at every steered index {candidates}")
     alphas = sorted({float(a) for a in alphas} | {0.0})
-    sd = np.stack([projection_sd(x_fit[:, m], vectors[:, m]) for m in layers])  # [S, 4]
+    sd = np.stack([projection_sd(x_fit[:, m], vectors[:, m]) for m in layers])  # [S, n_emotions]
     log.info("%s: steering at %d indices %s (skipped %s), alphas %s (projection sd), fit half %d prompts",
              adapter.name, len(layers), layers, skipped, alphas, len(x_fit))
     fit = measure(adapter, split.fit_measured, readout, kl_prompts, batch_size=batch_size)
@@ -303,8 +309,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     held = measure(adapter, split.heldout, readout, kl_prompts, capture=layers, batch_size=batch_size)
     boot = item_bootstrap(split.heldout, held.items, n_boot, np.random.default_rng([seed, 2]))
     probes = fit_probes(x_fit, split.fit_emotions, layers, seed)
-    truth_labels = np.asarray(EMOTIONS)[held.prompts.truth]
-    probe_clean = {m: float((probes[m].predict(held.clean.acts[m][0]) == truth_labels).mean()) for m in layers}
+    probe_clean = {m: float((probes[m].predict(held.clean.acts[m][0]) == held.prompts.labels).mean()) for m in layers}
     per_layer, ablation = [], []
     for m in tqdm(layers, desc=f"steering {adapter.name}"):
         dirs = np.concatenate([vectors[:, m],
@@ -321,9 +326,9 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
              for metric in ("ld", "prob")}
     kl = {}
     for suffix, name in (("", "kl"), ("_nonlabel", "kl_nonlabel")):
-        values = np.stack([p[name] for p in per_layer])  # [layer, alpha, 4 + R]
-        kl[f"emotion{suffix}"] = values[..., :K]
-        kl[f"random_mean{suffix}"] = values[..., K:].mean(-1)
+        values = np.stack([p[name] for p in per_layer])  # [layer, alpha, n_emotions + R]
+        kl[f"emotion{suffix}"] = values[..., :len(emotions)]
+        kl[f"random_mean{suffix}"] = values[..., len(emotions):].mean(-1)
     s, a = selection["position"], selection["alpha_position"]
     layer, alpha = layers[s], alphas[a]
     tests = null_tests(adapter, held, split, x_fit[:, layer], vectors[:, layer], layer, alpha, n_null, boot, seed,
@@ -333,10 +338,10 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     clean_accuracy = float(calibrated_accuracy(held.clean.labels[0], held.prompts.truth))
     result = {
         "schema": SCHEMA, "model": adapter.name, "n_layers": adapter.n_layers, "d_model": adapter.d_model,
-        "quantization": adapter.quantization, "emotions": list(EMOTIONS),
+        "quantization": adapter.quantization, "emotions": list(emotions),
         "layers": layers, "relative_depth": [m / adapter.n_layers for m in layers], "skipped_layers": skipped,
         "alphas": alphas, "dose_unit": "projection sd", "projection_sd": sd,
-        "norm_ratio": sd / norms[layers][:, None],  # [S, 4]: one dose unit's length over the typical norm
+        "norm_ratio": sd / norms[layers][:, None],  # [S, n_emotions]: one dose unit's length over the typical norm
         "selection": selection,
         "split": {"method": "heads.frame_split (seeded, by frame, stratified by register): vectors, doses, nulls, "
                             "subspaces and probes fit on the fit half; the dose chosen on fit-half prompts; measured "
@@ -346,7 +351,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                   "n_kl_prompts": int((held.prompts.kl_row >= 0).sum())},
         "n_random": n_random, "n_boot": n_boot,
         "typical_norm": norms[layers], "vector_norm": vnorm[:, layers].T,
-        "calibration_offsets": dict(zip(EMOTIONS, held.offsets.tolist(), strict=True)),
+        "calibration_offsets": dict(zip(emotions, held.offsets.tolist(), strict=True)),
         "clean": {"accuracy_calibrated": clean_accuracy,
                   "accuracy_raw": float((held.clean.labels[0].argmax(-1) == held.prompts.truth).mean()),
                   "probe_accuracy": [probe_clean[m] for m in layers]},
@@ -365,7 +370,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
             "ablation_null": ablation_null,
         },
         "ablation": {
-            "basis": "span of the fit half's four emotion class means, centred (= the span of its emotion vectors), "
+            "basis": "span of the fit half's emotion class means, centred (= the span of its emotion vectors), "
                      "at the ablated index; projected out at every position",
             "k": [ab["k"] for ab in ablation], "n_random_subspaces": n_random_subspaces,
             "readout_accuracy_clean": clean_accuracy,
@@ -376,7 +381,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                                            for ab in ablation],
         },
         "measures": MEASURES,
-        "readout": readout.as_dict(), "label_token_ids": dict(zip(EMOTIONS, held.prompts.token_ids, strict=True)),
+        "readout": readout.as_dict(), "label_token_ids": dict(zip(emotions, held.prompts.token_ids, strict=True)),
         "provenance": provenance(settings or {}, started, model=adapter.name),
     }
     save_json(result, out_json)

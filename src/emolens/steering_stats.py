@@ -10,12 +10,12 @@ labels permuted by frame, the same estimator as the real vector; (b) Gaussian di
 N(0, Sigma), Sigma the fit half's residual covariance at the index, so they live where the residual
 varies; (c) isotropic unit directions, for comparison. p-values are ranks with the +1 rule.
 
-Specificity, two forms that can fail (the 4 x 4 matrix M holds the shift of readout e' under the vector
-of emotion e): row form M[e, e] - max_{e' != e} M[e, e'] (v_e moves its own readout more than any other);
-column form M[e, e] - max_{e'' != e} M[e'', e] (readout e moves more under v_e than under any other
-emotion's vector). The old index, mean diagonal minus mean off-diagonal, is exactly 4/3 of the
-on-target shift for logit differences against the mean of the other three (they sum to zero), so
-it is not reported.
+Specificity, two forms that can fail (the n x n matrix M of n emotions holds the shift of readout e'
+under the vector of emotion e): row form M[e, e] - max_{e' != e} M[e, e'] (v_e moves its own readout
+more than any other); column form M[e, e] - max_{e'' != e} M[e'', e] (readout e moves more under v_e
+than under any other emotion's vector). The old index, mean diagonal minus mean off-diagonal, is
+exactly n/(n - 1) of the on-target shift for logit differences against the mean of the other n - 1
+(they sum to zero), so it is not reported. The number of emotions is read from the arrays' shapes.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from emolens import EMOTIONS
+from emolens import emotion_order
 from emolens.dataset import frame_groups
 from emolens.resampling import codes_of, frame_label_permutations, item_mean_bca, perm_pvalue, two_stage_weights
-
-K = len(EMOTIONS)
 
 
 # --- directions and doses --------------------------------------------------------------------------
@@ -58,12 +56,13 @@ def gaussian_directions(x: np.ndarray, n: int, rng: np.random.Generator) -> np.n
 
 def permuted_vectors(x: np.ndarray, emotions: Sequence[str], frames: Sequence[str], n_perm: int,
                      rng: np.random.Generator) -> np.ndarray:
-    """[n_perm, 4, d] emotion vectors (mean of one emotion minus the mean of the others) under labels permuted
-    by frame: null (a), the real vectors' estimator on labels that carry no emotion."""
-    codes = np.array([EMOTIONS.index(e) for e in emotions])
-    perms = frame_label_permutations(codes, frames, n_perm, K, rng)  # [n_perm, N]
-    onehot = perms[..., None] == np.arange(K)  # [n_perm, N, 4]
-    counts = onehot.sum(1)  # [n_perm, 4]
+    """[n_perm, n_emotions, d] emotion vectors (mean of one emotion minus the mean of the others) under labels
+    permuted by frame: null (a), the real vectors' estimator on labels that carry no emotion."""
+    order = emotion_order(emotions)
+    codes = np.array([order.index(e) for e in emotions])
+    perms = frame_label_permutations(codes, frames, n_perm, len(order), rng)  # [n_perm, N]
+    onehot = perms[..., None] == np.arange(len(order))  # [n_perm, N, n_emotions]
+    counts = onehot.sum(1)  # [n_perm, n_emotions]
     means = np.einsum("pne,nd->ped", onehot, x) / np.maximum(counts, 1)[..., None]
     rest = (x.sum(0)[None, None] - means * counts[..., None]) / np.maximum(len(x) - counts, 1)[..., None]
     return means - rest
@@ -71,11 +70,11 @@ def permuted_vectors(x: np.ndarray, emotions: Sequence[str], frames: Sequence[st
 
 # --- readout measures and item-level statistics -----------------------------------------------------
 def readout_measures(labels: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label logits [..., 4] -> (calibrated probability, LD of each label against the mean of the other three)."""
+    """Label logits [..., n_emotions] -> (calibrated probability, LD of each label against the mean of the others)."""
     z = labels - offsets
     prob = np.exp(z - z.max(-1, keepdims=True))
     prob /= prob.sum(-1, keepdims=True)
-    ld = z - (z.sum(-1, keepdims=True) - z) / (K - 1)
+    ld = z - (z.sum(-1, keepdims=True) - z) / (z.shape[-1] - 1)
     return prob, ld
 
 
@@ -110,50 +109,52 @@ def item_bootstrap(records: Sequence[dict[str, Any]], items: Sequence[str], n_bo
 
 
 def on_target(shift: np.ndarray) -> np.ndarray:
-    """[..., 4, I, 4] item shifts of the four emotion vectors -> [..., I, 4] each vector's shift of its own readout."""
-    return np.stack([shift[..., e, :, e] for e in range(K)], axis=-1)
+    """[..., n, I, n] item shifts of the n emotion vectors -> [..., I, n] each vector's shift of its own readout."""
+    return np.stack([shift[..., e, :, e] for e in range(shift.shape[-1])], axis=-1)
 
 
 def shift_summary(shift: np.ndarray, boot: ItemBootstrap) -> dict[str, np.ndarray]:
-    """Summaries of item-mean shifts [A, 4 + R, I, 4] (alphas, emotion vectors then isotropic directions, items,
-    readouts): the matrix [A, 4, 4], on-target [A, 4] with CI, the isotropic directions' mean and 95th
-    percentile over directions [A, 4] (a per-index comparison; the tests use the matched nulls)."""
-    point = shift.mean(2)  # [A, D, 4]
-    spec = point[:, :K]  # [A, 4, 4]
+    """Summaries of item-mean shifts [A, n + R, I, n] (alphas, the n emotion vectors then isotropic directions,
+    items, readouts): the matrix [A, n, n], on-target [A, n] with CI, the isotropic directions' mean and 95th
+    percentile over directions [A, n] (a per-index comparison; the tests use the matched nulls)."""
+    k = shift.shape[-1]
+    point = shift.mean(2)  # [A, D, n]
+    spec = point[:, :k]  # [A, n, n]
     out = {"specificity": spec, "on_target": np.einsum("aee->ae", spec)}
-    out["on_target_ci_low"], out["on_target_ci_high"] = boot.ci(np.moveaxis(on_target(shift[:, :K]), 1, 0))
-    if shift.shape[1] > K:
-        rand = point[:, K:]  # [A, R, 4]
+    out["on_target_ci_low"], out["on_target_ci_high"] = boot.ci(np.moveaxis(on_target(shift[:, :k]), 1, 0))
+    if shift.shape[1] > k:
+        rand = point[:, k:]  # [A, R, n]
         out["random_mean"], out["random_q95"] = rand.mean(1), np.quantile(rand, 0.95, axis=1)
     return out
 
 
 # --- the chosen dose: specificity, per-item response and matched nulls ------------------------------
 def specificity_forms(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[..., 4, 4] shift matrices (rows: vector, columns: readout) -> (row form, column form), each [..., 4]."""
+    """[..., n, n] shift matrices (rows: vector, columns: readout) -> (row form, column form), each [..., n]."""
     diag = np.einsum("...ee->...e", m)
-    off = np.where(np.eye(K, dtype=bool), -np.inf, m)
+    off = np.where(np.eye(m.shape[-1], dtype=bool), -np.inf, m)
     return diag - off.max(-1), diag - off.max(-2)
 
 
 def steerable_fraction(own: np.ndarray, boot: ItemBootstrap) -> dict[str, np.ndarray]:
-    """Per emotion, the fraction of items whose on-target shift [I, 4] is positive, with a frame-then-item CI."""
+    """Per emotion, the fraction of items whose on-target shift [I, n] is positive, with a frame-then-item CI."""
     positive = (own > 0).astype(np.float64)
     low, high = boot.ci(positive)
     return {"fraction": positive.mean(0), "ci_low": low, "ci_high": high}
 
 
 def chosen_dose_tests(emotion: np.ndarray, nulls: dict[str, np.ndarray], boot: ItemBootstrap) -> dict[str, Any]:
-    """Everything reported at the chosen (index, dose) from item shifts: the emotion vectors' [4, I, 4] and each
-    null's [n, I, 4] (null "permuted" holds whole permutations, 4 vectors each, in emotion order).
+    """Everything reported at the chosen (index, dose) from item shifts: the n emotion vectors' [n, I, n] and each
+    null's [D, I, n] (null "permuted" holds whole permutations, n vectors each, in emotion order).
 
     On-target shift with CI and, per null, its rank p per readout; both specificity forms with CIs and p under
     the permuted null (the same forms of each permutation's matrix); the steerable fraction of items.
     """
-    own = on_target(emotion)  # [I, 4]
-    matrix = emotion.mean(1)  # [4, 4]
+    k = len(emotion)
+    own = on_target(emotion)  # [I, n]
+    matrix = emotion.mean(1)  # [n, n]
     row, col = specificity_forms(matrix)
-    items = np.moveaxis(emotion, 1, 0)  # [I, 4, 4]
+    items = np.moveaxis(emotion, 1, 0)  # [I, n, n]
     out: dict[str, Any] = {"specificity": matrix, "on_target": own.mean(0)}
     out["on_target_ci_low"], out["on_target_ci_high"] = boot.ci(own)
     out["specificity_row"], out["specificity_column"] = row, col
@@ -162,24 +163,24 @@ def chosen_dose_tests(emotion: np.ndarray, nulls: dict[str, np.ndarray], boot: I
         items, lambda m: specificity_forms(m)[1])
     out["steerable"] = steerable_fraction(own, boot)
     for name, shift in nulls.items():
-        point = shift.mean(1)  # [n, 4]: each null direction's mean shift of each readout
+        point = shift.mean(1)  # [D, n]: each null direction's mean shift of each readout
         if name == "permuted":
-            mats = point.reshape(-1, K, K)  # [n_perm, 4, 4]
+            mats = point.reshape(-1, k, k)  # [n_perm, n, n]
             null_on = np.einsum("pee->pe", mats)
             null_row, null_col = specificity_forms(mats)
-            out["specificity_row_p"] = np.array([perm_pvalue(row[e], null_row[:, e]) for e in range(K)])
-            out["specificity_column_p"] = np.array([perm_pvalue(col[e], null_col[:, e]) for e in range(K)])
+            out["specificity_row_p"] = np.array([perm_pvalue(row[e], null_row[:, e]) for e in range(k)])
+            out["specificity_column_p"] = np.array([perm_pvalue(col[e], null_col[:, e]) for e in range(k)])
         else:
             null_on = point
-        out[f"on_target_p_{name}"] = np.array([perm_pvalue(out["on_target"][e], null_on[:, e]) for e in range(K)])
+        out[f"on_target_p_{name}"] = np.array([perm_pvalue(out["on_target"][e], null_on[:, e]) for e in range(k)])
         out[f"null_{name}_q95"] = np.quantile(null_on, 0.95, axis=0)
     return out
 
 
 def choose_dose(on_target_fit: np.ndarray, kl_fit: np.ndarray, alphas: Sequence[float],
                 budget: float) -> dict[str, Any]:
-    """The (index, dose) of the largest mean on-target shift whose off-label KL (largest over the four vectors)
-    stays within ``budget``, from fit-half measures [S, A, 4]; and the half-max dose there (the smallest
+    """The (index, dose) of the largest mean on-target shift whose off-label KL (largest over the emotion vectors)
+    stays within ``budget``, from fit-half measures [S, A, n_emotions]; and the half-max dose there (the smallest
     dose reaching half of the chosen shift, the largest within the budget), where transfer is measured.
 
     When no nonzero dose stays within the budget, the smallest dose at the index of the largest shift is

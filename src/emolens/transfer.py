@@ -12,8 +12,8 @@ in b's projection-sd units
 (:mod:`emolens.steering_stats`). The measure is the fraction of b's own on-target logit-difference
 shift that a's mapped vectors achieve (ratio of sums over emotions; CI by resampling frames, then
 items), against two nulls carried through the same map: ``n_null`` isotropic directions of a's space
-(sets of four standing in for the four emotions) and a's label-permuted emotion vectors (labels
-permuted by frame, four per permutation), each scored as the fraction is. Inputs: all models'
+(sets of n standing in for the run's n emotions) and a's label-permuted emotion vectors (labels
+permuted by frame, n per permutation), each scored as the fraction is. Inputs: all models'
 phase-2 activations and b's steering file. Outputs: ``steering/transfer/into_<b>.json`` (every
 source a into b, :data:`TRANSFER_SCHEMA`) and ``steering/transfer/summary.json`` (the model-pair
 matrix, :data:`SUMMARY_SCHEMA`).
@@ -39,7 +39,6 @@ from emolens.resampling import frame_halves, perm_pvalue
 from emolens.steering import SCHEMA, VANISH, Measured, dose_steps, measure, shifts_at, split_records, typical_norms
 from emolens.steering_stats import (
     ItemBootstrap,
-    K,
     item_bootstrap,
     on_target,
     permuted_vectors,
@@ -54,44 +53,45 @@ SUMMARY_SCHEMA = "emolens.steering_transfer_summary/1"
 
 
 def _fraction(m: np.ndarray) -> np.ndarray:
-    """Item means [..., 2, 4] of (own, mapped) on-target shifts -> the ratio of sums over emotions, mapped over own."""
+    """Item means [..., 2, n] of (own, mapped) on-target shifts -> the ratio of sums over emotions, mapped over own."""
     return m[..., 1, :].sum(-1) / m[..., 0, :].sum(-1)
 
 
 def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, boot: ItemBootstrap,
                       permuted: np.ndarray | None = None) -> dict[str, Any]:
     """Fraction of b's own on-target shift a's mapped vectors achieve, from item shifts: own and mapped
-    [I, 4] on-target, random [R, I, 4] (each random direction's shift on each readout), permuted [P, I, 4]
-    (each label permutation's four mapped vectors' on-target shifts).
+    [I, n] on-target (n emotions), random [R, I, n] (each random direction's shift on each readout), permuted
+    [P, I, n] (each label permutation's n mapped vectors' on-target shifts).
 
     Per emotion: mapped / own. Overall: ratio of sums over emotions, with a frame-then-item bootstrap CI. Nulls: per
-    emotion, each random mapped direction's shift on readout e over own[e]; overall, sets of four random
+    emotion, each random mapped direction's shift on readout e over own[e]; overall, sets of n random
     mapped directions, one per emotion, scored as the mapped vectors are (a map can send any direction
     into b's emotion subspace; what the null asks is whether it lands on the right emotion).
     """
-    own_on, mapped_on = own.mean(0), mapped.mean(0)  # [4]
+    k = own.shape[-1]
+    own_on, mapped_on = own.mean(0), mapped.mean(0)  # [n]
     with np.errstate(divide="ignore", invalid="ignore"):
         per_emotion = np.where(own_on > 0, mapped_on / own_on, np.nan)
         overall = mapped_on.sum() / own_on.sum() if own_on.sum() > 0 else np.nan
-        null = np.where(own_on > 0, random.mean(1) / own_on, np.nan)  # [R, 4]: per emotion, over own[e]
+        null = np.where(own_on > 0, random.mean(1) / own_on, np.nan)  # [R, n]: per emotion, over own[e]
         low, high = boot.ci(np.stack([own, mapped], 1), _fraction) if np.isfinite(overall) else (np.nan, np.nan)
     ok = own_on > 0  # a column of the per-emotion null is defined where b's own effect is positive
-    null_mean, null_q95 = np.full(K, np.nan), np.full(K, np.nan)
+    null_mean, null_q95 = np.full(k, np.nan), np.full(k, np.nan)
     if len(null):
         null_mean[ok], null_q95[ok] = null[:, ok].mean(0), np.quantile(null[:, ok], 0.95, axis=0)
-    # the overall fraction's null: four random directions, one standing in for each emotion, scored as the
+    # the overall fraction's null: n random directions, one standing in for each emotion, scored as the
     # mapped vectors are (mean over emotions of its shift on that emotion's readout, over b's mean own effect);
-    # every assignment of the R directions to the four emotions (R^4), or a seeded sample of them
+    # every assignment of the R directions to the n emotions (R^n), or a seeded sample of them
     sets = np.empty(0)
     if own_on.mean() > 0 and len(random):
         n_r = len(random)
-        picks = (np.stack(np.meshgrid(*[np.arange(n_r)] * K, indexing="ij"), -1).reshape(-1, K) if n_r ** K <= 20000
-                 else np.random.default_rng(n_r).integers(n_r, size=(20000, K)))
-        rand_on = random.mean(1)  # [R, 4]
-        sets = rand_on[picks, np.arange(K)].mean(1) / own_on.mean()
+        picks = (np.stack(np.meshgrid(*[np.arange(n_r)] * k, indexing="ij"), -1).reshape(-1, k) if n_r ** k <= 20000
+                 else np.random.default_rng(n_r).integers(n_r, size=(20000, k)))
+        rand_on = random.mean(1)  # [R, n]
+        sets = rand_on[picks, np.arange(k)].mean(1) / own_on.mean()
     q95 = float(np.quantile(sets, 0.95)) if len(sets) else np.nan
     perm = (permuted.mean(1).mean(-1) / own_on.mean() if permuted is not None and len(permuted) and own_on.mean() > 0
-            else np.empty(0))  # [P]: each permutation's four vectors, scored as the mapped vectors are
+            else np.empty(0))  # [P]: each permutation's n vectors, scored as the mapped vectors are
     return {
         "on_target_own": own_on, "on_target_mapped": mapped_on, "fraction": per_emotion,
         "fraction_mean": float(overall), "fraction_ci_low": float(low), "fraction_ci_high": float(high),
@@ -109,26 +109,27 @@ def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, b
 def transfer_effect(adapter: ModelAdapter, held: Measured, xb_fit: np.ndarray, layer: int, alpha: float,
                     own: np.ndarray, carried: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], boot: ItemBootstrap,
                     batch_size: int = 32) -> dict[str, Any]:
-    """Steer b at ``layer`` with its own vectors [4, d] and, per source, carried vectors [4, d], carried random
-    directions [R, d] and carried label-permuted vectors [P * 4, d], each dosed alpha projection sds of b's fit
-    half ``xb_fit`` [N, d], in one batched run.
+    """Steer b at ``layer`` with its own vectors [n, d] (n emotions) and, per source, carried vectors [n, d],
+    carried random directions [R, d] and carried label-permuted vectors [P * n, d], each dosed alpha projection
+    sds of b's fit half ``xb_fit`` [N, d], in one batched run.
 
-    Returns {"own": {on_target [4], CI, specificity [4, 4]}, "sources": {name: transfer_fraction(...) +
-    specificity_mapped [4, 4]}}.
+    Returns {"own": {on_target [n], CI, specificity [n, n]}, "sources": {name: transfer_fraction(...) +
+    specificity_mapped [n, n]}}.
     """
+    k = len(own)
     blocks = [own] + [np.concatenate(dirs) for dirs in carried.values()]
     ld = shifts_at(adapter, held, layer, dose_steps(xb_fit, np.concatenate(blocks)), [alpha], batch_size)["ld"][0]
-    own_diag = on_target(ld[:K])  # [I, 4]
+    own_diag = on_target(ld[:k])  # [I, n]
     low, high = boot.ci(own_diag)
     out: dict[str, Any] = {"own": {"on_target": own_diag.mean(0), "on_target_ci_low": low, "on_target_ci_high": high,
-                                   "specificity": ld[:K].mean(1)}, "sources": {}}
-    start = K
+                                   "specificity": ld[:k].mean(1)}, "sources": {}}
+    start = k
     for name, (_, random, permuted) in carried.items():
-        block = ld[start:start + K + len(random) + len(permuted)]
+        block = ld[start:start + k + len(random) + len(permuted)]
         start += len(block)
-        perm = on_target(block[K + len(random):].reshape(-1, K, *block.shape[1:]))  # [P, I, 4]
-        out["sources"][name] = transfer_fraction(own_diag, on_target(block[:K]), block[K:K + len(random)], boot,
-                                                 perm) | {"specificity_mapped": block[:K].mean(1)}
+        perm = on_target(block[k + len(random):].reshape(-1, k, *block.shape[1:]))  # [P, I, n]
+        out["sources"][name] = transfer_fraction(own_diag, on_target(block[:k]), block[k:k + len(random)], boot,
+                                                 perm) | {"specificity_mapped": block[:k].mean(1)}
     return out
 
 
@@ -164,7 +165,8 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     ids = list(act_b["ids"])
     del act_b
     xb_fit = resid_b[split.fit_rows]
-    own = emotion_vectors(xb_fit[:, None], split.fit_emotions)[:, 0]  # [4, d_b]
+    own = emotion_vectors(xb_fit[:, None], split.fit_emotions)[:, 0]  # [n_emotions, d_b]
+    n_perm = max(n_null // len(own), 1)  # label permutations, n_emotions vectors each
     map_part, vec_part = frame_halves(split.fit_frames, [split.records[i].get("register") for i in split.fit_rows],
                                       seed + 1)  # the map never sees the frames whose class means it carries
     emotions, frames = np.asarray(split.fit_emotions)[vec_part], np.asarray(split.fit_frames)[vec_part]
@@ -182,16 +184,16 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         resid_a = act_a["resid"]["last"][:, layer_a].astype(np.float64)  # [N, d_a]
         del act_a
         xa_fit = resid_a[split.fit_rows]
-        va = emotion_vectors(xa_fit[vec_part, None], emotions)[:, 0]  # [4, d_a]
+        va = emotion_vectors(xa_fit[vec_part, None], emotions)[:, 0]  # [n_emotions, d_a]
         scale = float(typical_norms(xa_fit[:, None])[0])
         if scale == 0 or (np.linalg.norm(va, axis=-1) <= VANISH * scale).any():
             skipped[source] = f"emotion vectors vanish at {source}'s index {layer_a}"
             continue
         lmap = fit_linear_map(xa_fit[map_part], xb_fit[map_part], ridge)
-        mapped = lmap.directions(va)  # [4, d_b]
+        mapped = lmap.directions(va)  # [n_emotions, d_b]
         rng = np.random.default_rng([seed, 5, zlib.crc32(source.encode())])
         rand = lmap.directions(random_directions(n_null, resid_a.shape[1], rng))
-        perm = lmap.directions(permuted_vectors(xa_fit[vec_part], emotions, frames, max(n_null // K, 1),
+        perm = lmap.directions(permuted_vectors(xa_fit[vec_part], emotions, frames, n_perm,
                                                 rng).reshape(-1, resid_a.shape[1]))
         if (np.linalg.norm(mapped, axis=-1) == 0).any():
             skipped[source] = f"the map from {source}'s index {layer_a} sends an emotion vector to 0"
@@ -204,13 +206,13 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     boot = item_bootstrap(split.heldout, held.items, n_boot, np.random.default_rng([seed, 6]))
     log.info("%s: transfer at index %d, half-max dose %g sd, from %s (skipped %s), %d random directions and %d "
              "label permutations each, on %d prompts", name, layer_b, alpha, sorted(carried), skipped, n_null,
-             max(n_null // K, 1), len(held.prompts))
+             n_perm, len(held.prompts))
     effect = transfer_effect(adapter, held, xb_fit, layer_b, alpha, own, carried, boot, batch_size)
     at = steer["layers"].index(layer_b), steer["alphas"].index(alpha)
     result = {
         "schema": TRANSFER_SCHEMA, "target": name, "layer_b": layer_b, "relative_depth_b": layer_b / adapter.n_layers,
         "alpha": alpha, "dose_unit": "projection sd (b's fit half), the half-max dose of b's steering", "ridge": ridge,
-        "n_null": n_null, "n_permutations": max(n_null // K, 1), "n_prompts": len(held.prompts),
+        "n_null": n_null, "n_permutations": n_perm, "n_prompts": len(held.prompts), "emotions": list(readout.emotions),
         "map_fit": f"the fit half's frames split in two: the map on one ({len(map_part)} prompts), a's vectors and "
                    f"their permuted null on the other ({len(vec_part)} prompts), so the map cannot reproduce them",
         "n_items": len(held.items),
@@ -220,8 +222,8 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         "skipped_sources": skipped,
         "measure": "fraction = a's mapped vector's on-target LD shift / b's own, ratio of sums over emotions; nulls: "
                    "random unit directions of a's space through the same map; per emotion, each one's shift on "
-                   "readout e over b's own[e]; overall (null_fraction_sets_*, null_p), assignments of four of "
-                   "them to the four emotions, scored as the fraction is; and (null_permuted_q95, "
+                   "readout e over b's own[e]; overall (null_fraction_sets_*, null_p), assignments of n of "
+                   "them to the n emotions, scored as the fraction is; and (null_permuted_q95, "
                    "null_p_permuted) a's emotion vectors under labels permuted by frame, through the same map",
         "provenance": provenance(settings or {}, started, model=name),
     }

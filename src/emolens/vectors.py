@@ -1,7 +1,8 @@
 """Phase 3, emotion vectors, subspaces and linear probes, per layer.
 
 Method. At every residual index, an emotion's vector is the mean last-token activation of its
-prompts minus the mean of all other prompts. Four class means span at most three dimensions, so the
+prompts minus the mean of all other prompts (one vector per emotion of the dataset, in
+:func:`emolens.emotion_order`). n class means span at most n - 1 dimensions, so the
 subspace is taken from the item-centred activations instead: subtracting each scenario's mean over
 its emotions leaves the variation the emotion explains, whose principal directions (PCA) give an
 orthonormal basis of up to ``k_max`` dimensions, with the share of that variance each explains.
@@ -36,7 +37,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 from tqdm import tqdm
 
-from emolens import EMOTIONS
+from emolens import emotion_order
 from emolens.dataset import REGISTERS, frame_groups, load_dataset, surface_accuracy
 from emolens.erasure import erased
 from emolens.io import load_pickle, provenance, save_pickle
@@ -58,9 +59,10 @@ log = logging.getLogger(__name__)
 
 
 def emotion_vectors(x: np.ndarray, emotions: Sequence[str]) -> np.ndarray:
-    """[N, S, d] activations -> [4, S, d]: mean of each emotion minus the mean of the others."""
+    """[N, S, d] activations -> [n_emotions, S, d]: mean of each emotion minus the mean of the others, in
+    :func:`emolens.emotion_order`."""
     labels = np.asarray(emotions)
-    return np.stack([x[labels == e].mean(0) - x[labels != e].mean(0) for e in EMOTIONS])
+    return np.stack([x[labels == e].mean(0) - x[labels != e].mean(0) for e in emotion_order(emotions)])
 
 
 def item_centred(x: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
@@ -297,7 +299,7 @@ def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, s
     report["length"] = length_control(x, records, np.asarray(act["text_tokens"]), report["fold"], seed, n_perm, name)
     xc = item_centred(x, items)
     bases, ratios = zip(*(subspace(xc[:, s], k_max) for s in range(n_sites)), strict=True)
-    common = {"emotions": list(EMOTIONS), "n_layers": act["n_layers"], "d_model": act["d_model"],
+    common = {"emotions": list(emotion_order(emotions)), "n_layers": act["n_layers"], "d_model": act["d_model"],
               "quantization": act["quantization"], "learned_positions": act["learned_positions"]}
     save_pickle({"schema": "emolens.vectors/1", "vectors": emotion_vectors(x, emotions).astype(np.float32),
                  "ids": list(act["ids"]), **report, **common,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emolens import EMOTIONS, layout
+from emolens import emotion_order, layout
 from emolens.checks import (
     ONE_MODEL,
     check_activations,
@@ -56,24 +56,26 @@ class Checks:
 
 
 def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]) -> Checks:
-    """Run every check over a profile's results directory."""
+    """Run every check over a profile's results directory, against the emotions of the dataset ``records``."""
     r = Path(results)
     load_result.cache_clear()  # files may have changed since an earlier call in this process
     checks = Checks()
     n_prompts = len(records)
     checks("dataset", None, lambda: check_dataset(records))
     pair_files = list(layout.each(layout.alignment_pair, r).values())
-    per_emotion = {e: n_prompts // len(EMOTIONS) for e in EMOTIONS}  # load_dataset refuses unbalanced classes
+    emotions = emotion_order(r["emotion"] for r in records)  # the run's: readout.labels holds exactly these
+    per_emotion = {e: n_prompts // len(emotions) for e in emotions}  # load_dataset refuses unbalanced classes
     n_layers: dict[str, int] = {}
     for m in models:
         act = layout.activations(r, m)
-        checks("activations", m, lambda act=act: check_activations(act, n_prompts))
+        checks("activations", m, lambda act=act: check_activations(act, n_prompts, emotions))
         checks("readout", m, lambda m=m: check_readout(layout.readout(r, m), per_emotion))
         try:
             n_layers[m] = load_result(act, schema="emolens.activations/2")["n_layers"]
         except ResultFileError:
             continue  # reported by the activations check; nothing downstream can be checked
-        checks("vectors", m, lambda m=m: check_vectors(layout.vectors(r, m), layout.subspaces(r, m), n_prompts))
+        checks("vectors", m, lambda m=m: check_vectors(layout.vectors(r, m), layout.subspaces(r, m), n_prompts,
+                                                       emotions))
         sweep = layout.residual_sweep(r, m)
         checks("residual_sweep", m, lambda m=m, sweep=sweep: check_sweep(sweep, n_layers[m]))
         checks("identities", m, lambda sweep=sweep: check_identities(sweep))
@@ -81,7 +83,8 @@ def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]
         checks("head_screening", m, lambda m=m: check_screening(layout.head_scores(r, m), n_layers[m]))
         checks("head_patching", m, lambda m=m: check_head_patching(layout.head_patching(r, m)))
         checks("head_split", m, lambda m=m: check_head_split(layout.head_scores(r, m), layout.head_patching(r, m)))
-        checks("steering", m, lambda m=m: check_steering(layout.steering(r, m), layout.steering_transfer(r, m)))
+        checks("steering", m, lambda m=m: check_steering(layout.steering(r, m), layout.steering_transfer(r, m),
+                                                         emotions))
         if len(models) > 1:
             checks("self_alignment", m, lambda m=m: check_self_alignment(m, pair_files))
     if len(models) > 1:

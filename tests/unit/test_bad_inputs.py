@@ -122,6 +122,18 @@ def _empty_dir(path: str) -> str:
     return path
 
 
+def _unresolvable(ckpt: Path) -> str:
+    """A tiny BERT-as-decoder checkpoint (blocks under bert.encoder, embeddings beside them), fixture's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from emolens.model_types import tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    tiny_model("bert-generation", len(tokenizer)).save_pretrained("bert")
+    tokenizer.save_pretrained("bert")
+    return "bert"
+
+
 def _checkpoint_of_type(model_type: str) -> str:
     Path("ckpt").mkdir()
     Path("ckpt/config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 32,
@@ -129,6 +141,7 @@ def _checkpoint_of_type(model_type: str) -> str:
     return "ckpt"
 
 
+OTHER = {"gratitude": "joy", "anger": "fear", "apology": "sadness", "neutral": "calm"}  # another run's emotions
 ROWS: dict[str, Callable[[Path], Row]] = {
     "malformed dataset line": lambda ckpt: Row(
         "A dataset line that is not JSON", ["dataset", "--check", _user_dataset(_cut_line_3)],
@@ -144,6 +157,15 @@ ROWS: dict[str, Callable[[Path], Row]] = {
     "unknown emotion label": lambda ckpt: Row(
         "An unknown emotion label", ["dataset", "--check", _user_dataset(lambda lines: _set(lines, 6, emotion="joy"))],
         ["my_prompts.jsonl:7:", "'joy'", "gratitude"]),
+    "dataset of other emotions than the readout's": lambda ckpt: Row(
+        "A dataset whose emotions are not readout.labels'", _model_job({"path": "models/m"}, dataset=_user_dataset(
+            lambda lines: [_set(lines, i, emotion=OTHER[json.loads(x)["emotion"]]) for i, x in enumerate(lines)])),
+        ["my_prompts.jsonl:1:", "'joy'", "the dataset's emotions ['calm', 'fear', 'joy', 'sadness'] differ from "
+         "readout.labels' ['anger', 'apology', 'gratitude', 'neutral']"], outputs=["results/p/activations/m.pkl"]),
+    "one emotion in readout.labels": lambda ckpt: Row(
+        "readout.labels with one emotion", _model_job({"path": "models/m"}, "--readout", '{"labels": {"joy": " joy"}}'),
+        ["--readout", "readout.labels must name two emotions or more", "'joy'"],
+        outputs=["results/p/activations/m.pkl"]),
     "duplicate text": lambda ckpt: Row(
         "The same text twice", ["dataset", "--check", _user_dataset(
             lambda lines: _set(lines, 8, text=json.loads(lines[4])["text"]))],
@@ -179,12 +201,17 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         "An organism of an unknown family", ["plan", "--configfile", _config(
             lambda c: c["models"]["llama3_8b"]["organism"].update(family="mamba"))],
         ["my_config.yaml", "models.llama3_8b.organism.family", "'mamba'", "gpt_neox"]),
-    "unknown model family": lambda ckpt: Row(
-        "A checkpoint of an unsupported family", _model_job({"path": _checkpoint_of_type("bert")}),
-        ["models.m", "'bert'", "supported", "gpt_neox", "llama"], outputs=["results/p/activations/m.pkl"]),
+    "model the adapter cannot resolve": lambda ckpt: Row(
+        "A checkpoint with no decoder-block list (BERT as a decoder)", _model_job({"path": _unresolvable(ckpt)}),
+        ["models.m (model_type 'bert-generation', BertGenerationDecoder)", "cannot find its decoder blocks",
+         "module lists tried: bert.encoder.layer (2)", "models.m.layers"], outputs=["results/p/activations/m.pkl"]),
+    "hand-given paths that do not resolve": lambda ckpt: Row(
+        "A model's layers path that names nothing", _model_job({"path": str(ckpt), "layers": "model.blocks"}),
+        ["models.m (model_type 'gpt_neox', GPTNeoXForCausalLM)", "models.m.layers 'model.blocks' does not resolve"],
+        outputs=["results/p/activations/m.pkl"]),
     "unknown model type": lambda ckpt: Row(
         "A checkpoint whose model type transformers does not know", _model_job({"path": _checkpoint_of_type("mamba9")}),
-        ["models.m", "mamba9", "gpt_neox"], outputs=["results/p/activations/m.pkl"]),
+        ["models.m", "mamba9"], outputs=["results/p/activations/m.pkl"]),
     "model directory without a checkpoint": lambda ckpt: Row(
         "A local model directory that holds no checkpoint", _model_job({"path": _empty_dir("models/m")}),
         ["models.m", "'models/m'", "model_type"], outputs=["results/p/activations/m.pkl"]),
@@ -225,7 +252,8 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         outputs=[SWEEP, "PWNED"]),
 }
 # Rows that need a saved checkpoint (the model loads before the error).
-NEEDS_CHECKPOINT = {"layer range outside the model"}
+NEEDS_CHECKPOINT = {"layer range outside the model", "model the adapter cannot resolve",
+                    "hand-given paths that do not resolve"}
 
 
 def _state(paths: list[str]) -> dict[str, bytes | None]:

@@ -105,7 +105,7 @@ def test_run_refuses_a_label_that_splits(tiny_checkpoints, tmp_path):
     data = tmp_path / "data.jsonl"
     write_dataset(build_dataset(), data)
     out = tmp_path / "readout.json"
-    readout = Readout.from_config({"labels": {"anger": " xqzangerz"}})
+    readout = Readout.from_config({"labels": {**DEFAULT.labels, "anger": " xqzangerz"}})
     with pytest.raises(ValueError, match=r"readout\.labels\.anger = ' xqzangerz'"):
         run({"path": str(tiny_checkpoints["gpt2"]), "dtype": "float32"}, data, out, name="gpt2", device="cpu",
             readout=readout)

@@ -82,7 +82,8 @@ def test_out_of_memory_is_not_recorded_so_a_retry_runs(error, tmp_path, capsys, 
 
 
 MIRRORED = {  # every CLI option that mirrors a config setting, by command
-    "dataset": {"--seed"}, "organism": {"--device"}, "activations": {"--device"}, "readout": {"--device"},
+    "dataset": {"--seed"}, "organism": {"--device"}, "equivalence": {"--device"}, "activations": {"--device"},
+    "readout": {"--device"},
     "vectors": {"--k-max", "--folds", "--seed", "--n-perm", "--n-boot"},
     "residual-chunk": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions"},
     "screen-heads": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions", "--min-separation",

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emolens.config import ConfigError, coerce_overrides, load_config, validate
+from emolens.config import ConfigError, coerce_overrides, load_config, replace_labels, validate
+from emolens.readout import LABEL_WORDS
 
 
 def test_profiles_validate_with_defaults():
@@ -80,3 +81,40 @@ def test_file_values_are_not_coerced():
     coerce_overrides(config, {})
     with pytest.raises(ConfigError, match=r"models\.gpt2_small\.batch_size: '64' is not of type 'integer'"):
         validate(config, "config/demo.yaml", {})
+
+
+THREE = {"joy": " joy", "sadness": " sadness", "fear": " fear"}
+
+
+def test_readout_labels_are_any_two_emotions_or_more_the_built_in_four_by_default():
+    config = _demo()
+    del config["readout"]["labels"]
+    assert validate(config)["readout"]["labels"] == LABEL_WORDS
+    config = _demo()
+    config["readout"]["labels"] = dict(THREE)
+    assert validate(config)["readout"]["labels"] == THREE  # no built-in emotion filled in beside them
+    config["readout"]["labels"] = {"joy": " joy"}
+    with pytest.raises(ConfigError, match=r"readout\.labels: \{'joy': ' joy'\} does not have enough properties"):
+        validate(config)
+    config["readout"]["labels"] = {"joy": " joy", "fear": ""}
+    with pytest.raises(ConfigError, match=r"readout\.labels\.fear: '' should be non-empty"):
+        validate(config)
+
+
+def test_the_last_layer_that_gives_the_labels_gives_them_whole(tmp_path):
+    """Snakemake merges --configfile layers and --config key by key; the labels are a set, so they are replaced."""
+    from snakemake.utils import update_config
+
+    base, profile = tmp_path / "base.yaml", tmp_path / "profile.yaml"
+    base.write_text(Path("config/demo.yaml").read_text())
+    profile.write_text(yaml.safe_dump({"readout": {"labels": THREE}, "seed": 3}))
+    config = yaml.safe_load(base.read_text())
+    update_config(config, yaml.safe_load(profile.read_text()))
+    assert len(config["readout"]["labels"]) == 7  # what Snakemake's merge alone makes of it
+    replace_labels(config, [base, profile])
+    assert config["readout"]["labels"] == THREE and config["seed"] == 3
+    overrides = {"readout": {"labels": {"calm": " calm", "fear": " fear"}}}  # --config readout=... wins over both
+    update_config(config, overrides)
+    assert replace_labels(config, [base, profile], overrides)["readout"]["labels"] == {"calm": " calm", "fear": " fear"}
+    unchanged = yaml.safe_load(base.read_text())
+    assert replace_labels(unchanged, [base], {"seed": 1})["readout"]["labels"] == LABEL_WORDS

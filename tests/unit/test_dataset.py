@@ -14,11 +14,14 @@ from emolens.dataset import (
     _check_built,
     build_dataset,
     cue_hits,
+    emotion_cues,
     frame_groups,
     load_dataset,
+    stem,
     surface_accuracy,
     write_dataset,
 )
+from emolens.readout import LABEL_WORDS
 from emolens.surface import length_match, words
 
 FIELDS = {"id", "emotion", "text", "item_id", "frame", "register"}
@@ -199,7 +202,7 @@ def test_bad_dataset_named(tmp_path, mutate, message):
     path = tmp_path / "bad.jsonl"
     _write(path, records)
     with pytest.raises(DatasetError, match=f"{path}.*" if message.startswith(":") else message) as e:
-        load_dataset(path)
+        load_dataset(path, EMOTIONS)  # the run's emotions: the default readout's
     assert message in str(e.value)
 
 
@@ -225,3 +228,77 @@ def test_permuted_dataset_moves_labels_by_frame_or_within_items():
     mapping: dict[tuple[str, str], str] = {}
     for old, new in zip(records, by_frame, strict=True):  # one permutation per frame, all its items alike
         assert mapping.setdefault((old["frame"], old["emotion"]), new["emotion"]) == new["emotion"]
+
+
+# --- any label set: the dataset's emotions are the run's ---------------------------------------------------
+def _relabelled(records, names):
+    """The built-in records with the built-in four renamed (gratitude -> names[0], ...), the texts kept."""
+    rename = dict(zip(EMOTIONS, names, strict=True))
+    return [{**r, "emotion": rename[r["emotion"]], "id": f"{r['item_id']}_{rename[r['emotion']]}"} for r in records]
+
+
+def _synthetic(names, n_items=6):
+    """A small dataset of any emotions: n_items items, one explicit text per emotion each, plain words."""
+    return [{"id": f"i{i}_{e}", "emotion": e, "text": f"Item {i} is about the {e} of person {i}.", "item_id": f"i{i}",
+             "register": "explicit"} for i in range(n_items) for e in names]
+
+
+def test_a_dataset_whose_emotions_differ_from_the_readouts_is_refused_naming_both_sets(tmp_path):
+    path = tmp_path / "data.jsonl"
+    write_dataset(_synthetic(["joy", "sadness", "fear"]), path)
+    with pytest.raises(DatasetError) as e:
+        load_dataset(path, EMOTIONS)
+    assert str(e.value) == (f"{path}:1: unknown emotion label 'joy'; the dataset's emotions ['fear', 'joy', 'sadness'] "
+                            "differ from readout.labels' ['anger', 'apology', 'gratitude', 'neutral']")
+    with pytest.raises(DatasetError) as e:  # a missing emotion: no stray label, both sets named
+        load_dataset(path, {"joy": " joy", "sadness": " sad", "fear": " fear", "calm": " calm"})
+    assert str(e.value) == (f"{path}: the dataset's emotions ['fear', 'joy', 'sadness'] differ from readout.labels' "
+                            "['calm', 'fear', 'joy', 'sadness']")
+    assert len(load_dataset(path, {"fear": " fear", "joy": " joy", "sadness": " sad"})) == 18  # the same set: any order
+    assert len(load_dataset(path)) == 18  # no readout given: the dataset's own emotions
+
+
+@pytest.mark.parametrize("names", [("joy", "sadness"), ("joy", "sadness", "fear"),
+                                   ("trust", "joy", "fear", "surprise", "sadness", "disgust", "anger", "anticipation")])
+def test_two_to_eight_emotions_load_balanced_and_unbalanced_ones_are_refused(tmp_path, names):
+    path = tmp_path / "data.jsonl"
+    records = _synthetic(names)
+    write_dataset(records, path)
+    assert load_dataset(path, {e: f" {e}" for e in names}) == records
+    write_dataset(records[:-1], path)
+    with pytest.raises(DatasetError, match=rf"{path}: unbalanced classes .*'{names[-1]}': 5"):
+        load_dataset(path, names)
+
+
+def test_one_emotion_is_no_dataset(tmp_path):
+    path = tmp_path / "data.jsonl"
+    write_dataset(_synthetic(["joy"]), path)
+    with pytest.raises(DatasetError, match="one emotion label only"):
+        load_dataset(path)
+
+
+def test_implicit_texts_of_other_emotions_are_checked_against_their_label_words_stems(tmp_path):
+    assert [stem(w) for w in (" Sadness", "fear", " surprise", " anticipation", " joy")] == \
+        ["sad", "fear", "surpris", "anticip", "joy"]
+    labels = {"joy": " happy", "sadness": " sadness"}
+    cues = emotion_cues(labels)
+    assert sorted(cues) == ["happy", "joy", "sad"]  # the names' and the label words' stems
+    assert cue_hits("She was sad all day", cues) == ["sad"] and cue_hits("He was happy", cues) == ["happy"]
+    assert cue_hits("I am so sorry", cues) == []  # the built-in stems belong to the built-in four
+    assert emotion_cues(EMOTIONS) == emotion_cues(LABEL_WORDS) and cue_hits("I am so sorry", emotion_cues(EMOTIONS))
+    records = _synthetic(["joy", "sadness"], n_items=2)
+    records[3] = {**records[3], "register": "implicit", "text": "The rain kept falling; she sat there, saddened."}
+    path = tmp_path / "data.jsonl"
+    write_dataset(records, path)
+    with pytest.raises(DatasetError, match=rf"{path}:4: implicit text contains the emotion stem 'sad'"):
+        load_dataset(path, labels)
+    records[3]["text"] = "The rain kept falling; she sat there, sorry and alone."  # a built-in stem: fine here
+    write_dataset(records, path)
+    assert len(load_dataset(path, labels)) == 4
+
+
+def test_the_built_in_texts_under_other_names_are_another_runs_dataset(tmp_path):
+    path = tmp_path / "data.jsonl"
+    write_dataset(_relabelled(build_dataset(n_items=8), ["thanks", "rage", "regret", "calm"]), path)
+    records = load_dataset(path, {"thanks": " thanks", "rage": " rage", "regret": " regret", "calm": " calm"})
+    assert Counter(r["emotion"] for r in records) == {"thanks": 8, "rage": 8, "regret": 8, "calm": 8}

@@ -58,8 +58,17 @@ def test_build_is_deterministic_and_checks_family(tokenizer):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert a.config.num_key_value_heads == 2  # GQA
-    with pytest.raises(OrganismError, match="supported: gpt2"):
+    with pytest.raises(OrganismError, match=r"unknown organism family 'mamba': not one of the six families"):
         build_organism("mamba", d_model=32, n_layers=2, n_heads=4, vocab_size=len(tokenizer))
+
+
+@pytest.mark.parametrize("family", ["mistral", "opt", "falcon", "qwen3_moe", "gemma2"])
+def test_an_organism_of_another_tested_type_keeps_its_defining_features(tokenizer, family):
+    model = build_organism(family, d_model=32, n_layers=2, n_heads=4, vocab_size=len(tokenizer), seed=1)
+    config, default = model.config, type(model.config)()
+    assert config.model_type == family and config.hidden_size == 32 and config.num_hidden_layers == 2
+    for feature in ("sliding_window", "final_logit_softcapping", "parallel_attn", "norm_topk_prob"):
+        assert getattr(config, feature, None) == getattr(default, feature, None), feature  # the type's own
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -231,6 +231,27 @@ def test_local_config_json_is_read_for_unknown_models(tmp_path):
     assert row["params"] + row["vision_params"] == _hf_param_count(model)
 
 
+@pytest.mark.parametrize("model_type", ["mistral", "opt", "falcon", "phi3", "qwen3_moe", "mixtral"])
+def test_any_config_json_is_planned_within_two_percent(tmp_path, model_type):
+    """A config.json of a type outside the six families: the plan's count within 2% of the built model's (biases
+    and norms of other types are not counted: a share that falls with the width, 1/256 here)."""
+    from emolens.model_types import tiny_model
+
+    model = tiny_model(model_type, vocab_size=A.ORGANISM_VOCAB, d_model=256, n_heads=4)
+    model.config.save_pretrained(tmp_path)
+    row = P.plan_model("mine", {"path": str(tmp_path), "dtype": "float32", "batch_size": 8}, 24,
+                       A.known_architectures())
+    assert row["source"] == "config.json" and row["family"] == model_type
+    assert row["params"] == pytest.approx(_hf_param_count(model), rel=0.02)
+
+
+def test_a_config_without_a_size_names_the_missing_field(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "mystery", "hidden_size": 64, "vocab_size": 100}')
+    row = P.plan_model("mine", {"path": str(tmp_path), "batch_size": 8}, 24, A.known_architectures())
+    assert row["fits"] is None
+    assert "a mystery config without its depth (num_hidden_layers / n_layer / num_layers), heads" in row["note"]
+
+
 def test_int8_weights_match_bitsandbytes(tmp_path):
     """LLM.int8 on CPU: the plan's int8 bytes (weights + row scales) within 5% of the loaded model."""
     pytest.importorskip("bitsandbytes")

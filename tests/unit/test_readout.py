@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from emolens import EMOTIONS
+from emolens import EMOTIONS, emotion_order
 from emolens.options import _readout, build_parser
 from emolens.readout import DEFAULT, LABEL_WORDS, READOUT_SUFFIX, Readout, label_token_ids, prompt
 
@@ -18,18 +18,34 @@ def test_defaults_and_prompt():
     assert few_shot.prompt("Hi.") == "Thanks!\nThe emotion of this message is gratitude\n\nHi.\nEmotion:"
 
 
-def test_config_round_trip_and_partial_labels():
-    r = Readout.from_config({"prefix": "P ", "labels": {"anger": " rage"}})
+def test_config_round_trip_and_labels():
+    r = Readout.from_config({"prefix": "P ", "labels": {**LABEL_WORDS, "anger": " rage"}})
     assert r.suffix == READOUT_SUFFIX and r.prefix == "P "
     assert r.labels == {**LABEL_WORDS, "anger": " rage"}
     assert Readout.from_config(r.as_dict()) == r and Readout.from_config(None) == DEFAULT
     assert r.as_dict() == {"suffix": READOUT_SUFFIX, "prefix": "P ", "labels": {**LABEL_WORDS, "anger": " rage"}}
 
 
+@pytest.mark.parametrize("labels", [
+    {"sadness": " sad", "joy": " happy"},
+    {e: f" {e}" for e in ("trust", "joy", "fear", "surprise", "sadness", "disgust", "anger", "anticipation")},
+])
+def test_any_label_set_of_two_or_more_replaces_the_default_four(labels):
+    r = Readout.from_config({"labels": labels})
+    assert set(r.emotions) == set(labels) and len(r.emotions) == len(labels)  # replaced whole, never merged
+    assert r.emotions == emotion_order(labels) and r.labels == {e: labels[e] for e in r.emotions}
+    assert Readout.from_config(r.as_dict()) == r
+    assert Readout.from_config({"labels": dict(reversed(labels.items()))}) == r  # the order is the set's own
+    if "anger" in labels:  # a built-in emotion comes first, the others alphabetically
+        assert r.emotions[0] == "anger" and list(r.emotions[1:]) == sorted(set(labels) - {"anger"})
+
+
 @pytest.mark.parametrize("section, match", [
     ({"sufix": "x"}, r"unknown key\(s\) \['sufix'\]"),
-    ({"labels": {"joy": " joy"}}, r"unknown \['joy'\]"),
-    ({"labels": {"anger": ""}}, r"readout\.labels\.anger must be a non-empty string"),
+    ({"labels": {"joy": " joy"}}, r"readout\.labels must name two emotions or more.*'joy'"),
+    ({"labels": {"joy": " joy", "": " x"}}, r"an emotion must be a non-empty name, got ''"),
+    ({"labels": [" joy", " fear"]}, r"readout\.labels must be an object"),
+    ({"labels": {**LABEL_WORDS, "anger": ""}}, r"readout\.labels\.anger must be a non-empty string"),
 ])
 def test_bad_sections_are_named(section, match):
     with pytest.raises(ValueError, match=match):
@@ -47,7 +63,7 @@ def test_label_that_splits_is_refused_with_its_pieces(tokenizer):
     word = " xqzgratitudez"
     pieces = [tokenizer.decode([t]) for t in tokenizer.encode(word, add_special_tokens=False)]
     assert len(pieces) > 1
-    r = Readout.from_config({"labels": {"gratitude": word}})
+    r = Readout.from_config({"labels": {**LABEL_WORDS, "gratitude": word}})
     with pytest.raises(ValueError) as err:
         r.label_token_ids(tokenizer)
     message = str(err.value)
@@ -57,7 +73,7 @@ def test_label_that_splits_is_refused_with_its_pieces(tokenizer):
 
 
 def test_labels_sharing_a_token_are_refused(tokenizer):
-    r = Readout.from_config({"labels": {"apology": " anger"}})
+    r = Readout.from_config({"labels": {**LABEL_WORDS, "apology": " anger"}})
     with pytest.raises(ValueError, match=r"share a token.*\['anger', 'apology'\] -> ' anger'"):
         r.label_token_ids(tokenizer)
 
@@ -80,11 +96,12 @@ def test_cli_readout_flag():
     for command in ("organism", "activations", "readout", "residual-chunk", "screen-heads", "patch-heads"):
         extra = {"residual-chunk": ["--layers", "0-1"], "patch-heads": ["--screening", "s.json"]}.get(command, [])
         assert parser.parse_args([command, *base, *extra]).readout == DEFAULT
-    a = parser.parse_args(["readout", *base, "--readout", '{"suffix": "\\nEmotion:", "labels": {"anger": " rage"}}'])
-    assert a.readout == Readout(suffix="\nEmotion:", labels={**LABEL_WORDS, "anger": " rage"})
+    a = parser.parse_args(["readout", *base, "--readout", '{"suffix": "\\nEmotion:", "labels": {"joy": " joy", '
+                                                           '"fear": " fear"}}'])
+    assert a.readout == Readout(suffix="\nEmotion:", labels={"joy": " joy", "fear": " fear"})
     with pytest.raises(argparse.ArgumentTypeError, match="not JSON"):
         _readout("{suffix")
-    with pytest.raises(argparse.ArgumentTypeError, match="unknown"):
+    with pytest.raises(argparse.ArgumentTypeError, match="two emotions or more"):
         _readout('{"labels": {"joy": " joy"}}')
 
 
@@ -92,7 +109,7 @@ def test_organism_tokenizer_makes_the_configured_labels_single_tokens():
     from emolens.dataset import build_dataset
     from emolens.organisms import train_tokenizer
 
-    r = Readout.from_config({"prefix": "Message: ", "labels": {"anger": " wrathfulness"}})
+    r = Readout.from_config({"prefix": "Message: ", "labels": {**LABEL_WORDS, "anger": " wrathfulness"}})
     tok = train_tokenizer([rec["text"] for rec in build_dataset()], readout=r)
     ids = r.label_token_ids(tok)
     assert tok.encode(" wrathfulness", add_special_tokens=False) == [ids["anger"]]

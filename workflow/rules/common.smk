@@ -5,7 +5,8 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from emolens import layout
+from emolens import EMOTIONS, layout
+from emolens.dataset import DatasetError, check_emotions, declared_emotions
 from emolens.plan import known_architectures, resolve_architecture
 from emolens.chunks import chunk_name, chunk_ranges
 
@@ -68,6 +69,22 @@ def readout_json():
     return json.dumps(config["readout"], sort_keys=True)
 
 
+def refuse_other_emotions():
+    """Before any job: a dataset whose emotions are not readout.labels' stops the workflow, naming both sets (the
+    built dataset holds the built-in four; a user's JSONL not there yet, or unreadable, is left to its first job)."""
+    path, built = config["dataset"], config["dataset"] == str(BUILT_DATASET)
+    declared = declared_emotions(path) or (dict.fromkeys(EMOTIONS, path) if built else {})
+    try:
+        if declared:
+            check_emotions(path, declared, config["readout"]["labels"])
+    except DatasetError as e:
+        hint = " (the workflow builds this dataset: set dataset to a JSONL of readout.labels' emotions)" if built else ""
+        raise WorkflowError(f"{e}{hint}") from None
+
+
+refuse_other_emotions()
+
+
 def hub_models_json():
     """The hub models' download settings as JSON: what pre-flight checks (batch sizes and the like never rerun it)."""
     keys = ("hf_id", "revision", "dtype")
@@ -75,9 +92,14 @@ def hub_models_json():
 
 
 def model_checkpoint(wildcards):
-    """What a model job waits for before it loads the model: the organism's readout record when the workflow builds
-    the model itself; the pre-flight report for a hub model (ancient: rerunning pre-flight, e.g. after a model is
-    added, reruns no model job); else nothing."""
+    """What a long model job waits for: every model's equivalence check (ancient: a rerun check reruns no job)."""
+    return [ancient(layout.equivalence(RESULTS, m)) for m in MODELS]
+
+
+def model_source(wildcards):
+    """What the equivalence check waits for before it loads the model: the organism's readout record when the
+    workflow builds the model itself; the pre-flight report for a hub model (ancient: rerunning pre-flight, e.g.
+    after a model is added, reruns no model job); else nothing."""
     settings = config["models"][wildcards.model]
     if wildcards.model in HUB_MODELS:
         return ancient(PREFLIGHT)

@@ -20,7 +20,9 @@ rule dataset_card:
         layout.dataset_card(RESULTS),
     log:
         layout.log(RESULTS, "dataset_card"),
+    params:
+        readout=readout_json(),
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens dataset describe --source {input} --out {output} 2> {log}"
+        "emolens dataset describe --source {input} --readout {params.readout:q} --out {output} 2> {log}"

@@ -1,4 +1,4 @@
-# Readout baseline: does the model read the emotion at all? Its own 4-way prediction, one job per model.
+# Readout baseline: does the model read the emotion at all? Its own prediction (one label per emotion), one job per model.
 
 
 rule readout:

@@ -1,0 +1,98 @@
+"""Every decoder-only causal-LM type of the installed transformers, loaded as a user's model would be.
+
+Per tested type: a tiny random model built from the type's config class, saved with the organisms'
+tokenizer and reloaded through ``load_model``, resolved by the adapter (the family table or its
+structure), then residual capture equals ``hidden_states`` at every index, the label readout equals the
+model's logits, fast patching (every residual index, every head, two positions) equals the full
+recompute oracle; in int8 as well where bitsandbytes loads the type. Every type in
+``model_types.UNSUPPORTED`` must still fail, so the table's reasons stay true. Then the errors a user
+meets with a model the adapter cannot resolve or with hand-given paths that do not resolve.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emolens import model_types
+from emolens.config import ModelLoadError
+from emolens.dataset import build_dataset
+from emolens.models import ModelAdapter, load_model
+from emolens.readout import DEFAULT
+
+ATOL = 1e-4  # float32
+ATOL_INT8 = 5e-2  # the int8 engine against its own oracle: both run the same int8 kernels
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """(run prompt, donor prompt, label token ids): two emotions of one item of the built-in dataset."""
+    records = build_dataset()[:2]
+    run, donor = (tokenizer.encode(DEFAULT.prompt(r["text"])) for r in records)
+    return run, donor, [DEFAULT.label_token_ids(tokenizer)[e] for e in DEFAULT.labels]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", model_types.tested())
+def test_every_identity_holds_on_a_tiny_model_of_the_type(model_type, tokenizer, prompts, tmp_path):
+    row = model_types.check_type(model_type, tokenizer, *prompts, tmp_path)
+    assert row["head_layers"], row["sites"]
+    assert max(v for v in row["float32"].values() if v is not None) < ATOL, row
+    assert (row["float32"]["patching"] is None) == (not row["prefix_cache"]), row  # hybrids: full recompute only
+    if isinstance(row["int8"], dict):
+        assert max(v for v in row["int8"].values() if v is not None) < ATOL_INT8, row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", sorted(model_types.UNSUPPORTED))
+def test_an_unsupported_type_still_fails(model_type, tokenizer, prompts, tmp_path):
+    try:
+        row = model_types.check_type(model_type, tokenizer, *prompts, tmp_path, int8=False)
+    except Exception:  # noqa: BLE001 - any failure to build, load or check: the table gives the reason
+        return
+    assert max(v for v in row["float32"].values() if v is not None) >= ATOL, row  # else it belongs in the table
+
+
+def test_structure_finds_the_sites_of_types_outside_the_table(tokenizer):
+    for model_type, layers, attn_out in (("mistral", "model.layers", "self_attn.o_proj"),
+                                         ("opt", "model.decoder.layers", "self_attn.out_proj"),
+                                         ("falcon", "transformer.h", "self_attention.dense"),
+                                         ("gptj", "transformer.h", "attn.out_proj")):
+        adapter = ModelAdapter(model_types.tiny_model(model_type, len(tokenizer)), name=model_type)
+        assert adapter.sites == {"layers": layers, "attn_out": [attn_out], "body": layers.rsplit(".", 1)[0]}
+
+
+class NoBlocks(torch.nn.Module):
+    """A causal LM whose blocks sit in a plain list, so no ModuleList of num_hidden_layers exists."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.config, self.inner = model.config, model
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.inner.get_input_embeddings()
+
+
+def test_an_unresolvable_model_names_its_type_and_the_paths_tried(tokenizer):
+    model = NoBlocks(model_types.tiny_model("mistral", len(tokenizer)))
+    model.inner.model.layers = torch.nn.ModuleList(list(model.inner.model.layers)[:1])  # 1 block, config says 2
+    with pytest.raises(ModelLoadError) as e:
+        ModelAdapter(model, name="mine")
+    message = str(e.value)
+    assert "models.mine (model_type 'mistral', NoBlocks)" in message
+    assert "inner.model.layers (1)" in message and "models.mine.layers" in message
+
+
+def test_hand_given_paths_are_used_and_checked(tokenizer, tmp_path):
+    path = tmp_path / "opt"
+    model_types.tiny_model("opt", len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    hand = {"path": str(path), "layers": "model.decoder.layers", "attn_out": "self_attn.out_proj",
+            "body": "model.decoder"}
+    assert load_model(hand, name="opt", device="cpu").sites["attn_out"] == ["self_attn.out_proj"]
+    with pytest.raises(ModelLoadError, match=r"models.opt.layers 'model.blocks' does not resolve"):
+        load_model(hand | {"layers": "model.blocks"}, name="opt", device="cpu")
+    with pytest.raises(ModelLoadError, match=r"models.opt.attn_out 'self_attn.o_proj' does not resolve in any block"):
+        load_model(hand | {"attn_out": "self_attn.o_proj"}, name="opt", device="cpu")
+    with pytest.raises(ModelLoadError, match=r"models.opt.attn_out 'self_attn' is not a linear map to d_model"):
+        load_model(hand | {"attn_out": "self_attn"}, name="opt", device="cpu")
