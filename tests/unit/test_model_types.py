@@ -96,3 +96,12 @@ def test_hand_given_paths_are_used_and_checked(tokenizer, tmp_path):
         load_model(hand | {"attn_out": "self_attn.o_proj"}, name="opt", device="cpu")
     with pytest.raises(ModelLoadError, match=r"models.opt.attn_out 'self_attn' is not a linear map to d_model"):
         load_model(hand | {"attn_out": "self_attn"}, name="opt", device="cpu")
+
+
+def test_the_schema_lists_every_organism_type_the_builder_accepts():
+    from emolens.config import schema
+    from emolens.organisms import FAMILIES
+
+    organism = schema()["properties"]["models"]["additionalProperties"]["properties"]["organism"]
+    assert organism["properties"]["family"]["enum"] == list(FAMILIES) + [
+        t for t in model_types.tested() if t not in FAMILIES]
