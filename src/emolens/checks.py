@@ -165,6 +165,18 @@ def check_identities(path: Path) -> tuple[bool, str]:
     return ok, f"max |effect(L) - 1| = {err_l:.1e} over {at_l.size} kept pairs; {zero}"
 
 
+def check_equivalence(path: Path, n_layers: int) -> tuple[bool, str]:
+    """The model's check before its long jobs: capture, readout and fast patching within tolerance of their
+    references on its own weights (a hybrid patches by full recompute, so it has no fast-path number)."""
+    eq = json.loads(path.read_text())
+    found = {k: v for k, v in eq["max_difference"].items() if v is not None}
+    headless = sorted(set(range(n_layers)) - set(eq["head_layers"]))
+    ok = eq["n_layers"] == n_layers and all(v <= eq["tolerance"] for v in found.values())
+    return ok, (", ".join(f"{k} {v:.1e}" for k, v in found.items()) + f" (tolerance {eq['tolerance']:g}); "
+                f"longest prompt {eq['longest_prompt']} of {eq['context']} tokens; sites {eq['sites']}"
+                + (f"; blocks without heads {headless}" if headless else ""))
+
+
 def check_screening(path: Path, n_layers: int) -> tuple[bool, str]:
     """Every head screened exactly and the top heads are the largest exact effects.
 
@@ -174,8 +186,8 @@ def check_screening(path: Path, n_layers: int) -> tuple[bool, str]:
     """
     scores = json.loads(path.read_text())
     exact, attribution = np.array(scores["exact_last_position"], float), np.array(scores["attribution"], float)
-    k = len(scores["top_heads"])
-    ok = (exact.shape[0] == n_layers and exact.shape == attribution.shape and _finite(exact, attribution)
+    k, heads = len(scores["top_heads"]), sorted(set(range(n_layers)) - set(scores.get("layers_without_heads", [])))
+    ok = (exact.shape[0] == n_layers and exact.shape == attribution.shape and _finite(exact[heads], attribution[heads])
           and k > 0 and scores["top_heads"] == top_heads(exact, k))
     return ok, (f"{exact.shape[0]}x{exact.shape[1]} heads, top {k} by exact effect; attribution vs exact "
                 f"Spearman {scores['spearman']} (reported, not required)")

@@ -186,6 +186,9 @@ def heads_section(res: Results) -> list[str]:
                      f"{_f(h['ci_joint'][1])}]", {True: "yes", False: "no"}.get(
                          effect.get(m, {}).get("joint", {}).get("significant"), "n/a")])
     agreement = [f"{m} {_f(s.get('spearman'))}" for m, s in res.head_scores.items()]
+    lines += [f"{m}: blocks {s['layers_without_heads']} have no softmax attention (a hybrid's linear-attention, "
+              "convolution or state-space blocks): residual sites only, no heads screened there."
+              for m, s in res.head_scores.items() if s.get("layers_without_heads")]
     if not agreement:
         return lines + _table(["model", "head", "effect [95% CI]", "significant"], rows) + [""]
     return lines + _table(["model", "head", "effect [95% CI]", "significant"], rows) + [

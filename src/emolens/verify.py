@@ -18,6 +18,7 @@ from emolens.checks import (
     check_alignment,
     check_chunks,
     check_dataset,
+    check_equivalence,
     check_head_patching,
     check_head_split,
     check_identities,
@@ -74,6 +75,7 @@ def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]
             n_layers[m] = load_result(act, schema="emolens.activations/2")["n_layers"]
         except ResultFileError:
             continue  # reported by the activations check; nothing downstream can be checked
+        checks("equivalence", m, lambda m=m: check_equivalence(layout.equivalence(r, m), n_layers[m]))
         checks("vectors", m, lambda m=m: check_vectors(layout.vectors(r, m), layout.subspaces(r, m), n_prompts,
                                                        emotions))
         sweep = layout.residual_sweep(r, m)

@@ -105,3 +105,26 @@ def test_the_schema_lists_every_organism_type_the_builder_accepts():
     organism = schema()["properties"]["models"]["additionalProperties"]["properties"]["organism"]
     assert organism["properties"]["family"]["enum"] == list(FAMILIES) + [
         t for t in model_types.tested() if t not in FAMILIES]
+
+
+def test_a_hybrids_blocks_without_heads_are_residual_sites_only(tokenizer, tmp_path):
+    """Qwen3-Next: three linear-attention blocks, then one softmax-attention block. Screening scores its heads
+    only, leaves the other blocks NaN and names them; patching runs the full-recompute engine."""
+    import json
+
+    import numpy as np
+
+    from emolens.heads import run_screening
+
+    adapter = ModelAdapter(model_types.tiny_model("qwen3_next", len(tokenizer)), tokenizer, name="hybrid")
+    assert adapter.head_layers == [3] and not adapter.prefix_cache
+    with pytest.raises(IndexError, match="block 0 of hybrid has no attention heads"):
+        with adapter.hooks(head_inputs={0: lambda x: None}):
+            pass
+    run_screening(adapter, build_dataset()[:24], tmp_path / "heads.json", top_k=2, message_positions=1,
+                  min_separation=0.0)
+    scores = json.loads((tmp_path / "heads.json").read_text())
+    exact = np.array(scores["exact_last_position"], float)
+    assert scores["layers_without_heads"] == [0, 1, 2]
+    assert np.isnan(exact[:3]).all() and np.isfinite(exact[3]).all()
+    assert all(layer == 3 for layer, _ in scores["top_heads"])

@@ -153,9 +153,9 @@ def one_model_workdir(wf, mini_workdir, tmp_path_factory) -> Path:
 
     def build(work: Path) -> None:
         src, dst = mini_workdir / wf.results, work / wf.results
-        per_model = (layout.model_dir, layout.activations, layout.readout, layout.vectors, layout.subspaces,
-                     layout.residual_chunks, layout.residual_sweep, layout.head_scores, layout.head_patching,
-                     layout.steering)
+        per_model = (layout.model_dir, layout.equivalence, layout.activations, layout.readout, layout.vectors,
+                     layout.subspaces, layout.residual_chunks, layout.residual_sweep, layout.head_scores,
+                     layout.head_patching, layout.steering)
         benchmarks = [p for p in (src / "benchmarks").glob("*/pythia*") if "gemma" not in p.name]  # not the pair's
         copies = [layout.dataset(src), layout.dataset_card(src), *(kind(src, "pythia") for kind in per_model)]
         for path in copies + benchmarks:
