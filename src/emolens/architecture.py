@@ -1,7 +1,8 @@
 """A model's architecture numbers and parameter counts, without loading it.
 
 The numbers come from, in order: the model's ``organism`` settings (the embedded demo),
-``<path>/config.json`` when it has a local path, or the published numbers of the six baseline models
+``<path>/config.json`` when it has a local path, the Hugging Face cache's config.json of its ``hf_id``,
+or the published numbers of the six baseline models
 shipped in ``architectures.json`` (matched by hub id, else by name). Parameters are counted from them:
 embeddings, attention with grouped-query heads and an explicit head_dim, the MLP, norms, an untied
 lm_head, and Gemma-3's vision tower. The memory plan (:mod:`emolens.plan`) and the organisms read them.
@@ -150,6 +151,12 @@ def resolve_architecture(name: str, settings: dict[str, Any],
     for local in (path, settings.get("cache_dir")):  # a GGUF model's converted checkpoint is in cache_dir
         if local and (Path(local) / "config.json").is_file():
             sources.append(("config.json", json.loads((Path(local) / "config.json").read_text())))
+    if hf_id and not path:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(hf_id, "config.json", revision=settings.get("revision"))
+        if isinstance(cached, str):
+            sources.append(("cached config.json", json.loads(Path(cached).read_text())))
     by_id = [v for v in known.values() if hf_id and v.get("hf_id") == hf_id]
     if by_id:
         sources.append(("architectures.json", by_id[0]))

@@ -128,3 +128,15 @@ def test_a_hybrids_blocks_without_heads_are_residual_sites_only(tokenizer, tmp_p
     assert scores["layers_without_heads"] == [0, 1, 2]
     assert np.isnan(exact[:3]).all() and np.isfinite(exact[3]).all()
     assert all(layer == 3 for layer, _ in scores["top_heads"])
+
+
+def test_the_schema_takes_hand_given_paths_and_refuses_a_malformed_one():
+    from emolens.config import ConfigError, load_config, validate
+
+    config = load_config("config/types.yaml")
+    config["models"]["opt"] |= {"layers": "model.decoder.layers", "attn_out": "self_attn.out_proj",
+                                "body": "model.decoder"}
+    validate(config)
+    config["models"]["opt"]["attn_out"] = "self_attn..out_proj"
+    with pytest.raises(ConfigError, match=r"models.opt.attn_out: 'self_attn..out_proj' does not match"):
+        validate(config)

@@ -302,3 +302,21 @@ def test_run_prints_the_table(capsys):
     rows = P.run(ROOT / "config/config.yaml")
     out = capsys.readouterr().out
     assert len(rows) == 6 and "gemma3_12b" in out and "model" in out.splitlines()[0]
+
+
+def test_a_cached_hub_config_is_planned(tmp_path, monkeypatch):
+    """A hub model whose config.json is in the Hugging Face cache (any type) is planned from it."""
+    from emolens.model_types import tiny_model
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = tmp_path / "hub" / "models--someone--tiny-mistral" / "snapshots" / ("0" * 40)
+    model = tiny_model("mistral", vocab_size=A.ORGANISM_VOCAB, d_model=256, n_heads=4)
+    model.config.save_pretrained(snapshot)
+    (tmp_path / "hub" / "models--someone--tiny-mistral" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-mistral" / "refs" / "main").write_text("0" * 40)
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    row = P.plan_model("mine", {"hf_id": "someone/tiny-mistral", "batch_size": 8}, 24, A.known_architectures())
+    assert row["source"] == "cached config.json" and row["family"] == "mistral"
+    assert row["params"] == pytest.approx(_hf_param_count(model), rel=0.02)
