@@ -118,8 +118,8 @@ def run(settings: dict[str, Any], dataset: str | Path, out_json: str | Path, nam
     """Before a model's long jobs: every prompt within its context, then the three checks on two prompts of one
     item with its own weights; write the numbers, or raise naming them when one is too large."""
     started = time.time()
+    records = load_dataset(dataset, readout.labels)  # a bad dataset fails before the model loads
     adapter = load_model(settings, name=name, device=device)
-    records = load_dataset(dataset, readout.labels)
     for chat in (False, True) if settings.get("chat_template") else (False,):
         check_context(adapter, records, tokenize(adapter, [r["text"] for r in records], readout, chat), dataset)
     donor = next(r for r in records if r["item_id"] == records[0]["item_id"] and r["emotion"] != records[0]["emotion"])
