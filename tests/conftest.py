@@ -79,8 +79,12 @@ def tiny_adapters(tiny_checkpoints) -> dict[str, ModelAdapter]:
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Two-layer models gain nothing from intra-op threads, and lose 100x when cores are contended."""
+    """Two-layer models and the simulations' small matrices gain nothing from intra-op or BLAS threads, and lose
+    several-fold when two test workers share two cores (torch's threads and numpy's BLAS pool both at one)."""
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):
+        yield
     torch.set_num_threads(before)
