@@ -76,12 +76,13 @@ def patching_difference(adapter: ModelAdapter, run: Sequence[int], donor: Sequen
 
 
 def differences(adapter: ModelAdapter, run: Sequence[int], donor: Sequence[int],
-                token_ids: Sequence[int]) -> dict[str, float | None]:
-    """The three checks' largest differences on a run and a donor prompt (token ids)."""
+                token_ids: Sequence[int], patching: bool = True) -> dict[str, float | None]:
+    """The three checks' largest differences on a run and a donor prompt (token ids); ``patching`` False leaves
+    the costliest out (None)."""
     ids = torch.tensor([list(run)], device=adapter.device)
     return {"residual": residual_difference(adapter, ids),
             "readout": readout_difference(adapter, ids, token_ids),
-            "patching": patching_difference(adapter, run, donor, token_ids)}
+            "patching": patching_difference(adapter, run, donor, token_ids) if patching else None}
 
 
 def tolerance(adapter: ModelAdapter) -> float:
