@@ -121,8 +121,11 @@ def run(settings: dict[str, Any], dataset: str | Path, out_json: str | Path, nam
     started = time.time()
     records = load_dataset(dataset, readout.labels)  # a bad dataset fails before the model loads
     adapter = load_model(settings, name=name, device=device)
-    for chat in (False, True) if settings.get("chat_template") else (False,):
-        check_context(adapter, records, tokenize(adapter, [r["text"] for r in records], readout, chat), dataset)
+    texts = [r["text"] for r in records]
+    variants = (False, True) if settings.get("chat_template") else (False,)  # plain, and chat-template prompts
+    tokens = {chat: tokenize(adapter, texts, readout, chat) for chat in variants}
+    for prompts in tokens.values():
+        check_context(adapter, records, prompts, dataset)
     donor = next(r for r in records if r["item_id"] == records[0]["item_id"] and r["emotion"] != records[0]["emotion"])
     run_ids, donor_ids = tokenize(adapter, [records[0]["text"], donor["text"]], readout)
     token_ids = list(readout.label_token_ids(adapter.tokenizer).values())
@@ -135,7 +138,7 @@ def run(settings: dict[str, Any], dataset: str | Path, out_json: str | Path, nam
                              + f"; sites {adapter.sites}); name the sites with models.{name}.layers/attn_out/body")
     result = {"schema": SCHEMA, "model": name, "sites": adapter.sites, "head_layers": adapter.head_layers,
               "n_layers": adapter.n_layers, "prefix_cache": adapter.prefix_cache, "context": context_limit(adapter),
-              "longest_prompt": max(len(t) for t in tokenize(adapter, [r["text"] for r in records], readout)),
+              "longest_prompt": max(len(t) for t in tokens[False]),
               "prompts": [records[0]["id"], donor["id"]], "max_difference": found, "tolerance": limit,
               "provenance": provenance({"settings": settings, "readout": readout.as_dict()}, started,
                                        dataset=str(dataset), model_id=name)}

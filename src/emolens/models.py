@@ -57,9 +57,9 @@ FAMILIES: dict[str, Family] = {
 
 # --- where the sites are ---------------------------------------------------------------------------
 HAND_PATHS = ("layers", "attn_out", "body")  # a model's settings may name these by hand
+OUT_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "wo", "o", "out", "proj")  # an output projection's names
 # A block whose config layer type names none of these has no softmax attention (hybrids: linear attention,
 # convolutions, state-space mixers): it is a residual site without heads.
-OUT_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "wo", "o", "out", "proj")
 _SOFTMAX_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "attention", "hybrid")
 
 
