@@ -120,9 +120,9 @@ def from_organism(org: dict[str, Any]) -> Architecture:
     family, d_model, n_heads = org["family"], org["d_model"], org["n_heads"]
     if family not in _TIED_BY_DEFAULT:
         from emolens.model_types import tiny_config
+        from emolens.organisms import TRAINING_KEYS  # the organism's training knobs, not its sizes
 
-        sizes = {k: v for k, v in org.items() if k not in ("family", "seed", "max_steps", "min_steps", "lr",
-                                                            "batch_size", "vocab_size")}
+        sizes = {k: v for k, v in org.items() if k not in ("family", "seed", *TRAINING_KEYS)}
         return from_hf_config(tiny_config(family, vocab_size=ORGANISM_VOCAB, **sizes).to_dict())
     gqa = family in ("llama", "qwen3", "gemma3")
     return Architecture(
