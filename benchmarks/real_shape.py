@@ -11,7 +11,7 @@ setting (``emolens plan``, config/config.yaml's row); ``--json`` writes all of i
 
     python benchmarks/real_shape.py --model gpt2_small                      # CPU: fp32, subsampled pairs
     python benchmarks/real_shape.py --model llama3_8b --dtype bfloat16      # one GPU
-    python benchmarks/real_shape.py --model gemma3_12b --int8               # one GPU, bitsandbytes LLM.int8
+    python benchmarks/real_shape.py --model gemma3_12b --int8               # one GPU, weight-only int8 (torchao)
 """
 
 from __future__ import annotations
@@ -58,31 +58,16 @@ def hf_config(name: str) -> Any:
 
 
 def random_model(name: str, dtype: torch.dtype, device: str, int8: bool) -> torch.nn.Module:
-    """Randomly initialised weights of the real shape, created on the device (int8: bitsandbytes)."""
+    """Randomly initialised weights of the real shape, created on the device (int8: the default 8-bit path,
+    weight-only int8 through torchao on every decoder linear layer, as ``quantization: int8`` loads it)."""
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(hf_config(name), dtype=dtype)
     if int8:
-        _quantise_linear_int8(model)
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(model, Int8WeightOnlyConfig(),
+                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and not fqn.startswith("lm_head"))
     return model.eval()
-
-
-def _quantise_linear_int8(model: torch.nn.Module) -> None:
-    """Swap each decoder nn.Linear for a bitsandbytes Linear8bitLt holding the same weights in int8."""
-    import bitsandbytes as bnb
-
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if not isinstance(child, torch.nn.Linear) or "lm_head" in f"{name}.{child_name}":
-                continue
-            int8 = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                       has_fp16_weights=False, threshold=6.0)
-            int8.weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
-            if child.bias is not None:
-                int8.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(module, child_name, int8.to(child.weight.device))  # quantised on the move to CUDA
-            del child
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 PHASES: dict[str, dict[str, float]] = {}  # label -> wall seconds, tokens/s, fraction of bf16 peak
@@ -110,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2_small")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
-    parser.add_argument("--int8", action="store_true", help="bitsandbytes LLM.int8 decoder weights")
+    parser.add_argument("--int8", action="store_true", help="weight-only int8 decoder weights (torchao)")
     parser.add_argument("--max-pairs", type=int, default=None, help="subsample the 2700 pairs (CPU default 64)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steer", type=int, default=64, help="directions of the steering batch")

@@ -302,7 +302,7 @@ def run_pair(act_a: str | Path, act_b: str | Path, vec_a: str | Path, vec_b: str
               for m, r, n in zip(models, (ra, rb), (n_layers_a, n_layers_b), strict=True)}
     quant = [a.get("quantization") for a in acts]
     save_pickle({
-        "schema": SCHEMA, "models": models, "quantization": quant, "int8_involved": "int8" in quant,
+        "schema": SCHEMA, "models": models, "quantization": quant, "int8_involved": any(quant),
         "d_model": [int(a["d_model"]) for a in acts], "n_layers": [n_layers_a, n_layers_b],
         "n_prompts": len(emotions), "n_frames": len(np.unique(frames)), "n_items": len(np.unique(items)),
         "train_idx": split[0],

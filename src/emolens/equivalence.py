@@ -12,6 +12,7 @@ weights, before any long job (:func:`run`), after refusing any prompt longer tha
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -32,8 +33,11 @@ from emolens.readout import DEFAULT, Readout
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "emolens.equivalence/1"
+SCHEMA = "emolens.equivalence/2"  # /2: quantization and batch_noise
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2, "int8": 5e-2}  # largest |difference| allowed
+NOISY = {"llm.int8"}  # builds whose output follows the batch: their fast engine is judged against their own noise
+BATCH_MATES = 8  # prompts of the run prompt's length that share its batch in the noise check
+SPLITS = (1, 2, 3)  # suffix lengths run through the KV cache after the prefix, as the fast engine runs them
 
 
 @torch.inference_mode()
@@ -85,9 +89,37 @@ def differences(adapter: ModelAdapter, run: Sequence[int], donor: Sequence[int],
             "patching": patching_difference(adapter, run, donor, token_ids) if patching else None}
 
 
-def tolerance(adapter: ModelAdapter) -> float:
-    """The largest difference accepted: float32 round-off, or the coarser steps of half precision and int8."""
-    return TOLERANCE[adapter.quantization or str(adapter.dtype).removeprefix("torch.")]
+@torch.inference_mode()
+def batch_noise(adapter: ModelAdapter, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]
+                ) -> dict[str, float | None]:
+    """How far label logits move when only the grouping of the arithmetic changes: each prompt (all of one
+    length) alone against inside one batch with the others (None for a single prompt), and against a cached
+    prefix plus its last 1-3 tokens, as the fast engine runs it. Round-off for a batch-invariant build; for
+    LLM.int8, the noise its full-recompute oracle carries too."""
+    ids = torch.tensor([list(p) for p in prompts], device=adapter.device)  # [n, pos]
+
+    def labels(hidden: torch.Tensor) -> torch.Tensor:  # [batch, pos, d] -> [batch, n_labels]
+        return adapter.label_logits(hidden[:, -1], token_ids).float()
+
+    alone = torch.cat([labels(adapter.forward_final(row[None]).last_hidden_state) for row in ids])
+    batch = float((labels(adapter.forward_final(ids).last_hidden_state) - alone).abs().max()) if len(ids) > 1 \
+        else None
+    split = 0.0
+    for i, s in itertools.product(range(len(ids)), SPLITS):
+        cache = adapter.forward_final(ids[i:i + 1, :-s], use_cache=True).cache
+        hidden = adapter.forward_final(ids[i:i + 1, -s:], cache=cache, use_cache=True).last_hidden_state
+        split = max(split, float((labels(hidden) - alone[i]).abs().max()))
+    return {"batch": batch, "split": split}
+
+
+def tolerance(adapter: ModelAdapter, noise: dict[str, float | None] | None = None) -> float:
+    """The largest difference accepted: float32 round-off, or the coarser steps of half precision and int8; for a
+    build in :data:`NOISY`, twice its measured batch noise when that is larger: the fast engine and the oracle
+    each stray from a prompt's lone run by up to the noise, so from each other by up to twice it."""
+    limit = TOLERANCE[str(adapter.dtype).removeprefix("torch.") if adapter.quantization is None else "int8"]
+    if adapter.quantization in NOISY and noise:
+        limit = max(limit, 2 * max(v for v in noise.values() if v is not None))
+    return limit
 
 
 def context_limit(adapter: ModelAdapter) -> int | None:
@@ -130,16 +162,22 @@ def run(settings: dict[str, Any], dataset: str | Path, out_json: str | Path, nam
     run_ids, donor_ids = tokenize(adapter, [records[0]["text"], donor["text"]], readout)
     token_ids = list(readout.label_token_ids(adapter.tokenizer).values())
     found = differences(adapter, run_ids, donor_ids, token_ids)
-    limit = tolerance(adapter)
+    mates = [t for t in tokens[False] if len(t) == len(run_ids) and t != run_ids][:BATCH_MATES]
+    noise = batch_noise(adapter, [run_ids, *mates], token_ids)
+    limit = tolerance(adapter, noise)
     failed = {k: v for k, v in found.items() if v is not None and not (np.isfinite(v) and v <= limit)}
     if failed:
         raise ModelLoadError(f"models.{name}: the adapter's identities fail on its own weights ("
-                             + ", ".join(f"{k} differs by {v:.3g} > {limit:g}" for k, v in failed.items())
-                             + f"; sites {adapter.sites}); name the sites with models.{name}.layers/attn_out/body")
+                             + ", ".join(f"{k} differs by {v:.3g} > {limit:.3g}" for k, v in failed.items())
+                             + f"; batch noise {noise}; sites {adapter.sites}); "
+                             + (f"quantization {adapter.quantization!r} is not batch-invariant: set "
+                                f"models.{name}.quantization to int8" if adapter.quantization in NOISY
+                                else f"name the sites with models.{name}.layers/attn_out/body"))
     result = {"schema": SCHEMA, "model": name, "sites": adapter.sites, "head_layers": adapter.head_layers,
               "n_layers": adapter.n_layers, "prefix_cache": adapter.prefix_cache, "context": context_limit(adapter),
               "longest_prompt": max(len(t) for t in tokens[False]),
               "prompts": [records[0]["id"], donor["id"]], "max_difference": found, "tolerance": limit,
+              "quantization": adapter.quantization, "batch_noise": noise,
               "provenance": provenance({"settings": settings, "readout": readout.as_dict()}, started,
                                        dataset=str(dataset), model_id=name)}
     save_json(result, out_json)

@@ -172,13 +172,14 @@ ALIGNMENT_PANELS = (("linear_cka", "texts alike: raw activations"),
 def alignment_matrix(summary: Path, models: Sequence[str], out: str | Path, labels: dict[str, str] | None = None,
                      profile: str | None = None) -> None:
     """Linear CKA at matched depths for every model pair, on raw and on item-centred activations, each cell with
-    its permutation null's mean and how many matched depths beat it after Benjamini-Hochberg; int8 models marked."""
+    its permutation null's mean and how many matched depths beat it after Benjamini-Hochberg; quantised models
+    marked."""
     data = json.loads(Path(summary).read_text())
     pairs, measures = data["pairs"], data.get("measures", {})
     index = {m: i for i, m in enumerate(models)}
-    int8 = {m for p in pairs for m, q in zip(p["models"], p.get("quantization", [None, None]), strict=True)
-            if q == "int8"}
-    ticks = [_tick(labels, m) + (" int8" if m in int8 else "") for m in models]
+    quantised = {m: q for p in pairs for m, q in zip(p["models"], p.get("quantization", [None, None]), strict=True)
+                 if q}
+    ticks = [_tick(labels, m) + (f" {quantised[m]}" if m in quantised else "") for m in models]
     n = len(models)
     fig, axes = plt.subplots(1, 2, figsize=(max(8.5, 2.5 + 1.5 * n), 2.8 + 0.65 * n), layout="constrained")
     for ax, (measure, what) in zip(axes, ALIGNMENT_PANELS, strict=True):

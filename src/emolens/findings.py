@@ -290,14 +290,30 @@ def steering_section(res: Results) -> list[str]:
     return lines + [""]
 
 
+def quantisation_notes(res: Results) -> list[str]:
+    """What each quantised model's numbers carry: weight rounding (int8), and for LLM.int8 the batch noise its
+    equivalence check measured, below which an effect is not resolved."""
+    notes = []
+    for m, eq in sorted(res.equivalence.items()):
+        quant, noise = eq.get("quantization"), eq.get("batch_noise") or {}
+        if quant == "int8":
+            notes.append(f"{m} ran in weight-only int8 (torchao): batch-invariant (a prompt's label logits move "
+                         f"{max(v for v in noise.values() if v is not None):.1g} with its batch), so fast "
+                         "patching equals its oracle; activations and effects carry the weights' rounding.")
+        elif quant:
+            worst = max(v for v in noise.values() if v is not None)
+            notes.append(f"{m} ran in {quant} (bitsandbytes): int8 batch noise up to {worst:.2g} logits (a "
+                         "prompt's label logits alone vs in a batch or through a cached prefix); its patching and "
+                         f"steering effects smaller than that are not resolved (equivalence/{m}.json).")
+    return notes
+
+
 def caveats(res: Results, organisms: list[str]) -> list[str]:
     notes = []
     if organisms:
         notes.append(f"{', '.join(organisms)}: demo organisms trained on this dataset's readout task; they read the "
                      "emotion by construction and say nothing about the real models they are named after.")
-    int8 = sorted({m for m, s in res.sweeps.items() if s.get("quantization") == "int8"})
-    if int8:
-        notes.append(f"{', '.join(int8)} ran in int8 (bitsandbytes): activations and effects carry quantisation noise.")
+    notes += quantisation_notes(res)
     for m, s in res.sweeps.items():
         excluded = {c: v["excluded"] for c, v in s["contrast_counts"].items() if v["excluded"]}
         if excluded:

@@ -4,8 +4,8 @@ A type is built from its config class's defaults at tiny sizes (:func:`tiny_conf
 sliding windows, soft-capping, QK norms, grouped-query attention, MoE routing, parallel attention, stay as the
 type defines them), saved with the organisms' tokenizer, loaded back through :func:`emolens.models.load_model`
 and checked with :mod:`emolens.equivalence` (residual capture, readout, fast patching against the oracle), in
-float32 and, where bitsandbytes loads it, in int8. :data:`UNSUPPORTED` names the types that cannot be checked
-and why. ``python -m emolens.model_types`` prints the table (docs/model-types.md).
+float32 and, where torchao loads it, in weight-only int8 (the default 8-bit path). :data:`UNSUPPORTED` names
+the types that cannot be checked and why. ``python -m emolens.model_types`` prints the table (docs/model-types.md).
 """
 
 from __future__ import annotations
@@ -144,9 +144,7 @@ def check_type(model_type: str, tokenizer: Any, run: list[int], donor: list[int]
         try:
             quantised = load_model({"path": str(path), "dtype": "float32", "quantization": "int8"}, name=model_type,
                                    device="cpu")
-            # capture and readout; the int8 patching engine is checked on the mini profile's int8 Gemma-3 (its
-            # equivalence rule and the sweeps' identities in every workflow test)
-            row["int8"] = differences(quantised, run, donor, token_ids, patching=False)
+            row["int8"] = differences(quantised, run, donor, token_ids)  # batch-invariant: the engine equals its oracle
         except Exception as e:  # noqa: BLE001 - a capability probe: any failure is the type's int8 status
             row["int8"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
     return row

@@ -313,9 +313,55 @@ def _post_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
 
 # --- loading ---------------------------------------------------------------------------------------
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Left in the models.<m>.dtype under int8: the unembedding (the readout's label rows) and a multimodal
+# Left in the models.<m>.dtype when quantised: the unembedding (the readout's label rows) and a multimodal
 # checkpoint's vision side, which the text readout never runs (patterns match module names from the start).
 INT8_SKIP = ["lm_head", r".*vision_tower", r".*multi_modal_projector"]
+
+
+def quantization_config(quantization: str) -> Any:
+    """transformers' config for a ``models.<m>.quantization`` setting; the rest of the model stays in its dtype.
+
+    ``int8`` (the default 8-bit path) is weight-only int8 through torchao: int8 weights with one scale per
+    output row, activations in the model's dtype, so a prompt's output does not depend on its batch-mates or on
+    a prefix/suffix split through the KV cache, and the fast patching engine equals its oracle (the candidates
+    table in docs/real-model.md chose it). ``llm.int8`` is bitsandbytes LLM.int8, whose 16-bit outlier columns
+    follow the whole batch: its batch noise is measured and reported (:mod:`emolens.equivalence`).
+    ``int8-rowwise`` (bitsandbytes without the outlier decomposition) and ``nf4`` (bitsandbytes 4-bit) are the
+    other candidates ``benchmarks/int8_fidelity.py`` measures; the config schema does not offer them.
+    """
+    from transformers import BitsAndBytesConfig, TorchAoConfig
+
+    if quantization == "int8":
+        logging.getLogger("torchao").setLevel(logging.ERROR)  # its optional CUDA kernels' load failures on a CPU
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return TorchAoConfig(Int8WeightOnlyConfig(), modules_to_not_convert=INT8_SKIP)
+    # bitsandbytes logs a cast warning on every int8 matmul whose input is not float16
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    if quantization == "llm.int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=INT8_SKIP)
+    if quantization == "int8-rowwise":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0, llm_int8_skip_modules=INT8_SKIP)
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=INT8_SKIP)
+    raise ModelLoadError(f"quantization {quantization!r} is not one of {QUANTIZATIONS}")
+
+
+QUANTIZATIONS = ["int8", "llm.int8", "int8-rowwise", "nf4"]
+
+
+def weight_memory(model: nn.Module) -> int:
+    """Bytes the loaded parameters hold: a quantised tensor's codes and scales (torchao's inner tensors,
+    bitsandbytes' row scales or 4-bit absmax), not the dtype it presents."""
+    total = 0
+    for p in model.parameters():
+        if hasattr(p, "__tensor_flatten__"):  # a torchao tensor subclass: its inner tensors hold the bytes
+            total += sum(getattr(p, n).nbytes for n in p.__tensor_flatten__()[0])
+            continue
+        total += p.nbytes
+        for extra in (getattr(p, "SCB", None), getattr(getattr(p, "quant_state", None), "absmax", None)):
+            total += extra.nbytes if isinstance(extra, torch.Tensor) else 0
+    return total
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -328,15 +374,15 @@ def resolve_device(device: str = "auto") -> str:
 def load_model(settings: dict[str, Any], name: str = "model", device: str = "auto") -> ModelAdapter:
     """Load a model from its settings (``path`` or ``hf_id``, ``gguf_file``, ``dtype``, ``quantization``, ``offload``).
 
-    ``quantization: int8`` is bitsandbytes LLM.int8 on every linear layer but :data:`INT8_SKIP`, the rest
-    (norms, embeddings, the skipped layers) in ``dtype``. A Gemma model in float16 is refused: it overflows.
+    ``quantization`` (:func:`quantization_config`) quantises every linear layer but :data:`INT8_SKIP`, the
+    rest (norms, embeddings, the skipped layers) in ``dtype``. A Gemma model in float16 is refused: it overflows.
 
     A GGUF model (``gguf_file``) is dequantised by transformers into the configured dtype; with
     ``cache_dir`` its first load writes an ordinary checkpoint there and every load reads that
     (:func:`gguf_checkpoint`). A load that reports missing weights is refused: a text-only class on a
     multimodal checkpoint would otherwise silently randomise them.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GgufConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     dtype_name = settings.get("dtype", "float32")
     if dtype_name not in _DTYPES:
@@ -355,10 +401,8 @@ def load_model(settings: dict[str, Any], name: str = "model", device: str = "aut
                              "is converted to; set cache_dir")
     if gguf:
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
-    elif quantization == "int8":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=INT8_SKIP)
-        # bitsandbytes logs a cast warning on every int8 matmul whose input is not float16
-        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    elif quantization:
+        kwargs["quantization_config"] = quantization_config(quantization)
         kwargs["device_map"] = device
     elif settings.get("offload"):
         kwargs["device_map"] = "auto"

@@ -3,9 +3,10 @@
 Method. Nothing is loaded or measured. From each model's architecture numbers and parameter counts
 (:mod:`emolens.architecture`) we estimate, per batch:
 
-* weights: every parameter in the model's dtype; with ``quantization: int8`` (bitsandbytes
-  LLM.int8) the decoder's linear layers are stored as int8 (plus one float32 scale per output row)
-  while embeddings, lm_head, norms and biases stay in the compute dtype (``dtype``);
+* weights: every parameter in the model's dtype; with ``quantization: int8`` (torchao weight-only int8,
+  the default) or ``llm.int8`` (bitsandbytes) the decoder's linear layers are stored as int8 (plus one
+  scale per output row) while embeddings, lm_head, norms, biases and a vision side stay in the compute
+  dtype (``dtype``);
 * KV cache of the prefix-cached patching, as :func:`emolens.patching.patch_fast` builds it
   (:func:`patching_kv_bytes`): the prefix cache of the batch's run prompts, plus the cache copies of
   one chunk of (variant, prompt) rows: a group of variants patched from position p runs in chunks
@@ -64,13 +65,23 @@ _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 # --- memory -----------------------------------------------------------------------------------------
+# Bytes per quantised weight (NF4: half a byte plus a float32 absmax per block of 64) and per output row of a
+# quantised linear map: bitsandbytes keeps a float32 scale; torchao's int8 (the default) a scale in the compute
+# dtype and an int8 zero point (the fallback, b + 1).
+QUANT_BYTES = {"int8": 1.0, "llm.int8": 1.0, "int8-rowwise": 1.0, "nf4": 0.5 + 4 / 64}
+ROW_SCALE_BYTES = {"llm.int8": 4, "int8-rowwise": 4, "nf4": 0}
+
+
 def weight_bytes(a: Architecture, dtype: str, quantization: str | None) -> int:
-    """Weights on the device: LLM.int8 stores decoder linears as int8 (+ row scales), the rest in ``dtype``."""
+    """Weights on the device: quantised decoder linears (int8 or 4-bit codes plus their scales), everything
+    else (embeddings, lm_head, norms, a vision side, all left out of quantisation) in ``dtype``."""
     b = _BYTES[dtype]
     vis_linear, vis_other = vision_params(a)
-    if quantization == "int8":
-        return (linear_params(a) + vis_linear) + 4 * linear_rows(a) + (other_params(a) + vis_other) * b
-    return (n_params(a) + vis_linear + vis_other) * b
+    rest = (other_params(a) + vis_linear + vis_other) * b
+    if quantization is None:
+        return (n_params(a) + vis_linear + vis_other) * b
+    return int(linear_params(a) * QUANT_BYTES[quantization] + linear_rows(a) * ROW_SCALE_BYTES.get(quantization,
+                                                                                                  b + 1)) + rest
 
 
 def kv_cache_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> int:
@@ -220,7 +231,7 @@ def format_plan(rows: list[dict[str, Any]], tokens: int = PROMPT_TOKENS, n_promp
             table.append([r["model"], r["source"], "?", r["dtype"], "?", "?", "?", "?", f"{r['gpu_gib']:g}", "?",
                           batch, "?", r["note"]])
             continue
-        weights = "int8+" + r["dtype"] if r["quantization"] == "int8" else r["dtype"]
+        weights = f"{r['quantization']}+{r['dtype']}" if r["quantization"] else r["dtype"]
         table.append([r["model"], r["source"], _count(r["params"]), weights, _gib(r["weights_gib"]),
                       _gib(r["kv_gib"]), _gib(r["activations_gib"]), _gib(r["total_gib"]), f"{r['gpu_gib']:g}",
                       "yes" if r["fits"] else "NO", batch, _gib(r["host_pickle_gib"]), r["note"]])
@@ -235,8 +246,8 @@ def format_plan(rows: list[dict[str, Any]], tokens: int = PROMPT_TOKENS, n_promp
         f"under GPU x {1 - SAFETY_MARGIN:.2f}.",
         "KV = the patching engine's peak: the prefix cache plus one chunk of batch x T / (T - p) rows, each "
         "with a T-token cache copy (head screening, residual chunks or head patching, whichever is largest).",
-        "int8 = bitsandbytes LLM.int8: decoder linear layers in int8; embeddings, lm_head and norms stay "
-        "in the compute dtype.",
+        "int8 = weight-only int8 (torchao), llm.int8 = bitsandbytes LLM.int8: decoder linear layers in int8 "
+        "with a scale per row; embeddings, lm_head and norms stay in the compute dtype.",
         f"host pickle = activations file in host memory: {n_prompts} prompts x (L+1) x d_model x 2 arrays "
         "in float32.",
     ]

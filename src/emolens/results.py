@@ -36,6 +36,7 @@ class Results:
     statistics: dict[str, dict[str, Any]] = field(default_factory=dict)
     readout: dict[str, dict[str, Any]] = field(default_factory=dict)
     steering: dict[str, dict[str, Any]] = field(default_factory=dict)
+    equivalence: dict[str, dict[str, Any]] = field(default_factory=dict)
     steering_transfer: dict[str, Any] = field(default_factory=dict)
     dataset_card: dict[str, Any] = field(default_factory=dict)
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -79,7 +80,8 @@ def load(root: str | Path) -> Results:
     for found, kind, schema in pickles:
         found |= {name: load_pickle(path, schema=schema) for name, path in layout.each(kind, root).items()}
     for found, kind in ((res.head_scores, layout.head_scores), (res.statistics, layout.statistics),
-                        (res.readout, layout.readout), (res.steering, layout.steering)):
+                        (res.readout, layout.readout), (res.steering, layout.steering),
+                        (res.equivalence, layout.equivalence)):
         found |= {name: json.loads(path.read_text()) for name, path in layout.each(kind, root).items()}
     for attr, path in (("alignment_summary", layout.alignment_summary(root)),
                        ("steering_transfer", layout.steering_transfer_summary(root)),

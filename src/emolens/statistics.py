@@ -339,7 +339,7 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
         if list(act_a["ids"]) != list(act_b["ids"]):
             raise ValueError(f"{act_files[i]} and {act_files[j]} hold different prompts or orders")
         quant = [act_a.get("quantization"), act_b.get("quantization")]
-        pairs.append({"models": [names[i], names[j]], "int8_involved": "int8" in quant}
+        pairs.append({"models": [names[i], names[j]], "int8_involved": any(quant)}
                      | _pair_k(act_a, act_b, sub_a, sub_b, seed, n_perm, ridge, position, alpha))
     settings = {"seed": seed, "n_perm": n_perm, "ridge": ridge, "position": position, "alpha": alpha}
     save_json(settings | {

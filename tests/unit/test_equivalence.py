@@ -57,3 +57,59 @@ def test_a_prompt_longer_than_the_context_is_refused_with_its_line_tokens_and_li
     assert "tokens (prefix + text + suffix), longer than models.gpt2's context of 128 (max_position_embeddings)" \
         in str(e.value)
     assert not (tmp_path / "eq.json").exists()
+
+
+@pytest.fixture
+def outlier_checkpoint(tiny_checkpoints, dataset, tmp_path) -> tuple[str, list[list[int]]]:
+    """The tiny Llama with Gemma-3's trouble planted: one residual dimension huge on the tokens that only the run
+    prompt's batch-mates hold, so LLM.int8 computes that column in 16 bits whenever one of them shares the batch.
+    Returns the checkpoint and the dataset's prompts of the first prompt's length (the run prompt first)."""
+    import torch
+
+    from emolens.activations import tokenize
+    from emolens.dataset import load_dataset
+    from emolens.readout import DEFAULT
+
+    adapter = load_model({"path": str(tiny_checkpoints["llama"])}, device="cpu")
+    tokens = tokenize(adapter, [r["text"] for r in load_dataset(dataset, DEFAULT.labels)], DEFAULT)
+    prompts = [t for t in tokens if len(t) == len(tokens[0])]
+    only_mates = sorted(set().union(*map(set, prompts[1:])) - set(prompts[0]))
+    assert len(prompts) > 1 and only_mates
+    with torch.no_grad():
+        adapter.model.get_input_embeddings().weight[only_mates, 0] = 200.0
+    adapter.model.save_pretrained(tmp_path / "outlier")
+    adapter.tokenizer.save_pretrained(tmp_path / "outlier")
+    return str(tmp_path / "outlier"), prompts
+
+
+def test_llm_int8_moves_with_its_batch_and_weight_only_int8_does_not(outlier_checkpoint):
+    path, prompts = outlier_checkpoint
+    noise = {q: equivalence.batch_noise(load_model({"path": path, "quantization": q}, device="cpu"), prompts,
+                                        [5, 6, 7, 8])
+             for q in ("int8", "llm.int8", None)}
+    floor = max(noise[None].values())  # float32's round-off
+    # the outlier column in 16 bits for the whole batch, and the run prompt's other columns on a finer int8 grid
+    assert min(noise["llm.int8"].values()) > 1e-4 and min(noise["llm.int8"].values()) > 100 * floor, noise
+    assert max(noise["int8"].values()) < max(1e-6, 10 * floor), noise
+
+
+def test_llm_int8_passes_within_twice_its_measured_noise_and_says_so(outlier_checkpoint, dataset, tmp_path):
+    out = tmp_path / "eq.json"
+    equivalence.run({"path": outlier_checkpoint[0], "quantization": "llm.int8"}, dataset, out, name="m",
+                    device="cpu")
+    found = json.loads(out.read_text())
+    noise = max(v for v in found["batch_noise"].values() if v is not None)
+    assert found["quantization"] == "llm.int8" and noise > 1e-4
+    assert found["tolerance"] == pytest.approx(max(equivalence.TOLERANCE["int8"], 2 * noise))
+
+
+def test_a_batch_invariant_build_gets_no_allowance_for_noise(tiny_adapters):
+    adapter = tiny_adapters["llama"]
+    loud = {"batch": 3.0, "split": 1.0}
+    assert equivalence.tolerance(adapter, loud) == equivalence.TOLERANCE["float32"]
+    adapter.quantization = "llm.int8"
+    try:
+        assert equivalence.tolerance(adapter, loud) == 6.0
+        assert equivalence.tolerance(adapter, {"batch": None, "split": 1e-3}) == equivalence.TOLERANCE["int8"]
+    finally:
+        adapter.quantization = None

@@ -87,15 +87,25 @@ def test_hooks_reject_out_of_range_index(tiny_adapters):
         pass
 
 
-def test_int8_gemma3_loads_quantised_and_runs(tiny_checkpoints, tiny_adapters, tokenizer):
-    from bitsandbytes.nn import Linear8bitLt
+def _codes(p: torch.Tensor) -> torch.dtype:
+    """The dtype a parameter stores: torchao's int8 codes (qdata) behind the dtype it presents, else its own."""
+    return p.qdata.dtype if hasattr(p, "qdata") else p.dtype
 
-    adapter = load_model({"path": str(tiny_checkpoints["gemma3"]), "quantization": "int8"}, name="g8",
+
+def _int8_linears(model: torch.nn.Module) -> set[str]:
+    """Names of the linear layers whose weights are stored as int8 (torchao or bitsandbytes)."""
+    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _codes(m.weight) == torch.int8}
+
+
+@pytest.mark.parametrize("quantization", ["int8", "llm.int8"])
+def test_int8_gemma3_loads_quantised_and_runs(tiny_checkpoints, tiny_adapters, tokenizer, quantization):
+    adapter = load_model({"path": str(tiny_checkpoints["gemma3"]), "quantization": quantization}, name="g8",
                          device="cpu")
-    assert adapter.quantization == "int8"
+    assert adapter.quantization == quantization
     assert type(adapter.model).__name__ == "Gemma3ForConditionalGeneration"
-    assert any(isinstance(m, Linear8bitLt) for m in adapter.model.modules())
-    assert isinstance(adapter.attn_out[0], Linear8bitLt)
+    assert "language_model.layers.0.self_attn.o_proj" in {n.removeprefix("model.") for n in
+                                                          _int8_linears(adapter.model)}
+    assert _codes(adapter.attn_out[0].weight) == torch.int8
     ids = _batch(tokenizer)
     q, ref = _capture(adapter, ids), _capture(tiny_adapters["gemma3"], ids)
     L = adapter.n_layers
@@ -104,24 +114,23 @@ def test_int8_gemma3_loads_quantised_and_runs(tiny_checkpoints, tiny_adapters, t
     assert 0 < rel < 0.1, rel
 
 
-def test_int8_gemma3_keeps_every_unquantised_module_out_of_float16(tiny_checkpoints):
+@pytest.mark.parametrize("quantization", ["int8", "llm.int8"])
+def test_int8_gemma3_keeps_every_unquantised_module_out_of_float16(tiny_checkpoints, quantization):
     """gemma3_12b's setting (int8, bfloat16): every linear layer of the text model is int8 but the unembedding,
     and every other parameter and floating buffer is bfloat16 (bitsandbytes' float16 default breaks Gemma)."""
-    from bitsandbytes.nn import Linear8bitLt
-
-    adapter = load_model({"path": str(tiny_checkpoints["gemma3"]), "quantization": "int8", "dtype": "bfloat16"},
-                         name="g8", device="cpu")
+    adapter = load_model({"path": str(tiny_checkpoints["gemma3"]), "quantization": quantization,
+                          "dtype": "bfloat16"}, name="g8", device="cpu")
     model = adapter.model
-    int8 = {n for n, m in model.named_modules() if isinstance(m, Linear8bitLt)}
+    int8 = _int8_linears(model)
     text_linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "language_model" in n}
     assert int8 == text_linears and int8  # every text-model linear layer, nothing of the vision side
-    assert not any(isinstance(m, Linear8bitLt) for n, m in model.named_modules() if n.startswith("lm_head"))
+    assert not any(n.startswith("lm_head") for n in int8)
     params = {n: p.dtype for n, p in model.named_parameters() if n.rsplit(".", 1)[0] not in int8}
     assert params and set(params.values()) == {torch.bfloat16}, {n: d for n, d in params.items()
                                                                   if d != torch.bfloat16}
     buffers = {n: b.dtype for n, b in model.named_buffers() if b.is_floating_point()}
     assert set(buffers.values()) <= {torch.bfloat16, torch.float32}, buffers  # rotary frequencies stay float32
-    assert {p.dtype for n, p in model.named_parameters() if n.rsplit(".", 1)[0] in int8} == {torch.int8}
+    assert {_codes(p) for n, p in model.named_parameters() if n.rsplit(".", 1)[0] in int8} == {torch.int8}
 
 
 def test_float16_gemma3_is_refused_by_name(tiny_checkpoints):

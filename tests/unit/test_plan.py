@@ -1,6 +1,6 @@
 """The memory plan: parameter counts against published numbers and real (tiny) Hugging Face models,
-int8 weight memory against bitsandbytes, the patching KV cache against the buffers the engine
-allocates, batch halving, and the table."""
+quantised weight memory against the loaded model (torchao, bitsandbytes), the patching KV cache against the
+buffers the engine allocates, batch halving, and the table."""
 
 import copy
 import json
@@ -44,7 +44,7 @@ def test_gemma3_12b_int8_fits_24gib_at_its_batch_size(baseline, baseline_config)
     assert row["fits"] is True
     assert row["batch_used"] == row["batch_size"] == baseline_config["models"]["gemma3_12b"]["batch_size"]
     assert row["total_gib"] <= 24 * (1 - P.SAFETY_MARGIN)
-    # LLM.int8 roughly halves bf16 weights: embeddings stay bf16, so a bit over half of 2 bytes x 12.2e9.
+    # int8 roughly halves bf16 weights: embeddings stay bf16, so a bit over half of 2 bytes x 12.2e9.
     bf16 = (row["params"] + row["vision_params"]) * 2 / GIB
     assert 0.5 * bf16 < row["weights_gib"] < 0.6 * bf16
 
@@ -252,23 +252,18 @@ def test_a_config_without_a_size_names_the_missing_field(tmp_path):
     assert "a mystery config without its depth (num_hidden_layers / n_layer / num_layers), heads" in row["note"]
 
 
-def test_int8_weights_match_bitsandbytes(tmp_path):
-    """LLM.int8 on CPU: the plan's int8 bytes (weights + row scales) within 5% of the loaded model."""
-    pytest.importorskip("bitsandbytes")
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
+@pytest.mark.parametrize("quantization", ["int8", "llm.int8", "nf4"])
+def test_quantised_weights_match_the_loaded_model(tmp_path, quantization):
+    """On CPU: the plan's quantised bytes (codes + row scales, the rest in float32) within 5% of what the loaded
+    model holds (torchao's inner tensors, bitsandbytes' scales), and under half the float32 weights."""
+    from emolens.models import load_model, weight_memory
     from emolens.organisms import build_organism
 
     org = {"family": "gemma3", "d_model": 96, "n_layers": 6, "n_heads": 4, "d_head": 32}
     model = build_organism(vocab_size=A.ORGANISM_VOCAB, **org)
     model.save_pretrained(tmp_path)
-    quantized = AutoModelForCausalLM.from_pretrained(
-        tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu", dtype=torch.float32)
-    kinds = {type(m).__name__ for m in quantized.modules()}
-    assert "Linear8bitLt" in kinds
-    measured = quantized.get_memory_footprint()
-    assert P.weight_bytes(A.from_organism(org), "float32", "int8") == pytest.approx(measured, rel=0.05)
+    measured = weight_memory(load_model({"path": str(tmp_path), "quantization": quantization}, device="cpu").model)
+    assert P.weight_bytes(A.from_organism(org), "float32", quantization) == pytest.approx(measured, rel=0.05)
     assert P.weight_bytes(A.from_organism(org), "float32", None) > 2 * measured
 
 
