@@ -36,9 +36,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from emolens import EMOTIONS
-from emolens.models import ModelAdapter
-from emolens.pairs import Pairs
-from emolens.patching import ENGINES, Donor, collect, head_site, normalised, patch_reference, resid_site
+from emolens.engine.pairs import Pairs
+from emolens.engine.patching import ENGINES, Donor, collect, head_site, normalised, patch_reference, resid_site
+from emolens.model.adapter import ModelAdapter
 
 MIN_DENOMINATOR = 0.05
 TOLERANCE = 1e-4  # largest |LD| difference from the fast path that counts as equal (fp32, 12 layers)

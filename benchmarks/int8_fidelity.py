@@ -2,7 +2,7 @@
 
 Builds (``--builds``): ``int8`` (weight-only int8 through torchao, the default 8-bit path), ``llm.int8``
 (bitsandbytes LLM.int8), ``int8-rowwise`` (bitsandbytes without the outlier decomposition) and ``nf4``
-(bitsandbytes 4-bit), each quantising every decoder linear layer of :func:`emolens.models.load_model` with the
+(bitsandbytes 4-bit), each quantising every decoder linear layer of :func:`emolens.model.loading.load_model` with the
 rest in ``--dtype``; ``float32`` and ``bfloat16`` unquantised. For each build, against the reference (float32 by
 default) on the dataset's readout prompts (whole items, ``--max-items`` of them, seeded):
 
@@ -34,18 +34,19 @@ import torch
 from sklearn.base import clone
 
 from emolens import EMOTIONS
-from emolens.activations import length_buckets, tokenize
-from emolens.architecture import known_architectures, resolve_architecture
-from emolens.behaviour import readout_report
 from emolens.config import load_config
-from emolens.dataset import build_dataset, frame_groups
-from emolens.equivalence import batch_noise, differences, tolerance
-from emolens.models import QUANTIZATIONS, ModelAdapter, load_model, weight_memory
-from emolens.plan import plan_model, weight_bytes
-from emolens.probes import probe_model
-from emolens.readout import Readout
-from emolens.resampling import grouped_folds
-from emolens.vectors import probe_accuracy
+from emolens.data.dataset import build_dataset
+from emolens.data.readout import Readout
+from emolens.engine.inputs import length_buckets, tokenize
+from emolens.model.adapter import ModelAdapter
+from emolens.model.architecture import known_architectures, resolve_architecture
+from emolens.model.loading import QUANTIZATIONS, load_model, weight_memory
+from emolens.model.plan import plan_model, weight_bytes
+from emolens.phases.behaviour import readout_report
+from emolens.phases.equivalence import batch_noise, differences, tolerance
+from emolens.phases.vectors import probe_accuracy
+from emolens.stats.probes import probe_model
+from emolens.stats.resampling import frame_groups, grouped_folds
 
 BUILDS = ["float32", "bfloat16", *QUANTIZATIONS]  # unquantised in that dtype, or quantised with the rest in --dtype
 FOLDS = 5  # frame-held-out probe folds, as the vectors phase's subspace.probe_folds default

@@ -27,20 +27,20 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from emolens.activations import extract
-from emolens.architecture import known_architectures
-from emolens.attribution import attribute_heads
-from emolens.behaviour import label_logits
 from emolens.config import load_config
-from emolens.dataset import build_dataset
-from emolens.edits import prepare_prompts, run_edits
-from emolens.heads import exact_last_position
-from emolens.models import ModelAdapter
-from emolens.organisms import train_tokenizer
-from emolens.pairs import prepare_pairs
-from emolens.patching import head_site, patch_pairs, resid_site
-from emolens.plan import plan_model
-from emolens.readout import prompt
+from emolens.data.dataset import build_dataset
+from emolens.data.readout import prompt
+from emolens.engine.attribution import attribute_heads
+from emolens.engine.edits import prepare_prompts, run_edits
+from emolens.engine.pairs import prepare_pairs
+from emolens.engine.patching import head_site, patch_pairs, resid_site
+from emolens.model.adapter import ModelAdapter
+from emolens.model.architecture import known_architectures
+from emolens.model.organisms import train_tokenizer
+from emolens.model.plan import plan_model
+from emolens.phases.activations import extract
+from emolens.phases.behaviour import label_logits
+from emolens.phases.heads import exact_last_position
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment.
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12, "A10": 125e12}

@@ -2,7 +2,7 @@
 
 A random checkpoint of the model's real shape (``emolens/architectures.json``; Gemma-3's text tower) is written
 shard by shard in bfloat16 (a child process: no full-precision copy of the model is ever in memory), then loaded
-through :func:`emolens.models.load_model` with ``quantization: int8, dtype: bfloat16`` (weight-only int8 as the
+through :func:`emolens.model.loading.load_model` with ``quantization: int8, dtype: bfloat16`` (weight-only int8 as the
 baseline's gemma3_12b; quantised tensor by tensor on load). Then the equivalence rule's residual and readout checks
 on one prompt, one forward of a batch, and the process's peak RSS beside the plan's weights (``emolens plan``) and
 the loaded weights' bytes. Random weights have no outlier features: this checks memory and kernels, not fidelity.
@@ -24,10 +24,10 @@ from real_shape import hf_config
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from emolens.architecture import known_architectures, resolve_architecture, vision_params
-from emolens.equivalence import differences
-from emolens.models import load_model, weight_memory
-from emolens.plan import weight_bytes
+from emolens.model.architecture import known_architectures, resolve_architecture, vision_params
+from emolens.model.loading import load_model, weight_memory
+from emolens.model.plan import weight_bytes
+from emolens.phases.equivalence import differences
 
 SHARD_BYTES = 2 * 2**30
 

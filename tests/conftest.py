@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from emolens.dataset import build_dataset
-from emolens.models import ModelAdapter, load_model
-from emolens.organisms import build_organism, train_tokenizer
+from emolens.data.dataset import build_dataset
+from emolens.model.adapter import ModelAdapter
+from emolens.model.loading import load_model
+from emolens.model.organisms import build_organism, train_tokenizer
 
 # Two-layer organisms for tests: family -> build_organism settings (widths differ on purpose).
 TINY: dict[str, dict] = {

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from emolens.config import ConfigError, ModelLoadError
-from emolens.dataset import DatasetError
+from emolens.data.dataset import DatasetError
+from emolens.engine.oom import BatchOutOfMemoryError
 from emolens.io import ResultFileError
-from emolens.oom import BatchOutOfMemoryError
 from emolens.options import UsageError, build_parser, guard_args
 
 INPUT_ERROR = 2  # bad input: the same on every attempt, so a workflow retry is refused
@@ -31,7 +31,7 @@ RESOURCE_ERRORS = (BatchOutOfMemoryError, MemoryError)
 
 
 def _cmd_dataset(a: argparse.Namespace) -> None:
-    from emolens import dataset
+    from emolens.data import dataset
 
     if a.action == "describe":
         _describe(a)
@@ -48,10 +48,10 @@ def _describe(a: argparse.Namespace) -> None:
     """Print the dataset card of the built-in dataset or ``--source``; write it as JSON to ``--out`` if given."""
     from transformers import AutoTokenizer
 
-    from emolens import card, dataset
-    from emolens.architecture import ORGANISM_VOCAB
+    from emolens.data import card, dataset
     from emolens.io import save_json
-    from emolens.organisms import train_tokenizer
+    from emolens.model.organisms import train_tokenizer
+    from emolens.model.tiny import ORGANISM_VOCAB
 
     records = dataset.load_dataset(a.source, a.readout.labels) if a.source else dataset.build_dataset(a.items)
     tokenizers = {f"organism BPE ({ORGANISM_VOCAB})": train_tokenizer([r["text"] for r in records])}
@@ -64,31 +64,31 @@ def _describe(a: argparse.Namespace) -> None:
 
 
 def _cmd_organism(a: argparse.Namespace) -> None:
-    from emolens import organisms
+    from emolens.model import organisms
 
     organisms.run(a.dataset, a.name, a.settings["organism"], a.out, readout=a.readout)
 
 
 def _cmd_equivalence(a: argparse.Namespace) -> None:
-    from emolens import equivalence
+    from emolens.phases import equivalence
 
     equivalence.run(a.settings, a.dataset, a.out, name=a.name, device=a.device, readout=a.readout)
 
 
 def _cmd_activations(a: argparse.Namespace) -> None:
-    from emolens import activations
+    from emolens.phases import activations
 
     activations.run(a.settings, a.dataset, a.out, name=a.name, device=a.device, readout=a.readout)
 
 
 def _cmd_readout(a: argparse.Namespace) -> None:
-    from emolens import behaviour
+    from emolens.phases import behaviour
 
     behaviour.run(a.settings, a.dataset, a.out, name=a.name, device=a.device, readout=a.readout)
 
 
 def _cmd_vectors(a: argparse.Namespace) -> None:
-    from emolens import vectors
+    from emolens.phases import vectors
 
     vectors.run(a.activations, a.dataset, a.vectors_out, a.subspaces_out, k_max=a.k_max, folds=a.folds,
                 seed=a.seed, n_perm=a.n_perm, n_boot=a.n_boot)
@@ -96,8 +96,8 @@ def _cmd_vectors(a: argparse.Namespace) -> None:
 
 def _model_and_records(a: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
     """The model adapter and dataset records a model job works on."""
-    from emolens.dataset import load_dataset
-    from emolens.models import load_model
+    from emolens.data.dataset import load_dataset
+    from emolens.model.loading import load_model
 
     records = load_dataset(a.dataset, a.readout.labels)
     return load_model(a.settings, name=a.name, device=a.device), records
@@ -112,7 +112,7 @@ def _patching_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 
 def _with_backoff(a: argparse.Namespace, job: Callable[..., Any]) -> None:
     """Run a model job at the configured batch size, halving it on CUDA out-of-memory."""
-    from emolens.oom import run_with_backoff
+    from emolens.engine.oom import run_with_backoff
 
     run_with_backoff(lambda bs: job(batch_size=bs), a.settings.get("batch_size", 16), what=f"{a.command} {a.name}")
 
@@ -126,7 +126,7 @@ def _layer_range(text: str) -> range:
 
 
 def _cmd_residual_chunk(a: argparse.Namespace) -> None:
-    from emolens import residual
+    from emolens.phases import residual
 
     layers = _layer_range(a.layers)
     adapter, records = _model_and_records(a)
@@ -135,13 +135,13 @@ def _cmd_residual_chunk(a: argparse.Namespace) -> None:
 
 
 def _cmd_residual_merge(a: argparse.Namespace) -> None:
-    from emolens import residual
+    from emolens.phases import residual
 
     residual.merge(a.chunks, a.out, a.n_layers, seed=a.seed, n_resamples=a.n_boot, min_separation=a.min_separation)
 
 
 def _cmd_screen_heads(a: argparse.Namespace) -> None:
-    from emolens import heads
+    from emolens.phases import heads
 
     adapter, records = _model_and_records(a)
     _with_backoff(a, lambda batch_size: heads.run_screening(
@@ -150,7 +150,7 @@ def _cmd_screen_heads(a: argparse.Namespace) -> None:
 
 
 def _cmd_patch_heads(a: argparse.Namespace) -> None:
-    from emolens import heads
+    from emolens.phases import heads
 
     adapter, records = _model_and_records(a)
     _with_backoff(a, lambda batch_size: heads.run_head_patching(
@@ -166,7 +166,7 @@ def _steering_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_steer(a: argparse.Namespace) -> None:
-    from emolens import steering
+    from emolens.phases import steering
 
     adapter, records = _model_and_records(a)
     kwargs = _steering_kwargs(a)
@@ -178,7 +178,7 @@ def _cmd_steer(a: argparse.Namespace) -> None:
 
 
 def _cmd_steer_transfer(a: argparse.Namespace) -> None:
-    from emolens import transfer
+    from emolens.phases import transfer
 
     adapter, records = _model_and_records(a)
     kwargs = _steering_kwargs(a)
@@ -188,26 +188,26 @@ def _cmd_steer_transfer(a: argparse.Namespace) -> None:
 
 
 def _cmd_steer_transfer_summary(a: argparse.Namespace) -> None:
-    from emolens import transfer
+    from emolens.phases import transfer
 
     transfer.run_transfer_summary(a.inputs, a.out)
 
 
 def _cmd_align(a: argparse.Namespace) -> None:
-    from emolens import alignment
+    from emolens.phases import alignment
 
     alignment.run_pair(*a.activations, *a.vectors, *a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm,
                        k_nn=a.knn_k)
 
 
 def _cmd_align_summary(a: argparse.Namespace) -> None:
-    from emolens import alignment
+    from emolens.phases import alignment
 
     alignment.run_summary(a.pairs, a.out, alpha=a.alpha)
 
 
 def _cmd_stats(a: argparse.Namespace) -> None:
-    from emolens import statistics
+    from emolens.phases import statistics
 
     if a.mode == "effect":
         statistics.run_effect(a.sweeps, a.heads, a.out, seed=a.seed, n_boot=a.n_boot, n_perm=a.n_perm,
@@ -219,8 +219,8 @@ def _cmd_stats(a: argparse.Namespace) -> None:
 
 
 def _cmd_verify(a: argparse.Namespace) -> None:
-    from emolens import verify
-    from emolens.dataset import load_dataset
+    from emolens.data.dataset import load_dataset
+    from emolens.report import verify
 
     failed = verify.run(a.results, a.models, load_dataset(a.dataset), a.out)
     if failed:
@@ -228,31 +228,31 @@ def _cmd_verify(a: argparse.Namespace) -> None:
 
 
 def _cmd_timing(a: argparse.Namespace) -> None:
-    from emolens import timing
+    from emolens.report import timing
 
     timing.run(a.jobs, a.out)
 
 
 def _cmd_figures(a: argparse.Namespace) -> None:
-    from emolens import figures
+    from emolens.report import figures
 
     figures.run(a.results, a.models, a.out, organisms=a.organisms, profile=a.profile)
 
 
 def _cmd_preflight(a: argparse.Namespace) -> None:
-    from emolens import preflight
+    from emolens.model import preflight
 
     preflight.run(a.configfile, models=a.models, out=a.out)
 
 
 def _cmd_findings(a: argparse.Namespace) -> None:
-    from emolens import findings
+    from emolens.report import findings
 
     findings.run(a.results, a.out, organisms=list(a.organisms))
 
 
 def _cmd_plan(a: argparse.Namespace) -> None:
-    from emolens import plan
+    from emolens.model import plan
 
     plan.run(a.configfile, tokens=a.prompt_tokens)
 

@@ -1,7 +1,7 @@
 """Where every result lives: one function per output kind, under a profile's results directory.
 
 The rule files (through ``workflow/rules/common.smk``) and every module that reads results (findings,
-verification, figures, :func:`emolens.results.load`) take their paths from here, so a file's name is
+verification, figures, :func:`emolens.report.results.load`) take their paths from here, so a file's name is
 written once. ``root`` is ``results/<profile>``; a model or pair name may be a Snakemake wildcard
 (``"{model}"``), which these functions pass through untouched.
 """
@@ -25,7 +25,7 @@ def dataset(r: Root) -> Path:
 
 
 def dataset_card(r: Root) -> Path:
-    """The dataset card (:mod:`emolens.card`) of the dataset the profile runs on."""
+    """The dataset card (:mod:`emolens.data.card`) of the dataset the profile runs on."""
     return Path(r) / "data" / "dataset_card.json"
 
 
@@ -64,7 +64,7 @@ def subspaces(r: Root, model: str) -> Path:
 
 
 def residual_chunks(r: Root, model: str) -> Path:
-    """The directory of a model's residual chunk files (``layers_<a>-<b>.pkl``, :mod:`emolens.chunks`)."""
+    """The directory of a model's residual chunk files (``layers_<a>-<b>.pkl``, :mod:`emolens.engine.chunks`)."""
     return Path(r) / "patching" / "residual" / "chunks" / model
 
 

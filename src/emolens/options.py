@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emolens import config
-from emolens.dataset import N_ITEMS
+from emolens.data.dataset import N_ITEMS
 
 
 def _json_object(flag: str) -> Callable[[str], dict[str, Any]]:
@@ -37,8 +37,8 @@ _settings = _json_object("--settings")
 
 
 def _readout(text: str) -> Any:
-    """``--readout JSON``: the config's readout section, as an :class:`emolens.readout.Readout`."""
-    from emolens.readout import Readout
+    """``--readout JSON``: the config's readout section, as an :class:`emolens.data.readout.Readout`."""
+    from emolens.data.readout import Readout
 
     try:
         return Readout.from_config(json.loads(text))

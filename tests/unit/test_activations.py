@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from emolens.activations import extract, length_buckets, tokenize
-from emolens.dataset import build_dataset
+from emolens.data.dataset import build_dataset
+from emolens.engine.inputs import length_buckets, tokenize
+from emolens.phases.activations import extract
 
 FAMILIES = ["gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3"]
 

@@ -11,7 +11,8 @@ from scipy.linalg import subspace_angles
 from statsmodels.stats.multitest import multipletests
 
 from emolens import EMOTIONS
-from emolens.alignment import (
+from emolens.io import load_pickle, save_pickle
+from emolens.phases.alignment import (
     DESCRIPTIVE,
     FAMILIES,
     MEASURES,
@@ -21,8 +22,7 @@ from emolens.alignment import (
     run_summary,
     split_halves,
 )
-from emolens.checks import check_alignment, check_self_alignment, check_statistics
-from emolens.emotion_structure import (
+from emolens.phases.emotion_structure import (
     emotion_grams,
     label_structure,
     permuted_labels,
@@ -30,10 +30,12 @@ from emolens.emotion_structure import (
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.figures import alignment_matrix
-from emolens.io import load_pickle, save_pickle
-from emolens.resampling import perm_pvalue, within_group_permutations
-from emolens.similarity import (
+from emolens.phases.statistics import run_k
+from emolens.phases.vectors import emotion_vectors, item_centred
+from emolens.report.checks import check_alignment, check_self_alignment, check_statistics
+from emolens.report.figures import alignment_matrix
+from emolens.stats.resampling import perm_pvalue, within_group_permutations
+from emolens.stats.similarity import (
     center_gram,
     debiased_cka,
     fit_linear_map,
@@ -47,8 +49,6 @@ from emolens.similarity import (
     rsa,
     u_center_gram,
 )
-from emolens.statistics import run_k
-from emolens.vectors import emotion_vectors, item_centred
 
 
 def _rotation(d: int, rng: np.random.Generator) -> np.ndarray:

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from emolens.cli import main
-from emolens.dataset import build_dataset, write_dataset
+from emolens.data.dataset import build_dataset, write_dataset
 from emolens.io import save_pickle
-from emolens.residual import CHUNK_SCHEMA
+from emolens.phases.residual import CHUNK_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASET = "results/p/data/emotion_dataset.jsonl"  # where the workflow builds it for profile p
@@ -126,7 +126,7 @@ def _unresolvable(ckpt: Path) -> str:
     """A tiny BERT-as-decoder checkpoint (blocks under bert.encoder, embeddings beside them), fixture's tokenizer."""
     from transformers import AutoTokenizer
 
-    from emolens.model_types import tiny_model
+    from emolens.model.tiny import tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     tiny_model("bert-generation", len(tokenizer)).save_pretrained("bert")
@@ -336,7 +336,7 @@ def table(tiny_checkpoint: Path) -> str:
 
 
 if __name__ == "__main__":  # print the table for docs/bad-inputs.md
-    from emolens.organisms import build_organism, train_tokenizer
+    from emolens.model.organisms import build_organism, train_tokenizer
 
     with __import__("tempfile").TemporaryDirectory() as ckpt:
         tok = train_tokenizer([r["text"] for r in build_dataset()])

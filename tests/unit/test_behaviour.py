@@ -9,11 +9,11 @@ import torch
 from transformers import AutoTokenizer
 
 from emolens import EMOTIONS
-from emolens.activations import tokenize
-from emolens.behaviour import label_logits, readout_report, run
-from emolens.dataset import build_dataset, write_dataset
-from emolens.models import load_model
-from emolens.readout import DEFAULT, Readout
+from emolens.data.dataset import build_dataset, write_dataset
+from emolens.data.readout import DEFAULT, Readout
+from emolens.engine.inputs import tokenize
+from emolens.model.loading import load_model
+from emolens.phases.behaviour import label_logits, readout_report, run
 
 FAMILIES = ["gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3"]
 

@@ -34,16 +34,18 @@ import time
 import numpy as np
 import pytest
 
-from emolens.alignment import split_halves
-from emolens.emotion_structure import (
+from emolens.phases.alignment import split_halves
+from emolens.phases.emotion_structure import (
     label_structure,
     permuted_labels,
     rsa_cross_validated,
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.resampling import perm_pvalue, within_group_permutations
-from emolens.similarity import (
+from emolens.phases.statistics import k_axis_scores, k_decision
+from emolens.phases.vectors import item_centred
+from emolens.stats.resampling import perm_pvalue, within_group_permutations
+from emolens.stats.similarity import (
     center_gram,
     gram_cka,
     gram_permutation_null,
@@ -55,8 +57,6 @@ from emolens.similarity import (
     procrustes_score,
     u_center_gram,
 )
-from emolens.statistics import k_axis_scores, k_decision
-from emolens.vectors import item_centred
 
 pytestmark = pytest.mark.slow  # hundreds of simulated studies
 

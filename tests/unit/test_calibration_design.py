@@ -1,7 +1,7 @@
 """Calibration suite v2: every label-reading test on data simulated from the real design.
 
 Each simulated dataset keeps the built-in dataset's design exactly: its 900 prompts, their 225
-items, 64 frames and 2 registers (``emolens.dataset.build_dataset``). Two "models" (widths 16 and
+items, 64 frames and 2 registers (``emolens.data.dataset.build_dataset``). Two "models" (widths 16 and
 20, two layers each) embed a shared latent (dimension 8) through their own random maps and add
 their own noise (sd 1). The latent of a prompt is its item's content (sd 1, shared by the item's
 prompts), plus the *template* of its (frame, emotion slot) (sd ``TEMPLATE`` per latent dimension,
@@ -38,19 +38,19 @@ import time
 import numpy as np
 import pytest
 
-from emolens.alignment import split_halves
-from emolens.dataset import build_dataset
-from emolens.emotion_structure import (
+from emolens.data.dataset import build_dataset
+from emolens.phases.alignment import split_halves
+from emolens.phases.emotion_structure import (
     label_structure,
     permuted_labels,
     rsa_cross_validated,
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.resampling import frame_slot_permutations, grouped_folds, perm_pvalue
-from emolens.similarity import center_gram, gram_cka, gram_permutation_null
-from emolens.statistics import frame_tests, k_axis_scores, k_decision
-from emolens.vectors import decoding_test, item_centred, probe_minus_lexical
+from emolens.phases.statistics import frame_tests, k_axis_scores, k_decision
+from emolens.phases.vectors import decoding_test, item_centred, probe_minus_lexical
+from emolens.stats.resampling import frame_slot_permutations, grouped_folds, perm_pvalue
+from emolens.stats.similarity import center_gram, gram_cka, gram_permutation_null
 
 pytestmark = pytest.mark.slow  # hundreds of studies: one test per table column, so no study runs twice
 

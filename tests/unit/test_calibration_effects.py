@@ -1,5 +1,5 @@
-"""Calibration of the patching tests (residual cells and heads share :func:`emolens.statistics.frame_tests`)
-and of the decoding test (probe above chance, :func:`emolens.vectors.decoding_test`).
+"""Calibration of the patching tests (residual cells and heads share :func:`emolens.phases.statistics.frame_tests`)
+and of the decoding test (probe above chance, :func:`emolens.phases.vectors.decoding_test`).
 
 Each simulated study has ``N_ITEMS`` items of 12 ordered pairs. A pair's clean separation is drawn
 in [1, 3] logits, and its patching gain is separation x (the item's effect + pair noise): the item
@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 from statsmodels.stats.power import TTestPower
 
-from emolens.resampling import grouped_folds, sign_flip_pvalue
-from emolens.statistics import frame_tests
-from emolens.vectors import decoding_test
+from emolens.phases.statistics import frame_tests
+from emolens.phases.vectors import decoding_test
+from emolens.stats.resampling import grouped_folds, sign_flip_pvalue
 
 pytestmark = pytest.mark.slow  # hundreds of simulated studies
 

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from emolens import EMOTIONS
-from emolens.card import describe, edit_distance, render
 from emolens.cli import main
-from emolens.dataset import build_dataset
-from emolens.surface import counts, length_match, words
+from emolens.data.card import describe, edit_distance, render
+from emolens.data.dataset import build_dataset
+from emolens.data.surface import counts, length_match, words
 
 
 def test_counts_on_a_known_text():

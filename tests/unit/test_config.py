@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from emolens.config import ConfigError, coerce_overrides, load_config, replace_labels, validate
-from emolens.readout import LABEL_WORDS
+from emolens.data.readout import LABEL_WORDS
 
 
 def test_profiles_validate_with_defaults():

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from emolens import EMOTIONS
-from emolens.dataset import (
+from emolens.data.dataset import (
     MAX_SURFACE_ACCURACY,
     REGISTERS,
     DatasetError,
@@ -15,14 +15,14 @@ from emolens.dataset import (
     build_dataset,
     cue_hits,
     emotion_cues,
-    frame_groups,
     load_dataset,
     stem,
     surface_accuracy,
     write_dataset,
 )
-from emolens.readout import LABEL_WORDS
-from emolens.surface import length_match, words
+from emolens.data.readout import LABEL_WORDS
+from emolens.data.surface import length_match, words
+from emolens.stats.resampling import frame_groups
 
 FIELDS = {"id", "emotion", "text", "item_id", "frame", "register"}
 
@@ -114,9 +114,9 @@ def test_token_lengths_match_under_every_organism_tokenizer():
     """The demo organisms' tokenizers (byte-level BPE trained on the dataset, one per vocab size the demo uses)."""
     import yaml
 
-    from emolens.architecture import ORGANISM_VOCAB
-    from emolens.organisms import train_tokenizer
-    from emolens.surface import token_counts
+    from emolens.data.surface import token_counts
+    from emolens.model.organisms import train_tokenizer
+    from emolens.model.tiny import ORGANISM_VOCAB
 
     demo = yaml.safe_load(open("config/demo.yaml"))
     sizes = {m.get("organism", {}).get("vocab_size", ORGANISM_VOCAB) for m in demo["models"].values()}
@@ -214,7 +214,7 @@ def test_malformed_line_named(tmp_path):
 
 
 def test_permuted_dataset_moves_labels_by_frame_or_within_items():
-    from emolens.dataset import build_dataset, permuted
+    from emolens.data.dataset import build_dataset, permuted
 
     records = build_dataset()
     for by in ("frame", "item"):

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 from emolens import EMOTIONS, emotion_order
-from emolens.ablation import emotion_basis
-from emolens.alignment import run_pair
-from emolens.behaviour import readout_report
-from emolens.checks import check_dataset, k_problems
-from emolens.dataset import permuted
-from emolens.effects import contrast, contrast_counts, contrasts
-from emolens.emotion_structure import (
+from emolens.data.dataset import permuted
+from emolens.io import save_pickle
+from emolens.phases.ablation import emotion_basis
+from emolens.phases.alignment import run_pair
+from emolens.phases.behaviour import readout_report
+from emolens.phases.emotion_structure import (
     label_codes,
     label_structure,
     permuted_labels,
@@ -21,17 +20,18 @@ from emolens.emotion_structure import (
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.io import save_pickle
-from emolens.resampling import frame_label_permutations
-from emolens.statistics import run_k
-from emolens.steering_stats import (
+from emolens.phases.statistics import run_k
+from emolens.phases.vectors import emotion_vectors
+from emolens.report.checks import check_dataset, k_problems
+from emolens.stats.effects import contrast, contrast_counts, contrasts
+from emolens.stats.resampling import frame_label_permutations
+from emolens.stats.steering_stats import (
     chosen_dose_tests,
     item_bootstrap,
     permuted_vectors,
     readout_measures,
     shift_summary,
 )
-from emolens.vectors import emotion_vectors
 
 SETS = {2: ("sadness", "joy"), 3: ("joy", "sadness", "fear"),
         8: ("trust", "joy", "fear", "surprise", "sadness", "disgust", "anger", "anticipation")}

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from emolens import equivalence
 from emolens.config import ModelLoadError
-from emolens.dataset import DatasetError, build_dataset
-from emolens.models import load_model
+from emolens.data.dataset import DatasetError, build_dataset
+from emolens.model.loading import load_model
+from emolens.phases import equivalence
 
 
 def _write(records: list[dict], path) -> str:
@@ -66,9 +66,9 @@ def outlier_checkpoint(tiny_checkpoints, dataset, tmp_path) -> tuple[str, list[l
     Returns the checkpoint and the dataset's prompts of the first prompt's length (the run prompt first)."""
     import torch
 
-    from emolens.activations import tokenize
-    from emolens.dataset import load_dataset
-    from emolens.readout import DEFAULT
+    from emolens.data.dataset import load_dataset
+    from emolens.data.readout import DEFAULT
+    from emolens.engine.inputs import tokenize
 
     adapter = load_model({"path": str(tiny_checkpoints["llama"])}, device="cpu")
     tokens = tokenize(adapter, [r["text"] for r in load_dataset(dataset, DEFAULT.labels)], DEFAULT)

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from emolens.erasure import ConceptEraser, erased
-from emolens.probes import probe_model
-from emolens.resampling import grouped_folds, out_of_fold
-from emolens.vectors import decoding_test
+from emolens.phases.vectors import decoding_test
+from emolens.stats.erasure import ConceptEraser, erased
+from emolens.stats.probes import probe_model
+from emolens.stats.resampling import grouped_folds, out_of_fold
 
 
 def _data(seed=0, n_frames=40, per=8, width=12):

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from emolens.figures import CROSS_MODEL_FIGURES, FIGURES, _tick, model_labels
+from emolens.report.figures import CROSS_MODEL_FIGURES, FIGURES, _tick, model_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from emolens.findings import caveats
+from emolens.report.findings import caveats
 
 
 def test_p_floor_caveat_only_where_bh_could_not_resolve_the_family():
@@ -18,7 +18,7 @@ def test_p_floor_caveat_only_where_bh_could_not_resolve_the_family():
 
 
 def test_each_quantised_model_gets_its_noise_beside_its_effects():
-    from emolens.findings import quantisation_notes
+    from emolens.report.findings import quantisation_notes
 
     res = SimpleNamespace(equivalence={
         "a": {"quantization": "llm.int8", "batch_noise": {"batch": 0.88, "split": 1.29}},

@@ -12,10 +12,10 @@ import torch
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[dev]' or '.[real]')")
 
-from emolens import packaged  # noqa: E402
 from emolens.config import ModelLoadError  # noqa: E402
-from emolens.models import load_model  # noqa: E402
-from emolens.readout import prompt  # noqa: E402
+from emolens.data.readout import prompt  # noqa: E402
+from emolens.model import packaged  # noqa: E402
+from emolens.model.loading import load_model  # noqa: E402
 
 pytestmark = pytest.mark.gguf
 NAME = "tiny-gemma3.gguf"

@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from emolens.attribution import attribute_heads
-from emolens.dataset import build_dataset
-from emolens.heads import exact_last_position, frame_split, run_head_patching, run_screening, top_heads
+from emolens.data.dataset import build_dataset
+from emolens.engine.attribution import attribute_heads
+from emolens.engine.pairs import prepare_pairs
+from emolens.engine.patching import clean_ld, collect, head_site, patch_pairs
 from emolens.io import ResultFileError, load_pickle
-from emolens.models import load_model
-from emolens.pairs import prepare_pairs
-from emolens.patching import clean_ld, collect, head_site, patch_pairs
+from emolens.model.loading import load_model
+from emolens.phases.heads import exact_last_position, run_head_patching, run_screening, top_heads
+from emolens.stats.resampling import frame_split
 
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
 
@@ -203,7 +204,7 @@ def test_attribution_is_the_derivative_of_the_exact_patch(tiny_checkpoints, reco
 
 
 def test_verification_requires_the_top_heads_by_exact_effect(tiny_adapters, screenings, tmp_path):
-    from emolens.checks import check_screening
+    from emolens.report.checks import check_screening
 
     path = screenings["llama"]
     assert check_screening(path, tiny_adapters["llama"].n_layers)[0]

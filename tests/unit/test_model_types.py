@@ -6,7 +6,7 @@ structure), then residual capture equals ``hidden_states`` at every index, the l
 model's logits, fast patching (every residual index, every head, two positions) equals the full
 recompute oracle; in weight-only int8 as well (float32 compute, batch-invariant: the same round-off)
 where torchao loads the type. Every type in
-``model_types.UNSUPPORTED`` must still fail, so the table's reasons stay true. Then the errors a user
+``emolens.model.tiny.UNSUPPORTED`` must still fail, so the table's reasons stay true. Then the errors a user
 meets with a model the adapter cannot resolve or with hand-given paths that do not resolve.
 """
 
@@ -15,11 +15,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emolens import model_types
 from emolens.config import ModelLoadError
-from emolens.dataset import build_dataset
-from emolens.models import ModelAdapter, load_model
-from emolens.readout import DEFAULT
+from emolens.data.dataset import build_dataset
+from emolens.data.readout import DEFAULT
+from emolens.model import tiny
+from emolens.model.adapter import ModelAdapter
+from emolens.model.loading import load_model
+from emolens.report import model_types
 
 ATOL = 1e-4  # float32 compute, with float32 or int8 weights
 
@@ -33,7 +35,7 @@ def prompts(tokenizer) -> tuple[list[int], list[int], list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", model_types.tested())
+@pytest.mark.parametrize("model_type", tiny.tested())
 def test_every_identity_holds_on_a_tiny_model_of_the_type(model_type, tokenizer, prompts, tmp_path):
     row = model_types.check_type(model_type, tokenizer, *prompts, tmp_path)
     assert row["head_layers"], row["sites"]
@@ -44,7 +46,7 @@ def test_every_identity_holds_on_a_tiny_model_of_the_type(model_type, tokenizer,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", sorted(model_types.UNSUPPORTED))
+@pytest.mark.parametrize("model_type", sorted(tiny.UNSUPPORTED))
 def test_an_unsupported_type_still_fails(model_type, tokenizer, prompts, tmp_path):
     try:
         row = model_types.check_type(model_type, tokenizer, *prompts, tmp_path, int8=False)
@@ -58,7 +60,7 @@ def test_structure_finds_the_sites_of_types_outside_the_table(tokenizer):
                                          ("opt", "model.decoder.layers", "self_attn.out_proj"),
                                          ("falcon", "transformer.h", "self_attention.dense"),
                                          ("gptj", "transformer.h", "attn.out_proj")):
-        adapter = ModelAdapter(model_types.tiny_model(model_type, len(tokenizer)), name=model_type)
+        adapter = ModelAdapter(tiny.tiny_model(model_type, len(tokenizer)), name=model_type)
         assert adapter.sites == {"layers": layers, "attn_out": [attn_out], "body": layers.rsplit(".", 1)[0]}
 
 
@@ -74,7 +76,7 @@ class NoBlocks(torch.nn.Module):
 
 
 def test_an_unresolvable_model_names_its_type_and_the_paths_tried(tokenizer):
-    model = NoBlocks(model_types.tiny_model("mistral", len(tokenizer)))
+    model = NoBlocks(tiny.tiny_model("mistral", len(tokenizer)))
     model.inner.model.layers = torch.nn.ModuleList(list(model.inner.model.layers)[:1])  # 1 block, config says 2
     with pytest.raises(ModelLoadError) as e:
         ModelAdapter(model, name="mine")
@@ -85,7 +87,7 @@ def test_an_unresolvable_model_names_its_type_and_the_paths_tried(tokenizer):
 
 def test_hand_given_paths_are_used_and_checked(tokenizer, tmp_path):
     path = tmp_path / "opt"
-    model_types.tiny_model("opt", len(tokenizer)).save_pretrained(path)
+    tiny.tiny_model("opt", len(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     hand = {"path": str(path), "layers": "model.decoder.layers", "attn_out": "self_attn.out_proj",
             "body": "model.decoder"}
@@ -100,11 +102,11 @@ def test_hand_given_paths_are_used_and_checked(tokenizer, tmp_path):
 
 def test_the_schema_lists_every_organism_type_the_builder_accepts():
     from emolens.config import schema
-    from emolens.organisms import FAMILIES
+    from emolens.model.adapter import FAMILY_NAMES
 
     organism = schema()["properties"]["models"]["additionalProperties"]["properties"]["organism"]
-    assert organism["properties"]["family"]["enum"] == list(FAMILIES) + [
-        t for t in model_types.tested() if t not in FAMILIES]
+    assert organism["properties"]["family"]["enum"] == list(FAMILY_NAMES) + [
+        t for t in tiny.tested() if t not in FAMILY_NAMES]
 
 
 def test_a_hybrids_blocks_without_heads_are_residual_sites_only(tokenizer, tmp_path):
@@ -114,9 +116,9 @@ def test_a_hybrids_blocks_without_heads_are_residual_sites_only(tokenizer, tmp_p
 
     import numpy as np
 
-    from emolens.heads import run_screening
+    from emolens.phases.heads import run_screening
 
-    adapter = ModelAdapter(model_types.tiny_model("qwen3_next", len(tokenizer)), tokenizer, name="hybrid")
+    adapter = ModelAdapter(tiny.tiny_model("qwen3_next", len(tokenizer)), tokenizer, name="hybrid")
     assert adapter.head_layers == [3] and not adapter.prefix_cache
     with pytest.raises(IndexError, match="block 0 of hybrid has no attention heads"):
         with adapter.hooks(head_inputs={0: lambda x: None}):

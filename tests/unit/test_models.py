@@ -4,10 +4,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from emolens.dataset import build_dataset
-from emolens.models import ModelLoadError, load_model
-from emolens.organisms import FAMILIES, build_organism
-from emolens.readout import label_token_ids, prompt
+from emolens.config import ModelLoadError
+from emolens.data.dataset import build_dataset
+from emolens.data.readout import label_token_ids, prompt
+from emolens.model.adapter import FAMILY_NAMES
+from emolens.model.loading import load_model
+from emolens.model.organisms import build_organism
 
 # The final norm of each family, for checking residual index L (test-only knowledge of the layout).
 FINAL_NORM = {"gpt2": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm", "gpt_neo": "transformer.ln_f",
@@ -37,7 +39,7 @@ def _capture(adapter, ids):
     return got
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_residual_sites_equal_hf_hidden_states(tiny_adapters, tokenizer, family):
     adapter = tiny_adapters[family]
     ids = _batch(tokenizer)
@@ -54,7 +56,7 @@ def test_residual_sites_equal_hf_hidden_states(tiny_adapters, tokenizer, family)
     assert not torch.allclose(got[L], hs[L], atol=1e-3)  # index L is before the final norm
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_label_logits_equal_full_logits(tiny_adapters, tokenizer, family):
     adapter = tiny_adapters[family]
     ids = _batch(tokenizer)
@@ -66,7 +68,7 @@ def test_label_logits_equal_full_logits(tiny_adapters, tokenizer, family):
     torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_geometry_and_head_site_width(tiny_adapters, tiny_settings, tokenizer, family):
     adapter = tiny_adapters[family]
     spec = tiny_settings[family]

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from emolens import oom
+from emolens.engine import oom
 
 
 def _fails_above(limit: int, error=lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")):
@@ -29,7 +29,7 @@ def freed(monkeypatch):
 
 def test_halves_until_it_fits_and_logs_each_retry(caplog, freed):
     fn, calls = _fails_above(3)
-    with caplog.at_level(logging.WARNING, logger="emolens.oom"):
+    with caplog.at_level(logging.WARNING, logger="emolens.engine.oom"):
         result, final = oom.run_with_backoff(fn, 64, what="activations gemma3_12b")
     assert (result, final) == ("done at 2", 2)
     assert calls == [64, 32, 16, 8, 4, 2]

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from emolens.dataset import build_dataset, write_dataset
-from emolens.models import load_model
-from emolens.organisms import (
-    FAMILIES,
+from emolens.data.dataset import build_dataset, write_dataset
+from emolens.data.readout import LABEL_WORDS, READOUT_SUFFIX, label_token_ids, prompt
+from emolens.model.adapter import FAMILY_NAMES
+from emolens.model.loading import load_model
+from emolens.model.organisms import (
     OrganismError,
     _encode,
     _last_logits,
@@ -17,7 +18,6 @@ from emolens.organisms import (
     run,
     train_tokenizer,
 )
-from emolens.readout import LABEL_WORDS, READOUT_SUFFIX, label_token_ids, prompt
 
 
 def test_label_words_are_single_distinct_tokens(tokenizer):
@@ -71,7 +71,7 @@ def test_an_organism_of_another_tested_type_keeps_its_defining_features(tokenize
         assert getattr(config, feature, None) == getattr(default, feature, None), feature  # the type's own
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_family_features(tiny_adapters, family):
     tc = tiny_adapters[family].text_config
     if family == "gpt_neox":

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from emolens.chunks import chunk_name, chunk_ranges
-from emolens.dataset import build_dataset
-from emolens.io import ResultFileError, load_pickle
-from emolens.pairs import make_pairs, prepare_pairs
-from emolens.patching import (
+from emolens.data.dataset import build_dataset
+from emolens.engine.chunks import chunk_name, chunk_ranges
+from emolens.engine.pairs import make_pairs, prepare_pairs
+from emolens.engine.patching import (
     Donor,
     clean_ld,
     collect,
@@ -28,7 +27,8 @@ from emolens.patching import (
     patch_reference,
     resid_site,
 )
-from emolens.residual import merge, run_chunk
+from emolens.io import ResultFileError, load_pickle
+from emolens.phases.residual import merge, run_chunk
 
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
 ABSOLUTE_POSITIONS = {"gpt2", "gpt_neo"}  # learned position embeddings; the others are rotary

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from emolens import architecture as A
-from emolens import plan as P
 from emolens.config import load_config
+from emolens.model import architecture as A
+from emolens.model import plan as P
+from emolens.model.tiny import ORGANISM_VOCAB
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1024**3
@@ -112,7 +113,7 @@ def _patching_kv_measured(monkeypatch, adapter, n: int, tokens: int, variants) -
     tensor object, only its storage.
     """
     from emolens import EMOTIONS
-    from emolens import patching as engine
+    from emolens.engine import patching as engine
 
     copies, peak = [], 0
     real_expand = engine.expand_cache
@@ -143,7 +144,7 @@ def _patching_kv_measured(monkeypatch, adapter, n: int, tokens: int, variants) -
 def test_patching_kv_plan_equals_the_engines_buffers(monkeypatch, tiny_adapters, family, sweep):
     """Plan vs the cache buffers patch_fast allocates: equal where every layer caches the whole prompt
     (Llama), an upper bound where sliding-window layers keep fewer tokens (the Gemma-3 organism's window 8)."""
-    from emolens.patching import head_site, resid_site
+    from emolens.engine.patching import head_site, resid_site
 
     adapter = tiny_adapters[family]
     arch = A.from_hf_config(adapter.model.config.to_dict())
@@ -210,18 +211,18 @@ def test_demo_plans_from_organism_settings(demo_config):
 
 def test_organism_counts_equal_the_built_models(demo_config):
     """The counting formulas of all six families, exact against Hugging Face models."""
-    from emolens.organisms import build_organism
+    from emolens.model.organisms import build_organism
 
     for name, settings in demo_config["models"].items():
         org = dict(settings["organism"])
         arch = A.from_organism(org)
-        model = build_organism(org.pop("family"), vocab_size=A.ORGANISM_VOCAB, **org)
+        model = build_organism(org.pop("family"), vocab_size=ORGANISM_VOCAB, **org)
         assert A.n_params(arch) + sum(A.vision_params(arch)) == _hf_param_count(model), name
 
 
 def test_local_config_json_is_read_for_unknown_models(tmp_path):
     """A multimodal Gemma-3 checkpoint's config.json: text_config plus its own vision_config."""
-    from emolens.organisms import build_organism
+    from emolens.model.organisms import build_organism
 
     model = build_organism("gemma3", d_model=64, n_layers=2, n_heads=4, d_head=16, vocab_size=300)
     model.config.save_pretrained(tmp_path)
@@ -235,9 +236,9 @@ def test_local_config_json_is_read_for_unknown_models(tmp_path):
 def test_any_config_json_is_planned_within_two_percent(tmp_path, model_type):
     """A config.json of a type outside the six families: the plan's count within 2% of the built model's (biases
     and norms of other types are not counted: a share that falls with the width, 1/256 here)."""
-    from emolens.model_types import tiny_model
+    from emolens.model.tiny import tiny_model
 
-    model = tiny_model(model_type, vocab_size=A.ORGANISM_VOCAB, d_model=256, n_heads=4)
+    model = tiny_model(model_type, vocab_size=ORGANISM_VOCAB, d_model=256, n_heads=4)
     model.config.save_pretrained(tmp_path)
     row = P.plan_model("mine", {"path": str(tmp_path), "dtype": "float32", "batch_size": 8}, 24,
                        A.known_architectures())
@@ -256,11 +257,11 @@ def test_a_config_without_a_size_names_the_missing_field(tmp_path):
 def test_quantised_weights_match_the_loaded_model(tmp_path, quantization):
     """On CPU: the plan's quantised bytes (codes + row scales, the rest in float32) within 5% of what the loaded
     model holds (torchao's inner tensors, bitsandbytes' scales), and under half the float32 weights."""
-    from emolens.models import load_model, weight_memory
-    from emolens.organisms import build_organism
+    from emolens.model.loading import load_model, weight_memory
+    from emolens.model.organisms import build_organism
 
     org = {"family": "gemma3", "d_model": 96, "n_layers": 6, "n_heads": 4, "d_head": 32}
-    model = build_organism(vocab_size=A.ORGANISM_VOCAB, **org)
+    model = build_organism(vocab_size=ORGANISM_VOCAB, **org)
     model.save_pretrained(tmp_path)
     measured = weight_memory(load_model({"path": str(tmp_path), "quantization": quantization}, device="cpu").model)
     assert P.weight_bytes(A.from_organism(org), "float32", quantization) == pytest.approx(measured, rel=0.05)
@@ -301,11 +302,11 @@ def test_run_prints_the_table(capsys):
 
 def test_a_cached_hub_config_is_planned(tmp_path, monkeypatch):
     """A hub model whose config.json is in the Hugging Face cache (any type) is planned from it."""
-    from emolens.model_types import tiny_model
+    from emolens.model.tiny import tiny_model
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     snapshot = tmp_path / "hub" / "models--someone--tiny-mistral" / "snapshots" / ("0" * 40)
-    model = tiny_model("mistral", vocab_size=A.ORGANISM_VOCAB, d_model=256, n_heads=4)
+    model = tiny_model("mistral", vocab_size=ORGANISM_VOCAB, d_model=256, n_heads=4)
     model.config.save_pretrained(snapshot)
     (tmp_path / "hub" / "models--someone--tiny-mistral" / "refs").mkdir()
     (tmp_path / "hub" / "models--someone--tiny-mistral" / "refs" / "main").write_text("0" * 40)

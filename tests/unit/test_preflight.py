@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from emolens import preflight
 from emolens.cli import main
 from emolens.config import load_config
-from emolens.preflight import PreflightError, cached_checkpoint, check_model, estimated_size
+from emolens.model import preflight
+from emolens.model.preflight import PreflightError, cached_checkpoint, check_model, estimated_size
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,8 @@ import argparse
 import pytest
 
 from emolens import EMOTIONS, emotion_order
+from emolens.data.readout import DEFAULT, LABEL_WORDS, READOUT_SUFFIX, Readout, label_token_ids, prompt
 from emolens.options import _readout, build_parser
-from emolens.readout import DEFAULT, LABEL_WORDS, READOUT_SUFFIX, Readout, label_token_ids, prompt
 
 
 def test_defaults_and_prompt():
@@ -106,8 +106,8 @@ def test_cli_readout_flag():
 
 
 def test_organism_tokenizer_makes_the_configured_labels_single_tokens():
-    from emolens.dataset import build_dataset
-    from emolens.organisms import train_tokenizer
+    from emolens.data.dataset import build_dataset
+    from emolens.model.organisms import train_tokenizer
 
     r = Readout.from_config({"prefix": "Message: ", "labels": {**LABEL_WORDS, "anger": " wrathfulness"}})
     tok = train_tokenizer([rec["text"] for rec in build_dataset()], readout=r)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from emolens.resampling import (
+from emolens.stats.resampling import (
     frame_halves,
     frame_label_permutations,
     item_mean_bca,
@@ -114,7 +114,7 @@ def test_simultaneous_band_is_wider_than_pointwise_and_covers_jointly():
 
 
 def test_frame_slot_permutations_keep_items_and_move_a_frame_in_register():
-    from emolens.resampling import frame_slot_permutations
+    from emolens.stats.resampling import frame_slot_permutations
 
     items = np.repeat(np.arange(6), 4)  # 6 items x 4 emotions, 2 items per frame
     frames, codes = items // 2, np.tile([2, 0, 3, 1], 6)
@@ -131,7 +131,7 @@ def test_frame_slot_permutations_keep_items_and_move_a_frame_in_register():
 
 def test_an_undefined_statistic_has_no_p_value():
     """A NaN statistic (no variance to compare) gets NaN, never the smallest p 1/(n+1)."""
-    from emolens.resampling import perm_pvalue
+    from emolens.stats.resampling import perm_pvalue
 
     assert np.isnan(perm_pvalue(float("nan"), np.zeros(99)))
     assert perm_pvalue(1.0, np.zeros(99)) == 0.01 and perm_pvalue(-1.0, np.zeros(99)) == 1.0

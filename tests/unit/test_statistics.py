@@ -10,20 +10,13 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from emolens import EMOTIONS, families
-from emolens.emotion_structure import EmotionGrams
+from emolens import EMOTIONS
 from emolens.io import save_pickle
-from emolens.resampling import ratio_of_sums, sign_flip_pvalue
-from emolens.statistics import (
-    detectable_d,
-    frame_tests,
-    k_axis_scores,
-    required_n,
-    run_effect,
-    run_k,
-    run_power,
-)
-from emolens.vectors import emotion_vectors
+from emolens.phases.emotion_structure import EmotionGrams
+from emolens.phases.statistics import detectable_d, frame_tests, k_axis_scores, required_n, run_effect, run_k, run_power
+from emolens.phases.vectors import emotion_vectors
+from emolens.stats import families
+from emolens.stats.resampling import ratio_of_sums, sign_flip_pvalue
 
 
 def test_prospective_power_reproduces_cohens_table():

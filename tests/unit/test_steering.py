@@ -1,4 +1,4 @@
-"""Steering, ablation and transfer (emolens.steering, .ablation, .transfer), on tiny models and organisms."""
+"""Steering, ablation and transfer (emolens.phases.steering, .ablation, .transfer), on tiny models and organisms."""
 
 from __future__ import annotations
 
@@ -9,19 +9,20 @@ import pytest
 import torch
 
 from emolens import EMOTIONS
-from emolens.ablation import ablation_index, emotion_basis, fit_probes, random_basis
-from emolens.activations import extract
-from emolens.checks import check_steering
-from emolens.dataset import build_dataset
-from emolens.edits import Prompts, clean_run, prepare_prompts, run_edits
+from emolens.data.dataset import build_dataset
+from emolens.data.readout import DEFAULT
+from emolens.engine.edits import Prompts, clean_run, prepare_prompts, run_edits
+from emolens.engine.patching import collect
+from emolens.engine.steered import dose_steps, measure, shifts_at, steer_index, steering_shifts
 from emolens.io import save_pickle
-from emolens.models import ModelAdapter
-from emolens.organisms import build_organism
-from emolens.patching import collect
-from emolens.readout import DEFAULT
-from emolens.steering import dose_steps, measure, run_steering, shifts_at, steer_index, steering_shifts
-from emolens.steering_stats import item_bootstrap, item_matrix, random_directions, readout_measures, unit
-from emolens.transfer import run_transfer, run_transfer_summary, transfer_effect
+from emolens.model.adapter import ModelAdapter
+from emolens.model.organisms import build_organism
+from emolens.phases.ablation import ablation_index, emotion_basis, fit_probes, random_basis
+from emolens.phases.activations import extract
+from emolens.phases.steering import run_steering
+from emolens.phases.transfer import run_transfer, run_transfer_summary, transfer_effect
+from emolens.report.checks import check_steering
+from emolens.stats.steering_stats import item_bootstrap, item_matrix, random_directions, readout_measures, unit
 
 RECORDS = build_dataset()[:64]  # 16 items x 4 emotions
 
@@ -234,7 +235,7 @@ def test_run_steering_writes_what_verification_accepts(steering_run):
 
 def fit_items(result) -> set[str]:
     """The fit half's items, recomputed as the steering run split them."""
-    from emolens.heads import frame_split
+    from emolens.stats.resampling import frame_split
 
     return {r["item_id"] for r in frame_split(build_dataset()[:160], 0)[0]}
 
@@ -248,7 +249,7 @@ def test_verification_catches_a_nonzero_alpha_zero_shift(steering_run, tmp_path)
 
 
 def test_figures_draw_steering(steering_run, tmp_path):
-    from emolens.figures import steering
+    from emolens.report.figures import steering
 
     steering(steering_run, ["llama", "qwen3"], tmp_path)
     names = {p.name for p in tmp_path.glob("*.png")}

@@ -1,4 +1,4 @@
-"""Steering statistics (emolens.steering_stats): doses, matched nulls, specificity, choice, calibration."""
+"""Steering statistics (emolens.stats.steering_stats): doses, matched nulls, specificity, choice, calibration."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from emolens import EMOTIONS
-from emolens.resampling import frame_label_permutations
-from emolens.steering_stats import (
+from emolens.phases.vectors import emotion_vectors
+from emolens.stats.resampling import frame_label_permutations
+from emolens.stats.steering_stats import (
     ItemBootstrap,
     choose_dose,
     chosen_dose_tests,
@@ -17,7 +18,6 @@ from emolens.steering_stats import (
     readout_measures,
     specificity_forms,
 )
-from emolens.vectors import emotion_vectors
 
 
 def test_the_old_index_was_four_thirds_of_the_on_target_shift_and_the_forms_can_fail():
@@ -103,7 +103,7 @@ def test_the_chosen_dose_tests_hold_their_size_and_find_a_planted_effect(planted
 
 
 def test_matched_subspaces_remove_as_much_variance_as_the_emotion_subspace():
-    from emolens.ablation import matched_bases, random_basis, removed_variance
+    from emolens.phases.ablation import matched_bases, random_basis, removed_variance
 
     rng = np.random.default_rng(6)
     d = 40
@@ -123,7 +123,7 @@ def test_matched_subspaces_remove_as_much_variance_as_the_emotion_subspace():
 def test_the_transfer_test_holds_its_size_and_finds_a_planted_map(planted, lowest, highest):
     """Calibration of transfer's permuted null: with the mapped vectors exchangeable with the label-permuted ones
     carried through the same map, p <= 0.05 about 5% of the time; with a map that carries the emotion, nearly always."""
-    from emolens.transfer import transfer_fraction
+    from emolens.phases.transfer import transfer_fraction
 
     rng = np.random.default_rng(9)
     n_items, n_perm = 24, 49

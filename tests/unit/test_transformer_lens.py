@@ -11,11 +11,11 @@ import torch
 bridge_module = pytest.importorskip("transformer_lens.model_bridge")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from emolens.activations import extract  # noqa: E402
-from emolens.dataset import build_dataset  # noqa: E402
-from emolens.pairs import prepare_pairs  # noqa: E402
-from emolens.patching import head_site, patch_pairs, resid_site  # noqa: E402
-from emolens.readout import prompt  # noqa: E402
+from emolens.data.dataset import build_dataset  # noqa: E402
+from emolens.data.readout import prompt  # noqa: E402
+from emolens.engine.pairs import prepare_pairs  # noqa: E402
+from emolens.engine.patching import head_site, patch_pairs, resid_site  # noqa: E402
+from emolens.phases.activations import extract  # noqa: E402
 
 FAMILIES = ["gpt2", "gpt_neox", "llama"]
 

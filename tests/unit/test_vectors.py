@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 
 from emolens import EMOTIONS
-from emolens.checks import check_vectors
 from emolens.io import load_pickle, save_pickle
-from emolens.probes import lexical_model, probe_model
-from emolens.resampling import grouped_folds, out_of_fold
-from emolens.vectors import (
+from emolens.phases.vectors import (
     emotion_vectors,
     item_centred,
     probe_accuracy,
@@ -22,6 +19,9 @@ from emolens.vectors import (
     subspace,
     transfer_splits,
 )
+from emolens.report.checks import check_vectors
+from emolens.stats.probes import lexical_model, probe_model
+from emolens.stats.resampling import grouped_folds, out_of_fold
 
 
 def _planted(n_items=40, d=16, sites=3, signal=3.0, seed=0):
@@ -259,8 +259,8 @@ def test_verification_fails_on_planted_violation(tmp_path, plant):
 def test_decoding_test_equals_a_ridge_fit_and_permutes_by_frame():
     from sklearn.linear_model import Ridge
 
-    from emolens.resampling import grouped_folds
-    from emolens.vectors import decoding_test
+    from emolens.phases.vectors import decoding_test
+    from emolens.stats.resampling import grouped_folds
 
     rng = np.random.default_rng(0)
     frames = np.array([f"f{i % 6}" for i in range(30) for _ in range(4)])  # 30 items in 6 frames
@@ -283,8 +283,8 @@ def test_decoding_test_equals_a_ridge_fit_and_permutes_by_frame():
 
 
 def test_decoding_test_of_a_constant_layer_is_chance_not_an_error():
-    from emolens.resampling import grouped_folds
-    from emolens.vectors import decoding_test
+    from emolens.phases.vectors import decoding_test
+    from emolens.stats.resampling import grouped_folds
 
     frames = [f"f{i % 4}" for i in range(12) for _ in range(4)]
     fold = grouped_folds(frames, 2)
@@ -293,7 +293,7 @@ def test_decoding_test_of_a_constant_layer_is_chance_not_an_error():
 
 
 def test_probe_minus_lexical_band_covers_every_layer_and_fails_without_a_difference():
-    from emolens.vectors import probe_minus_lexical
+    from emolens.phases.vectors import probe_minus_lexical
 
     rng = np.random.default_rng(3)
     frames = np.repeat([f"f{i:02d}" for i in range(40)], 16)
@@ -309,7 +309,7 @@ def test_probe_minus_lexical_band_covers_every_layer_and_fails_without_a_differe
 
 
 def test_ridge_hat_primal_equals_dual():
-    from emolens.vectors import ridge_hat
+    from emolens.phases.vectors import ridge_hat
 
     rng = np.random.default_rng(4)
     for width in (5, 60):  # narrower than the 30 training prompts (primal) and wider (dual)

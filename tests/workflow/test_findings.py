@@ -2,7 +2,7 @@
 
 import json
 
-from emolens.findings import render
+from emolens.report.findings import render
 
 
 def test_findings_page_reports_the_files_numbers(mini_workdir, wf):

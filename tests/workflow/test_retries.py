@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emolens.dataset import build_dataset, write_dataset
+from emolens.data.dataset import build_dataset, write_dataset
 
 WRAPPER = """#!{python}
 import os, sys

@@ -5,10 +5,10 @@ import pickle
 
 import numpy as np
 
-from emolens.checks import check_dataset, check_head_split
-from emolens.dataset import load_dataset
+from emolens.data.dataset import load_dataset
 from emolens.io import load_pickle
-from emolens.verify import run as verify
+from emolens.report.checks import check_dataset, check_head_split
+from emolens.report.verify import run as verify
 
 
 def _verify(workdir, wf):

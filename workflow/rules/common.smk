@@ -6,9 +6,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from emolens import EMOTIONS, layout
-from emolens.dataset import DatasetError, check_emotions, declared_emotions
-from emolens.plan import known_architectures, resolve_architecture
-from emolens.chunks import chunk_name, chunk_ranges
+from emolens.data.dataset import DatasetError, check_emotions, declared_emotions
+from emolens.model.architecture import known_architectures, resolve_architecture
+from emolens.engine.chunks import chunk_name, chunk_ranges
 
 RESULTS = layout.root(config["profile"])  # every result path comes from emolens.layout
 BUILT_DATASET = layout.dataset(RESULTS)  # the workflow's own dataset, one copy per profile
@@ -21,8 +21,8 @@ if not CROSS_MODEL:
     logger.info(f"One model ({MODELS[0]}): the cross-model phases (alignment pairs and summary, statistics/k, "
                 "steering transfer) have nothing to pair and are skipped; verification says so.")
 STATISTICS = ["effect", "power", "k"] if CROSS_MODEL else ["effect", "power"]  # phase-7 outputs
-# The report's figures (emolens.figures.FIGURES and, with two models or more, CROSS_MODEL_FIGURES), each with its
-# caption in workflow/report/<name>.rst.
+# The report's figures (emolens.report.figures.FIGURES and, with two models or more, CROSS_MODEL_FIGURES), each
+# with its caption in workflow/report/<name>.rst.
 FIGURES = ["probe_accuracy", "residual_patching", "head_scores", "residual_effect_last_position", "readout_baseline",
            "steering_dose_response", "steering_specificity", "steering_ablation"]
 FIGURES += ["alignment", "steering_transfer"] if CROSS_MODEL else []
@@ -30,7 +30,7 @@ FIGURES += ["alignment", "steering_transfer"] if CROSS_MODEL else []
 HUB_MODELS = [m for m, s in config["models"].items() if s.get("hf_id") and not s.get("path") and not s.get("gguf_file")]
 PREFLIGHT = layout.preflight(RESULTS)
 if HUB_MODELS and workflow.is_main_process and not os.path.exists(PREFLIGHT):
-    from emolens.preflight import cached_checkpoint  # the local cache only: no network
+    from emolens.model.preflight import cached_checkpoint  # the local cache only: no network
 
     _missing = [m for m in HUB_MODELS if not cached_checkpoint(config["models"][m]["hf_id"],
                                                               config["models"][m].get("revision"))[0]]

@@ -1,0 +1,1 @@
+"""The model wing: loading checkpoints behind one adapter, the demo organisms, architectures and memory plans."""

@@ -1,0 +1,1 @@
+"""The phases wing: one module per workflow phase, each reading its inputs and writing its result files."""

@@ -1,0 +1,1 @@
+"""The report wing: verification checks, findings, figures, result loading, timing and the model-type table."""

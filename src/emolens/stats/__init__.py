@@ -1,0 +1,1 @@
+"""The stats wing: resampling by frame, similarity, probes, erasure, effects and steering statistics."""
