@@ -4,8 +4,9 @@ A random checkpoint of the model's real shape (``emolens/architectures.json``; G
 shard by shard in bfloat16 (a child process: no full-precision copy of the model is ever in memory), then loaded
 through :func:`emolens.model.loading.load_model` with ``quantization: int8, dtype: bfloat16`` (weight-only int8 as the
 baseline's gemma3_12b; quantised tensor by tensor on load). Then the equivalence rule's residual and readout checks
-on one prompt, one forward of a batch, and the process's peak RSS beside the plan's weights (``emolens plan``) and
-the loaded weights' bytes. Random weights have no outlier features: this checks memory and kernels, not fidelity.
+on one prompt, one forward of a batch, and the process's peak RSS (and, after the load, its anonymous and
+file-backed parts: safetensors maps the shards) beside the plan's weights (``emolens plan``) and the loaded
+weights' bytes. Random weights have no outlier features: this checks memory and kernels, not fidelity.
 
     python benchmarks/rehearse_8bit.py --model gemma3_12b --dir /tmp/gemma3_12b_random --json rehearsal.json
 """
@@ -69,6 +70,12 @@ def write_random_checkpoint(name: str, out: Path, seed: int = 0) -> None:
     config.save_pretrained(out)
 
 
+def resident() -> dict[str, float]:
+    """The process's resident memory now, anonymous and file-backed (GiB), from /proc/self/status."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) / 2**20 for k in ("RssAnon", "RssFile")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma3_12b")
@@ -95,6 +102,7 @@ def main() -> None:
     result["weight_bytes_plan"] = weight_bytes(arch, "bfloat16", a.quantization)  # with a vision side, if any
     result["vision_bytes_plan"] = sum(vision_params(arch)) * 2  # bfloat16: what the text tower here lacks
     result["rss_after_load_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    result["rss_now_gib"] = resident()  # anonymous (the model) and file-backed (safetensors' mapped pages)
     ids = torch.randint(0, adapter.text_config.vocab_size, (a.batch, a.tokens),
                         generator=torch.Generator().manual_seed(0)).tolist()
     started = time.perf_counter()
@@ -109,7 +117,9 @@ def main() -> None:
     weights, plan, vision = (result[k] / 2**30 for k in ("weight_bytes", "weight_bytes_plan", "vision_bytes_plan"))
     print(f"{a.model} in {a.quantization} (bfloat16 elsewhere), random weights: loaded in "
           f"{result['seconds_load']:.0f} s; weights {weights:.2f} GiB (plan {plan:.2f} GiB, of which {vision:.2f} GiB "
-          f"a vision side this text tower lacks); peak RSS {result['rss_after_load_gib']:.2f} GiB after the load, "
+          f"a vision side this text tower lacks); peak RSS {result['rss_after_load_gib']:.2f} GiB after the load "
+          f"(now {result['rss_now_gib']['RssAnon']:.2f} GiB anonymous, {result['rss_now_gib']['RssFile']:.2f} GiB "
+          "mapped checkpoint pages), "
           f"{result['peak_rss_gib']:.2f} GiB after the checks and a batch of {a.batch} x {a.tokens} tokens "
           f"({result['seconds_batch']:.0f} s, finite {result['finite']}); residual / readout differences "
           f"{result['max_difference']['residual']:.2g} / {result['max_difference']['readout']:.2g}")
