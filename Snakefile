@@ -3,7 +3,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from emolens.config import coerce_overrides, first_error, replace_labels
+from emolens.config import ConfigError, check_labels, coerce_overrides, first_error, replace_labels
 
 min_version("9.0")
 
@@ -11,10 +11,15 @@ min_version("9.0")
 COMMAND_LINE = workflow.config_settings.config  # --config key=value: nested values arrive as strings
 coerce_overrides(config, COMMAND_LINE)
 replace_labels(config, workflow.configfiles, COMMAND_LINE)  # the emotions are a set: the last layer's, whole
+CONFIG_SOURCE = " + ".join(map(str, workflow.configfiles))
 try:
     validate(config, "workflow/schemas/config.schema.yaml")
 except WorkflowError:  # Snakemake prints the whole schema around the message: say it in one line
-    raise WorkflowError(first_error(config, " + ".join(map(str, workflow.configfiles)), COMMAND_LINE)) from None
+    raise WorkflowError(first_error(config, CONFIG_SOURCE, COMMAND_LINE)) from None
+try:
+    check_labels(config, CONFIG_SOURCE, COMMAND_LINE)  # what the schema cannot say: each emotion its own word
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
 
 
 include: "workflow/rules/common.smk"

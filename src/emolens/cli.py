@@ -57,7 +57,7 @@ def _describe(a: argparse.Namespace) -> None:
     tokenizers = {f"organism BPE ({ORGANISM_VOCAB})": train_tokenizer([r["text"] for r in records])}
     for path in a.tokenizer or ():
         tokenizers[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    described = card.describe(records, tokenizers, seed=a.seed)
+    described = card.describe(records, tokenizers, seed=a.seed, folds=a.folds)
     if a.out:
         save_json(described, a.out)
     print(card.render(described))

@@ -92,6 +92,29 @@ def validate(config: dict[str, Any], source: str = "config",
         if _within(_offending_path(error), overrides):
             source = "--config"
         raise ConfigError(f"{source}: {key}: {error.message}")
+    return check_labels(config, source, overrides)
+
+
+def label_clash(labels: Mapping[str, Any]) -> str | None:
+    """The refusal of two emotions or more that share one label word (the readout could not tell them apart, and
+    the schema cannot say it), naming the setting, the emotions and the word; None when every word is its own."""
+    by_word: dict[Any, list[str]] = {}
+    for emotion, word in labels.items():
+        by_word.setdefault(word, []).append(emotion)
+    shared = next((es for es in by_word.values() if len(es) > 1), None)
+    if shared is None:
+        return None
+    return (f"readout.labels: {', '.join(shared[:-1])} and {shared[-1]} share the label word "
+            f"{labels[shared[0]]!r}; each emotion needs its own")
+
+
+def check_labels(config: dict[str, Any], source: str = "config",
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Refuse a validated config whose ``readout.labels`` give two emotions one word (:func:`label_clash`), with
+    a ConfigError naming ``source`` (or ``--config`` where the command line gave the labels); return ``config``."""
+    clash = label_clash(config["readout"]["labels"])
+    if clash:
+        raise ConfigError(f"{'--config' if _within(['readout', 'labels'], overrides) else source}: {clash}")
     return config
 
 

@@ -67,6 +67,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     _setting(p, "--device", "device", "torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
 
 
+def _count_or_none(text: str) -> int | None:
+    """An argparse type: a count, or ``none`` (the config's null: no subsample), so a rule can always pass it."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or none, got {text!r}") from None
+
+
 def _readout_arg(p: argparse.ArgumentParser) -> None:
     """``--readout``: the run's prompts and label words, whose emotions the dataset must hold."""
     p.add_argument("--readout", type=_readout, default=_readout("{}"), metavar="JSON",
@@ -105,7 +115,10 @@ def _dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", action="append",
                    help="describe: a Hugging Face tokenizer directory whose token-length match to report (repeatable)")
     _readout_arg(p)  # --check and --source: the emotions the dataset must hold
-    _setting(p, "--seed", "seed", "seed of the label permutation", type=int)
+    _setting(p, "--seed", "seed", "seed of the label permutation (--permute-by) and of the card's baselines "
+             "(describe)", type=int)
+    _setting(p, "--folds", "subspace.probe_folds", "describe: folds (grouped by frame) of the card's surface and "
+             "lexical baselines", type=int)
 
 
 def _organism_options(p: argparse.ArgumentParser) -> None:
@@ -147,7 +160,8 @@ def _patching_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--out", required=True, help="result file to write (pickle; screen-heads: JSON)")
     _setting(p, "--direction", "patching.direction", "denoising patches the source run's activations into the "
              "target run; noising the reverse", choices=["denoising", "noising"])
-    _setting(p, "--max-pairs", "patching.max_pairs", "deterministic subsample of pairs (none: all)", type=int)
+    _setting(p, "--max-pairs", "patching.max_pairs", "deterministic subsample of pairs (none: all)",
+             type=_count_or_none)
     _setting(p, "--seed", "seed", "seed of the pair subsample and of the head-screening frame split", type=int)
     _setting(p, "--message-positions", "patching.message_positions",
              "message tokens patched before the readout suffix (positions are roles from the end)", type=int)
@@ -179,7 +193,7 @@ def _steering_options(p: argparse.ArgumentParser, name: str) -> None:
     _setting(p, "--seed", "seed", "seed of the frame split, subsample, directions, bootstrap", type=int)
     _setting(p, "--n-null", "steering.n_null", "directions of each matched null", type=int)
     _setting(p, "--max-prompts", "steering.max_prompts", "held-out prompts measured (whole items; none: all)",
-             type=int)
+             type=_count_or_none)
     _setting(p, "--n-boot", "steering.n_boot", "frame-then-item bootstrap resamples", type=int)
     if name == "steer":
         p.add_argument("--activations", required=True, help="the model's phase-2 activations pickle")

@@ -142,6 +142,7 @@ def _checkpoint_of_type(model_type: str) -> str:
 
 
 OTHER = {"gratitude": "joy", "anger": "fear", "apology": "sadness", "neutral": "calm"}  # another run's emotions
+SHARED_WORD = {"gratitude": " thanks", "anger": " thanks", "apology": " apology", "neutral": " neutral"}
 ROWS: dict[str, Callable[[Path], Row]] = {
     "malformed dataset line": lambda ckpt: Row(
         "A dataset line that is not JSON", ["dataset", "--check", _user_dataset(_cut_line_3)],
@@ -166,6 +167,11 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         "readout.labels with one emotion", _model_job({"path": "models/m"}, "--readout", '{"labels": {"joy": " joy"}}'),
         ["--readout", "readout.labels must name two emotions or more", "'joy'"],
         outputs=["results/p/activations/m.pkl"]),
+    "one label word for two emotions": lambda ckpt: Row(
+        "Two emotions with one label word in --readout", ["dataset", "--check", _user_dataset(lambda lines: None),
+                                                          "--readout", json.dumps({"labels": SHARED_WORD})],
+        ["--readout", "readout.labels: gratitude and anger share the label word ' thanks'",
+         "each emotion needs its own"]),
     "duplicate text": lambda ckpt: Row(
         "The same text twice", ["dataset", "--check", _user_dataset(
             lambda lines: _set(lines, 8, text=json.loads(lines[4])["text"]))],
@@ -201,6 +207,17 @@ ROWS: dict[str, Callable[[Path], Row]] = {
         "An organism of an unknown family", ["plan", "--configfile", _config(
             lambda c: c["models"]["llama3_8b"]["organism"].update(family="mamba"))],
         ["my_config.yaml", "models.llama3_8b.organism.family", "'mamba'", "gpt_neox"]),
+    "one label word for two emotions in a profile": lambda ckpt: Row(
+        "Two emotions with one label word in a profile", ["plan", "--configfile", _config(
+            lambda c: c["readout"].update(labels=SHARED_WORD))],
+        ["my_config.yaml: readout.labels: gratitude and anger share the label word ' thanks'"]),
+    "organism below its accuracy target": lambda ckpt: Row(
+        "An organism that misses its accuracy target", _model_job(
+            {"organism": {"family": "gpt2", "d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 2,
+                          "min_steps": 1}},
+            command="organism", out="results/p/models/m"),
+        ["models.m: organism reached held-out accuracy", "< 0.9; raise its max_steps or change its size"],
+        outputs=["results/p/models/m/readout_accuracy.json"]),
     "model the adapter cannot resolve": lambda ckpt: Row(
         "A checkpoint with no decoder-block list (BERT as a decoder)", _model_job({"path": _unresolvable(ckpt)}),
         ["models.m (model_type 'bert-generation', BertGenerationDecoder)", "cannot find its decoder blocks",
@@ -297,7 +314,7 @@ def test_console_script_exits_2_with_one_line(name, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a fresh snakemake process
-@pytest.mark.parametrize("name", ["unknown config key"])
+@pytest.mark.parametrize("name", ["unknown config key", "one label word for two emotions in a profile"])
 def test_snakemake_config_error_is_one_line(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     row = ROWS[name](None)

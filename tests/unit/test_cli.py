@@ -82,8 +82,8 @@ def test_out_of_memory_is_not_recorded_so_a_retry_runs(error, tmp_path, capsys, 
 
 
 MIRRORED = {  # every CLI option that mirrors a config setting, by command
-    "dataset": {"--seed"}, "organism": {"--device"}, "equivalence": {"--device"}, "activations": {"--device"},
-    "readout": {"--device"},
+    "dataset": {"--seed", "--folds"}, "organism": {"--device"}, "equivalence": {"--device"},
+    "activations": {"--device"}, "readout": {"--device"},
     "vectors": {"--k-max", "--folds", "--seed", "--n-perm", "--n-boot"},
     "residual-chunk": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions"},
     "screen-heads": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions", "--min-separation",
@@ -112,3 +112,14 @@ def test_every_option_that_mirrors_a_setting_defaults_to_the_schema():
                 assert parser.get_default(action.dest) == config.default(action.config_key), (name, action.dest)
                 assert f"config {action.config_key}" in action.help
     assert found == MIRRORED
+
+
+def test_a_null_subsample_is_passed_as_none():
+    """The rules pass a null max_pairs or max_prompts as None (left out, it would be the schema's default)."""
+    model = ["--name", "m", "--settings", "{}", "--dataset", "d", "--out", "o"]
+    parse = build_parser().parse_args
+    assert parse(["residual-chunk", *model, "--layers", "0", "--max-pairs", "None"]).max_pairs is None
+    assert parse(["steer", *model, "--activations", "a", "--max-prompts", "none"]).max_prompts is None
+    assert parse(["steer", *model, "--activations", "a", "--max-prompts", "24"]).max_prompts == 24
+    with pytest.raises(cli.UsageError, match="--max-prompts: expected an integer or none, got 'all'"):
+        parse(["steer", *model, "--activations", "a", "--max-prompts", "all"])

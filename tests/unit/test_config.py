@@ -101,6 +101,17 @@ def test_readout_labels_are_any_two_emotions_or_more_the_built_in_four_by_defaul
         validate(config)
 
 
+def test_one_label_word_for_two_emotions_is_refused_naming_them():
+    shared = {"joy": " joy", "sadness": " joy", "fear": " joy", "calm": " calm"}
+    config = _demo()
+    config["readout"]["labels"] = dict(shared)
+    with pytest.raises(ConfigError, match=r"^config/demo\.yaml: readout\.labels: joy, sadness and fear share the label "
+                                          r"word ' joy'; each emotion needs its own$"):
+        validate(config, "config/demo.yaml")
+    with pytest.raises(ConfigError, match=r"^--config: readout\.labels: joy, sadness and fear share"):
+        validate(config, "config/demo.yaml", {"readout": {"labels": shared}})
+
+
 def test_the_last_layer_that_gives_the_labels_gives_them_whole(tmp_path):
     """Snakemake merges --configfile layers and --config key by key; the labels are a set, so they are replaced."""
     from snakemake.utils import update_config

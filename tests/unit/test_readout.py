@@ -72,10 +72,27 @@ def test_label_that_splits_is_refused_with_its_pieces(tokenizer):
     assert "set readout.labels.gratitude to a word that is one token in this tokenizer" in message
 
 
-def test_labels_sharing_a_token_are_refused(tokenizer):
-    r = Readout.from_config({"labels": {**LABEL_WORDS, "apology": " anger"}})
+def test_one_word_for_two_emotions_is_refused_when_the_section_is_read():
+    with pytest.raises(ValueError, match=r"^readout\.labels: gratitude and anger share the label word ' thanks'; "
+                                         r"each emotion needs its own$"):
+        Readout.from_config({"labels": {"gratitude": " thanks", "anger": " thanks", "neutral": " neutral"}})
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^readout\.labels: gratitude and anger share"):
+        _readout('{"labels": {"gratitude": " thanks", "anger": " thanks"}}')
+
+
+def test_two_words_of_one_token_are_refused():
+    class Lowercasing:  # a tokenizer that lowercases first (a normaliser): ' Anger' is the token of ' anger'
+        vocab = {w: i for i, w in enumerate(LABEL_WORDS.values())}
+
+        def encode(self, text, add_special_tokens=False):
+            return [self.vocab[text.lower()]]
+
+        def decode(self, ids):
+            return next(w for w, i in self.vocab.items() if i == ids[0])
+
+    r = Readout.from_config({"labels": {**LABEL_WORDS, "apology": " Anger"}})
     with pytest.raises(ValueError, match=r"share a token.*\['anger', 'apology'\] -> ' anger'"):
-        r.label_token_ids(tokenizer)
+        r.label_token_ids(Lowercasing())
 
 
 def test_fake_tokenizer_without_decode():

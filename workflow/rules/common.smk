@@ -112,17 +112,18 @@ def model_source(wildcards):
 
 
 def pair_flags():
-    """CLI flags that choose the source/target pairs, the patching direction and the readout positions."""
+    """CLI flags that choose the source/target pairs, the patching direction and the readout positions (a null
+    max_pairs is passed as None: all pairs)."""
     p = config["patching"]
-    subsample = f"--max-pairs {p['max_pairs']}" if p["max_pairs"] else ""
-    return f"--direction {p['direction']} --seed {config['seed']} --message-positions {p['message_positions']} {subsample}"
+    return (f"--direction {p['direction']} --seed {config['seed']} --message-positions {p['message_positions']} "
+            f"--max-pairs {p['max_pairs']}")
 
 
 def steering_flags():
-    """CLI flags both steering jobs share: the item split's seed, the measured prompts, the nulls, the bootstrap."""
+    """CLI flags both steering jobs share: the item split's seed, the measured prompts (a null max_prompts is passed
+    as None: the whole held-out half), the nulls, the bootstrap."""
     s = config["steering"]
-    subsample = f"--max-prompts {s['max_prompts']}" if s["max_prompts"] else ""
-    return f"--seed {config['seed']} --n-null {s['n_null']} --n-boot {s['n_boot']} {subsample}"
+    return f"--seed {config['seed']} --n-null {s['n_null']} --n-boot {s['n_boot']} --max-prompts {s['max_prompts']}"
 
 
 def n_layers(model):

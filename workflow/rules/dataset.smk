@@ -22,7 +22,10 @@ rule dataset_card:
         layout.log(RESULTS, "dataset_card"),
     params:
         readout=readout_json(),
+        seed=config["seed"],
+        folds=config["subspace"]["probe_folds"],
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens dataset describe --source {input} --readout {params.readout:q} --out {output} 2> {log}"
+        "emolens dataset describe --source {input} --readout {params.readout:q} --seed {params.seed} "
+        "--folds {params.folds} --out {output} 2> {log}"

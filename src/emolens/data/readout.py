@@ -7,7 +7,8 @@ emotion of the run to its word: its keys are the run's emotions (any two or more
 by default), kept in :func:`emolens.emotion_order`, and a dataset must hold exactly these emotions. A
 label word must be exactly one token in the model's tokenizer, and the tokens must differ:
 :meth:`Readout.label_token_ids` refuses anything else (a word that splits would otherwise be scored
-by its first piece, which other words may share). :data:`DEFAULT` is the readout of the defaults;
+by its first piece, which other words may share); two emotions with one word are refused as soon as the section
+is read (:func:`emolens.config.label_clash`). :data:`DEFAULT` is the readout of the defaults;
 the module functions :func:`prompt` and :func:`label_token_ids` apply it.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emolens import EMOTIONS, emotion_order
+from emolens.config import label_clash
 
 READOUT_SUFFIX = "\nThe emotion of this message is"
 LABEL_WORDS: dict[str, str] = {e: " " + e for e in EMOTIONS}
@@ -43,6 +45,9 @@ class Readout:
                 raise ValueError(f"readout.labels: an emotion must be a non-empty name, got {emotion!r}")
             if not isinstance(word, str) or not word:
                 raise ValueError(f"readout.labels.{emotion} must be a non-empty string, got {word!r}")
+        clash = label_clash(self.labels)
+        if clash:
+            raise ValueError(clash)
         object.__setattr__(self, "labels", {e: self.labels[e] for e in emotion_order(self.labels)})  # own copy
 
     def __hash__(self) -> int:  # the labels dict is never changed after construction

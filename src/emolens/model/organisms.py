@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from emolens.config import ModelLoadError
 from emolens.data.dataset import load_dataset
 from emolens.data.readout import DEFAULT, Readout
 from emolens.io import provenance, save_json
@@ -44,8 +45,9 @@ TARGET_ACCURACY = 0.9
 TARGET_MARGIN = 2.0  # median held-out margin (logits) of the right label over the best other: pairs patching can use
 
 
-class OrganismError(RuntimeError):
-    """An organism cannot be built or did not learn the readout task well enough."""
+class OrganismError(ModelLoadError):
+    """An organism cannot be built or did not learn the readout task well enough: the message names the setting
+    to change, and the command line refuses it in one line (exit 2) like any model that cannot be loaded."""
 
 
 # --- tokenizer -------------------------------------------------------------------------------------
