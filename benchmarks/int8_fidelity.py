@@ -43,7 +43,7 @@ from emolens.model.architecture import known_architectures, resolve_architecture
 from emolens.model.loading import QUANTIZATIONS, load_model, weight_memory
 from emolens.model.plan import plan_model, weight_bytes
 from emolens.phases.behaviour import readout_report
-from emolens.phases.equivalence import batch_noise, differences, tolerance
+from emolens.phases.equivalence import identities
 from emolens.phases.vectors import probe_accuracy
 from emolens.stats.probes import probe_model
 from emolens.stats.resampling import frame_groups, grouped_folds
@@ -124,19 +124,6 @@ def build_settings(settings: dict[str, Any], build: str, dtype: str) -> dict[str
     return {**settings, "dtype": build, "quantization": None}
 
 
-def equivalence(adapter: ModelAdapter, tokens: list[list[int]], records: list[dict[str, Any]],
-                label_ids: list[int]) -> dict[str, Any]:
-    """The equivalence rule's numbers and verdict: its three checks on the first item's pair, the batch noise
-    over 9 prompts of the run prompt's length, and the tolerance that build gets."""
-    donor = next(i for i, r in enumerate(records) if r["item_id"] == records[0]["item_id"] and i)
-    found = differences(adapter, tokens[0], tokens[donor], label_ids)
-    mates = [t for t in tokens[1:] if len(t) == len(tokens[0])][:8]
-    noise = batch_noise(adapter, [tokens[0], *mates], label_ids)
-    limit = tolerance(adapter, noise)
-    return {"max_difference": found, "batch_noise": noise, "tolerance": limit,
-            "passes": all(v <= limit for v in found.values() if v is not None)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/real.yaml")
@@ -187,7 +174,7 @@ def main() -> None:
             "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in adapter.model.parameters()}),
             "weight_bytes": weight_memory(adapter.model),
             "weight_bytes_plan": weight_bytes(arch, build_set["dtype"], quant),
-            "equivalence": equivalence(adapter, tokens, records, label_ids),
+            "equivalence": identities(adapter, records, tokens, label_ids),
             "plan": {k: planned.get(k) for k in ("model", "dtype", "quantization", "weights_gib", "total_gib",
                                                  "batch_used", "gpu_gib", "fits")}}
         n_sites = adapter.n_layers + 1
@@ -219,7 +206,7 @@ def print_tables(results: dict[str, Any], reference: str) -> None:
         build_probe = np.mean([p["build"] for p in probes.values()]) if probes else np.nan
         crossed = np.mean([p["reference_probe_on_build"] for p in probes.values()]) if probes else np.nan
         print(f"| {build} | {noise} | {eq['max_difference']['patching']:.2g} | {eq['tolerance']:.3g} | "
-              f"{'passes' if eq['passes'] else 'FAILS'} | {fid[0]} | {fid[1]} | {r['readout_accuracy_calibrated']:.3f} "
+              f"{'FAILS' if eq['failed'] else 'passes'} | {fid[0]} | {fid[1]} | {r['readout_accuracy_calibrated']:.3f} "
               f"| {build_probe:.3f} | {crossed:.3f} | {r['seconds_forwards']:.0f} | {r['weight_bytes'] / 1e6:.0f} "
               f"({r['weight_bytes_plan'] / 1e6:.0f}) | {plan['weights_gib']:.1f} / {plan['total_gib']:.1f} GiB at "
               f"batch {plan['batch_used']}, {'fits' if plan['fits'] else 'does NOT fit'} |")

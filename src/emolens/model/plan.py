@@ -58,16 +58,9 @@ GIB = 1024**3
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-# --- architecture numbers --------------------------------------------------------------------------
-
-
-# --- parameter counts ------------------------------------------------------------------------------
-
-
 # --- memory -----------------------------------------------------------------------------------------
 # Bytes per quantised weight (NF4: half a byte plus a float32 absmax per block of 64) and per output row of a
-# quantised linear map: bitsandbytes keeps a float32 scale; torchao's int8 (the default) a scale in the compute
-# dtype and an int8 zero point (the fallback, b + 1).
+# quantised linear map (bitsandbytes: a float32 scale; NF4's scales are in its absmax).
 QUANT_BYTES = {"int8": 1.0, "llm.int8": 1.0, "int8-rowwise": 1.0, "nf4": 0.5 + 4 / 64}
 ROW_SCALE_BYTES = {"llm.int8": 4, "int8-rowwise": 4, "nf4": 0}
 
@@ -76,12 +69,12 @@ def weight_bytes(a: Architecture, dtype: str, quantization: str | None) -> int:
     """Weights on the device: quantised decoder linears (int8 or 4-bit codes plus their scales), everything
     else (embeddings, lm_head, norms, a vision side, all left out of quantisation) in ``dtype``."""
     b = _BYTES[dtype]
-    vis_linear, vis_other = vision_params(a)
-    rest = (other_params(a) + vis_linear + vis_other) * b
+    rest = (other_params(a) + sum(vision_params(a))) * b
     if quantization is None:
-        return (n_params(a) + vis_linear + vis_other) * b
-    return int(linear_params(a) * QUANT_BYTES[quantization] + linear_rows(a) * ROW_SCALE_BYTES.get(quantization,
-                                                                                                  b + 1)) + rest
+        return linear_params(a) * b + rest
+    # torchao's int8 (the default) keeps a scale in the compute dtype and an int8 zero point per row
+    row = b + 1 if quantization == "int8" else ROW_SCALE_BYTES[quantization]
+    return int(linear_params(a) * QUANT_BYTES[quantization]) + linear_rows(a) * row + rest
 
 
 def kv_cache_bytes(a: Architecture, dtype: str, batch: int, tokens: int) -> int:

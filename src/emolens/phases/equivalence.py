@@ -147,6 +147,22 @@ def dataset_lines(path: str | Path) -> dict[str, int]:
         return {json.loads(line)["id"]: n for n, line in enumerate(f, 1) if line.strip()}
 
 
+def identities(adapter: ModelAdapter, records: Sequence[dict[str, Any]], tokens: Sequence[Sequence[int]],
+               token_ids: Sequence[int]) -> dict[str, Any]:
+    """The three checks on the first record and another emotion of its item (``tokens``: the records' prompts),
+    the batch noise over the first prompt and up to :data:`BATCH_MATES` prompts of its length, the tolerance
+    that gives this build, and the checks over it (``failed``, empty when the identities hold)."""
+    donor = next(i for i, r in enumerate(records)
+                 if r["item_id"] == records[0]["item_id"] and r["emotion"] != records[0]["emotion"])
+    found = differences(adapter, tokens[0], tokens[donor], token_ids)
+    mates = [t for t in tokens[1:] if len(t) == len(tokens[0]) and t != tokens[0]][:BATCH_MATES]
+    noise = batch_noise(adapter, [tokens[0], *mates], token_ids)
+    limit = tolerance(adapter, noise)
+    return {"prompts": [records[0]["id"], records[donor]["id"]], "max_difference": found, "batch_noise": noise,
+            "tolerance": limit,
+            "failed": {k: v for k, v in found.items() if v is not None and not (np.isfinite(v) and v <= limit)}}
+
+
 def run(settings: dict[str, Any], dataset: str | Path, out_json: str | Path, name: str, device: str = "auto",
         readout: Readout = DEFAULT) -> dict[str, Any]:
     """Before a model's long jobs: every prompt within its context, then the three checks on two prompts of one
@@ -159,17 +175,11 @@ def run(settings: dict[str, Any], dataset: str | Path, out_json: str | Path, nam
     tokens = {chat: tokenize(adapter, texts, readout, chat) for chat in variants}
     for prompts in tokens.values():
         check_context(adapter, records, prompts, dataset)
-    donor = next(r for r in records if r["item_id"] == records[0]["item_id"] and r["emotion"] != records[0]["emotion"])
-    run_ids, donor_ids = tokenize(adapter, [records[0]["text"], donor["text"]], readout)
-    token_ids = list(readout.label_token_ids(adapter.tokenizer).values())
-    found = differences(adapter, run_ids, donor_ids, token_ids)
-    mates = [t for t in tokens[False] if len(t) == len(run_ids) and t != run_ids][:BATCH_MATES]
-    noise = batch_noise(adapter, [run_ids, *mates], token_ids)
-    limit = tolerance(adapter, noise)
-    failed = {k: v for k, v in found.items() if v is not None and not (np.isfinite(v) and v <= limit)}
-    if failed:
+    found = identities(adapter, records, tokens[False], list(readout.label_token_ids(adapter.tokenizer).values()))
+    limit, noise = found["tolerance"], found["batch_noise"]
+    if found["failed"]:
         raise ModelLoadError(f"models.{name}: the adapter's identities fail on its own weights ("
-                             + ", ".join(f"{k} differs by {v:.3g} > {limit:.3g}" for k, v in failed.items())
+                             + ", ".join(f"{k} differs by {v:.3g} > {limit:.3g}" for k, v in found["failed"].items())
                              + f"; batch noise {noise}; sites {adapter.sites}); "
                              + (f"quantization {adapter.quantization!r} is not batch-invariant: set "
                                 f"models.{name}.quantization to int8" if adapter.quantization in NOISY
@@ -177,10 +187,11 @@ def run(settings: dict[str, Any], dataset: str | Path, out_json: str | Path, nam
     result = {"schema": SCHEMA, "model": name, "sites": adapter.sites, "head_layers": adapter.head_layers,
               "n_layers": adapter.n_layers, "prefix_cache": adapter.prefix_cache, "context": context_limit(adapter),
               "longest_prompt": max(len(t) for t in tokens[False]),
-              "prompts": [records[0]["id"], donor["id"]], "max_difference": found, "tolerance": limit,
+              "prompts": found["prompts"], "max_difference": found["max_difference"], "tolerance": limit,
               "quantization": adapter.quantization, "batch_noise": noise,
               "provenance": provenance({"settings": settings, "readout": readout.as_dict()}, started,
                                        dataset=str(dataset), model_id=name)}
     save_json(result, out_json)
-    log.info("%s: equivalence holds on %s, largest differences %s", name, result["prompts"], found)
+    log.info("%s: equivalence holds on %s, largest differences %s", name, result["prompts"],
+             result["max_difference"])
     return result

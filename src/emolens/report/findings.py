@@ -295,13 +295,15 @@ def quantisation_notes(res: Results) -> list[str]:
     equivalence check measured, below which an effect is not resolved."""
     notes = []
     for m, eq in sorted(res.equivalence.items()):
-        quant, noise = eq.get("quantization"), eq.get("batch_noise") or {}
+        quant = eq.get("quantization")
+        if not quant:
+            continue
+        worst = max(v for v in eq["batch_noise"].values() if v is not None)
         if quant == "int8":
             notes.append(f"{m} ran in weight-only int8 (torchao): batch-invariant (a prompt's label logits move "
-                         f"{max(v for v in noise.values() if v is not None):.1g} with its batch), so fast "
-                         "patching equals its oracle; activations and effects carry the weights' rounding.")
-        elif quant:
-            worst = max(v for v in noise.values() if v is not None)
+                         f"{worst:.1g} with its batch), so fast patching equals its oracle; activations and effects "
+                         "carry the weights' rounding.")
+        else:
             notes.append(f"{m} ran in {quant} (bitsandbytes): int8 batch noise up to {worst:.2g} logits (a "
                          "prompt's label logits alone vs in a batch or through a cached prefix); its patching and "
                          f"steering effects smaller than that are not resolved (equivalence/{m}.json).")
