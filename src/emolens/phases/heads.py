@@ -39,7 +39,7 @@ from emolens.engine.pairs import Pairs
 from emolens.engine.patching import head_site, normalised, patch_pairs
 from emolens.io import ResultFileError, provenance, save_json, save_pickle
 from emolens.model.adapter import ModelAdapter
-from emolens.phases.residual import MESSAGE_POSITIONS, prepare_readout_pairs
+from emolens.phases.residual import MESSAGE_POSITIONS, metric_fields, prepare_readout_pairs
 from emolens.stats.effects import MIN_SEPARATION, contrast_counts, kept_ratio, summarise
 from emolens.stats.resampling import frame_split
 
@@ -189,13 +189,7 @@ def run_head_patching(adapter: ModelAdapter, records: Sequence[dict[str, Any]], 
         "ci_joint": np.array([summary["ci_low"][-1], summary["ci_high"][-1]]),
         **{k: summary[k] for k in ("separation", "included", "min_separation", "ci", "n_frames", "n_items",
                                    "n_pairs_included", "contrast_counts")},
-        "ld_clean_run": ld_run,
-        "ld_clean_donor": ld_donor,
-        "readout": readout.as_dict(),
-        "suffix": readout.suffix,
-        "label_token_ids": pairs.label_token_ids,
-        "direction": direction,
-        "quantization": adapter.quantization,
+        **metric_fields(adapter, pairs, readout, direction, ld_run, ld_donor),
         "provenance": provenance(settings or {}, started, model=adapter.name,
                                  screening=str(screening_json)),
     }

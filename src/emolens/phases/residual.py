@@ -69,6 +69,15 @@ def readout_positions(adapter: ModelAdapter, pairs: Pairs, message_positions: in
     return [-(k + 1) for k in range(len(roles))], roles
 
 
+def metric_fields(adapter: ModelAdapter, pairs: Pairs, readout: Readout, direction: str, ld_run: np.ndarray,
+                  ld_donor: np.ndarray) -> dict[str, Any]:
+    """What a patching file holds so anyone can recompute its metric: the clean LDs of run and donor, the readout
+    and its suffix, the label token ids, the direction and the numeric build (residual and head files alike)."""
+    return {"ld_clean_run": ld_run, "ld_clean_donor": ld_donor, "readout": readout.as_dict(),
+            "suffix": readout.suffix, "label_token_ids": pairs.label_token_ids, "direction": direction,
+            "quantization": adapter.quantization}
+
+
 def prepare_readout_pairs(adapter: ModelAdapter, records: Sequence[dict[str, Any]], message_positions: int,
                           **pair_options: Any) -> tuple[Pairs, list[int], list[str], PairLabels]:
     """The pairs of ``records`` (``pair_options`` go to :func:`prepare_pairs`), the readout offsets and
@@ -114,13 +123,7 @@ def run_chunk(adapter: ModelAdapter, records: Sequence[dict[str, Any]], layers: 
         "same_length": pairs.same_length,
         "effect": normalised(ld, ld_run, ld_donor),
         "ld_patched": ld,
-        "ld_clean_run": ld_run,
-        "ld_clean_donor": ld_donor,
-        "readout": readout.as_dict(),
-        "suffix": readout.suffix,
-        "label_token_ids": pairs.label_token_ids,
-        "direction": direction,
-        "quantization": adapter.quantization,
+        **metric_fields(adapter, pairs, readout, direction, ld_run, ld_donor),
         "provenance": provenance(settings or {}, started, model=adapter.name),
     }
     save_pickle(result, out)
