@@ -14,6 +14,12 @@ run prompts' clean LD, and every patch variant, and each side normalises with it
   positions nobody reads;
 - fast: the run prompts' 19-token prefix once with the KV cache, then one token per (variant, pair)
   with the cache copied along the batch, label-token logits only.
+- TransformerLens 4 (``--transformer-lens``): the same weights in a ``TransformerBridge``, the run
+  prompts as one batch per variant as its patching utilities run them, two ways: its own utility
+  (``patching.generic_activation_patch`` with the last position in ``index_df``) and a plain loop of
+  ``run_with_hooks``, one per variant, with a hook that writes the donor's last position from the
+  clean cache (``run_with_cache`` on the donors, outside the timing, as ours). Its residual sweep
+  patches ``hook_resid_pre`` 0..11 (12 variants: ours also patches index 12, the last block's output).
 Two sweeps: residual indices 0..12 at the last position (13 variants) and every head at the last
 position (144 variants). Prints the times, the fast path's ratio to each reference (the first mixes
 the prefix cache with the skipped unembedding, the second is the prefix cache alone) and the largest
@@ -21,14 +27,17 @@ differences of each reference from the fast path. The machine may be shared: the
 (minutes) run once, which averages the load over their run; the fast path (seconds) is the median
 of three runs, so one burst of someone else's work does not decide it.
 
-Run: ``python benchmarks/bench_patching.py`` (about eight minutes on 2 cores, mostly the references).
+Run: ``python benchmarks/bench_patching.py --transformer-lens`` (about ten minutes on 2 cores, mostly the references).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -61,19 +70,76 @@ def make_pairs(n_pairs: int, length: int, vocab: int, seed: int) -> Pairs:
                  direction="denoising")
 
 
+def transformer_lens(model: GPT2LMHeadModel, pairs: Pairs, sweeps: list[str]) -> dict[str, dict[str, float]]:
+    """Seconds of each sweep through TransformerLens 4, by its patching utility and by a plain hook loop."""
+    import pandas as pd
+    from transformer_lens import patching
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from emolens.model.organisms import train_tokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        bridge = TransformerBridge.boot_transformers(d, hf_model=copy.deepcopy(model), device="cpu",
+                                                     tokenizer=train_tokenizer(["a patching benchmark"]))
+    bridge.eval()
+    run, donor = torch.tensor(pairs.run), torch.tensor(pairs.donor)
+    rows = torch.arange(len(run))
+    labels = torch.tensor([[pairs.token_ids[j] for j in ld] for ld in pairs.ld_index])  # [pairs, 2]
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:  # mean LD at the last position
+        last = logits[:, -1]
+        return (last[rows, labels[:, 0]] - last[rows, labels[:, 1]]).mean()
+
+    with torch.inference_mode():
+        _, cache = bridge.run_with_cache(donor)
+    last, n_layers, n_heads = run.shape[1] - 1, bridge.cfg.n_layers, bridge.cfg.n_heads
+    setups = {  # sweep -> (activation, its hook per layer, TransformerLens's setter, index rows (layer, pos[, head]))
+        sweeps[0]: ("resid_pre", "blocks.{}.hook_resid_pre", patching.layer_pos_patch_setter,
+                    [(layer, last) for layer in range(n_layers)]),
+        sweeps[1]: ("z", "blocks.{}.attn.hook_z", patching.layer_pos_head_vector_patch_setter,
+                    [(layer, last, h) for layer in range(n_layers) for h in range(n_heads)]),
+    }
+    times: dict[str, dict[str, float]] = {}
+    for name, (activation, hook, setter, index) in setups.items():
+        columns = ["layer", "pos", "head"][:len(index[0])]
+        start = time.perf_counter()
+        with torch.inference_mode():
+            patching.generic_activation_patch(bridge, run, cache, metric, setter, activation,
+                                              index_df=pd.DataFrame(index, columns=columns))
+        utility = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for idx in index:
+                point = hook.format(idx[0])
+
+                def patch(x: torch.Tensor, hook: object, idx: tuple = idx, point: str = point,
+                          setter: Callable = setter) -> torch.Tensor:
+                    return setter(x, idx, cache[point])
+
+                metric(bridge.run_with_hooks(run, fwd_hooks=[(point, patch)]))
+        times[name] = {"utility": utility, "hook loop": time.perf_counter() - start}
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--length", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per forward, both paths")
+    parser.add_argument("--transformer-lens", action="store_true",
+                        help="also time both sweeps through TransformerLens 4 on the same weights")
+    parser.add_argument("--skip-references", action="store_true",
+                        help="time the fast path alone (no equality check against the full-recompute references)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="fast-path runs (median); the long reference runs once, which averages out load")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-    adapter = ModelAdapter(GPT2LMHeadModel(config).float().eval(), name="gpt2-small-random")
+    model = GPT2LMHeadModel(config).float().eval()
+    adapter = ModelAdapter(model, name="gpt2-small-random")
     pairs = make_pairs(args.pairs, args.length, config.vocab_size, seed=0)
     L, H = adapter.n_layers, adapter.n_heads
     run_ids = torch.tensor(pairs.run)  # [pairs, pos]: one length, one batch
@@ -90,10 +156,12 @@ def main() -> None:
         "residual last position": [(resid_site(layer),) for layer in range(L + 1)],
         "all heads last position": [(head_site(layer, h),) for layer in range(L) for h in range(H)],
     }
+    tl_times = transformer_lens(model, pairs, list(sweeps)) if args.transformer_lens else {}
+    methods = {m: e for m, e in METHODS.items() if m == "fast" or not args.skip_references}
     failed = []
     for name, variants in sweeps.items():
         times, effects, lds = {}, {}, {}
-        for method, engine in METHODS.items():
+        for method, engine in methods.items():
             runs = []
             for _ in range(args.repeats if method == "fast" else 1):
                 start = time.perf_counter()
@@ -108,7 +176,9 @@ def main() -> None:
         ok = np.abs(ld_donor - lds["reference"][:, -1]) > MIN_DENOMINATOR
         print(f"{name} ({len(variants)} variants + the unpatched run), fast {t_fast:.2f} s; "
               f"{ok.sum()} pairs with |LD_donor - LD_run| > {MIN_DENOMINATOR} for effects:")
-        for method in ("reference", "last-logits reference"):
+        for way, t_tl in tl_times.get(name, {}).items():
+            print(f"  vs TransformerLens {way} {t_tl:.2f} s: ratio {t_tl / t_fast:.1f}x")
+        for method in [m for m in methods if m != "fast"]:
             t_ref = times[method]
             ld_diff = np.abs(lds["fast"] - lds[method]).max()
             equal = ld_diff <= TOLERANCE
@@ -117,8 +187,9 @@ def main() -> None:
                   f"sides {(t_ref + t_donor) / (t_fast + t_donor):.1f}x); max |LD diff| {ld_diff:.1e} "
                   f"({'equal' if equal else 'NOT equal'} within {TOLERANCE:g}), max |effect diff| "
                   f"{np.abs(effects['fast'] - effects[method])[ok].max():.1e}")
-        print(f"  last-logits reference vs full-vocabulary reference: "
-              f"{times['reference'] / times['last-logits reference']:.2f}x faster")
+        if not args.skip_references:
+            print(f"  last-logits reference vs full-vocabulary reference: "
+                  f"{times['reference'] / times['last-logits reference']:.2f}x faster")
     if failed:
         raise SystemExit(f"fast path differs from: {'; '.join(failed)}")
 

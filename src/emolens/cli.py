@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emolens import stopwatch
 from emolens.config import ConfigError, ModelLoadError
 from emolens.data.dataset import DatasetError
 from emolens.engine.oom import BatchOutOfMemoryError
@@ -78,7 +79,8 @@ def _cmd_equivalence(a: argparse.Namespace) -> None:
 def _cmd_activations(a: argparse.Namespace) -> None:
     from emolens.phases import activations
 
-    activations.run(a.settings, a.dataset, a.out, name=a.name, device=a.device, readout=a.readout)
+    activations.run(a.settings, a.dataset, a.out, name=a.name, device=a.device, readout=a.readout,
+                    readout_out=a.readout_out)
 
 
 def _cmd_readout(a: argparse.Namespace) -> None:
@@ -303,6 +305,7 @@ def _retry_guard(argv: list[str] | None) -> RetryGuard:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the emolens console script: 0 done, 2 bad input, 3 out of memory."""
+    stopwatch.start()
     guard = _retry_guard(argv)
     refusal = guard.refusal()
     if refusal is not None:
@@ -316,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         globals()[f"_cmd_{args.command.replace('-', '_')}"](args)
+        print(stopwatch.line(), file=sys.stderr)  # where the job's time went: benchmarks/profile_phases.py
     except RESOURCE_ERRORS as e:
         detail = e if isinstance(e, BatchOutOfMemoryError) else f"out of host memory ({e!r})"
         print(f"emolens {args.command}: error: {detail}", file=sys.stderr)

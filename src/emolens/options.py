@@ -134,6 +134,7 @@ def _equivalence_options(p: argparse.ArgumentParser) -> None:
 def _activations_options(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, help="activations pickle to write")
+    p.add_argument("--readout-out", help="readout JSON to write from the same forwards (as the readout command's)")
 
 
 def _readout_options(p: argparse.ArgumentParser) -> None:

@@ -1,10 +1,11 @@
-"""Phase 2: batched, early-stopping extraction equals Hugging Face hidden_states for every family."""
+"""Phase 2: batched extraction equals Hugging Face hidden_states, and its label logits the model's, for every family."""
 
 import numpy as np
 import pytest
 import torch
 
 from emolens.data.dataset import build_dataset
+from emolens.data.readout import DEFAULT
 from emolens.engine.inputs import length_buckets, tokenize
 from emolens.phases.activations import extract
 
@@ -25,9 +26,11 @@ def test_extract_equals_hf_hidden_states(tiny_adapters, family):
     got = extract(adapter, texts, batch_size=4)
     L = adapter.n_layers
     assert got["last"].shape == (12, L + 1, adapter.d_model)
+    label_ids = list(DEFAULT.label_token_ids(adapter.tokenizer).values())
     for i, ids in enumerate(tokenize(adapter, texts)):
         with torch.no_grad():
             out = adapter.model(torch.tensor([ids]), output_hidden_states=True)
+        np.testing.assert_allclose(got["labels"][i], out.logits[0, -1, label_ids].numpy(), atol=1e-4)
         hs = torch.stack(out.hidden_states[:L], dim=1)[0]  # [L, pos, d]
         np.testing.assert_allclose(got["last"][i, :L], hs[:, -1].numpy(), atol=1e-5)
         np.testing.assert_allclose(got["mean"][i, :L], hs.mean(1).numpy(), atol=1e-5)

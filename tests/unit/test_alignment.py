@@ -31,9 +31,9 @@ from emolens.phases.emotion_structure import (
     transfer_cosines,
 )
 from emolens.phases.statistics import run_k
-from emolens.phases.vectors import emotion_vectors, item_centred
 from emolens.report.checks import check_alignment, check_self_alignment, check_statistics
 from emolens.report.figures import alignment_matrix
+from emolens.stats.geometry import emotion_vectors, item_centred
 from emolens.stats.resampling import perm_pvalue, within_group_permutations
 from emolens.stats.similarity import (
     center_gram,

@@ -13,6 +13,7 @@ from emolens.data.dataset import build_dataset, write_dataset
 from emolens.data.readout import DEFAULT, Readout
 from emolens.engine.inputs import tokenize
 from emolens.model.loading import load_model
+from emolens.phases import activations
 from emolens.phases.behaviour import label_logits, readout_report, run
 
 FAMILIES = ["gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3"]
@@ -99,6 +100,20 @@ def test_run_writes_the_baseline(tiny_checkpoints, tmp_path):
     assert written["readout"] == DEFAULT.as_dict() and list(written["label_token_ids"]) == list(EMOTIONS)
     assert written["quantization"] is None and written["provenance"]["settings"]["readout"] == DEFAULT.as_dict()
     assert written["accuracy"] == result["accuracy"]
+
+
+def test_activations_job_writes_the_same_baseline(tiny_checkpoints, tmp_path):
+    """The workflow's activations job reads the label logits off its own forwards: the same file, one pass fewer."""
+    data = tmp_path / "data.jsonl"
+    write_dataset(build_dataset(), data)
+    settings = {"path": str(tiny_checkpoints["llama"]), "dtype": "float32", "batch_size": 64}
+    alone = run(settings, data, tmp_path / "alone.json", name="llama", device="cpu")
+    activations.run(settings, data, tmp_path / "act.pkl", name="llama", device="cpu",
+                    readout_out=tmp_path / "shared.json")
+    shared = json.loads((tmp_path / "shared.json").read_text())
+    for key in ("accuracy", "accuracy_calibrated", "confusion", "confusion_calibrated", "by_register",
+                "predicted_share", "mean_label_logit", "label_token_ids", "readout"):
+        assert shared[key] == json.loads(json.dumps(alone[key])), key  # bit-identical logits: same batches
 
 
 def test_run_refuses_a_label_that_splits(tiny_checkpoints, tmp_path):

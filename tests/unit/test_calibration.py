@@ -43,7 +43,7 @@ from emolens.phases.emotion_structure import (
     transfer_cosines,
 )
 from emolens.phases.statistics import k_axis_scores, k_decision
-from emolens.phases.vectors import item_centred
+from emolens.stats.geometry import item_centred
 from emolens.stats.resampling import perm_pvalue, within_group_permutations
 from emolens.stats.similarity import (
     center_gram,

@@ -48,7 +48,8 @@ from emolens.phases.emotion_structure import (
     transfer_cosines,
 )
 from emolens.phases.statistics import frame_tests, k_axis_scores, k_decision
-from emolens.phases.vectors import decoding_test, item_centred, probe_minus_lexical
+from emolens.phases.vectors import decoding_test, probe_minus_lexical
+from emolens.stats.geometry import item_centred
 from emolens.stats.resampling import frame_slot_permutations, grouped_folds, perm_pvalue
 from emolens.stats.similarity import center_gram, gram_cka, gram_permutation_null
 

@@ -21,9 +21,9 @@ from emolens.phases.emotion_structure import (
     transfer_cosines,
 )
 from emolens.phases.statistics import run_k
-from emolens.phases.vectors import emotion_vectors
 from emolens.report.checks import check_dataset, k_problems
 from emolens.stats.effects import contrast, contrast_counts, contrasts
+from emolens.stats.geometry import emotion_vectors
 from emolens.stats.resampling import frame_label_permutations
 from emolens.stats.steering_stats import (
     chosen_dose_tests,

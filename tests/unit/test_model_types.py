@@ -116,6 +116,7 @@ def test_a_hybrids_blocks_without_heads_are_residual_sites_only(tokenizer, tmp_p
 
     import numpy as np
 
+    from emolens.data.readout import Readout
     from emolens.phases.heads import run_screening
 
     adapter = ModelAdapter(tiny.tiny_model("qwen3_next", len(tokenizer)), tokenizer, name="hybrid")
@@ -124,7 +125,7 @@ def test_a_hybrids_blocks_without_heads_are_residual_sites_only(tokenizer, tmp_p
         with adapter.hooks(head_inputs={0: lambda x: None}):
             pass
     run_screening(adapter, build_dataset()[:24], tmp_path / "heads.json", top_k=2, message_positions=1,
-                  min_separation=0.0)
+                  min_separation=0.0, max_pairs=8, readout=Readout(suffix=" is"))  # one batch, 2 positions: 9 forwards
     scores = json.loads((tmp_path / "heads.json").read_text())
     exact = np.array(scores["exact_last_position"], float)
     assert scores["layers_without_heads"] == [0, 1, 2]

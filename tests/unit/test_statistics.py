@@ -14,8 +14,8 @@ from emolens import EMOTIONS
 from emolens.io import save_pickle
 from emolens.phases.emotion_structure import EmotionGrams
 from emolens.phases.statistics import detectable_d, frame_tests, k_axis_scores, required_n, run_effect, run_k, run_power
-from emolens.phases.vectors import emotion_vectors
 from emolens.stats import families
+from emolens.stats.geometry import emotion_vectors
 from emolens.stats.resampling import ratio_of_sums, sign_flip_pvalue
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emolens import EMOTIONS
-from emolens.phases.vectors import emotion_vectors
+from emolens.stats.geometry import emotion_vectors
 from emolens.stats.resampling import frame_label_permutations
 from emolens.stats.steering_stats import (
     ItemBootstrap,

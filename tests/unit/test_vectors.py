@@ -9,17 +9,9 @@ import pytest
 
 from emolens import EMOTIONS
 from emolens.io import load_pickle, save_pickle
-from emolens.phases.vectors import (
-    emotion_vectors,
-    item_centred,
-    probe_accuracy,
-    probe_report,
-    run,
-    split_accuracy,
-    subspace,
-    transfer_splits,
-)
+from emolens.phases.vectors import probe_accuracy, probe_report, run, split_accuracy, subspace, transfer_splits
 from emolens.report.checks import check_vectors
+from emolens.stats.geometry import emotion_vectors, item_centred
 from emolens.stats.probes import lexical_model, probe_model
 from emolens.stats.resampling import grouped_folds, out_of_fold
 

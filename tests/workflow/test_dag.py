@@ -71,7 +71,7 @@ def test_preflight_runs_first_for_hub_models_only():
     assert _jobs(baseline.stdout)["preflight"] == 1
     checks = [block for block in baseline.stdout.split("\n\n") if "rule equivalence:" in block]
     assert checks and all("results/baseline/preflight.json" in block.split("output:")[0] for block in checks)
-    for rule in ("activations", "readout", "residual_chunk", "screen_heads", "patch_heads", "steer"):
+    for rule in ("activations", "residual_chunk", "screen_heads", "patch_heads", "steer"):
         jobs = [block for block in baseline.stdout.split("\n\n") if f"rule {rule}:" in block]
         assert jobs and all("results/baseline/equivalence/" in block.split("output:")[0] for block in jobs), rule
     demo = _snakemake("-n", "--cores", "2", "--configfile", "config/demo.yaml", "--forceall")

@@ -1,4 +1,5 @@
-# Phase 2: residual-stream activations at every layer, one job per model.
+# Phase 2: residual-stream activations at every layer, one job per model; the same forwards give the readout
+# baseline (does the model read the emotion at all? its own prediction, one label per emotion).
 
 
 rule activations:
@@ -6,7 +7,8 @@ rule activations:
         dataset=config["dataset"],
         checkpoint=model_checkpoint,
     output:
-        layout.activations(RESULTS, "{model}"),
+        activations=layout.activations(RESULTS, "{model}"),
+        readout=layout.readout(RESULTS, "{model}"),
     log:
         layout.log(RESULTS, "activations", "{model}"),
     benchmark:
@@ -25,4 +27,5 @@ rule activations:
     shell:
         "emolens --attempt {resources.attempt} --input-error-file {log}.input_error "
         "activations --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
-        "--dataset {input.dataset} --out {output} --device {params.device} 2> {log}"
+        "--dataset {input.dataset} --out {output.activations} --readout-out {output.readout} "
+        "--device {params.device} 2> {log}"

@@ -32,6 +32,8 @@ rule align_summary:
         layout.alignment_summary(RESULTS),
     log:
         layout.log(RESULTS, "align_summary"),
+    benchmark:
+        layout.benchmark(RESULTS, "align_summary", "all")
     params:
         alpha=config["statistics"]["alpha"],
     conda:

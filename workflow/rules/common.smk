@@ -168,7 +168,6 @@ def timed_jobs():
         if "organism" in config["models"][m]:
             jobs.append(("organism", m, None, layout.organism_readout(RESULTS, m)))
         jobs.append(("activations", m, None, layout.activations(RESULTS, m)))
-        jobs.append(("readout", m, None, layout.readout(RESULTS, m)))
         jobs.append(("vectors", m, None, layout.vectors(RESULTS, m)))
         for a, b in chunk_ranges(n_layers(m), config["models"][m]["layer_chunk"]):
             chunk = chunk_name(a, b).removesuffix(".pkl")

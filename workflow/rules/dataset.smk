@@ -7,6 +7,8 @@ rule dataset:
         BUILT_DATASET,
     log:
         layout.log(RESULTS, "dataset"),
+    benchmark:
+        layout.benchmark(RESULTS, "dataset", "all")
     conda:
         "../../envs/emolens.yaml"
     shell:
@@ -20,6 +22,8 @@ rule dataset_card:
         layout.dataset_card(RESULTS),
     log:
         layout.log(RESULTS, "dataset_card"),
+    benchmark:
+        layout.benchmark(RESULTS, "dataset_card", "all")
     params:
         readout=readout_json(),
         seed=config["seed"],

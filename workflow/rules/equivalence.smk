@@ -12,6 +12,8 @@ rule equivalence:
         layout.equivalence(RESULTS, "{model}"),
     log:
         layout.log(RESULTS, "equivalence", "{model}"),
+    benchmark:
+        layout.benchmark(RESULTS, "equivalence", "{model}")
     params:
         device=config["device"],
         settings=model_settings,

@@ -9,6 +9,8 @@ rule findings:
         report(layout.findings(RESULTS), caption="../report/findings.rst", category="Findings"),
     log:
         layout.log(RESULTS, "findings"),
+    benchmark:
+        layout.benchmark(RESULTS, "findings", "all")
     params:
         results=lambda wildcards, output: os.path.dirname(output[0]),
         organisms=organisms_json(),

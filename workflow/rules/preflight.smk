@@ -12,6 +12,8 @@ rule preflight:
         PREFLIGHT,
     log:
         layout.log(RESULTS, "preflight"),
+    benchmark:
+        layout.benchmark(RESULTS, "preflight", "all")
     params:
         models=hub_models_json(),
     conda:

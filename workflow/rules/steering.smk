@@ -84,6 +84,8 @@ rule steer_transfer_summary:
         layout.steering_transfer_summary(RESULTS),
     log:
         layout.log(RESULTS, "steer_transfer_summary"),
+    benchmark:
+        layout.benchmark(RESULTS, "steer_transfer_summary", "all")
     conda:
         "../../envs/emolens.yaml"
     shell:

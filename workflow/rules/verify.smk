@@ -9,6 +9,8 @@ rule verify:
         report(layout.verification(RESULTS), caption="../report/verification.rst", category="Verification"),
     log:
         layout.log(RESULTS, "verify"),
+    benchmark:
+        layout.benchmark(RESULTS, "verify", "all")
     params:
         results=lambda wildcards, output: os.path.dirname(output[0]),
         models=" ".join(MODELS),
@@ -26,6 +28,8 @@ rule timing:
         layout.timing(RESULTS),
     log:
         layout.log(RESULTS, "timing"),
+    benchmark:
+        layout.benchmark(RESULTS, "timing", "all")
     params:
         jobs=json.dumps(timed_jobs()),
     conda:
@@ -45,6 +49,8 @@ rule figures:
         ],
     log:
         layout.log(RESULTS, "figures"),
+    benchmark:
+        layout.benchmark(RESULTS, "figures", "all")
     params:
         results=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
         out=lambda wildcards, output: os.path.dirname(output[0]),

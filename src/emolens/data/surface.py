@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from emolens.stopwatch import charged
+
 FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves i'm i've i'll i'd we're we've we'll".split())
 SECOND_PERSON = frozenset("you your yours yourself yourselves you're you've you'll you'd".split())
 NEGATION = frozenset("not no never nothing nobody none nor cannot without".split())
@@ -48,7 +50,8 @@ def counts(text: str) -> dict[str, int]:
 
 def token_counts(texts: Sequence[str], tokenizer: Any) -> np.ndarray:
     """Tokens [N] of each text under a Hugging Face tokenizer, without special tokens."""
-    return np.array([len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]])
+    with charged("tokenise"):
+        return np.array([len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]])
 
 
 def feature_matrix(texts: Sequence[str], tokens: Sequence[Sequence[int]] = ()) -> np.ndarray:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from emolens.data.readout import DEFAULT, Readout
 from emolens.model.adapter import ModelAdapter
+from emolens.stopwatch import charged
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -21,6 +22,7 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
             for s in range(0, len(idx), batch_size)]
 
 
+@charged("tokenise")
 def tokenize(adapter: ModelAdapter, texts: Sequence[str], readout: Readout = DEFAULT,
              chat: bool = False) -> list[list[int]]:
     """Token ids of each readout prompt (the tokenizer's own special tokens included); with ``chat``, of the

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from emolens.engine.inputs import length_buckets
 from emolens.engine.pairs import Pairs
 from emolens.model.adapter import ModelAdapter
+from emolens.stopwatch import charged
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def patch_reference(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, 
         for s in range(0, n, batch_size):
             prompts = np.arange(s, min(n, s + batch_size))
             hooks = _hooks(adapter, table, np.full(len(prompts), v), prompts, donor, 0, length)
-            with adapter.hooks(**hooks):
+            with adapter.hooks(**hooks), charged("forward"):
                 logits = adapter.model(input_ids=run_ids[prompts].to(device),
                                        logits_to_keep=logits_to_keep).logits  # [batch, pos or kept, vocab]
             labels = logits[:, -1, list(token_ids)].float()  # [batch, n_labels]

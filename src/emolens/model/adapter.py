@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from emolens.config import ModelLoadError
+from emolens.stopwatch import charged
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,8 @@ class ModelAdapter:
     def forward_final(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       **kwargs: Any) -> Any:
         """Run the body (no unembedding); returns the model output with final-normed states."""
-        return self.body(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        with charged("forward"):
+            return self.body(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     # --- hooks ---------------------------------------------------------------------------------
     @contextmanager

@@ -13,6 +13,7 @@ from emolens.config import ModelLoadError
 from emolens.model.adapter import ModelAdapter
 from emolens.model.gguf import gguf_checkpoint
 from emolens.model.source import DTYPES, model_source
+from emolens.stopwatch import charged
 
 log = logging.getLogger(__name__)
 HAND_PATHS = ("layers", "attn_out", "body")  # a model's settings may name these by hand (the adapter's sites)
@@ -74,6 +75,7 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+@charged("load")
 def load_model(settings: dict[str, Any], name: str = "model", device: str = "auto") -> ModelAdapter:
     """Load a model from its settings (``path`` or ``hf_id``, ``gguf_file``, ``dtype``, ``quantization``, ``offload``).
 

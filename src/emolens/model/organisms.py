@@ -37,6 +37,7 @@ from emolens.data.readout import DEFAULT, Readout
 from emolens.io import provenance, save_json
 from emolens.model.adapter import FAMILY_NAMES
 from emolens.model.tiny import ORGANISM_POSITIONS, ORGANISM_VISION, ORGANISM_VOCAB, TRAINING_KEYS, tested, tiny_config
+from emolens.stopwatch import charged
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ def readout_accuracy(model: PreTrainedModel, ids: torch.Tensor, lengths: torch.T
     return float((logits.argmax(-1) == labels).float().mean()), float((right - other).median())
 
 
+@charged("forward")  # forwards and backwards: the organism's training is its model work
 def train_readout(model: PreTrainedModel, tokenizer: Any, records: list[dict[str, Any]], *,
                   max_steps: int = 1500, min_steps: int = 100, lr: float = 1e-3, batch_size: int = 64,
                   eval_every: int = 25, target: float = TARGET_ACCURACY, margin: float = TARGET_MARGIN,

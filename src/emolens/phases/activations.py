@@ -3,10 +3,15 @@
 Method. Each prompt is the dataset text inside the configured readout (prefix, text, suffix; see
 :mod:`emolens.data.readout`). One clean forward pass per batch records the residual stream entering every
 block (index l < L, equal to Hugging Face ``hidden_states[l]``) and the last block's output (index
-L, before the final norm), and stops there: no final norm, no unembedding. Batches group prompts of
-equal token length, so no padding enters any sum. We keep the last token's vector and the mean over
-the prompt's tokens, stored in float32 at every width: float16 would overflow (inf) on residual
-streams of very large norm such as Gemma-3's.
+L, before the final norm); the same forward's final-normed last position, times the label tokens'
+unembedding rows, is the readout baseline's answer (:mod:`emolens.phases.behaviour`), so the workflow
+runs each prompt through each model once for both files. Batches group prompts of equal token length,
+so no padding enters any sum. We keep the last token's vector and the mean over the prompt's tokens,
+stored in float32 at every width: float16 would overflow (inf) on residual streams of very large norm
+such as Gemma-3's.
+
+Inputs: one model's settings, the dataset JSONL and the readout. Outputs: ``results/<p>/activations/<m>.pkl``
+(:data:`SCHEMA`) and ``results/<p>/readout/<m>.json``.
 """
 
 from __future__ import annotations
@@ -26,67 +31,55 @@ from emolens.data.readout import DEFAULT, Readout
 from emolens.data.surface import length_match, token_counts
 from emolens.engine.inputs import length_buckets, tokenize
 from emolens.engine.oom import run_with_backoff
+from emolens.engine.patching import keep_input
 from emolens.io import provenance, save_pickle
 from emolens.model.adapter import ModelAdapter
 from emolens.model.loading import load_model
+from emolens.phases.behaviour import check_readout, readout_result, save_readout
 from emolens.stats.resampling import frame_groups
 
 log = logging.getLogger(__name__)
 SCHEMA = "emolens.activations/2"
 
 
-class _StopForward(Exception):
-    """Raised by the hook on the highest needed site, so nothing after it is computed."""
-
-
-def capture_residual(adapter: ModelAdapter, input_ids: torch.Tensor,
-                     indices: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Residual stream [batch, pos, d_model] at each index, from one forward that stops early."""
-    captured: dict[int, torch.Tensor] = {}
-    last = max(indices)
-
-    def keep(idx: int):
-        def fn(hidden: torch.Tensor) -> None:
-            captured[idx] = hidden.detach()
-            if idx == last:
-                raise _StopForward
-        return fn
-
-    with adapter.hooks(resid={idx: keep(idx) for idx in indices}):
-        try:
-            adapter.forward_final(input_ids.to(adapter.device), use_cache=False)
-        except _StopForward:
-            pass
-    return captured
-
-
 @torch.inference_mode()
 def extract(adapter: ModelAdapter, texts: Sequence[str], batch_size: int,
             readout: Readout = DEFAULT) -> dict[str, np.ndarray]:
-    """Last-token and token-mean residuals of every prompt: {"last", "mean"} -> [N, L+1, d]."""
+    """Last-token and token-mean residuals of every prompt, {"last", "mean"} -> [N, L+1, d], and the readout's
+    label logits at the last position, "labels" -> [N, n_emotions], all from one forward per batch."""
     tokens = tokenize(adapter, texts, readout)
+    label_ids = list(readout.label_token_ids(adapter.tokenizer).values())
     n, n_sites = len(texts), adapter.n_layers + 1
     last = np.zeros((n, n_sites, adapter.d_model), dtype=np.float32)  # float16 overflows on large-norm streams
     mean = np.zeros_like(last)
+    labels = np.zeros((n, len(label_ids)))
     for batch in tqdm(length_buckets([len(t) for t in tokens], batch_size), desc=f"activations {adapter.name}"):
-        ids = torch.tensor([tokens[i] for i in batch])
-        resid = capture_residual(adapter, ids, range(n_sites))
+        ids = torch.tensor([tokens[i] for i in batch], device=adapter.device)
+        resid: dict[int, torch.Tensor] = {}
+        with adapter.hooks(resid={site: keep_input(resid, site) for site in range(n_sites)}):
+            hidden = adapter.forward_final(ids, use_cache=False).last_hidden_state
+        labels[batch] = adapter.label_logits(hidden[:, -1], label_ids).double().cpu().numpy()
         for site in range(n_sites):
-            hidden = resid[site]  # [batch, pos, d_model]
-            last[batch, site] = hidden[:, -1].float().cpu().numpy()
-            mean[batch, site] = hidden.float().mean(dim=1).cpu().numpy()
-    return {"last": last, "mean": mean}
+            x = resid[site]  # [batch, pos, d_model]
+            last[batch, site] = x[:, -1].float().cpu().numpy()
+            mean[batch, site] = x.float().mean(dim=1).cpu().numpy()
+    return {"last": last, "mean": mean, "labels": labels}
 
 
 def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: str,
-        device: str = "auto", readout: Readout = DEFAULT) -> None:
-    """Load the model and dataset, extract every layer's residual stream, save the pickle."""
+        device: str = "auto", readout: Readout = DEFAULT, readout_out: str | Path | None = None) -> None:
+    """Load the model and dataset, extract every layer's residual stream, save the pickle; with ``readout_out``,
+    also the readout baseline (:mod:`emolens.phases.behaviour`) from the same forwards' label logits."""
     started = time.time()
     records = load_dataset(dataset, readout.labels)
     adapter = load_model(settings, name=name, device=device)
+    check_readout(adapter, settings, name, readout)
     texts = [r["text"] for r in records]
     resid, _ = run_with_backoff(lambda bs: extract(adapter, texts, bs, readout), settings.get("batch_size", 16),
                                 what=f"activations {name}")
+    labels = resid.pop("labels")
+    if readout_out is not None:
+        save_readout(readout_result(adapter, settings, records, labels, name, readout, started), readout_out)
     text_tokens = token_counts(texts, adapter.tokenizer)
     match = length_match(text_tokens, [r["item_id"] for r in records])
     if match["beyond"]:

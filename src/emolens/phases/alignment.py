@@ -58,8 +58,8 @@ from emolens.phases.emotion_structure import (
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.phases.vectors import item_centred
 from emolens.stats import families
+from emolens.stats.geometry import item_centred
 from emolens.stats.resampling import frame_halves, frame_slot_permutations, perm_pvalue
 from emolens.stats.similarity import (
     Perms,

@@ -102,46 +102,67 @@ def label_logits(adapter: ModelAdapter, texts: Sequence[str], readout: Readout =
     return logits.double().numpy()
 
 
-def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: str, device: str = "auto",
-        readout: Readout = DEFAULT) -> dict[str, Any]:
-    """Load the model and dataset, read every prompt's emotion from the label logits, save the JSON."""
-    started = time.time()
-    records = load_dataset(dataset, readout.labels)
-    adapter = load_model(settings, name=name, device=device)
-    label_ids = readout.label_token_ids(adapter.tokenizer)  # refuse a bad label before any forward
-    chat = bool(settings.get("chat_template"))
-    if chat and not getattr(adapter.tokenizer, "chat_template", None):
+def check_readout(adapter: ModelAdapter, settings: dict[str, Any], name: str, readout: Readout) -> None:
+    """Refuse, before any forward, a label that is not one token or a chat readout without a chat template."""
+    readout.label_token_ids(adapter.tokenizer)
+    if settings.get("chat_template") and not getattr(adapter.tokenizer, "chat_template", None):
         raise ValueError(f"models.{name}.chat_template: the tokenizer of {name} has no chat template; "
                          "set chat_template to false")
+
+
+def readout_result(adapter: ModelAdapter, settings: dict[str, Any], records: Sequence[dict[str, Any]],
+                   logits: np.ndarray, name: str, readout: Readout = DEFAULT, started: float | None = None
+                   ) -> dict[str, Any]:
+    """The readout file from the plain prompts' label logits [N, n_emotions]; an instruct model
+    (``chat_template``) is also read in its chat template here."""
+    started = time.time() if started is None else started
     texts, emotions = [r["text"] for r in records], [r["emotion"] for r in records]
     registers = [r.get("register") for r in records]
     registers = registers if any(r is not None for r in registers) else None
-
-    def report_for(chat: bool) -> dict[str, Any]:
-        logits, _ = run_with_backoff(lambda bs: label_logits(adapter, texts, readout, bs, chat),
-                                     settings.get("batch_size", 16), what=f"readout {name}")
-        return readout_report(logits, emotions, registers)
-
-    report = report_for(chat=False)
-    result = {
+    chat = None
+    if settings.get("chat_template"):
+        chat_logits, _ = run_with_backoff(lambda bs: label_logits(adapter, texts, readout, bs, chat=True),
+                                          settings.get("batch_size", 16), what=f"readout {name}")
+        chat = readout_report(chat_logits, emotions, registers)
+    return {
         "schema": SCHEMA,
         "model": name,
-        **report,
-        "chat": report_for(chat=True) if chat else None,  # the same readout in the tokenizer's chat template
+        **readout_report(logits, emotions, registers),
+        "chat": chat,  # the same readout in the tokenizer's chat template
         "readout": readout.as_dict(),
-        "label_token_ids": label_ids,
+        "label_token_ids": readout.label_token_ids(adapter.tokenizer),
         "quantization": adapter.quantization,
         "provenance": provenance({**settings, "readout": readout.as_dict()}, started, model=name),
     }
+
+
+def save_readout(result: dict[str, Any], out: str | Path) -> None:
+    """Write the readout file and log its accuracies."""
     save_json(result, out)
-    share = max(report["predicted_share"].items(), key=lambda kv: kv[1])
+    name = result["model"]
+    share = max(result["predicted_share"].items(), key=lambda kv: kv[1])
     log.info("readout %s: accuracy %.3f raw, %.3f calibrated (chance %.2f, n = %d); most predicted %r (%.0f%%)",
-             name, report["accuracy"], report["accuracy_calibrated"], report["chance"], report["n"], share[0],
+             name, result["accuracy"], result["accuracy_calibrated"], result["chance"], result["n"], share[0],
              100 * share[1])
-    if chat:
+    if result["chat"]:
         log.info("readout %s in its chat template: accuracy %.3f raw, %.3f calibrated", name,
                  result["chat"]["accuracy"], result["chat"]["accuracy_calibrated"])
-    for register, r in report["by_register"].items():
+    for register, r in result["by_register"].items():
         log.info("readout %s [%s]: accuracy %.3f raw, %.3f calibrated (n = %d)", name, register, r["accuracy"],
                  r["accuracy_calibrated"], r["n"])
+
+
+def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: str, device: str = "auto",
+        readout: Readout = DEFAULT) -> dict[str, Any]:
+    """Load the model and dataset, read every prompt's emotion from the label logits, save the JSON (the workflow's
+    activations job writes the same file from its own forwards: :func:`emolens.phases.activations.run`)."""
+    started = time.time()
+    records = load_dataset(dataset, readout.labels)
+    adapter = load_model(settings, name=name, device=device)
+    check_readout(adapter, settings, name, readout)
+    texts = [r["text"] for r in records]
+    logits, _ = run_with_backoff(lambda bs: label_logits(adapter, texts, readout, bs),
+                                 settings.get("batch_size", 16), what=f"readout {name}")
+    result = readout_result(adapter, settings, records, logits, name, readout, started)
+    save_readout(result, out)
     return result

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from emolens import emotion_order
-from emolens.phases.vectors import item_centred
+from emolens.stats.geometry import item_centred
 from emolens.stats.resampling import frame_label_permutations, with_observed
 from emolens.stats.similarity import fit_linear_map
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from emolens.data.readout import DEFAULT, Readout
 from emolens.engine.attribution import attribute_heads
@@ -65,6 +64,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
         return None
+    from scipy.stats import spearmanr  # where used: a second of start-up that the patch_heads job does not need
+
     return float(spearmanr(a[ok], b[ok]).statistic)
 
 

@@ -3,7 +3,7 @@
 Method. The frames are split once, seeded and stratified by register (:func:`emolens.stats.resampling.frame_split`),
 into a fit half and a held-out half. Everything estimated comes from the fit half's phase-2 activations
 (last token, every residual index): the emotion vectors (mean of one emotion minus the mean of the
-others, :func:`emolens.phases.vectors.emotion_vectors`), the dose unit along each direction (the standard
+others, :func:`emolens.stats.geometry.emotion_vectors`), the dose unit along each direction (the standard
 deviation of the residual projected on it, :mod:`emolens.stats.steering_stats`), the nulls, the emotion
 subspace and probes. Readout prompts (``readout.prompt(text)``, whole items, at most ``max_prompts``
 per half) are measured in both halves.
@@ -52,7 +52,8 @@ from emolens.phases.ablation import (
     matched_null,
     random_basis,
 )
-from emolens.phases.vectors import emotion_vectors, join_records
+from emolens.phases.vectors import join_records
+from emolens.stats.geometry import emotion_vectors
 from emolens.stats.resampling import frame_groups, frame_split
 from emolens.stats.steering_stats import (
     ItemBootstrap,

@@ -37,7 +37,7 @@ from emolens.engine.steered import VANISH, Measured, dose_steps, measure, shifts
 from emolens.io import load_pickle, provenance, save_json
 from emolens.model.adapter import ModelAdapter
 from emolens.phases.steering import SCHEMA, split_records
-from emolens.phases.vectors import emotion_vectors
+from emolens.stats.geometry import emotion_vectors
 from emolens.stats.resampling import frame_halves, perm_pvalue
 from emolens.stats.steering_stats import (
     ItemBootstrap,

@@ -42,6 +42,7 @@ from emolens.data.dataset import REGISTERS, load_dataset, surface_accuracy
 from emolens.data.surface import length_match, words
 from emolens.io import load_pickle, provenance, save_pickle
 from emolens.stats.erasure import erased
+from emolens.stats.geometry import emotion_vectors, item_centred
 from emolens.stats.probes import lexical_model, probe_model
 from emolens.stats.resampling import (
     frame_groups,
@@ -57,22 +58,6 @@ from emolens.stats.resampling import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def emotion_vectors(x: np.ndarray, emotions: Sequence[str]) -> np.ndarray:
-    """[N, S, d] activations -> [n_emotions, S, d]: mean of each emotion minus the mean of the others, in
-    :func:`emolens.emotion_order`."""
-    labels = np.asarray(emotions)
-    return np.stack([x[labels == e].mean(0) - x[labels != e].mean(0) for e in emotion_order(emotions)])
-
-
-def item_centred(x: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
-    """[N, ..., d] activations minus their scenario's mean: what varies with the emotion."""
-    _, inverse = np.unique(np.asarray(item_ids), return_inverse=True)
-    sums = np.zeros((inverse.max() + 1, *x.shape[1:]))
-    np.add.at(sums, inverse, x)
-    counts = np.bincount(inverse).reshape(-1, *[1] * (x.ndim - 1))
-    return x - (sums / counts)[inverse]
 
 
 def subspace(xc: np.ndarray, k_max: int) -> tuple[np.ndarray, np.ndarray]:

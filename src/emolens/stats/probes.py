@@ -4,28 +4,37 @@ what they read.
 The probe and the surface baseline: standardised multinomial logistic regression (on one layer's
 activations, or on surface counts of the text), optionally after LEACE erasure of a concept
 (:mod:`emolens.stats.erasure`). The lexical baseline: TF-IDF word 1-2-grams and ``char_wb`` 2-5-grams of the
-text, then logistic regression.
+text, then logistic regression. scikit-learn is imported when a model is made: a job that fits no probe (most
+model jobs) does not pay its second of start-up.
 """
 
 from __future__ import annotations
 
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from typing import TYPE_CHECKING
 
-from emolens.stats.erasure import ConceptEraser
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 def probe_model(seed: int, erase: int = 0) -> Pipeline:
     """The probe: a standardised multinomial logistic regression on one layer's activations; with ``erase``
     > 0, the inputs' last ``erase`` columns are a concept that LEACE erases first (:mod:`emolens.stats.erasure`)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from emolens.stats.erasure import ConceptEraser
+
     steps = [ConceptEraser(erase)] if erase else []
     return make_pipeline(*steps, StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
 
 
 def lexical_model(seed: int) -> Pipeline:
     """The lexical baseline: TF-IDF word 1-2-grams and ``char_wb`` 2-5-grams of the text, then a logistic regression."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+
     words = TfidfVectorizer(analyzer="word", ngram_range=(1, 2))
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))
     return make_pipeline(FeatureUnion([("words", words), ("chars", chars)]),

@@ -12,12 +12,15 @@ reduces to the item-level versions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import stats
-from sklearn.base import BaseEstimator
-from sklearn.model_selection import GroupKFold, PredefinedSplit, cross_val_predict
+from scipy.special import ndtr, ndtri
+
+from emolens.stopwatch import charged
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
 
 
 def codes_of(groups: Sequence[Any]) -> np.ndarray:
@@ -56,6 +59,7 @@ def frame_split(records: Sequence[dict[str, Any]], seed: int) -> tuple[list[dict
     return [r for i, r in enumerate(records) if i in chosen], [r for i, r in enumerate(records) if i not in chosen]
 
 
+@charged("statistics")
 def frame_label_permutations(codes: np.ndarray, frames: Sequence[Any], n_perm: int, n_classes: int,
                              rng: np.random.Generator) -> np.ndarray:
     """[n_perm, n] labellings: each frame's labels mapped through one random permutation of the classes.
@@ -68,6 +72,7 @@ def frame_label_permutations(codes: np.ndarray, frames: Sequence[Any], n_perm: i
     return maps[:, f, np.asarray(codes)]
 
 
+@charged("statistics")
 def frame_slot_permutations(codes: np.ndarray, items: Sequence[Any], frames: Sequence[Any], n_perm: int,
                             n_classes: int, rng: np.random.Generator) -> np.ndarray:
     """[n_perm, n] index permutations inside items, the same slot permutation for every item of a frame.
@@ -85,6 +90,7 @@ def frame_slot_permutations(codes: np.ndarray, items: Sequence[Any], frames: Seq
     return np.where(complete[None], mapped, perm)
 
 
+@charged("statistics")
 def within_group_permutations(groups: Sequence[Any], n_perm: int, rng: np.random.Generator) -> np.ndarray:
     """[n_perm, n] permutations that move each index only inside its group (item); row p: i -> perm[p, i]."""
     groups = codes_of(groups)
@@ -126,6 +132,7 @@ def max_statistic_pvalues(observed: np.ndarray, null: np.ndarray, tol: float = 0
     return np.where(np.isfinite(observed), p, np.nan)
 
 
+@charged("statistics")
 def sign_flip_pvalue(x: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
     """Two-sided sign-flip permutation p-value of each column's mean against 0 (x [units, c], no NaN)."""
     observed = np.abs(x.mean(0))  # [c]
@@ -149,6 +156,7 @@ def item_frames(items: Sequence[Any], frames: Sequence[Any]) -> np.ndarray:
     return codes_of(np.asarray(frames)[first])
 
 
+@charged("statistics")
 def two_stage_weights(frame_of_item: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """[B, I] bootstrap weights of items: frames resampled with replacement, then items within each drawn frame.
 
@@ -176,20 +184,21 @@ def bca_interval(estimate: np.ndarray, boot: np.ndarray, jackknife: np.ndarray,
     (Efron 1987), the same formulas as ``scipy.stats.bootstrap(method="BCa")``.
     """
     boot, jackknife = np.atleast_2d(boot.T).T, np.atleast_2d(jackknife.T).T
-    z0 = stats.norm.ppf((boot < estimate).mean(0) + 0.5 * (boot == estimate).mean(0))
+    z0 = ndtri((boot < estimate).mean(0) + 0.5 * (boot == estimate).mean(0))
     d = jackknife.mean(0) - jackknife
     with np.errstate(divide="ignore", invalid="ignore"):
         accel = (d**3).sum(0) / (6 * ((d**2).sum(0)) ** 1.5)
     accel = np.nan_to_num(accel)
     out = []
     for tail in ((1 - level) / 2, (1 + level) / 2):
-        z = z0 + stats.norm.ppf(tail)
-        q = stats.norm.cdf(z0 + z / (1 - accel * z))
+        z = z0 + ndtri(tail)
+        q = ndtr(z0 + z / (1 - accel * z))
         out.append(np.array([np.nanquantile(boot[:, c], q[c]) if np.isfinite(q[c]) else np.nan
                              for c in range(boot.shape[1])]))
     return out[0], out[1]
 
 
+@charged("statistics")
 def item_mean_bca(values: np.ndarray, weights: np.ndarray, frame_of_item: np.ndarray,
                   stat: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Two-stage BCa 95% CI of ``stat`` (default: identity) of the item mean of per-item values [I, ...].
@@ -214,6 +223,7 @@ def item_mean_bca(values: np.ndarray, weights: np.ndarray, frame_of_item: np.nda
     return low.reshape(estimate.shape), high.reshape(estimate.shape)
 
 
+@charged("statistics")
 def ratio_of_sums(num: np.ndarray, den: np.ndarray, items: Sequence[Any], frames: Sequence[Any], n_boot: int,
                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """sum(num) / sum(den) over rows, per cell, with a two-stage (frames, then items) BCa 95% CI.
@@ -243,6 +253,7 @@ def ratio_of_sums(num: np.ndarray, den: np.ndarray, items: Sequence[Any], frames
     return ratio.reshape(shape), low.reshape(shape), high.reshape(shape)
 
 
+@charged("statistics")
 def simultaneous_band(estimate: np.ndarray, boot: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray,
                                                                                               float]:
     """Max-t simultaneous band over columns from bootstrap replicates boot [B, c]: (low, high, critical t).
@@ -263,6 +274,8 @@ def grouped_folds(groups: Sequence[str], folds: int) -> np.ndarray:
         raise ValueError(f"cannot make {folds} cross-validation folds from {n_groups} group(s) (frames, or items "
                          f"where a record has no frame): set subspace.probe_folds between 2 and {n_groups}, "
                          f"or use a dataset with more frames")
+    from sklearn.model_selection import GroupKFold  # where used: most jobs never cross-validate
+
     fold = np.full(len(groups), -1)
     split = GroupKFold(n_splits=folds).split(np.zeros((len(groups), 1)), groups=np.asarray(groups))
     for k, (_, test) in enumerate(split):
@@ -270,6 +283,9 @@ def grouped_folds(groups: Sequence[str], folds: int) -> np.ndarray:
     return fold
 
 
+@charged("statistics")
 def out_of_fold(model: BaseEstimator, x: Any, labels: Sequence[str], fold: np.ndarray) -> np.ndarray:
     """Prediction [N] for every prompt from a copy of ``model`` fitted on the other folds."""
+    from sklearn.model_selection import PredefinedSplit, cross_val_predict
+
     return cross_val_predict(model, x, np.asarray(labels), cv=PredefinedSplit(fold))

@@ -20,6 +20,8 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import spearmanr
 
+from emolens.stopwatch import charged
+
 # --- permutations ---------------------------------------------------------------------------------------
 
 Perms = int | np.ndarray  # a number of fresh shuffles of all prompts, or given permutations [n_perm, n]
@@ -65,6 +67,7 @@ def debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
     return gram_cka(u_center_gram(x @ x.T), u_center_gram(y @ y.T))
 
 
+@charged("statistics")
 def gram_permutation_null(gx: np.ndarray, gy: np.ndarray, perms: Perms, rng: np.random.Generator) -> np.ndarray:
     """CKA under shuffled prompt correspondence, permuting both indices of one centred Gram (O(n^2) each).
 
@@ -100,6 +103,7 @@ def mutual_knn(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
     return knn_overlap(knn_indices(x, k), knn_indices(y, k))
 
 
+@charged("statistics")
 def knn_permutation_null(nx: np.ndarray, ny: np.ndarray, perms: Perms, rng: np.random.Generator) -> np.ndarray:
     """k-NN overlap under shuffled correspondence, relabelling y's neighbour table, not recomputing it."""
     # y'[i] = y[p[i]]: y's neighbours of p[i], renamed by the inverse permutation
@@ -141,6 +145,7 @@ def procrustes_pca(x: np.ndarray, y: np.ndarray, k: int, train_idx: np.ndarray,
     return procrustes_score(pca_scores(x, k, train_idx), pca_scores(y, k, train_idx), train_idx, test_idx)
 
 
+@charged("statistics")
 def permutation_null(stat_fn: Callable[[np.ndarray, np.ndarray], float], x: np.ndarray, y: np.ndarray,
                      perms: Perms, rng: np.random.Generator) -> np.ndarray:
     """Statistic under shuffled prompt correspondence (rows of y permuted): measures without a shortcut."""

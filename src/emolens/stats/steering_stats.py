@@ -35,6 +35,7 @@ from emolens.stats.resampling import (
     perm_pvalue,
     two_stage_weights,
 )
+from emolens.stopwatch import charged
 
 
 # --- directions and doses --------------------------------------------------------------------------
@@ -60,6 +61,7 @@ def gaussian_directions(x: np.ndarray, n: int, rng: np.random.Generator) -> np.n
     return rng.standard_normal((n, len(x))) @ xc / np.sqrt(max(len(x) - 1, 1))
 
 
+@charged("statistics")
 def permuted_vectors(x: np.ndarray, emotions: Sequence[str], frames: Sequence[str], n_perm: int,
                      rng: np.random.Generator) -> np.ndarray:
     """[n_perm, n_emotions, d] emotion vectors (mean of one emotion minus the mean of the others) under labels
@@ -105,6 +107,7 @@ class ItemBootstrap:
         return item_mean_bca(values, self.weights, self.frames, stat)
 
 
+@charged("statistics")
 def item_bootstrap(records: Sequence[dict[str, Any]], items: Sequence[str], n_boot: int,
                    rng: np.random.Generator) -> ItemBootstrap:
     """The two-stage resampling of ``items`` (ids of ``records``), by their frames."""
@@ -119,6 +122,7 @@ def on_target(shift: np.ndarray) -> np.ndarray:
     return np.stack([shift[..., e, :, e] for e in range(shift.shape[-1])], axis=-1)
 
 
+@charged("statistics")
 def shift_summary(shift: np.ndarray, boot: ItemBootstrap) -> dict[str, np.ndarray]:
     """Summaries of item-mean shifts [A, n + R, I, n] (alphas, the n emotion vectors then isotropic directions,
     items, readouts): the matrix [A, n, n], on-target [A, n] with CI, the isotropic directions' mean and 95th
@@ -149,6 +153,7 @@ def steerable_fraction(own: np.ndarray, boot: ItemBootstrap) -> dict[str, np.nda
     return {"fraction": positive.mean(0), "ci_low": low, "ci_high": high}
 
 
+@charged("statistics")
 def chosen_dose_tests(emotion: np.ndarray, nulls: dict[str, np.ndarray], boot: ItemBootstrap) -> dict[str, Any]:
     """Everything reported at the chosen (index, dose) from item shifts: the n emotion vectors' [n, I, n] and each
     null's [D, I, n] (null "permuted" holds whole permutations, n vectors each, in emotion order).
