@@ -19,7 +19,6 @@ from emolens.engine.patching import (
     Donor,
     clean_ld,
     collect,
-    expand_cache,
     head_site,
     normalised,
     patch_fast,
@@ -27,6 +26,7 @@ from emolens.engine.patching import (
     patch_reference,
     resid_site,
 )
+from emolens.engine.shortcuts import expand_cache
 from emolens.io import ResultFileError, load_pickle
 from emolens.phases.residual import merge, run_chunk
 

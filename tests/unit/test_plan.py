@@ -97,11 +97,12 @@ def test_kv_cache_formula_and_prompt_tokens_override(baseline_config):
 
 
 def test_head_screening_kv_is_about_t_times_a_batch_of_prompts():
-    """The gemma3_12b head sweep: batch x T rows of T tokens, T = 24 times one batch of prompt caches."""
+    """The gemma3_12b head sweep: batch x T rows of T tokens, the clean suffix pass's batch still held when the
+    buffers grow to them, and the prefix: about T + 2 = 26 times one batch of prompt caches."""
     arch = A.from_hf_config(A.known_architectures()["gemma3_12b"])
     groups = P.sweep_groups(arch, tokens=24, positions=11, layer_chunk=17, top_k=8)["head screening"]
     ratio = P.patching_kv_bytes(arch, "bfloat16", 16, 24, groups) / P.kv_cache_bytes(arch, "bfloat16", 16, 24)
-    assert ratio == pytest.approx(24, rel=0.05)
+    assert ratio == pytest.approx(26, rel=0.05)
 
 
 def _patching_kv_measured(monkeypatch, adapter, n: int, tokens: int, variants) -> int:
@@ -118,9 +119,9 @@ def _patching_kv_measured(monkeypatch, adapter, n: int, tokens: int, variants) -
     copies, peak = [], 0
     real_expand = engine.expand_cache
 
-    def expand(cache, index, room, buffers):
+    def expand(cache, index, room, buffers, first_block=0):
         nonlocal peak
-        new = real_expand(cache, index, room, buffers)
+        new = real_expand(cache, index, room, buffers, first_block)
         tensors = [t for c in [ref() for ref in copies] + [new] if c is not None
                    for layer in c.layers for t in (layer.keys, layer.values)] + list(buffers.values())
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
@@ -142,8 +143,8 @@ def _patching_kv_measured(monkeypatch, adapter, n: int, tokens: int, variants) -
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.parametrize("sweep", ["head screening", "residual chunk", "head patching"])
 def test_patching_kv_plan_equals_the_engines_buffers(monkeypatch, tiny_adapters, family, sweep):
-    """Plan vs the cache buffers patch_fast allocates: equal where every layer caches the whole prompt
-    (Llama), an upper bound where sliding-window layers keep fewer tokens (the Gemma-3 organism's window 8)."""
+    """Plan vs the cache buffers patch_fast allocates: an upper bound, within 2x where every layer caches the whole
+    prompt (Llama); looser where sliding-window layers keep fewer tokens (the Gemma-3 organism's window 8)."""
     from emolens.engine.patching import head_site, resid_site
 
     adapter = tiny_adapters[family]
@@ -161,10 +162,9 @@ def test_patching_kv_plan_equals_the_engines_buffers(monkeypatch, tiny_adapters,
     planned = P.patching_kv_bytes(arch, "float32", n, T, groups)
     with torch.inference_mode():
         measured = _patching_kv_measured(monkeypatch, adapter, n, T, variants)
-    if family == "llama":
-        assert planned == measured
-    else:
-        assert measured <= planned
+    assert measured <= planned
+    if family == "llama":  # not loose: variants that start at different blocks run apart, in smaller chunks
+        assert planned <= 2 * measured
 
 
 def test_batch_is_halved_until_the_plan_fits(baseline_config):

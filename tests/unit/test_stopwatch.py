@@ -35,7 +35,7 @@ def test_startup_is_the_process_age():
     age = stopwatch.process_age()
     assert age is not None and age > 0  # this pytest process started before the test
     stopwatch.start()
-    assert stopwatch.report()["startup"] >= age
+    assert stopwatch.report()["startup"] >= age - 0.01  # /proc/uptime counts in hundredths
 
 
 def test_unknown_kind_refused():

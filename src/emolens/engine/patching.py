@@ -19,14 +19,14 @@ whole run prompt with the patch, full-vocabulary logits, batched over prompts (a
 patching utilities do). :func:`patch_fast` uses causality: a patch at position p changes nothing
 before p, so the run prompt's prefix tokens[:p] is run once with the KV cache, the cache is copied
 along the batch, the variants go in the batch dimension, and only tokens[p:] are run, with label
-logits at the last position. For last-position patching that is one token per variant. Both paths
+logits at the last position. For last-position patching that is one token per variant, through the blocks
+from the first patched one on. Both paths
 build their hooks from the same setters (:func:`set_resid`, :func:`set_head`); the empty variant
 ``()`` is the unpatched run, so one engine call also yields the clean LD of the run prompt.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from emolens.engine.inputs import length_buckets
 from emolens.engine.pairs import Pairs
+from emolens.engine.shortcuts import expand_cache, skipping_blocks
 from emolens.model.adapter import ModelAdapter
 from emolens.stopwatch import charged
 
@@ -180,53 +181,10 @@ def patch_reference(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, 
     return out
 
 
-def expand_cache(cache: Any, index: torch.Tensor, room: int, buffers: dict[Any, torch.Tensor]) -> Any:
-    """A cache for one forward whose batch row i is row index[i] of ``cache``, with room for ``room`` tokens.
-
-    Dynamic layers (full and sliding-window) are shallow-copied, their keys/values gathered into
-    ``buffers`` [rows, kv_heads, cached + room, d_head] that the caller reuses from chunk to chunk,
-    and ``update`` writes the suffix's keys/values in place and returns the full states, as those
-    layers do, without their torch.cat. The copy's state is not advanced: it serves one forward.
-    Reuse matters on CPU, where a fresh allocation of this size costs page faults worth ten times
-    the copy (``benchmarks/bench_patching.py``). Other layer types fall back to
-    ``batch_select_indices``. The original cache is left untouched.
-    """
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in cache.layers]
-    for i, layer in enumerate(new.layers):
-        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or getattr(layer, "record_past", False):
-            layer.batch_select_indices(index)
-        elif layer.get_seq_length() > 0:
-            cached = layer.keys.shape[-2]
-            full = [_buffer(buffers, (i, name), x, len(index), cached + room)
-                    for name, x in (("keys", layer.keys), ("values", layer.values))]
-            for x, buf in zip((layer.keys, layer.values), full, strict=True):
-                torch.index_select(x, 0, index, out=buf[:, :, :cached])
-            layer.keys, layer.values = (buf[:, :, :cached] for buf in full)
-            layer.update = _write_in_place(*full, cached)
-    return new
-
-
-def _buffer(buffers: dict[Any, torch.Tensor], key: Any, like: torch.Tensor, rows: int, length: int) -> torch.Tensor:
-    """``buffers[key]``'s first ``rows`` rows, shaped like ``like`` but ``length`` long; (re)made when too small."""
-    shape = (like.shape[1], length, like.shape[3])
-    buf = buffers.get(key)
-    if buf is None or buf.shape[0] < rows or buf.shape[1:] != shape or buf.dtype != like.dtype:
-        buf = buffers[key] = like.new_empty(rows, *shape)
-    return buf[:rows]
-
-
-def _write_in_place(keys: torch.Tensor, values: torch.Tensor, cached: int) -> Callable:
-    """A cache layer's ``update`` that writes new states after ``cached`` tokens and returns the full states."""
-    def update(key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        end = cached + key_states.shape[-2]
-        keys[:, :, cached:end] = key_states
-        values[:, :, cached:end] = value_states
-        return keys[:, :, :end], values[:, :, :end]
-    return update
+def first_block(variant: Variant, n_layers: int) -> int:
+    """The first block whose output a variant changes (a residual index l is block l's input; the last, L, is
+    block L - 1's output): the blocks before it run as in the clean prompt. The clean run (``()``): the last."""
+    return min([s.layer for s in variant] + [n_layers - 1])
 
 
 @torch.inference_mode()
@@ -237,8 +195,13 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
     Variants are grouped by their earliest patched position p (the empty variant ``()``, the
     unpatched run, joins the latest group). Groups go in order of p, and one KV cache of the
     distinct run prompts grows from one group's prefix tokens[:p] to the next, so every prefix
-    token is run once per distinct prompt. Rows (variant, prompt) are cut into chunks of as many
-    tokens as ``batch_size`` whole prompts (batch_size * T / (T - p) rows); each chunk gets its
+    token is run once per distinct prompt. Within a group, causality holds in depth too: a variant changes
+    nothing before its first patched block b (:func:`first_block`), so one clean pass of the suffix
+    tokens[p:] gives each distinct prompt's residual stream entering every such b, and the variants of
+    each b run from there (:func:`skipping_blocks`: the blocks below b return their input; the heads
+    sweep's average variant runs half the blocks). A model whose blocks hand each other more than the
+    residual stream (GLM-DSA's top-k indices) runs every block. Rows (variant, prompt) are cut into chunks of
+    as many tokens as ``batch_size`` whole prompts (batch_size * T / (T - p) rows); each chunk gets its
     own copy of the cache rows it needs, in buffers reused from chunk to chunk (:func:`expand_cache`;
     the prefix cache itself is never handed to the forward), and only tokens[p:] are run, with the label
     logits read at the last position. The cache goes in as ``cache=`` (transformers 5 renamed
@@ -263,26 +226,50 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
     prompts, which = torch.unique(run_ids, dim=0, return_inverse=True)  # each distinct run prompt once
     cache, cached, buffers = None, 0, {}
     for start in sorted(groups):
-        vs = groups[start]
         if not 0 <= start < length:
             raise ValueError(f"patch position {start} outside a prompt of {length} tokens")
         if start > cached:  # grow the prefix cache to tokens[:start]; the variants only ever get copies
             cache = adapter.forward_final(prompts[:, cached:start], cache=cache, use_cache=True).cache
             cached = start
-        row_variant = np.repeat(np.array(vs), n)  # rows: variant-major, then prompt
-        row_prompt = np.tile(np.arange(n), len(vs))
-        step = batch_size * length // (length - start)  # rows of length - start tokens: as many tokens as
-        for s in range(0, len(row_variant), step):  # batch_size whole prompts
-            rv, rp = row_variant[s:s + step], row_prompt[s:s + step]
-            index = torch.from_numpy(rp).to(device)
-            kwargs = {"cache": expand_cache(cache, which[index], length - start, buffers)} if start > 0 else {}
-            hooks = _hooks(adapter, table, rv, rp, donor, start, length)
-            with adapter.hooks(**hooks):
-                hidden = adapter.forward_final(run_ids[index, start:], use_cache=start > 0,
-                                               **kwargs).last_hidden_state  # [rows, length - start, d_model]
-            labels = adapter.label_logits(hidden[:, -1], token_ids)  # [rows, n_labels]
-            out[rp, rv] = logit_difference(labels, ld_index.to(device)[index]).cpu()
+        firsts = {v: first_block(variants[v], adapter.n_layers) for v in groups[start]}
+        clean, stream_only = _clean_suffix(adapter, prompts, cache, start, {0, *firsts.values()}, buffers)
+        blocks: dict[int, list[int]] = defaultdict(list)  # first changed block -> its variants
+        for v, block in firsts.items():
+            blocks[block if stream_only else 0].append(v)
+        for block, vs in sorted(blocks.items()):
+            row_variant = np.repeat(np.array(vs), n)  # rows: variant-major, then prompt
+            row_prompt = np.tile(np.arange(n), len(vs))
+            step = batch_size * length // (length - start)  # rows of length - start tokens: as many tokens as
+            for s in range(0, len(row_variant), step):  # batch_size whole prompts
+                rv, rp = row_variant[s:s + step], row_prompt[s:s + step]
+                index = torch.from_numpy(rp).to(device)
+                kwargs = {"cache": expand_cache(cache, which[index], length - start, buffers, block)} if start else {}
+                hooks = _hooks(adapter, table, rv, rp, donor, start, length)
+                with adapter.hooks(**hooks), skipping_blocks(adapter, block, clean[block][which[index]]):
+                    hidden = adapter.forward_final(run_ids[index, start:], use_cache=start > 0,
+                                                   **kwargs).last_hidden_state  # [rows, length - start, d_model]
+                labels = adapter.label_logits(hidden[:, -1], token_ids)  # [rows, n_labels]
+                out[rp, rv] = logit_difference(labels, ld_index.to(device)[index]).cpu()
     return out
+
+
+def _clean_suffix(adapter: ModelAdapter, prompts: torch.Tensor, cache: Any, start: int, blocks: set[int],
+                  buffers: dict[Any, torch.Tensor]) -> tuple[dict[int, torch.Tensor], bool]:
+    """The clean residual stream entering each of ``blocks`` at the suffix tokens[start:] of every distinct prompt
+    ({block: [U, T - start, d]}), from one forward on a copy of the prefix cache; and whether a block passes on
+    the residual stream alone (a block that also hands the next one a state, such as GLM-DSA's top-k indices,
+    cannot be skipped)."""
+    captured: dict[int, torch.Tensor] = {}
+    outputs: list[Any] = []
+    rows = torch.arange(len(prompts), device=prompts.device)
+    kwargs = {"cache": expand_cache(cache, rows, prompts.shape[1] - start, buffers)} if start else {}
+    handle = adapter.layers[0].register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        with adapter.hooks(resid={b: keep_input(captured, b) for b in blocks}):
+            adapter.forward_final(prompts[:, start:], use_cache=start > 0, **kwargs)
+    finally:
+        handle.remove()
+    return captured, isinstance(outputs[0], torch.Tensor)
 
 
 ENGINES = {"fast": patch_fast, "reference": patch_reference}

@@ -86,16 +86,18 @@ def patching_kv_bytes(a: Architecture, dtype: str, batch: int, tokens: int, grou
     """Peak KV bytes of one :func:`~emolens.engine.patching.patch_fast` call on ``batch`` run prompts, ``tokens`` long.
 
     ``groups``: (p, variants) in the order the engine runs them (p ascending), p the first patched
-    position. The prefix cache holds p tokens of each prompt; a chunk holds min(variants x batch,
-    batch x T // (T - p)) rows, each a copy of the whole T-token cache, in buffers that grow to the
-    largest chunk so far; when they grow, the old ones are still held by the previous chunk's cache.
+    position. The prefix cache holds p tokens of each prompt; the clean suffix pass copies it once per prompt
+    (``batch`` rows), then a chunk holds at most min(variants x batch, batch x T // (T - p)) rows (fewer where
+    the variants start at different blocks, which run apart), each a copy of the whole T-token cache, in
+    buffers that grow to the largest chunk so far; when they grow, the old ones are still held by the previous
+    chunk's cache. An upper bound: equal when a group's variants all start at one block.
     """
     peak, rows_held = 0, 0
     for start, variants in groups:
-        rows = min(variants * batch, batch * tokens // (tokens - start))
-        live = rows_held + rows if rows > rows_held else rows_held
-        rows_held = max(rows_held, rows)
-        peak = max(peak, kv_cache_bytes(a, dtype, live, tokens) + kv_cache_bytes(a, dtype, batch, start))
+        for rows in (batch, min(variants * batch, batch * tokens // (tokens - start))):
+            live = rows_held + rows if rows > rows_held else rows_held
+            rows_held = max(rows_held, rows)
+            peak = max(peak, kv_cache_bytes(a, dtype, live, tokens) + kv_cache_bytes(a, dtype, batch, start))
     return peak
 
 
