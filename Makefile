@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo real real8 null check test lint report clean
+.PHONY: setup demo real real8 null check test lint report calibrate profile clean
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,14 @@ check: lint
 
 test: lint
 	$(BIN)/pytest -q -n 2 --dist loadgroup
+
+# The calibration tables of docs/statistics.md, at the simulation counts the tests assert on (minutes).
+calibrate: setup
+	for suite in calibration calibration_design calibration_effects; do $(BIN)/python tests/unit/test_$$suite.py || exit 1; done
+
+# Where the demo's time goes, rule by rule (after `make demo`): docs/development.md's table.
+profile: setup
+	$(BIN)/python benchmarks/profile_phases.py results/demo --markdown
 
 clean:
 	rm -rf results/demo .snakemake

@@ -76,6 +76,34 @@ def test_fast_equals_reference_residual(tiny_adapters, records, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_starting_at_the_first_patched_block_equals_the_reference(tiny_adapters, records, family, monkeypatch):
+    """Every block's variants run from that block (the blocks below return their input): residual indices and
+    heads at the last position and at two positions, against full recompute; the shortcut really ran."""
+    import emolens.engine.patching as engine
+
+    adapter = tiny_adapters[family]
+    pairs = prepare_pairs(adapter, records, max_pairs=8, seed=2)
+    starts = []
+    real = engine.skipping_blocks
+    monkeypatch.setattr(engine, "skipping_blocks",
+                        lambda a, first, clean: starts.append(first) or real(a, first, clean))
+    L, H = adapter.n_layers, adapter.n_heads
+    variants = [(resid_site(layer),) for layer in range(L + 1)] + [(head_site(layer, h),) for layer in range(L)
+                                                                   for h in range(H)]
+    variants += [(resid_site(L - 1, (-2, -1)),), ()]
+    _, acts = collect(adapter, pairs.donor, pairs.token_ids, offsets=(-2, -1), resid=range(L + 1), heads=range(L))
+    index = torch.from_numpy(pairs.ld_index)
+    for i in range(len(pairs)):  # one pair a call: the rows of a run prompt have one length
+        run, donor = torch.tensor([pairs.run[i]]), Donor((-2, -1), {k: a[i:i + 1] for k, a in acts.items()})
+        fast = patch_fast(adapter, run, donor, variants, pairs.token_ids, index[i:i + 1], every_block_apart=True)
+        ref = patch_reference(adapter, run, donor, variants, pairs.token_ids, index[i:i + 1])
+        np.testing.assert_allclose(fast.numpy(), ref.numpy(), atol=ATOL)
+    # every block but the first started from its clean input; GPT-Neo's blocks also return their attention
+    # weights, which the engine cannot tell from a state the next block needs: it runs every block
+    assert set(starts) == (set() if family == "gpt_neo" else set(range(1, L))), starts
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_fast_equals_reference_heads(tiny_adapters, records, family):
     adapter = tiny_adapters[family]
     pairs = prepare_pairs(adapter, records, max_pairs=24, seed=1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -187,9 +188,24 @@ def first_block(variant: Variant, n_layers: int) -> int:
     return min([s.layer for s in variant] + [n_layers - 1])
 
 
+def block_runs(firsts: dict[int, int], n: int, step: int) -> list[tuple[int, list[int]]]:
+    """Variants (``firsts``: variant -> its first block) in runs from one block, in block order: the next block's
+    variants join a run while it holds fewer than half of ``step`` rows (``n`` a variant), so a run starting
+    later costs a forward of its own only when it fills half a chunk (``step`` 1: every block a run of its own)."""
+    runs: list[tuple[int, list[int]]] = []
+    for block in sorted(set(firsts.values())):
+        vs = [v for v, b in firsts.items() if b == block]
+        if runs and 2 * len(runs[-1][1]) * n < step:
+            runs[-1][1].extend(vs)
+        else:
+            runs.append((block, vs))
+    return runs
+
+
 @torch.inference_mode()
 def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, variants: Sequence[Variant],
-               token_ids: Sequence[int], ld_index: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+               token_ids: Sequence[int], ld_index: torch.Tensor, batch_size: int = 32,
+               every_block_apart: bool = False) -> torch.Tensor:
     """Patched LD [batch, n_variants], prefix-cached; same contract as :func:`patch_reference`.
 
     Variants are grouped by their earliest patched position p (the empty variant ``()``, the
@@ -199,8 +215,11 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
     nothing before its first patched block b (:func:`first_block`), so one clean pass of the suffix
     tokens[p:] gives each distinct prompt's residual stream entering every such b, and the variants of
     each b run from there (:func:`skipping_blocks`: the blocks below b return their input; the heads
-    sweep's average variant runs half the blocks). A model whose blocks hand each other more than the
-    residual stream (GLM-DSA's top-k indices) runs every block. Rows (variant, prompt) are cut into chunks of
+    sweep's average variant runs half the blocks). Consecutive blocks share a run until it fills half a chunk
+    (:func:`block_runs`), so a small batch runs as few forwards as without the shortcut;
+    ``every_block_apart`` runs each block's variants apart, as the equivalence check does to test every
+    start. A model whose blocks hand each other more than the residual stream (GLM-DSA's top-k indices)
+    runs every block. Rows (variant, prompt) are cut into chunks of
     as many tokens as ``batch_size`` whole prompts (batch_size * T / (T - p) rows); each chunk gets its
     own copy of the cache rows it needs, in buffers reused from chunk to chunk (:func:`expand_cache`;
     the prefix cache itself is never handed to the forward), and only tokens[p:] are run, with the label
@@ -231,21 +250,23 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
         if start > cached:  # grow the prefix cache to tokens[:start]; the variants only ever get copies
             cache = adapter.forward_final(prompts[:, cached:start], cache=cache, use_cache=True).cache
             cached = start
-        firsts = {v: first_block(variants[v], adapter.n_layers) for v in groups[start]}
-        clean, stream_only = _clean_suffix(adapter, prompts, cache, start, {0, *firsts.values()}, buffers)
-        blocks: dict[int, list[int]] = defaultdict(list)  # first changed block -> its variants
-        for v, block in firsts.items():
-            blocks[block if stream_only else 0].append(v)
-        for block, vs in sorted(blocks.items()):
+        step = batch_size * length // (length - start)  # rows of length - start tokens: as many tokens as
+        runs = block_runs({v: first_block(variants[v], adapter.n_layers) for v in groups[start]}, n,
+                          1 if every_block_apart else step)
+        clean: dict[int, torch.Tensor] = {}  # batch_size whole prompts
+        if runs[-1][0] > 0:
+            clean, stream_only = _clean_suffix(adapter, prompts, cache, start, {b for b, _ in runs}, buffers)
+            runs = runs if stream_only else [(0, [v for _, vs in runs for v in vs])]
+        for block, vs in runs:
             row_variant = np.repeat(np.array(vs), n)  # rows: variant-major, then prompt
             row_prompt = np.tile(np.arange(n), len(vs))
-            step = batch_size * length // (length - start)  # rows of length - start tokens: as many tokens as
-            for s in range(0, len(row_variant), step):  # batch_size whole prompts
+            for s in range(0, len(row_variant), step):
                 rv, rp = row_variant[s:s + step], row_prompt[s:s + step]
                 index = torch.from_numpy(rp).to(device)
                 kwargs = {"cache": expand_cache(cache, which[index], length - start, buffers, block)} if start else {}
                 hooks = _hooks(adapter, table, rv, rp, donor, start, length)
-                with adapter.hooks(**hooks), skipping_blocks(adapter, block, clean[block][which[index]]):
+                skipping = skipping_blocks(adapter, block, clean[block][which[index]]) if block else nullcontext()
+                with adapter.hooks(**hooks), skipping:
                     hidden = adapter.forward_final(run_ids[index, start:], use_cache=start > 0,
                                                    **kwargs).last_hidden_state  # [rows, length - start, d_model]
                 labels = adapter.label_logits(hidden[:, -1], token_ids)  # [rows, n_labels]

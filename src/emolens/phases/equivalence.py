@@ -64,8 +64,9 @@ def readout_difference(adapter: ModelAdapter, ids: torch.Tensor, token_ids: Sequ
 def patching_difference(adapter: ModelAdapter, run: Sequence[int], donor: Sequence[int],
                         token_ids: Sequence[int]) -> float | None:
     """Largest |fast - full recompute| of the patched logit difference over every residual index and head at
-    the last position and one residual index at the last two positions; None for a hybrid, which patches by
-    full recompute only (:attr:`ModelAdapter.prefix_cache`)."""
+    the last position and one residual index at the last two positions, the fast path starting every block's
+    variants at that block; None for a hybrid, which patches by full recompute only
+    (:attr:`ModelAdapter.prefix_cache`)."""
     if not adapter.prefix_cache:
         return None
     variants = [(resid_site(layer),) for layer in range(adapter.n_layers + 1)]
@@ -75,7 +76,7 @@ def patching_difference(adapter: ModelAdapter, run: Sequence[int], donor: Sequen
                       heads=adapter.head_layers)
     donor_acts, run_ids = Donor((-2, -1), acts), torch.tensor([list(run)])
     index = torch.tensor([[0, 1]])
-    fast = patch_fast(adapter, run_ids, donor_acts, variants, token_ids, index)
+    fast = patch_fast(adapter, run_ids, donor_acts, variants, token_ids, index, every_block_apart=True)
     reference = patch_reference(adapter, run_ids, donor_acts, variants, token_ids, index)
     return float((fast - reference).abs().max())
 
