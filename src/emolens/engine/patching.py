@@ -250,12 +250,12 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
         if start > cached:  # grow the prefix cache to tokens[:start]; the variants only ever get copies
             cache = adapter.forward_final(prompts[:, cached:start], cache=cache, use_cache=True).cache
             cached = start
-        step = batch_size * length // (length - start)  # rows of length - start tokens: as many tokens as
+        step = batch_size * length // (length - start)  # rows of length - start tokens: batch_size prompts' worth
         runs = block_runs({v: first_block(variants[v], adapter.n_layers) for v in groups[start]}, n,
                           1 if every_block_apart else step)
-        clean: dict[int, torch.Tensor] = {}  # batch_size whole prompts
+        entering: dict[int, torch.Tensor] = {}  # block -> the clean stream entering it [U, length - start, d]
         if runs[-1][0] > 0:
-            clean, stream_only = _clean_suffix(adapter, prompts, cache, start, {b for b, _ in runs}, buffers)
+            entering, stream_only = _clean_suffix(adapter, prompts, cache, start, {b for b, _ in runs}, buffers)
             runs = runs if stream_only else [(0, [v for _, vs in runs for v in vs])]
         for block, vs in runs:
             row_variant = np.repeat(np.array(vs), n)  # rows: variant-major, then prompt
@@ -265,7 +265,7 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
                 index = torch.from_numpy(rp).to(device)
                 kwargs = {"cache": expand_cache(cache, which[index], length - start, buffers, block)} if start else {}
                 hooks = _hooks(adapter, table, rv, rp, donor, start, length)
-                skipping = skipping_blocks(adapter, block, clean[block][which[index]]) if block else nullcontext()
+                skipping = skipping_blocks(adapter, block, entering[block][which[index]]) if block else nullcontext()
                 with adapter.hooks(**hooks), skipping:
                     hidden = adapter.forward_final(run_ids[index, start:], use_cache=start > 0,
                                                    **kwargs).last_hidden_state  # [rows, length - start, d_model]
