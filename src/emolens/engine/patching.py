@@ -244,6 +244,7 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
     out = torch.empty(n, len(variants))
     prompts, which = torch.unique(run_ids, dim=0, return_inverse=True)  # each distinct run prompt once
     cache, cached, buffers = None, 0, {}
+    stream_only = True  # until a clean pass shows a block that hands the next one more than the residual stream
     for start in sorted(groups):
         if not 0 <= start < length:
             raise ValueError(f"patch position {start} outside a prompt of {length} tokens")
@@ -254,9 +255,10 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
         runs = block_runs({v: first_block(variants[v], adapter.n_layers) for v in groups[start]}, n,
                           1 if every_block_apart else step)
         entering: dict[int, torch.Tensor] = {}  # block -> the clean stream entering it [U, length - start, d]
-        if runs[-1][0] > 0:
+        if stream_only and runs[-1][0] > 0:
             entering, stream_only = _clean_suffix(adapter, prompts, cache, start, {b for b, _ in runs}, buffers)
-            runs = runs if stream_only else [(0, [v for _, vs in runs for v in vs])]
+        if not stream_only:  # every block runs: no clean pass for the later groups either
+            runs = [(0, [v for _, vs in runs for v in vs])]
         for block, vs in runs:
             row_variant = np.repeat(np.array(vs), n)  # rows: variant-major, then prompt
             row_prompt = np.tile(np.arange(n), len(vs))
