@@ -187,7 +187,8 @@ def _cmd_steer_transfer(a: argparse.Namespace) -> None:
     kwargs = _steering_kwargs(a)
     kwargs["settings"]["ridge"] = a.ridge
     _with_backoff(a, lambda batch_size: transfer.run_transfer(
-        adapter, records, a.activations, a.steering, a.out, ridge=a.ridge, batch_size=batch_size, **kwargs))
+        adapter, records, a.activations, a.steering, a.out, ridge=a.ridge, batch_size=batch_size, words=a.words,
+        **kwargs))
 
 
 def _cmd_steer_transfer_summary(a: argparse.Namespace) -> None:
@@ -196,17 +197,23 @@ def _cmd_steer_transfer_summary(a: argparse.Namespace) -> None:
     transfer.run_transfer_summary(a.inputs, a.out)
 
 
+def _cmd_words(a: argparse.Namespace) -> None:
+    from emolens.phases import words
+
+    words.run(a.dataset, a.out, seed=a.seed, readout=a.readout)
+
+
 def _cmd_align(a: argparse.Namespace) -> None:
     from emolens.phases import alignment
 
-    alignment.run_pair(*a.activations, *a.vectors, *a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm,
-                       k_nn=a.knn_k)
+    alignment.run_pair(*a.activations, a.out, vectors=a.vectors, subspaces=a.subspaces, words=a.words, kind=a.kind,
+                       seed=a.seed, n_perm=a.n_perm, k_nn=a.knn_k)
 
 
 def _cmd_align_summary(a: argparse.Namespace) -> None:
-    from emolens.phases import alignment
+    from emolens.phases import alignment_summary
 
-    alignment.run_summary(a.pairs, a.out, alpha=a.alpha)
+    alignment_summary.run_summary(a.pairs, a.out, alpha=a.alpha)
 
 
 def _cmd_stats(a: argparse.Namespace) -> None:
@@ -218,7 +225,8 @@ def _cmd_stats(a: argparse.Namespace) -> None:
     elif a.mode == "power":
         statistics.run_power(a.sweeps, a.heads, a.out, alpha=a.alpha, power=a.power)
     else:
-        statistics.run_k(a.activations, a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm, alpha=a.alpha)
+        statistics.run_k(a.activations, a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm, alpha=a.alpha,
+                         words=a.words, ceilings=list(zip(a.ceiling_activations, a.ceiling_of, strict=True)))
 
 
 def _cmd_verify(a: argparse.Namespace) -> None:

@@ -212,6 +212,8 @@ def _steering_options(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--activations", nargs="+", required=True,
                        help="phase-2 activations of every model (<name>.pkl), this one included")
         p.add_argument("--steering", required=True, help="this model's steering JSON (its best index and alpha)")
+        p.add_argument("--words", help="the words reference's activations: adds each source with the words "
+                                       "partialled out of both models")
         _setting(p, "--ridge", "steering.ridge", "ridge of the map, relative to a's mean eigenvalue", type=float)
 
 
@@ -220,11 +222,22 @@ def _steer_transfer_summary_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="summary JSON to write")
 
 
+def _words_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="phase-1 dataset JSONL")
+    _readout_arg(p)
+    p.add_argument("--out", required=True, help="the words reference's activations pickle to write")
+    _setting(p, "--seed", "seed", "seed of the frame split whose fit half the vocabulary is learned on", type=int)
+
+
 def _align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", nargs=2, required=True, metavar=("A", "B"), help="the two models' activations")
-    p.add_argument("--vectors", nargs=2, required=True, metavar=("A", "B"), help="the two models' vectors pickles")
-    p.add_argument("--subspaces", nargs=2, required=True, metavar=("A", "B"),
-                   help="the two models' subspaces pickles")
+    p.add_argument("--vectors", nargs=2, default=(), metavar=("A", "B"),
+                   help="the two models' vectors pickles (for the descriptive numbers; the words reference has none)")
+    p.add_argument("--subspaces", nargs=2, default=(), metavar=("A", "B"), help="the two models' subspaces pickles")
+    p.add_argument("--words", help="the words reference's activations: adds the words-controlled section")
+    p.add_argument("--kind", choices=("models", "words", "ceiling"), default="models",
+                   help="models; words (B is the words reference); ceiling (B is A's twin: the same model in "
+                        "another build or seed)")
     p.add_argument("--out", required=True, help="alignment pickle of the pair to write")
     _setting(p, "--seed", "seed", "seed of the frame split and the permutations", type=int)
     _setting(p, "--n-perm", "alignment.n_perm", "permutations of each null", type=int)
@@ -244,6 +257,10 @@ def _stats_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", nargs="*", default=[], help="head patching pickles (effect, power)")
     p.add_argument("--activations", nargs="*", default=[], help="activations pickles of every model (k)")
     p.add_argument("--subspaces", nargs="*", default=[], help="subspaces pickles of every model, same order (k)")
+    p.add_argument("--words", help="the words reference's activations: adds k with the words controlled (k)")
+    p.add_argument("--ceiling-activations", nargs="*", default=[],
+                   help="activations of each ceiling twin (the same model in another build or seed; k)")
+    p.add_argument("--ceiling-of", nargs="*", default=[], help="the model of each ceiling twin, same order (k)")
     p.add_argument("--out", required=True, help="JSON to write")
     _setting(p, "--seed", "seed", "seed of the bootstrap, permutations and split", type=int)
     _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples (effect)", type=int)
@@ -317,6 +334,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
      lambda p: _steering_options(p, "steer-transfer")),
     ("steer-transfer-summary", "the steering-transfer matrix over model pairs",
      _steer_transfer_summary_options),
+    ("words", "phase 4: the words reference, the prompts' word features as a one-layer model", _words_options),
     ("align", "phase 4: compare two models of any widths on the same prompts", _align_options),
     ("align-summary", "phase 4: headline numbers of every model pair", _align_summary_options),
     ("stats", "phase 7: effect sizes, power, or aligned subspace dimensions (k)", _stats_options),

@@ -13,26 +13,32 @@ from statsmodels.stats.multitest import multipletests
 from emolens import EMOTIONS
 from emolens.io import load_pickle, save_pickle
 from emolens.phases.alignment import (
+    CONTROL_MEASURES,
     DESCRIPTIVE,
     FAMILIES,
     MEASURES,
+    WORDS_PARTIALLED,
     comparable_layers,
     matched_layers,
     run_pair,
-    run_summary,
     split_halves,
 )
+from emolens.phases.alignment_summary import run_summary
 from emolens.phases.emotion_structure import (
+    cell_permutations,
+    cv_rdm,
+    emotion_frame_cells,
     emotion_grams,
     label_structure,
     permuted_labels,
+    rdm_spearman,
     rsa_cross_validated,
     subspace_cosines,
     transfer_cosines,
 )
 from emolens.phases.statistics import run_k
-from emolens.report.checks import check_alignment, check_self_alignment, check_statistics
-from emolens.report.figures import alignment_matrix
+from emolens.report.checks import _summary_problems, check_alignment, check_self_alignment, check_statistics
+from emolens.report.figures import alignment_depths
 from emolens.stats.geometry import emotion_vectors, item_centred
 from emolens.stats.resampling import perm_pvalue, within_group_permutations
 from emolens.stats.similarity import (
@@ -235,6 +241,18 @@ def write_model(tmp_path, name, d, n_layers, latent, quantization=None, seed=0):
     return paths
 
 
+def write_words(tmp_path, latent, seed=5):
+    """A words reference for the synthetic prompts: one layer of word counts that carry the latent in part."""
+    rng = np.random.default_rng(seed)
+    counts = (latent @ rng.standard_normal((latent.shape[1], 30)) > 1.0).astype(np.float32)  # [n, 30]
+    path = tmp_path / "words.pkl"
+    record = load_pickle(tmp_path / "m0.pkl")
+    save_pickle({**{k: record[k] for k in ("ids", "emotions", "item_ids", "frames")}, "schema": "emolens.activations/2",
+                 "resid": {"last": counts[:, None], "mean": counts[:, None]}, "n_layers": 0, "d_model": 30,
+                 "quantization": None, "provenance": {}}, path)
+    return path
+
+
 def shared_latent(n: int = 48, seed: int = 11) -> np.ndarray:
     """Emotion class means plus per-prompt variation, shared by every synthetic model."""
     rng = np.random.default_rng(seed)
@@ -247,7 +265,7 @@ def test_run_pair_and_summary_write_promised_keys(tmp_path):
     a = write_model(tmp_path, "small", 6, 2, latent, seed=1)
     b = write_model(tmp_path, "wide", 10, 4, latent, quantization="int8", seed=2)
     out = tmp_path / "alignment" / "small__wide.pkl"
-    run_pair(a[0], b[0], a[1], b[1], a[2], b[2], out, seed=0, n_perm=20, k_nn=5, k_pca=4)
+    run_pair(a[0], b[0], out, vectors=(a[1], b[1]), subspaces=(a[2], b[2]), seed=0, n_perm=20, k_nn=5, k_pca=4)
     r = load_pickle(out, "emolens.alignment/1")
     assert r["models"] == ["small", "wide"] and r["int8_involved"] is True
     assert r["cka_matrix"].shape == (3, 5)
@@ -265,7 +283,7 @@ def test_run_pair_and_summary_write_promised_keys(tmp_path):
     assert summary["pairs"][0]["flags"] == ["int8_involved", "different_widths"]
     assert summary["pairs"][0]["quantization"] == [None, "int8"]  # the figure marks the int8 model by it
     assert summary["pairs"][0]["n_layers"] == [2, 4]  # the findings give each matched depth as a relative depth
-    alignment_matrix(tmp_path / "alignment" / "summary.json", ["small", "wide"], tmp_path / "alignment.png")
+    alignment_depths(tmp_path / "alignment" / "summary.json", tmp_path / "alignment.png")
     assert (tmp_path / "alignment.png").read_bytes().startswith(b"\x89PNG")
     assert len(summary["pairs"][0]["measures"]["linear_cka"]["value"]) == 3 and "provenance" in summary
     assert set(summary["families"]) == set(FAMILIES)
@@ -284,8 +302,8 @@ def test_summary_counts_significance_after_bh_within_each_family(tmp_path):
     pairs = []
     for i, j in ((0, 1), (0, 2), (1, 2)):
         pairs.append(tmp_path / f"m{i}__m{j}.pkl")
-        run_pair(files[i][0], files[j][0], files[i][1], files[j][1], files[i][2], files[j][2], pairs[-1],
-                 n_perm=20, k_nn=5, k_pca=4)
+        run_pair(files[i][0], files[j][0], pairs[-1], vectors=(files[i][1], files[j][1]),
+                 subspaces=(files[i][2], files[j][2]), n_perm=20, k_nn=5, k_pca=4)
     run_summary(pairs, tmp_path / "summary.json", alpha=0.05)
     summary = json.loads((tmp_path / "summary.json").read_text())
     for family, info in summary["families"].items():
@@ -303,12 +321,16 @@ def profile(tmp_path):
     """A three-model results tree with alignment pair files, summary.json and statistics/*.json."""
     latent = shared_latent()
     files = {f"m{i}": write_model(tmp_path, f"m{i}", 6 + 2 * i, 2, latent, seed=i) for i in range(3)}
+    words = write_words(tmp_path, latent)
     (tmp_path / "alignment").mkdir()
     pairs = []
     for a, b in (("m0", "m1"), ("m0", "m2"), ("m1", "m2")):
         pairs.append(tmp_path / "alignment" / f"{a}__{b}.pkl")
-        run_pair(files[a][0], files[b][0], files[a][1], files[b][1], files[a][2], files[b][2], pairs[-1],
-                 n_perm=20, k_nn=5, k_pca=4)
+        run_pair(files[a][0], files[b][0], pairs[-1], vectors=(files[a][1], files[b][1]),
+                 subspaces=(files[a][2], files[b][2]), words=words, n_perm=20, k_nn=5, k_pca=4)
+    for m in files:
+        pairs.append(tmp_path / "alignment" / f"{m}__words.pkl")
+        run_pair(files[m][0], words, pairs[-1], kind="words", n_perm=20, k_nn=5, k_pca=4)
     run_summary(pairs, tmp_path / "alignment" / "summary.json")
     stats = tmp_path / "statistics"
     stats.mkdir()
@@ -381,3 +403,73 @@ def test_constant_layers_are_skipped_not_compared():
     ra[:, 0] = rng.normal(size=8)  # the same vector for every prompt, as at index 0 in rotary models
     comparable, skipped = comparable_layers(ra, rb, 2, 4)
     assert skipped == [(0, 0)] and comparable == [(1, 2), (2, 4)]
+
+
+# --- RDMs over emotion x frame cells ------------------------------------------------------------------------
+
+def _cell_design(n_frames=6, items_per_frame=3, seed=0):
+    emotions = np.tile(np.arange(4), n_frames * items_per_frame)
+    items = np.repeat(np.arange(n_frames * items_per_frame), 4)
+    frames = items // items_per_frame
+    return emotions, items, frames
+
+
+def test_cells_split_items_within_frames_and_relabel_exactly():
+    codes, items, frames = _cell_design()
+    cells = emotion_frame_cells(codes, items, frames, seed=0)
+    assert len(cells.first) == 6 * 4 and (cells.index >= 0).all()
+    for f in range(6):  # every frame's items in both halves, an item's prompts in one
+        assert set(cells.half[frames == f]) == {0, 1}
+    assert all(len(set(cells.half[items == i])) == 1 for i in np.unique(items))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((len(codes), 5))
+    labels = permuted_labels(codes, frames, 7, rng)
+    sigma = cell_permutations(cells, labels)
+    assert (sigma[0] == np.arange(24)).all()
+    rdm = cv_rdm(x, cells)
+    for p in range(1, 8):  # the RDM recomputed under a frame relabelling = the observed RDM's cells reordered
+        again = cv_rdm(x, emotion_frame_cells(labels[p], items, frames, seed=0))
+        np.testing.assert_allclose(again, rdm[np.ix_(sigma[p], sigma[p])], atol=1e-12)
+    one_item = emotion_frame_cells(codes[:4], items[:4], frames[:4], seed=0)  # a frame of one item has no cell
+    assert len(one_item.first) == 0 and (one_item.index == -1).all()
+
+
+def test_cross_validated_distances_are_unbiased_and_rho_finds_shared_cells():
+    codes, items, frames = _cell_design(n_frames=10, items_per_frame=4)
+    cells = emotion_frame_cells(codes, items, frames, seed=0)
+    rng = np.random.default_rng(2)
+    noise = rng.standard_normal((len(codes), 50))
+    iu = np.triu_indices(len(cells.first), 1)
+    assert abs(cv_rdm(noise, cells)[iu].mean()) < 0.15 * 50 / 2  # pure noise: mean distance near 0, not 2 d / n
+    truth = rng.standard_normal((len(cells.first), 6))[np.maximum(cells.index, 0)]  # each cell its own pattern
+    xa, xb = truth @ rng.standard_normal((6, 8)), truth @ rng.standard_normal((6, 12))
+    labels = permuted_labels(codes, frames, 50, rng)
+    rho = rdm_spearman(cv_rdm(xa + 0.3 * rng.standard_normal(xa.shape), cells),
+                       cv_rdm(xb + 0.3 * rng.standard_normal(xb.shape), cells), cell_permutations(cells, labels))
+    assert rho[0] > 0.5 and rho[0] > rho[1:].max()
+
+
+def test_controls_run_per_register_and_with_the_words_partialled(tmp_path):
+    latent = shared_latent()
+    files = [write_model(tmp_path, f"m{i}", 6 + 2 * i, 2, latent, seed=i) for i in range(2)]
+    words = write_words(tmp_path, latent)
+    for path in (files[0][0], files[1][0], words):  # frames 0-2 explicit, 3-5 implicit
+        record = load_pickle(path)
+        record["registers"] = ["explicit" if int(f.removeprefix("frame")) < 3 else "implicit" for f in record["frames"]]
+        save_pickle(record, path)
+    pair, ref = tmp_path / "m0__m1.pkl", tmp_path / "m0__words.pkl"
+    run_pair(files[0][0], files[1][0], pair, words=words, n_perm=20, k_nn=5, k_pca=4)
+    run_pair(files[0][0], words, ref, kind="words", n_perm=20, k_nn=5, k_pca=4)
+    r, w = load_pickle(pair), load_pickle(ref)
+    assert set(r["controls"]) == {"explicit", "implicit", WORDS_PARTIALLED} and set(w["controls"]) == {
+        "explicit", "implicit"}  # the words are not partialled out of themselves
+    assert w["kind"] == "words" and [(d["layer_a"], d["layer_b"]) for d in w["matched"]] == [(0, 0), (1, 0), (2, 0)]
+    for depth in r["controls"]["explicit"]:
+        assert set(CONTROL_MEASURES) <= depth.keys() and depth["null"]["rsa"].shape == (20,)
+    assert r["controls"]["explicit"][1]["linear_cka"] != r["matched"][1]["linear_cka"]  # half the prompts
+    run_summary([pair, ref], tmp_path / "summary.json")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"emotion_specific / words_partialled", "emotion_specific / explicit / words",
+            "texts_alike / words"} <= set(summary["families"])
+    assert summary["families"]["emotion_specific / explicit"]["n_tests"] == 3 * 3  # transfer, subspace, RSA x depths
+    assert not _summary_problems(summary, [r, w])

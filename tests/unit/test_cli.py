@@ -94,7 +94,7 @@ MIRRORED = {  # every CLI option that mirrors a config setting, by command
     "steer": {"--device", "--seed", "--n-null", "--max-prompts", "--n-boot", "--alphas", "--n-random",
               "--layer-stride", "--kl-prompts", "--kl-budget", "--n-random-subspaces"},
     "steer-transfer": {"--device", "--seed", "--n-null", "--max-prompts", "--n-boot", "--ridge"},
-    "align": {"--seed", "--n-perm", "--knn-k"}, "align-summary": {"--alpha"},
+    "words": {"--seed"}, "align": {"--seed", "--n-perm", "--knn-k"}, "align-summary": {"--alpha"},
     "stats": {"--seed", "--n-boot", "--n-perm", "--alpha", "--power"},
 }
 

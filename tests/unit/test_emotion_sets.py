@@ -150,7 +150,8 @@ def _model_files(tmp_path, name, data, seed):
 def test_alignment_and_k_follow_the_set_and_refuse_vectors_of_another(data, tmp_path):
     n = len(data["order"])
     a, b = _model_files(tmp_path, "a", data, 0), _model_files(tmp_path, "b", data, 1)
-    run_pair(a[0], b[0], a[1], b[1], a[2], b[2], tmp_path / "a__b.pkl", n_perm=5, k_nn=3, k_pca=3)
+    run_pair(a[0], b[0], tmp_path / "a__b.pkl", vectors=(a[1], b[1]), subspaces=(a[2], b[2]), n_perm=5, k_nn=3,
+             k_pca=3)
     run_k([a[0], b[0]], [a[2], b[2]], tmp_path / "k.json", n_perm=19)
     k = json.loads((tmp_path / "k.json").read_text())
     assert k["emotions"] == list(data["order"]) and k["pairs"][0]["k_max"] == min(3, n - 1)
@@ -160,7 +161,8 @@ def test_alignment_and_k_follow_the_set_and_refuse_vectors_of_another(data, tmp_
                  "provenance": {}}, vec)
     with pytest.raises(ValueError, match=r"other_vectors\.pkl: emotions \['gratitude', 'anger', 'apology', 'neutral'\] "
                                          r"are not the prompts'"):
-        run_pair(a[0], b[0], a[1], vec, a[2], b[2], tmp_path / "bad.pkl", n_perm=5, k_nn=3, k_pca=3)
+        run_pair(a[0], b[0], tmp_path / "bad.pkl", vectors=(a[1], vec), subspaces=(a[2], b[2]), n_perm=5, k_nn=3,
+                 k_pca=3)
 
 
 def test_null_datasets_and_the_dataset_check_use_the_sets_own_labels(data):

@@ -30,10 +30,12 @@ def test_baseline_dry_run_lists_every_rule():
     assert jobs["activations"] == 6 and "organism" not in jobs
 
 
-def test_demo_dry_run_builds_organisms():
+def test_demo_dry_run_builds_organisms_and_a_ceiling_twin():
     out = _snakemake("-n", "--cores", "2", "--configfile", "config/demo.yaml", "--forceall")
     assert out.returncode == 0, out.stderr
-    assert _jobs(out.stdout)["organism"] == 6
+    jobs = _jobs(out.stdout)
+    assert jobs["organism"] == 7 and jobs["activations"] == 7 and jobs["steer"] == 6  # the twin: activations only
+    assert jobs["align_pair"] == 15 + 6 + 1 and jobs["words"] == 1  # model pairs, each against the words, the twin
 
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/demo.yaml"])

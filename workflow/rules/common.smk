@@ -13,8 +13,16 @@ from emolens.engine.chunks import chunk_name, chunk_ranges
 RESULTS = layout.root(config["profile"])  # every result path comes from emolens.layout
 BUILT_DATASET = layout.dataset(RESULTS)  # the workflow's own dataset, one copy per profile
 config["dataset"] = config.get("dataset") or str(BUILT_DATASET)  # a user's own JSONL is used as it is
-MODELS = list(config["models"])
+TWINS = {m: s["twin_of"] for m, s in config["models"].items() if s.get("twin_of")}  # ceiling twin -> its model
+MODELS = [m for m in config["models"] if m not in TWINS]  # the models every phase runs
+ALL_MODELS = MODELS + list(TWINS)  # a twin runs its checks and activations only
+for _twin, _of in TWINS.items():
+    if _of not in MODELS:
+        raise WorkflowError(f"models.{_twin}.twin_of: {_of!r} is not one of the profile's models {MODELS}")
+WORDS = "words"  # the words reference: the prompts' words as a one-layer model (emolens.phases.words)
 PAIRS = [f"{a}__{b}" for a, b in itertools.combinations(MODELS, 2)]
+# every alignment file: model pairs, each model against the words reference, each twin against its model (a ceiling)
+ALIGN_PAIRS = PAIRS + [f"{m}__{WORDS}" for m in MODELS] + [f"{of}__{twin}" for twin, of in TWINS.items()] if PAIRS else []
 TRANSFER_TARGETS = MODELS if len(MODELS) > 1 else []  # steering transfer into each model from every other one
 CROSS_MODEL = len(MODELS) > 1  # alignment, its summary, k and steering transfer compare two models or more
 if not CROSS_MODEL:
@@ -48,7 +56,7 @@ localrules:
 
 
 wildcard_constraints:
-    model="|".join(map(re.escape, MODELS)),
+    model="|".join(map(re.escape, ALL_MODELS)),
     first=r"\d+",
     last=r"\d+",
 
@@ -93,7 +101,7 @@ def hub_models_json():
 
 def model_checkpoint(wildcards):
     """What a long model job waits for: every model's equivalence check (ancient: a rerun check reruns no job)."""
-    return [ancient(layout.equivalence(RESULTS, m)) for m in MODELS]
+    return [ancient(layout.equivalence(RESULTS, m)) for m in ALL_MODELS]
 
 
 def model_source(wildcards):
@@ -146,14 +154,30 @@ def residual_chunks(wildcards):
     ]
 
 
+def pair_kind(pair):
+    """An alignment file's kind: models, words (b is the words reference) or ceiling (b is a's twin)."""
+    b = pair.split("__")[1]
+    return "words" if b == WORDS else "ceiling" if b in TWINS else "models"
+
+
 def pair_inputs(wildcards):
-    """Activations, vectors and subspaces of the two models of an alignment pair."""
+    """Activations of the two sides of an alignment file; for two models also their vectors and subspaces (the
+    descriptive numbers) and the words reference (the words-controlled section)."""
     a, b = wildcards.pair.split("__")
-    return {
-        "activations": [layout.activations(RESULTS, m) for m in (a, b)],
-        "vectors": [layout.vectors(RESULTS, m) for m in (a, b)],
-        "subspaces": [layout.subspaces(RESULTS, m) for m in (a, b)],
-    }
+    inputs = {"activations": [layout.activations(RESULTS, m) for m in (a, b)]}
+    if pair_kind(wildcards.pair) == "models":
+        inputs |= {"vectors": [layout.vectors(RESULTS, m) for m in (a, b)],
+                   "subspaces": [layout.subspaces(RESULTS, m) for m in (a, b)],
+                   "words": layout.activations(RESULTS, WORDS)}
+    return inputs
+
+
+def align_flags(wildcards, input):
+    """The align command's flags for one alignment file: its kind and the optional inputs it has."""
+    flags = f"--kind {pair_kind(wildcards.pair)}"
+    if "words" in input.keys():
+        flags += f" --vectors {input.vectors} --subspaces {input.subspaces} --words {input.words}"
+    return flags
 
 
 def per_model(pattern):
@@ -164,10 +188,11 @@ def per_model(pattern):
 def timed_jobs():
     """Every timed job: rule, model, chunk, its benchmark file and its output."""
     jobs = []
-    for m in MODELS:
+    for m in ALL_MODELS:
         if "organism" in config["models"][m]:
             jobs.append(("organism", m, None, layout.organism_readout(RESULTS, m)))
         jobs.append(("activations", m, None, layout.activations(RESULTS, m)))
+    for m in MODELS:
         jobs.append(("vectors", m, None, layout.vectors(RESULTS, m)))
         for a, b in chunk_ranges(n_layers(m), config["models"][m]["layer_chunk"]):
             chunk = chunk_name(a, b).removesuffix(".pkl")
@@ -176,7 +201,7 @@ def timed_jobs():
         jobs.append(("screen_heads", m, None, layout.head_scores(RESULTS, m)))
         jobs.append(("patch_heads", m, None, layout.head_patching(RESULTS, m)))
         jobs.append(("steer", m, None, layout.steering(RESULTS, m)))
-    jobs += [("align_pair", p, None, layout.alignment_pair(RESULTS, p)) for p in PAIRS]
+    jobs += [("align_pair", p, None, layout.alignment_pair(RESULTS, p)) for p in ALIGN_PAIRS]
     jobs += [("steer_transfer", m, None, layout.steering_transfer(RESULTS, m)) for m in TRANSFER_TARGETS]
     jobs += [(f"stats_{mode}", None, None, layout.statistics(RESULTS, mode)) for mode in STATISTICS]
     return [

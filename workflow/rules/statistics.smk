@@ -46,6 +46,8 @@ rule stats_k:
     input:
         activations=per_model(layout.activations(RESULTS, "{model}")),
         subspaces=per_model(layout.subspaces(RESULTS, "{model}")),
+        words=layout.activations(RESULTS, WORDS),
+        twins=[layout.activations(RESULTS, t) for t in TWINS],
     output:
         layout.statistics(RESULTS, "k"),
     log:
@@ -56,8 +58,10 @@ rule stats_k:
         n_perm=config["alignment"]["n_perm"],
         alpha=config["statistics"]["alpha"],
         seed=config["seed"],
+        twin_of=" ".join(TWINS.values()),
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens stats k --activations {input.activations} --subspaces {input.subspaces} --out {output} "
+        "emolens stats k --activations {input.activations} --subspaces {input.subspaces} --words {input.words} "
+        "--ceiling-activations {input.twins} --ceiling-of {params.twin_of} --out {output} "
         "--seed {params.seed} --n-perm {params.n_perm} --alpha {params.alpha} 2> {log}"

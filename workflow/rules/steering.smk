@@ -51,6 +51,7 @@ rule steer_transfer:
         checkpoint=model_checkpoint,
         activations=per_model(layout.activations(RESULTS, "{model}")),
         steering=layout.steering(RESULTS, "{model}"),
+        words=layout.activations(RESULTS, WORDS),
     output:
         layout.steering_transfer(RESULTS, "{model}"),
     log:
@@ -73,8 +74,8 @@ rule steer_transfer:
     shell:
         "emolens --attempt {resources.attempt} --input-error-file {log}.input_error "
         "steer-transfer --name {wildcards.model} --settings {params.settings:q} --readout {params.readout:q} "
-        "--dataset {input.dataset} --activations {input.activations} --steering {input.steering} --out {output} "
-        "{params.flags} --ridge {params.ridge} --device {params.device} 2> {log}"
+        "--dataset {input.dataset} --activations {input.activations} --steering {input.steering} --words {input.words} "
+        "--out {output} {params.flags} --ridge {params.ridge} --device {params.device} 2> {log}"
 
 
 rule steer_transfer_summary:

@@ -154,3 +154,79 @@ def rsa_cross_validated(e: EmotionGrams) -> np.ndarray:
     """[P] RSA of emotion-mean distances, a on one half and b on the other, mean of both assignments."""
     return 0.5 * (_pearson(_mean_distances(e.a_fit), _mean_distances(e.b_test))
                   + _pearson(_mean_distances(e.a_test), _mean_distances(e.b_fit)))
+
+
+# --- RDMs over emotion x frame cells ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cells:
+    """The emotion x frame cells of a design, each seen in two independent halves of its frame's items.
+
+    A frame's items are dealt alternately (seeded) to half 0 and half 1, so every cell of a frame with two
+    items or more has a pattern in each half; a frame with one item has no cell (``index`` -1).
+    """
+
+    index: np.ndarray  # [n] cell of each prompt, -1 for none
+    half: np.ndarray  # [n] 0 or 1: the item half of each prompt
+    first: np.ndarray  # [n_cells] one prompt of each cell (a cell's prompts share frame and label)
+    keys: np.ndarray  # [n_cells] frame code * n_emotions + emotion code of each cell, ascending
+    n_emotions: int
+
+
+def emotion_frame_cells(codes: np.ndarray, items: Sequence[Any], frames: Sequence[Any], seed: int) -> Cells:
+    """Cells (frame, emotion) of the prompts with emotion ``codes`` [n], items split in halves within frames."""
+    items, frames, codes = np.asarray(items), np.asarray(frames), np.asarray(codes)
+    rng, half = np.random.default_rng(seed), np.zeros(len(items), int)
+    keep = np.zeros(len(items), bool)
+    for f in np.unique(frames):
+        own = np.unique(items[frames == f])
+        if len(own) < 2:
+            continue
+        for rank, item in enumerate(rng.permutation(own)):
+            half[items == item] = rank % 2
+        keep[frames == f] = True
+    n_emotions = int(codes.max()) + 1
+    raw = np.where(keep, np.unique(frames, return_inverse=True)[1].ravel() * n_emotions + codes, -1)
+    present = np.unique(raw[keep])
+    index = np.where(keep, np.searchsorted(present, raw), -1)
+    return Cells(index, half, np.array([np.flatnonzero(index == c)[0] for c in range(len(present))], int),
+                 present, n_emotions)
+
+
+def cv_rdm(x: np.ndarray, cells: Cells) -> np.ndarray:
+    """[n_cells, n_cells] cross-validated squared distances of the cells' mean patterns of x [n, d]:
+    (a_i - a_j) . (b_i - b_j) with a, b the two item halves' means, unbiased for the squared distance."""
+    n_cells = len(cells.first)
+    means = []
+    for h in (0, 1):
+        rows = (cells.index >= 0) & (cells.half == h)
+        w = np.zeros((n_cells, len(x)))
+        w[cells.index[rows], np.flatnonzero(rows)] = 1.0
+        means.append(w @ x / np.maximum(w.sum(1, keepdims=True), 1.0))  # [n_cells, d]
+    g = means[0] @ means[1].T  # [n_cells, n_cells]
+    d = np.diagonal(g)
+    return d[:, None] + d[None, :] - g - g.T
+
+
+def cell_permutations(cells: Cells, labels: np.ndarray) -> np.ndarray:
+    """[P, n_cells] sigma for each labelling of labels [P, n] (permuted by frame): under labelling p, cell c of the
+    observed order holds the pattern of observed cell sigma[p, c] (emotions swapped inside the frame)."""
+    frame_key = cells.keys - labels[0, cells.first]  # [n_cells]: each cell's frame code * n_emotions
+    target = np.searchsorted(cells.keys, frame_key[None, :] + labels[:, cells.first])  # [P, n_cells]: where it goes
+    sigma = np.empty_like(target)
+    np.put_along_axis(sigma, target, np.arange(len(cells.first))[None, :].repeat(len(labels), 0), axis=1)
+    return sigma
+
+
+def rdm_spearman(rdm_a: np.ndarray, rdm_b: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """[P] Spearman rho between a's RDM and b's with its cells relabelled by each sigma [P, n_cells] (row 0
+    observed). b's ranks are computed once: a relabelling permutes the same off-diagonal entries."""
+    from scipy.stats import rankdata
+
+    iu = np.triu_indices(len(rdm_a), 1)
+    ra = rankdata(rdm_a[iu])
+    rb = np.zeros_like(rdm_b)
+    rb[iu] = rankdata(rdm_b[iu])
+    rb = rb + rb.T
+    perm_b = np.stack([rb[s[iu[0]], s[iu[1]]] for s in sigma])  # [P, n_pairs]
+    return _pearson(ra[None, :], perm_b)

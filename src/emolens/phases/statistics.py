@@ -45,10 +45,12 @@ from statsmodels.stats.power import TTestPower
 
 from emolens import emotion_order
 from emolens.io import load_pickle, provenance, save_json
-from emolens.phases.alignment import comparable_layers, design_units, split_halves
+from emolens.phases.alignment import WORDS_PARTIALLED, comparable_layers, design_units, split_halves
 from emolens.phases.emotion_structure import EmotionGrams, label_codes, label_structure, permuted_labels
+from emolens.phases.words import words_of
 from emolens.stats import families
 from emolens.stats.resampling import group_sums, max_statistic_pvalues, ratio_of_sums, sign_flip_pvalue
+from emolens.stats.words import words_partialled
 
 COHEN_D = (0.2, 0.5, 0.8)  # Cohen's small, medium and large effects
 
@@ -315,6 +317,32 @@ def _pair_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, seed: int, n_per
     return out
 
 
+def _rows(act: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """An activations file with only the prompts ``rows`` (e.g. one register's)."""
+    kept = {key: list(np.asarray(act[key])[rows]) for key in ("ids", "emotions", "item_ids", "frames", "registers")
+            if act.get(key) is not None}
+    return act | kept | {"resid": {k: v[rows] for k, v in act["resid"].items()}}
+
+
+def control_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, words: np.ndarray | None, seed: int, n_perm: int,
+              ridge: float, position: str, alpha: float) -> dict[str, dict[str, Any]]:
+    """k per control section of phase 4: on each register's prompts alone, and with the words partialled out of
+    both models' activations (:func:`emolens.stats.words.words_partialled`, on the pair's own halves)."""
+    out = {}
+    registers = act_a.get("registers")
+    for register in [] if registers is None else sorted(set(registers)):
+        rows = np.flatnonzero(np.asarray(registers) == register)
+        out[str(register)] = _pair_k(_rows(act_a, rows), _rows(act_b, rows), sub_a, sub_b, seed, n_perm, ridge,
+                                     position, alpha)
+    if words is not None:
+        _, frames, regs = design_units(act_a, "activations")
+        split = split_halves(frames, regs, seed)
+        a, b = ({**act, "resid": {position: words_partialled(act["resid"][position], words, split, ridge)}}
+                for act in (act_a, act_b))
+        out[WORDS_PARTIALLED] = _pair_k(a, b, sub_a, sub_b, seed, n_perm, ridge, position, alpha)
+    return out
+
+
 def _keep_position(act: dict[str, Any], position: str) -> dict[str, Any]:
     """An activations file with only the residual readout ``position`` ("last" or "mean") kept in memory."""
     return act | {"resid": {position: act["resid"][position]}}
@@ -322,8 +350,11 @@ def _keep_position(act: dict[str, Any], position: str) -> dict[str, Any]:
 
 def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_json: str | Path,
           seed: int = 0, n_perm: int = 200, ridge: float = 0.1, position: str = "last",
-          alpha: float = 0.05) -> None:
-    """How many emotion dimensions align across each model pair, family-wise calibrated (``K_RULE``).
+          alpha: float = 0.05, words: str | Path | None = None,
+          ceilings: Sequence[tuple[str | Path, str]] = ()) -> None:
+    """How many emotion dimensions align across each model pair, family-wise calibrated (``K_RULE``), overall and
+    per control section (:func:`control_k`; ``words``: the words reference's file); ``ceilings``: (twin
+    activations, model) of each ceiling twin, whose k with its model is the ceiling of that model's pairs.
 
     Each model's files are read once (not once per pair it is in) and only the residual readout
     ``position`` is kept; the subspace files give k_max (capped at n_emotions - 1).
@@ -334,6 +365,7 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
         raise ValueError(f"activation files {names} and subspace files {list(map(str, sub_files))} differ")
     acts = [_keep_position(load_pickle(p, "emolens.activations/2"), position) for p in act_files]
     subs = [load_pickle(p, "emolens.subspaces/1") for p in sub_files]
+    features = words_of(words, acts[0]["ids"]) if acts else None
     pairs = []
     for i, j in itertools.combinations(range(len(names)), 2):
         act_a, act_b, sub_a, sub_b = acts[i], acts[j], subs[i], subs[j]
@@ -341,12 +373,20 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
             raise ValueError(f"{act_files[i]} and {act_files[j]} hold different prompts or orders")
         quant = [act_a.get("quantization"), act_b.get("quantization")]
         pairs.append({"models": [names[i], names[j]], "int8_involved": any(quant)}
-                     | _pair_k(act_a, act_b, sub_a, sub_b, seed, n_perm, ridge, position, alpha))
+                     | _pair_k(act_a, act_b, sub_a, sub_b, seed, n_perm, ridge, position, alpha)
+                     | {"controls": control_k(act_a, act_b, sub_a, sub_b, features, seed, n_perm, ridge, position,
+                                              alpha)})
+    twins = []
+    for path, model in ceilings:
+        i, twin = names.index(model), _keep_position(load_pickle(path, "emolens.activations/2"), position)
+        twins.append({"models": [model, Path(path).stem], "int8_involved": any([acts[i].get("quantization"),
+                                                                                twin.get("quantization")])}
+                     | _pair_k(acts[i], twin, subs[i], subs[i], seed, n_perm, ridge, position, alpha))
     settings = {"seed": seed, "n_perm": n_perm, "ridge": ridge, "position": position, "alpha": alpha}
     save_json(settings | {
         "score": K_SCORE, "null": K_NULL, "rule": K_RULE,
         "emotions": list(emotion_order(e for act in acts for e in act["emotions"])),
         "family": "per model pair: all matched depths x k = 1..k_max",
-        "pairs": pairs,
+        "pairs": pairs, "ceilings": twins,
         "provenance": provenance(settings, started, inputs=[str(p) for p in [*act_files, *sub_files]]),
     }, out_json)

@@ -36,7 +36,9 @@ from emolens.data.readout import DEFAULT, Readout
 from emolens.engine.steered import VANISH, Measured, dose_steps, measure, shifts_at, typical_norms
 from emolens.io import load_pickle, provenance, save_json
 from emolens.model.adapter import ModelAdapter
+from emolens.phases.alignment import WORDS_PARTIALLED
 from emolens.phases.steering import SCHEMA, split_records
+from emolens.phases.words import words_of
 from emolens.stats.geometry import emotion_vectors
 from emolens.stats.resampling import frame_halves, perm_pvalue
 from emolens.stats.steering_stats import (
@@ -47,9 +49,11 @@ from emolens.stats.steering_stats import (
     random_directions,
     unit,
 )
+from emolens.stats.words import words_partialled
 
 log = logging.getLogger(__name__)
 TRANSFER_SCHEMA = "emolens.steering_transfer/2"
+WORDS_TAG = " (words partialled)"  # a source's words-partialled variant while it is measured
 SUMMARY_SCHEMA = "emolens.steering_transfer_summary/1"
 
 
@@ -107,15 +111,31 @@ def transfer_fraction(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, b
     }
 
 
+def register_fractions(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, permuted: np.ndarray,
+                       held_records: Sequence[dict[str, Any]], items: Sequence[str], n_boot: int,
+                       seed: int) -> dict[str, dict[str, Any]]:
+    """:func:`transfer_fraction` on each register's held-out items alone (own, mapped [I, n]; random [R, I, n];
+    permuted [P, I, n]), each with its own frame-then-item bootstrap."""
+    register_of = {str(r["item_id"]): r.get("register") for r in held_records}
+    registers = np.array([register_of.get(str(i)) for i in items], dtype=object)
+    out = {}
+    for register in sorted({g for g in registers if g}):
+        rows = np.flatnonzero(registers == register)
+        boot = item_bootstrap(held_records, [items[i] for i in rows], n_boot, np.random.default_rng([seed, 7]))
+        out[register] = transfer_fraction(own[rows], mapped[rows], random[:, rows], boot, permuted[:, rows])
+    return out
+
+
 def transfer_effect(adapter: ModelAdapter, held: Measured, xb_fit: np.ndarray, layer: int, alpha: float,
                     own: np.ndarray, carried: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], boot: ItemBootstrap,
-                    batch_size: int = 32) -> dict[str, Any]:
+                    batch_size: int = 32, held_records: Sequence[dict[str, Any]] = (),
+                    seed: int = 0) -> dict[str, Any]:
     """Steer b at ``layer`` with its own vectors [n, d] (n emotions) and, per source, carried vectors [n, d],
     carried random directions [R, d] and carried label-permuted vectors [P * n, d], each dosed alpha projection
     sds of b's fit half ``xb_fit`` [N, d], in one batched run.
 
     Returns {"own": {on_target [n], CI, specificity [n, n]}, "sources": {name: transfer_fraction(...) +
-    specificity_mapped [n, n]}}.
+    specificity_mapped [n, n] + by_register (from ``held_records``, the held-out records)}}.
     """
     k = len(own)
     blocks = [own] + [np.concatenate(dirs) for dirs in carried.values()]
@@ -129,8 +149,11 @@ def transfer_effect(adapter: ModelAdapter, held: Measured, xb_fit: np.ndarray, l
         block = ld[start:start + k + len(random) + len(permuted)]
         start += len(block)
         perm = on_target(block[k + len(random):].reshape(-1, k, *block.shape[1:]))  # [P, I, n]
-        out["sources"][name] = transfer_fraction(own_diag, on_target(block[:k]), block[k:k + len(random)], boot,
-                                                 perm) | {"specificity_mapped": block[:k].mean(1)}
+        mapped_on, random_ld = on_target(block[:k]), block[k:k + len(random)]
+        out["sources"][name] = transfer_fraction(own_diag, mapped_on, random_ld, boot, perm) | {
+            "specificity_mapped": block[:k].mean(1),
+            "by_register": register_fractions(own_diag, mapped_on, random_ld, perm, held_records, held.items,
+                                              len(boot.weights), seed)}
     return out
 
 
@@ -139,13 +162,30 @@ def matched_index(layer_b: int, n_layers_b: int, n_layers_a: int) -> int:
     return int(math.floor(layer_b * n_layers_a / n_layers_b + 0.5))
 
 
+def carry(xa_fit: np.ndarray, xb_fit: np.ndarray, parts: tuple[np.ndarray, np.ndarray], emotions: np.ndarray,
+          frames: np.ndarray, n_null: int, n_perm: int, ridge: float,
+          rng: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], Any]:
+    """a's emotion vectors [n, d_a] from the fit half's vector part, a ridge map fit on its map part, and what it
+    carries into b's space: the vectors, ``n_null`` random directions and a's label-permuted vectors."""
+    from emolens.stats.similarity import fit_linear_map
+
+    map_part, vec_part = parts
+    va = emotion_vectors(xa_fit[vec_part, None], emotions)[:, 0]  # [n_emotions, d_a]
+    lmap = fit_linear_map(xa_fit[map_part], xb_fit[map_part], ridge)
+    rand = lmap.directions(random_directions(n_null, xa_fit.shape[1], rng))
+    perm = permuted_vectors(xa_fit[vec_part], emotions, frames, n_perm, rng).reshape(-1, xa_fit.shape[1])
+    perm = lmap.directions(perm)
+    return (lmap.directions(va), rand, perm), lmap
+
+
 def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activations: Sequence[str | Path],
                  steering_json: str | Path, out_json: str | Path, *, n_null: int = 200,
                  max_prompts: int | None = None, n_boot: int = 1000, ridge: float = 0.1, seed: int = 0,
                  batch_size: int = 32, readout: Readout = DEFAULT, dataset: str | Path = "dataset",
-                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Steer model b (``adapter``) with every other model's emotion vectors carried through a ridge map; save."""
-    from emolens.stats.similarity import fit_linear_map, map_r2
+                 settings: dict[str, Any] | None = None, words: str | Path | None = None) -> dict[str, Any]:
+    """Steer model b (``adapter``) with every other model's emotion vectors carried through a ridge map, and with
+    ``words`` (the words reference's file) also the vectors of both models with the words partialled out; save."""
+    from emolens.stats.similarity import map_r2
 
     started = time.time()
     name = adapter.name
@@ -164,8 +204,11 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                          f"steer-transfer with the steering job's seed and max-prompts")
     resid_b = act_b["resid"]["last"][:, layer_b].astype(np.float64)  # [N, d_b]
     ids = list(act_b["ids"])
+    features, xb_fit = words_of(words, ids), resid_b[split.fit_rows]
+    if features is not None:  # phase 4's halves cross-fit the words' map
+        halves = frame_halves(act_b["frames"], act_b.get("registers"), seed)
+        xb_words = words_partialled(resid_b, features, halves, ridge)[split.fit_rows]
     del act_b
-    xb_fit = resid_b[split.fit_rows]
     own = emotion_vectors(xb_fit[:, None], split.fit_emotions)[:, 0]  # [n_emotions, d_b]
     n_perm = max(n_null // len(own), 1)  # label permutations, n_emotions vectors each
     map_part, vec_part = frame_halves(split.fit_frames, [split.records[i].get("register") for i in split.fit_rows],
@@ -190,16 +233,18 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         if scale == 0 or (np.linalg.norm(va, axis=-1) <= VANISH * scale).any():
             skipped[source] = f"emotion vectors vanish at {source}'s index {layer_a}"
             continue
-        lmap = fit_linear_map(xa_fit[map_part], xb_fit[map_part], ridge)
-        mapped = lmap.directions(va)  # [n_emotions, d_b]
         rng = np.random.default_rng([seed, 5, zlib.crc32(source.encode())])
-        rand = lmap.directions(random_directions(n_null, resid_a.shape[1], rng))
-        perm = lmap.directions(permuted_vectors(xa_fit[vec_part], emotions, frames, n_perm,
-                                                rng).reshape(-1, resid_a.shape[1]))
+        carried[source], lmap = carry(xa_fit, xb_fit, (map_part, vec_part), emotions, frames, n_null, n_perm, ridge,
+                                      rng)
+        mapped = carried[source][0]  # [n_emotions, d_b]
         if (np.linalg.norm(mapped, axis=-1) == 0).any():
             skipped[source] = f"the map from {source}'s index {layer_a} sends an emotion vector to 0"
+            del carried[source]
             continue
-        carried[source] = (mapped, rand, perm)
+        if features is not None:  # a's vectors and map with the words partialled out of both models
+            xa_words = words_partialled(resid_a, features, halves, ridge)[split.fit_rows]
+            carried[f"{source}{WORDS_TAG}"] = carry(xa_words, xb_words, (map_part, vec_part), emotions, frames,
+                                                    n_null, n_perm, ridge, rng)[0]
         meta[source] = {"layer_a": layer_a, "relative_depth_a": layer_a / n_layers_a,
                         "map_r2_heldout": map_r2(lmap, resid_a[split.held_rows], resid_b[split.held_rows]),
                         "cosine_mapped_own": np.sum(unit(mapped) * unit(own), -1)}
@@ -208,7 +253,11 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     log.info("%s: transfer at index %d, half-max dose %g sd, from %s (skipped %s), %d random directions and %d "
              "label permutations each, on %d prompts", name, layer_b, alpha, sorted(carried), skipped, n_null,
              n_perm, len(held.prompts))
-    effect = transfer_effect(adapter, held, xb_fit, layer_b, alpha, own, carried, boot, batch_size)
+    effect = transfer_effect(adapter, held, xb_fit, layer_b, alpha, own, carried, boot, batch_size, split.heldout,
+                             seed)
+    for s in list(effect["sources"]):  # the words-partialled variant of each source goes under that source
+        if s.endswith(WORDS_TAG):
+            effect["sources"][s.removesuffix(WORDS_TAG)][WORDS_PARTIALLED] = effect["sources"].pop(s)
     at = steer["layers"].index(layer_b), steer["alphas"].index(alpha)
     result = {
         "schema": TRANSFER_SCHEMA, "target": name, "layer_b": layer_b, "relative_depth_b": layer_b / adapter.n_layers,
@@ -219,7 +268,7 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         "n_items": len(held.items),
         "own": effect["own"],
         "own_in_steering_file": steer["readout_shift"]["ld"]["on_target"][at[0]][at[1]],
-        "sources": {s: meta[s] | effect["sources"][s] for s in carried},
+        "sources": {s: meta[s] | effect["sources"][s] for s in meta if s in effect["sources"]},
         "skipped_sources": skipped,
         "measure": "fraction = a's mapped vector's on-target LD shift / b's own, ratio of sums over emotions; nulls: "
                    "random unit directions of a's space through the same map; per emotion, each one's shift on "
@@ -229,7 +278,7 @@ def run_transfer(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         "provenance": provenance(settings or {}, started, model=name),
     }
     save_json(result, out_json)
-    for s in carried:
+    for s in result["sources"]:
         r = result["sources"][s]
         log.info("%s -> %s: fraction %.3f [%.3f, %.3f] of own steering (random-set null q95 %.3f, p %.3g; "
                  "permuted p %.3g), map R^2 %.3f", s, name, r["fraction_mean"], r["fraction_ci_low"],
@@ -250,13 +299,22 @@ def run_transfer_summary(files: Sequence[str | Path], out_json: str | Path) -> d
     keys = ("fraction_mean", "fraction_ci_low", "fraction_ci_high", "null_fraction_sets_q95", "null_p",
             "null_permuted_q95", "null_p_permuted", "map_r2_heldout", "beats_null", "layer_a")
 
-    def matrix(key: str) -> list[list[Any]]:
-        by_target = {t["target"]: t for t in found}
-        return [[by_target[b]["sources"].get(a, {}).get(key) if b in by_target else None for b in models]
-                for a in models]
+    by_target = {t["target"]: t for t in found}
+
+    def matrix(key: str, section: str | None = None) -> list[list[Any]]:
+        def cell(a: str, b: str) -> Any:
+            source = by_target[b]["sources"].get(a, {}) if b in by_target else {}
+            if section is not None:
+                source = source.get(section) or source.get("by_register", {}).get(section) or {}
+            return source.get(key)
+        return [[cell(a, b) for b in models] for a in models]
+
+    sections = sorted({g for t in found for s in t["sources"].values()
+                       for g in [*s.get("by_register", {}), *([WORDS_PARTIALLED] if WORDS_PARTIALLED in s else [])]})
 
     result = {"schema": SUMMARY_SCHEMA, "models": models, "rows": "source a (whose vector is carried)",
               "columns": "target b (steered)", **{k: matrix(k) for k in keys},
+              "sections": {g: {k: matrix(k, g) for k in ("fraction_mean", "null_p_permuted")} for g in sections},
               "layer_b": {t["target"]: t["layer_b"] for t in found}, "alpha": {t["target"]: t["alpha"] for t in found},
               "own_on_target": {t["target"]: t["own"]["on_target"] for t in found},
               "provenance": provenance({"files": [str(f) for f in files]}, started)}

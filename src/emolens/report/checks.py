@@ -24,6 +24,7 @@ from emolens.data.dataset import cue_hits, emotion_cues
 from emolens.io import load_pickle
 from emolens.phases.alignment import MEASURES as ALIGNMENT_TESTS
 from emolens.phases.alignment import SELF_TOL
+from emolens.phases.alignment_summary import family_tests, section_depths, section_tests
 from emolens.phases.heads import top_heads
 from emolens.stats.effects import contrasts
 from emolens.stats.resampling import frame_groups, perm_pvalue
@@ -205,11 +206,8 @@ def check_head_patching(path: Path) -> tuple[bool, str]:
 def check_self_alignment(model: str, pair_files: list[Path]) -> tuple[bool, str]:
     """Every alignment file that holds ``model`` stores its self cell (the model against itself at its
     last block, through the same measures), and every similarity there is 1."""
-    cells = {}
-    for path in pair_files:
-        record = load_pickle(path, schema="emolens.alignment/1")
-        if model in record["models"]:
-            cells[path.name] = record["self_cells"][model]
+    records = {path.name: load_pickle(path, schema="emolens.alignment/1") for path in pair_files}
+    cells = {name: r["self_cells"][model] for name, r in records.items() if model in r["models"]}
     values = np.array([v for cell in cells.values() for key, v in cell.items() if key != "layer"], float)
     error = float(np.max(np.abs(values - 1))) if values.size else float("nan")
     ok = bool(cells) and bool(np.all(np.abs(values - 1) < SELF_TOL))
@@ -217,16 +215,16 @@ def check_self_alignment(model: str, pair_files: list[Path]) -> tuple[bool, str]
 
 
 def _alignment_problems(path: Path, record: dict[str, Any]) -> list[str]:
-    """A pair file's tests: finite values, one null draw per permutation, p-values that match the draws."""
+    """A pair file's tests, every section: finite values, one null draw per permutation, p-values that match."""
     problems = [] if record["matched"] else [f"{path.name}: no matched depths"]
     n_perm = record["settings"]["n_perm"]
-    for depth in record["matched"]:
-        for m in ALIGNMENT_TESTS:
+    for section, m in section_tests(record):
+        for depth in section_depths(record, section):
             null, value, p = np.asarray(depth["null"][m], float), depth[m], depth[f"{m}_p"]
             expected = perm_pvalue(value, null)
             undefined = not np.isfinite(value) and np.isnan(p)  # no variance to compare (e.g. equal-length index 0)
             if len(null) != n_perm or not (undefined or abs(p - expected) <= 1e-12):
-                problems.append(f"{path.name} layer {depth['layer_a']}: {m} = {value}, p {p} but its "
+                problems.append(f"{path.name} {section} layer {depth['layer_a']}: {m} = {value}, p {p} but its "
                                 f"{len(null)} null draws give {expected}")
     return problems
 
@@ -240,34 +238,35 @@ def _summary_problems(summary: dict[str, Any], records: list[dict[str, Any]]) ->
         return problems
     by_models = {tuple(p["models"]): p for p in summary["pairs"]}
     problems += [f"summary.json has no entry for {r['models']}" for r in records if tuple(r["models"]) not in by_models]
-    families: dict[str, list[tuple[int, str]]] = {}  # declared family -> (record, measure) in it
-    for i in range(len(records)):
-        for m in ALIGNMENT_TESTS:
-            families.setdefault(table[m]["family"], []).append((i, m))
-    for family, keys in families.items():
-        pvals = [np.array([d[f"{m}_p"] for d in records[i]["matched"]], float) for i, m in keys]
+    for family, entry in family_tests(records).items():
+        keys = entry["tests"]
+        pvals = [np.array([d[f"{m}_p"] for d in section_depths(records[i], sec)], float) for i, sec, m in keys]
         reject = multipletests(np.concatenate(pvals), alpha=summary["alpha"], method="fdr_bh")[0]
         counts = np.split(reject, np.cumsum([len(p) for p in pvals])[:-1])
-        for (i, m), c in zip(keys, counts, strict=True):
-            stored = by_models.get(tuple(records[i]["models"]), {}).get("measures", {}).get(m, {})
+        for (i, sec, m), c in zip(keys, counts, strict=True):
+            pair = by_models.get(tuple(records[i]["models"]), {})
+            stored = (pair.get("measures", {}) if sec == "all" else pair.get("controls", {}).get(sec, {})).get(m, {})
             if stored.get("n_significant") != int(c.sum()):
-                problems.append(f"summary.json: {records[i]['models']} {m} counts {stored.get('n_significant')} "
+                problems.append(f"summary.json: {records[i]['models']} {sec} {m} counts {stored.get('n_significant')} "
                                 f"significant; BH over family {family} gives {int(c.sum())}")
-        total = summary["families"][family]["n_significant"]
+        total = summary["families"].get(family, {}).get("n_significant")
         if total != int(np.concatenate(counts).sum()):
             problems.append(f"summary.json: family {family} counts {total} significant")
     return problems
 
 
 def check_alignment(pair_files: list[Path], summary: Path, n_models: int) -> tuple[bool, str]:
-    """Every pair file's p-values match its stored null draws, and summary.json's BH counts recompute."""
+    """One file per model pair and per model against the words reference; every file's p-values match its stored
+    null draws, and summary.json's BH counts recompute."""
     records = [load_pickle(p, schema="emolens.alignment/1") for p in pair_files]
-    problems = [] if len(records) == n_models * (n_models - 1) // 2 else [
-        f"{len(records)} pair files for {n_models} models"]
+    kinds, expected = Counter(r.get("kind", "models") for r in records), {"models": n_models * (n_models - 1) // 2}
+    problems = [f"{kinds[k]} alignment files of kind {k} for {n_models} models, {n} expected"
+                for k, n in (expected | {"words": n_models}).items() if kinds[k] != n]
     for path, record in zip(pair_files, records, strict=True):
         problems += _alignment_problems(path, record)
     problems += _summary_problems(json.loads(summary.read_text()), records)
-    detail = f"{len(records)} model pairs; stored p-values match their nulls, BH counts recompute"
+    detail = (f"{len(records)} alignment files ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); stored "
+              "p-values match their nulls in every section, BH counts recompute")
     return not problems, "; ".join(problems[:5]) if problems else detail
 
 

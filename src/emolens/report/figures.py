@@ -1,8 +1,8 @@
 """Figures for the Snakemake report: one PNG per question, every model in one picture.
 
 Probe accuracy by relative depth (where is the emotion linearly readable?), residual-patching
-heatmaps (where is it carried?), head-score heatmaps (which heads move it?), the cross-model
-alignment matrices (is it the same across models?) and the last-position residual effect with its
+heatmaps (where is it carried?), head-score heatmaps (which heads move it?), cross-model alignment by
+depth between its floor and ceiling (is it the same across models?) and the last-position residual effect with its
 confidence intervals (how sure are we?). Depth is relative (index / L) so models of different
 depths share an axis.
 
@@ -165,48 +165,54 @@ def head_scores(score_files: dict[str, Path], out: str | Path, labels: dict[str,
     _save(fig, out)
 
 
-ALIGNMENT_PANELS = (("linear_cka", "texts alike: raw activations"),
-                    ("linear_cka_item_centred", "emotion alike: item-centred activations"))
+ALIGNMENT_PANELS = {"linear_cka": "linear CKA (texts alike)",
+                    "linear_cka_item_centred": "CKA, item-centred (emotion alike)",
+                    "transfer_cosine_mean": "vector transfer cosine", "rsa": "RSA of emotion means",
+                    "rdm_rho": "RDM rho over emotion x frame cells"}
 
 
-def alignment_matrix(summary: Path, models: Sequence[str], out: str | Path, labels: dict[str, str] | None = None,
+def _relative_depths(pair: dict) -> np.ndarray:
+    return np.array([la for la, _ in pair["matched_layers"]], float) / max(pair["n_layers"][0], 1)
+
+
+def alignment_depths(summary: Path, out: str | Path, labels: dict[str, str] | None = None,
                      profile: str | None = None) -> None:
-    """Linear CKA at matched depths for every model pair, on raw and on item-centred activations, each cell with
-    its permutation null's mean and how many matched depths beat it after Benjamini-Hochberg; quantised models
-    marked."""
+    """Each cross-model measure by matched depth: every model pair's line over its frame-permuted null's band (mean
+    to 95th percentile: the floor), each model against the words reference (dotted) and, where a model has a twin,
+    the model against its twin (dashed black: the ceiling)."""
     data = json.loads(Path(summary).read_text())
-    pairs, measures = data["pairs"], data.get("measures", {})
-    index = {m: i for i, m in enumerate(models)}
-    quantised = {m: q for p in pairs for m, q in zip(p["models"], p.get("quantization", [None, None]), strict=True)
-                 if q}
-    ticks = [_tick(labels, m) + (f" {quantised[m]}" if m in quantised else "") for m in models]
-    n = len(models)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.5, 2.5 + 1.5 * n), 2.8 + 0.65 * n), layout="constrained")
-    for ax, (measure, what) in zip(axes, ALIGNMENT_PANELS, strict=True):
-        matrix, text = np.full((n, n), np.nan), np.full((n, n), "", dtype=object)
-        for i in range(n):
-            matrix[i, i], text[i, i] = 1.0, "1\n(self)"
-        for pair in pairs:
-            cell = pair["measures"].get(measure)
+    by_kind: dict[str, list[dict]] = {}
+    for pair in data["pairs"]:
+        by_kind.setdefault(pair.get("kind", "models"), []).append(pair)
+    fig, axes = _grid(len(ALIGNMENT_PANELS), width=3.6, height=2.8)
+    colours = plt.get_cmap("tab10")
+    for ax, (measure, title) in zip(axes, ALIGNMENT_PANELS.items(), strict=False):
+        for i, pair in enumerate(by_kind.get("models", [])):
+            cell, x = pair["measures"].get(measure), _relative_depths(pair)
             if cell is None:
                 continue
-            i, j = (index[m] for m in pair["models"])
-            null = np.nanmean(np.asarray(cell.get("null_mean", [np.nan]), float))
-            matrix[i, j] = matrix[j, i] = cell["mean"]
-            text[i, j] = text[j, i] = (f"{cell['mean']:.2f}\nnull {null:.2f}\n"
-                                       f"{cell.get('n_significant', 0)}/{cell.get('n_tests', 0)} sig.")
-        im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
-        for (i, j), value in np.ndenumerate(matrix):
-            ax.text(j, i, text[i, j], ha="center", va="center", fontsize=6,
-                    color="white" if value < 0.6 else "black")
-        ax.set_xticks(range(n), ticks, rotation=45, ha="right", fontsize=6)
-        ax.set_yticks(range(n), ticks, fontsize=6)
-        null = measures.get(measure, {}).get("null", "permutation")
-        ax.set_title("\n".join(textwrap.wrap(f"linear CKA, {what}; null: {null}", 48)), fontsize=7)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="linear CKA, mean over\nmatched depths (1 = same)")
-    _suptitle(fig, "Cross-model alignment", profile,
-              "Each cell: mean linear CKA over matched relative depths, the mean of its permutation null, and how "
-              f"many matched depths beat the null after Benjamini-Hochberg at alpha {data.get('alpha', 0.05):g}.")
+            ax.fill_between(x, cell["null_mean"], cell.get("null_q95", cell["null_mean"]), color=colours(i % 10),
+                            alpha=0.12, lw=0)
+            ax.plot(x, cell["value"], color=colours(i % 10), marker="o", ms=2.5, lw=1.2,
+                    label=" / ".join(_tick(labels, m) for m in pair["models"]))
+        for j, pair in enumerate(by_kind.get("words", [])):
+            cell = pair["measures"].get(measure)
+            if cell is not None:
+                ax.plot(_relative_depths(pair), cell["value"], color="0.45", ls=":", marker="x", ms=2.5, lw=1,
+                        label="a model / the words" if j == 0 else None)
+        for j, pair in enumerate(by_kind.get("ceiling", [])):
+            cell = pair["measures"].get(measure)
+            if cell is not None:
+                ax.plot(_relative_depths(pair), cell["value"], color="black", ls="--", lw=1.4,
+                        label="ceiling: a model / its twin" if j == 0 else None)
+        ax.axhline(0, color="0.8", lw=0.6)
+        ax.set_title(title, fontsize=8), ax.set_xlabel("relative depth (of the first model)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=5.5, loc="center", frameon=False)  # 5 panels, 6 axes
+    _suptitle(fig, "Cross-model alignment by depth: floor, pairs, words, ceiling", profile,
+              "Shaded: each pair's permutation null, mean to 95th percentile (the floor). Dotted: each model against "
+              "the words reference. Dashed black: a model against its twin (another numeric build or organism seed), "
+              "the ceiling.")
     _save(fig, out)
 
 
@@ -369,7 +375,7 @@ FIGURES = {
     "steering_ablation": "emotion-subspace ablation",
 }
 CROSS_MODEL_FIGURES = {
-    "alignment": "cross-model alignment (linear CKA, raw and item-centred, with nulls)",
+    "alignment": "cross-model alignment by depth between its floor (null) and ceiling (twin), with the words reference",
     "steering_transfer": "cross-model steering transfer",
 }
 
@@ -385,7 +391,7 @@ def run(results: str | Path, models: Sequence[str], out_dir: str | Path, organis
     residual_patching({m: layout.residual_sweep(r, m) for m in models}, out_dir / "residual_patching.png", **kw)
     head_scores({m: layout.head_scores(r, m) for m in models}, out_dir / "head_scores.png", **kw)
     if len(models) > 1:  # one model: nothing to align
-        alignment_matrix(layout.alignment_summary(r), models, out_dir / "alignment.png", **kw)
+        alignment_depths(layout.alignment_summary(r), out_dir / "alignment.png", **kw)
     residual_effect_last_position(layout.statistics(r, "effect"), out_dir / "residual_effect_last_position.png",
                                   **kw)
     readout_baseline({m: layout.readout(r, m) for m in models}, out_dir / "readout_baseline.png", **kw)

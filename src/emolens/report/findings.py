@@ -19,23 +19,14 @@ import numpy as np
 
 from emolens import emotion_order
 from emolens.io import atomic_path
+from emolens.report.alignment_findings import alignment_section
+from emolens.report.markdown import number as _f
+from emolens.report.markdown import table as _table
 from emolens.report.results import Results, load
 
 log = logging.getLogger(__name__)
 WEAK_READOUT = 1 / 3  # calibrated accuracy below this share of the way from chance to 1: the model barely reads the
 # emotion (0.5 for four emotions)
-
-
-def _f(x: Any, digits: int = 2) -> str:
-    """A number for the page; n/a for missing or NaN."""
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "n/a"
-    return f"{x:.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def emotions_of(res: Results) -> tuple[str, ...]:
@@ -197,54 +188,6 @@ def heads_section(res: Results) -> list[str]:
         "in the patch, e.g. an early head read through later attention; reported, not used).", ""]
 
 
-def alignment_section(res: Results) -> list[str]:
-    summary = res.alignment_summary
-    if not summary:
-        return ["## Is it the same across models?", "", "Skipped: the profile has one model, nothing to pair.", ""]
-    lines = ["## Is it the same across models?", ""]
-    for family, f in summary["families"].items():
-        lines.append(f"- {f['question']} ({family}): {f['n_significant']} of {f['n_tests']} tests significant "
-                     f"after Benjamini-Hochberg.")
-    k = {tuple(p["models"]): f"{p['k']} (degenerate)" if (p.get("reason") or "").startswith("degenerate") else p["k"]
-         for p in res.statistics.get("k", {}).get("pairs", [])}
-    rows = []
-    for p in summary["pairs"]:
-        meas = p["measures"]
-        rows.append([" / ".join(p["models"]), _f(meas["linear_cka"]["mean"]),
-                     _f(meas["linear_cka_item_centred"]["mean"]), _f(meas["transfer_cosine_mean"]["mean"]),
-                     f"{meas['transfer_cosine_mean']['n_significant']}/{meas['transfer_cosine_mean']['n_tests']}",
-                     k.get(tuple(p["models"]), "n/a")])
-    rule = res.statistics.get("k", {}).get("rule", "")
-    lines += [""] + _table(["pair", "CKA (texts)", "CKA (item-centred)", "vector transfer cosine",
-                            "transfer significant (depths)", "k"], rows) + ["", f"k: {rule}", ""]
-    if len(summary["pairs"]) <= MAX_DEPTH_TABLES:
-        for p in summary["pairs"]:
-            lines += depth_table(p)
-    return lines
-
-
-MAX_DEPTH_TABLES = 3  # a profile with a few pairs gets each pair's measures per matched depth
-DEPTH_MEASURES = {"linear_cka": "CKA (texts)", "linear_cka_item_centred": "CKA (item-centred)",
-                  "transfer_cosine_mean": "vector transfer cosine", "subspace_mean_cos": "subspace cosine",
-                  "rsa": "RSA"}
-
-
-def depth_table(pair: dict[str, Any]) -> list[str]:
-    """One pair's alignment per matched depth: each measure with its permutation null's mean and BH-adjusted p."""
-    meas, (a, b) = pair["measures"], pair["models"]
-
-    def cell(key: str, i: int) -> str:
-        m = meas[key]
-        return f"{_f(m['value'][i])} (null {_f(m['null_mean'][i])}, p {_f(m['p_bh'][i], 3)})"
-
-    na, nb = pair["n_layers"]
-    rows = [[f"{la} / {lb}", f"{_f(la / na)} / {_f(lb / nb)}", *(cell(k, i) for k in DEPTH_MEASURES),
-             _f(meas["map_r2"]["value"][i])] for i, (la, lb) in enumerate(pair["matched_layers"])]
-    return [f"{a} / {b} per matched depth (residual index and relative depth in {a} / in {b}; each measure with "
-            "its permutation null's mean and Benjamini-Hochberg p; map R2 = held-out fit of the linear map from a to "
-            "b):", "", *_table(["index", "depth", *DEPTH_MEASURES.values(), "map R2"], rows), ""]
-
-
 def steering_section(res: Results) -> list[str]:
     if not res.steering:
         return []
@@ -287,7 +230,29 @@ def steering_section(res: Results) -> list[str]:
                  if t["fraction_mean"][i][j] is not None else "n/a" for j in range(len(models))]
                 for i in range(len(models))]
         lines += _table(["a \\ b", *models], [[a, *cell[i]] for i, a in enumerate(models)])
+        lines += transfer_sections(t)
     return lines + [""]
+
+
+def transfer_sections(t: dict[str, Any]) -> list[str]:
+    """Steering transfer per register of the held-out items and with the words partialled out of both models."""
+    sections = t.get("sections") or {}
+    if not sections:
+        return []
+    models, rows = t["models"], []
+    for i, a in enumerate(models):
+        for j, b in enumerate(models):
+            if t["fraction_mean"][i][j] is None:
+                continue
+            cells = [f"{_f(t['fraction_mean'][i][j])} (p {_f(t['null_p_permuted'][i][j], 3)})"]
+            for g in sections.values():
+                value, p = g["fraction_mean"][i][j], g["null_p_permuted"][i][j]
+                cells.append("n/a" if value is None else f"{_f(value)} (p {_f(p, 3)})")
+            rows.append([f"{a} -> {b}", *cells])
+    return ["", "The same fraction on each register's held-out items alone and with the words partialled out of "
+            "both models (a's vectors and the map from what a ridge map from the prompts' words does not predict; "
+            "b's own effect as above), each with its p against a's label-permuted vectors:", "",
+            *_table(["a -> b", "all", *sections], rows)]
 
 
 def quantisation_notes(res: Results) -> list[str]:

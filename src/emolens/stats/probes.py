@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import Pipeline
 
 
@@ -29,13 +30,19 @@ def probe_model(seed: int, erase: int = 0) -> Pipeline:
     return make_pipeline(*steps, StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
 
 
+def word_vectorizer() -> TfidfVectorizer:
+    """A text's words: TF-IDF word 1-2-grams (the lexical baseline's word half and phase 4's words reference)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer="word", ngram_range=(1, 2))
+
+
 def lexical_model(seed: int) -> Pipeline:
     """The lexical baseline: TF-IDF word 1-2-grams and ``char_wb`` 2-5-grams of the text, then a logistic regression."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import FeatureUnion, make_pipeline
 
-    words = TfidfVectorizer(analyzer="word", ngram_range=(1, 2))
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))
-    return make_pipeline(FeatureUnion([("words", words), ("chars", chars)]),
+    return make_pipeline(FeatureUnion([("words", word_vectorizer()), ("chars", chars)]),
                          LogisticRegression(max_iter=2000, random_state=seed))
