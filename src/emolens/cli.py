@@ -220,13 +220,19 @@ def _cmd_stats(a: argparse.Namespace) -> None:
     from emolens.phases import statistics
 
     if a.mode == "effect":
+        from emolens.data.dataset import load_dataset
+
+        records = load_dataset(a.dataset) if a.dataset else []
+        registers = {r["item_id"]: r["register"] for r in records if r.get("register")}
         statistics.run_effect(a.sweeps, a.heads, a.out, seed=a.seed, n_boot=a.n_boot, n_perm=a.n_perm,
-                              alpha=a.alpha)
+                              alpha=a.alpha, register_of=registers)
     elif a.mode == "power":
         statistics.run_power(a.sweeps, a.heads, a.out, alpha=a.alpha, power=a.power)
     else:
-        statistics.run_k(a.activations, a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm, alpha=a.alpha,
-                         words=a.words, ceilings=list(zip(a.ceiling_activations, a.ceiling_of, strict=True)))
+        from emolens.phases import aligned_dims
+
+        aligned_dims.run_k(a.activations, a.subspaces, a.out, seed=a.seed, n_perm=a.n_perm, alpha=a.alpha,
+                           words=a.words, ceilings=list(zip(a.ceiling_activations, a.ceiling_of, strict=True)))
 
 
 def _cmd_verify(a: argparse.Namespace) -> None:

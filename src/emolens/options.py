@@ -257,6 +257,7 @@ def _stats_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", nargs="*", default=[], help="head patching pickles (effect, power)")
     p.add_argument("--activations", nargs="*", default=[], help="activations pickles of every model (k)")
     p.add_argument("--subspaces", nargs="*", default=[], help="subspaces pickles of every model, same order (k)")
+    p.add_argument("--dataset", help="the dataset JSONL: adds each register's effects (effect)")
     p.add_argument("--words", help="the words reference's activations: adds k with the words controlled (k)")
     p.add_argument("--ceiling-activations", nargs="*", default=[],
                    help="activations of each ceiling twin (the same model in another build or seed; k)")

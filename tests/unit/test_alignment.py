@@ -12,6 +12,7 @@ from statsmodels.stats.multitest import multipletests
 
 from emolens import EMOTIONS
 from emolens.io import load_pickle, save_pickle
+from emolens.phases.aligned_dims import run_k
 from emolens.phases.alignment import (
     CONTROL_MEASURES,
     DESCRIPTIVE,
@@ -36,7 +37,6 @@ from emolens.phases.emotion_structure import (
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.phases.statistics import run_k
 from emolens.report.checks import _summary_problems, check_alignment, check_self_alignment, check_statistics
 from emolens.report.figures import alignment_depths
 from emolens.stats.geometry import emotion_vectors, item_centred

@@ -34,6 +34,7 @@ import time
 import numpy as np
 import pytest
 
+from emolens.phases.aligned_dims import k_axis_scores, k_decision
 from emolens.phases.alignment import split_halves
 from emolens.phases.emotion_structure import (
     label_structure,
@@ -42,7 +43,6 @@ from emolens.phases.emotion_structure import (
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.phases.statistics import k_axis_scores, k_decision
 from emolens.stats.geometry import item_centred
 from emolens.stats.resampling import perm_pvalue, within_group_permutations
 from emolens.stats.similarity import (

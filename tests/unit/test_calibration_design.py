@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 
 from emolens.data.dataset import build_dataset
+from emolens.phases.aligned_dims import k_axis_scores, k_decision
 from emolens.phases.alignment import split_halves
 from emolens.phases.emotion_structure import (
     label_structure,
@@ -47,7 +48,7 @@ from emolens.phases.emotion_structure import (
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.phases.statistics import frame_tests, k_axis_scores, k_decision
+from emolens.phases.statistics import frame_tests
 from emolens.phases.vectors import decoding_test, probe_minus_lexical
 from emolens.stats.geometry import item_centred
 from emolens.stats.resampling import frame_slot_permutations, grouped_folds, perm_pvalue

@@ -10,6 +10,7 @@ from emolens import EMOTIONS, emotion_order
 from emolens.data.dataset import permuted
 from emolens.io import save_pickle
 from emolens.phases.ablation import emotion_basis
+from emolens.phases.aligned_dims import run_k
 from emolens.phases.alignment import run_pair
 from emolens.phases.behaviour import readout_report
 from emolens.phases.emotion_structure import (
@@ -20,7 +21,6 @@ from emolens.phases.emotion_structure import (
     subspace_cosines,
     transfer_cosines,
 )
-from emolens.phases.statistics import run_k
 from emolens.report.checks import check_dataset, k_problems
 from emolens.stats.effects import contrast, contrast_counts, contrasts
 from emolens.stats.geometry import emotion_vectors

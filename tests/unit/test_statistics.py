@@ -12,8 +12,9 @@ from statsmodels.stats.power import TTestPower
 
 from emolens import EMOTIONS
 from emolens.io import save_pickle
+from emolens.phases.aligned_dims import k_axis_scores, run_k
 from emolens.phases.emotion_structure import EmotionGrams
-from emolens.phases.statistics import detectable_d, frame_tests, k_axis_scores, required_n, run_effect, run_k, run_power
+from emolens.phases.statistics import detectable_d, frame_tests, required_n, run_effect, run_power
 from emolens.stats import families
 from emolens.stats.geometry import emotion_vectors
 from emolens.stats.resampling import ratio_of_sums, sign_flip_pvalue
@@ -145,6 +146,14 @@ def test_run_effect_and_run_power_write_promised_keys(tmp_path):
     assert res["p_perm"][2][0] is None and res["p_perm"][0][0] is None  # identity cells are not tests
     assert tables["family"]["tests"] == 4 + 2 + 1 and effect["unit"].startswith("frame")
     assert res["n_frames"][1][1] <= 6 and res["n_items"][1][1] <= 12 and "provenance" in effect
+    register_of = {f"i{k:02d}": "explicit" if k < 6 else "implicit" for k in range(12)}  # frames 0-2 / 3-5
+    run_effect([sweep], [heads], tmp_path / "by_register.json", seed=0, n_boot=200, n_perm=500,
+               register_of=register_of)
+    by = json.loads((tmp_path / "by_register.json").read_text())["models"]["tiny"]["by_register"]
+    assert set(by) == {"explicit", "implicit"}
+    frames = [by[g]["residual_last"]["n_frames"][0] for g in by]
+    assert all(f <= 3 for f in frames) and sum(frames) == res["n_frames"][0][0]  # the registers split the frames
+    assert np.shape(by["explicit"]["residual_last"]["effect"]) == (3,) and "effect" in by["implicit"]["joint"]
     run_power([sweep], [heads], tmp_path / "power.json", alpha=0.05, power=0.8)
     power = json.loads((tmp_path / "power.json").read_text())
     assert power["frames_required"] == [required_n(d, 0.05, 0.8) for d in (0.2, 0.5, 0.8)]

@@ -3,6 +3,7 @@
 
 rule stats_effect:
     input:
+        dataset=config["dataset"],
         sweeps=per_model(layout.residual_sweep(RESULTS, "{model}")),
         heads=per_model(layout.head_patching(RESULTS, "{model}")),
     output:
@@ -18,7 +19,7 @@ rule stats_effect:
     conda:
         "../../envs/emolens.yaml"
     shell:
-        "emolens stats effect --sweeps {input.sweeps} --heads {input.heads} --out {output} "
+        "emolens stats effect --dataset {input.dataset} --sweeps {input.sweeps} --heads {input.heads} --out {output} "
         "--seed {params.seed} --n-boot {params.n_boot} --n-perm {params.statistics[n_perm]} "
         "--alpha {params.statistics[alpha]} 2> {log}"
 

@@ -159,7 +159,28 @@ def patching_section(res: Results) -> list[str]:
                         f"{s['n_items']} items)", at,
                      f"{_f(best[0])} at index {best[1]}, {roles[best[2]]}" if message else "n/a"])
     return lines + _table(["model", "pairs kept (frames, items)", "last position first >= 0.5",
-                           "largest effect at a message position"], rows) + [""]
+                           "largest effect at a message position"], rows) + ["", *register_patching(res)]
+
+
+def register_patching(res: Results) -> list[str]:
+    """Each register's pairs alone: where the last-position effect first reaches 0.5, and the joint head patch."""
+    rows = []
+    for m, tables in (res.statistics.get("effect", {}).get("models") or {}).items():
+        for register, t in (tables.get("by_register") or {}).items():
+            last, joint = t.get("residual_last", {}), t.get("joint", {})
+            effect = np.array([np.nan if v is None else v for v in last.get("effect", [])], float)
+            cross = np.flatnonzero(effect >= 0.5)
+            at = (f"index {cross[0]}: {_f(effect[cross[0]])} [{_f(last['ci_low'][cross[0]])}, "
+                  f"{_f(last['ci_high'][cross[0]])}]") if len(cross) else "never"
+            heads = (f"{_f(joint.get('effect'))} [{_f(joint.get('ci_low'))}, {_f(joint.get('ci_high'))}] "
+                     f"(p {_f(joint.get('p_perm'), 3)})") if joint else "n/a"
+            n = int(np.max(last.get("n_frames", [0]) or [0]))
+            rows.append([m, register, n, at, heads])
+    if not rows:
+        return []
+    return ["Per register (each register's kept pairs alone; descriptive, not in the BH family):", "",
+            *_table(["model", "register", "frames", "last position first >= 0.5", "joint top-K heads [CI] (p)"],
+                    rows), ""]
 
 
 def heads_section(res: Results) -> list[str]:
