@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from emolens.phases.alignment import WORDS_PARTIALLED
 from emolens.report.markdown import number as _f
 from emolens.report.markdown import table as _table
 from emolens.report.results import Results
@@ -70,33 +71,53 @@ def _measure_cell(m: dict[str, Any] | None) -> str:
     return "n/a" if m is None else f"{_f(m['mean'])} ({m.get('n_significant', 0)}/{m.get('n_tests', 0)})"
 
 
-def words_section(res: Results) -> list[str]:
-    """Every model pair's measures overall, per register and with the words partialled out, with k of each."""
-    summary, k = res.alignment_summary, _k_of(res)
-    rows = []
-    for p in _pairs_of(summary, "models"):
-        sections = {"all": p["measures"], **p.get("controls", {})}
+def _section_rows(res: Results) -> dict[str, list[tuple[dict[str, Any], str]]]:
+    """Section -> (measures, k cell) of every model pair that has it."""
+    k, out = _k_of(res), {}
+    for p in _pairs_of(res.alignment_summary, "models"):
         k_pair = k.get(tuple(p["models"])) or {}
-        for section, meas in sections.items():
+        for section, meas in {"all": p["measures"], **p.get("controls", {})}.items():
             k_cell = _k_cell(k_pair if section == "all" else (k_pair.get("controls") or {}).get(section))
-            rows.append([" / ".join(p["models"]), section, *(_measure_cell(meas.get(m)) for m in CONTROL_COLUMNS),
-                         k_cell])
+            out.setdefault(section, []).append((" / ".join(p["models"]), meas, k_cell))
+    return out
+
+
+def _pooled_cell(cells: list[dict[str, Any]]) -> str:
+    """'mean of the pairs' means (significant/tests over all pairs)'."""
+    cells = [c for c in cells if c is not None]
+    means = [c["mean"] for c in cells if c.get("mean") is not None and np.isfinite(c["mean"])]
+    return (f"{_f(float(np.mean(means)) if means else None)} ({sum(c.get('n_significant', 0) for c in cells)}/"
+            f"{sum(c.get('n_tests', 0) for c in cells)})") if cells else "n/a"
+
+
+def words_section(res: Results) -> list[str]:
+    """Every model pair's measures overall, per register and with the words partialled out, with k of each (pooled
+    over pairs where the profile has more than :data:`MAX_DEPTH_TABLES`)."""
+    by_section, rows = _section_rows(res), []
+    pooled = len(_pairs_of(res.alignment_summary, "models")) > MAX_DEPTH_TABLES
+    for section, entries in by_section.items():
+        if pooled:
+            ks = [k for _, _, k in entries]
+            rows.append([f"all {len(entries)} pairs", section,
+                         *(_pooled_cell([meas.get(m) for _, meas, _ in entries]) for m in CONTROL_COLUMNS),
+                         ", ".join(f"{k}: {ks.count(k)}" for k in sorted(set(ks)))])
+        else:
+            rows += [[pair, section, *(_measure_cell(meas.get(m)) for m in CONTROL_COLUMNS), k]
+                     for pair, meas, k in entries]
     if not rows:
         return []
     survive = []
-    for p in _pairs_of(summary, "models"):
-        controlled = p.get("controls", {}).get("words_partialled", {})
-        kept = [f"{CONTROL_COLUMNS[m]} {v['n_significant']}/{v['n_tests']}" for m, v in controlled.items()
-                if v.get("n_significant")]
-        if controlled:
-            survive.append(f"{' / '.join(p['models'])}: " + (", ".join(kept) if kept else "nothing") + ".")
+    for pair, meas, _ in by_section.get(WORDS_PARTIALLED, []):
+        kept = [f"{CONTROL_COLUMNS[m]} {v['n_significant']}/{v['n_tests']}" for m, v in meas.items()
+                if m in CONTROL_COLUMNS and v.get("n_significant")]
+        survive.append(f"{pair}: " + (", ".join(kept) if kept else "nothing") + ".")
     return ["### Beyond the words", "",
             "Each measure's mean over matched depths (significant depths / tests, Benjamini-Hochberg within the "
             "section's family) on every prompt, on each register alone (explicit prompts name the emotion, implicit "
             "ones do not) and with the words controlled (words_partialled: each model's activations minus what a "
             "ridge map from the prompts' TF-IDF word 1-2-grams, fit on the other half's frames, predicts of them). "
-            "Nulls as overall; k per section from the same rule.", "",
-            *_table(["pair", "section", *CONTROL_COLUMNS.values(), "k"], rows), "",
+            "Nulls as overall; k per section from the same rule" + (" (k: value: pairs)" if pooled else "") + ".",
+            "", *_table(["pair", "section", *CONTROL_COLUMNS.values(), "k"], rows), "",
             "What survives the words control (significant depths / tests): " + " ".join(survive), ""]
 
 
