@@ -14,7 +14,7 @@ import numpy as np
 from emolens.phases.alignment import WORDS_PARTIALLED
 from emolens.report.markdown import number as _f
 from emolens.report.markdown import table as _table
-from emolens.report.results import Results
+from emolens.report.results import Results, floats
 
 
 def _pairs_of(summary: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -136,7 +136,7 @@ def reference_section(summary: dict[str, Any]) -> list[str]:
         for m in ("linear_cka_item_centred", "transfer_cosine_mean", "rdm_rho"):
             layers = [[la for la, _ in p["matched_layers"]], [lb for _, lb in p["matched_layers"]]]
             wa, wb = (_at_layers(words[x], m, 0, lay) for x, lay in zip((a, b), layers, strict=True))
-            pair = _floats(p["measures"][m]["value"])
+            pair = floats(p["measures"][m]["value"])
             beats = pair > np.fmax(wa, wb)
             cells.append(f"{CONTROL_COLUMNS[m]} at {sum(beats)} of {len(beats)} depths")
         above.append(f"{a} / {b}: " + ", ".join(cells) + ".")
@@ -151,14 +151,9 @@ def reference_section(summary: dict[str, Any]) -> list[str]:
 CEILING_MEASURES = ("linear_cka", "linear_cka_item_centred", "transfer_cosine_mean", "rsa", "rdm_rho")
 
 
-def _floats(values: list[Any]) -> np.ndarray:
-    """A JSON list of numbers (null for NaN) as floats."""
-    return np.array([np.nan if v is None else v for v in values], float)
-
-
 def _at_layers(pair: dict[str, Any], measure: str, side: int, layers: list[int]) -> np.ndarray:
     """A pair's measure at the given layers of one side (NaN where the pair has no such depth)."""
-    by_layer = dict(zip([lay[side] for lay in pair["matched_layers"]], _floats(pair["measures"][measure]["value"]),
+    by_layer = dict(zip([lay[side] for lay in pair["matched_layers"]], floats(pair["measures"][measure]["value"]),
                         strict=True))
     return np.array([by_layer.get(lay, np.nan) for lay in layers], float)
 
@@ -176,7 +171,7 @@ def ceiling_section(res: Results) -> list[str]:
                 continue
             layers = [lay[side] for lay in p["matched_layers"]]
             for m in CEILING_MEASURES:
-                value, floor = (_floats(p["measures"][m][key]) for key in ("value", "null_mean"))
+                value, floor = (floats(p["measures"][m][key]) for key in ("value", "null_mean"))
                 top = _at_layers(twin, m, 0, layers)
                 ok = np.isfinite(value) & np.isfinite(floor) & np.isfinite(top)
                 v, f, c = (float(x[ok].mean()) if ok.any() else np.nan for x in (value, floor, top))

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from emolens import layout  # noqa: E402
 from emolens.io import atomic_path, load_pickle  # noqa: E402
+from emolens.report.results import floats  # noqa: E402
 
 
 def _grid(n: int, width: float = 3.2, height: float = 2.6) -> tuple[plt.Figure, list[plt.Axes]]:
@@ -191,24 +192,25 @@ def alignment_depths(summary: Path, out: str | Path, labels: dict[str, str] | No
             cell, x = pair["measures"].get(measure), _relative_depths(pair)
             if cell is None:
                 continue
-            ax.fill_between(x, cell["null_mean"], cell.get("null_q95", cell["null_mean"]), color=colours(i % 10),
-                            alpha=0.12, lw=0)
-            ax.plot(x, cell["value"], color=colours(i % 10), marker="o", ms=2.5, lw=1.2,
-                    label=" / ".join(_tick(labels, m) for m in pair["models"]))
+            ax.fill_between(x, floats(cell["null_mean"]), floats(cell.get("null_q95", cell["null_mean"])),
+                            color=colours(i % 10), alpha=0.12, lw=0)
+            ax.plot(x, floats(cell["value"]), color=colours(i % 10), marker="o", ms=2.5, lw=1.2,
+                    label=" / ".join(pair["models"]))
         for j, pair in enumerate(by_kind.get("words", [])):
             cell = pair["measures"].get(measure)
             if cell is not None:
-                ax.plot(_relative_depths(pair), cell["value"], color="0.45", ls=":", marker="x", ms=2.5, lw=1,
+                ax.plot(_relative_depths(pair), floats(cell["value"]), color="0.45", ls=":", marker="x", ms=2.5, lw=1,
                         label="a model / the words" if j == 0 else None)
         for j, pair in enumerate(by_kind.get("ceiling", [])):
             cell = pair["measures"].get(measure)
             if cell is not None:
-                ax.plot(_relative_depths(pair), cell["value"], color="black", ls="--", lw=1.4,
+                ax.plot(_relative_depths(pair), floats(cell["value"]), color="black", ls="--", lw=1.4,
                         label="ceiling: a model / its twin" if j == 0 else None)
         ax.axhline(0, color="0.8", lw=0.6)
         ax.set_title(title, fontsize=8), ax.set_xlabel("relative depth (of the first model)", fontsize=7)
         ax.tick_params(labelsize=6)
-    axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=5.5, loc="center", frameon=False)  # 5 panels, 6 axes
+    axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=5, loc="center", frameon=False,
+                    ncols=2 if len(by_kind.get("models", [])) > 8 else 1)  # five panels on six axes
     _suptitle(fig, "Cross-model alignment by depth: floor, pairs, words, ceiling", profile,
               "Shaded: each pair's permutation null, mean to 95th percentile (the floor). Dotted: each model against "
               "the words reference. Dashed black: a model against its twin (another numeric build or organism seed), "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from emolens import layout
@@ -40,6 +41,11 @@ class Results:
     steering_transfer: dict[str, Any] = field(default_factory=dict)
     dataset_card: dict[str, Any] = field(default_factory=dict)
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def floats(values: list[Any]) -> np.ndarray:
+    """A JSON list of numbers (null where a number was NaN) as floats."""
+    return np.array([np.nan if v is None else v for v in values], float)
 
 
 def _rows(res: Results) -> list[dict[str, Any]]:
