@@ -1,0 +1,90 @@
+"""Attention vs MLP: the sublayer sites (``attn_out``, ``mlp_out``) on two-layer models of every family.
+
+The adapter's choice of module must be the write into the residual stream (block output - block input = attention
+write + MLP write, GPT-NeoX's parallel blocks included), the fast engine must equal the full-recompute oracle at
+these sites, and patching a block's input and both its writes must equal patching its output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emolens.engine.pairs import prepare_pairs
+from emolens.engine.patching import (
+    SUBLAYERS,
+    Donor,
+    collect,
+    patch_fast,
+    patch_pairs,
+    patch_reference,
+    resid_site,
+    sublayer_site,
+)
+
+FAMILIES = ("gpt2", "gpt_neox", "gpt_neo", "llama", "qwen3", "gemma3")
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def records(varied_records):
+    return varied_records[:8]  # two items, some pairs of different lengths
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_blocks_two_writes_add_up_to_its_output(tiny_adapters, records, family):
+    adapter = tiny_adapters[family]
+    pairs = prepare_pairs(adapter, records, max_pairs=4, seed=0)
+    L = adapter.n_layers
+    sublayers = [(kind, layer) for kind in SUBLAYERS for layer in range(L)]
+    _, acts = collect(adapter, pairs.run, pairs.token_ids, offsets=(-3, -1), resid=range(L + 1), sublayers=sublayers)
+    for layer in range(L):
+        written = acts[("attn_out", layer)] + acts[("mlp_out", layer)]  # [N, n_offsets, d_model]
+        np.testing.assert_allclose(acts[("resid", layer + 1)] - acts[("resid", layer)], written, atol=1e-5)
+        assert acts[("attn_out", layer)].abs().max() > 1e-3 and acts[("mlp_out", layer)].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_equals_reference_at_the_sublayer_writes(tiny_adapters, records, family):
+    """Every block's attention and MLP write at the last position, one at two positions, and every block's input
+    with both its writes patched together, which must equal patching its output (planted: the block's output is
+    its input plus its two writes, whatever the block computes in between)."""
+    adapter = tiny_adapters[family]
+    pairs = prepare_pairs(adapter, records, max_pairs=6, seed=3)
+    L = adapter.n_layers
+    single = [(sublayer_site(kind, layer),) for layer in range(L) for kind in SUBLAYERS]
+    whole = [(resid_site(layer), sublayer_site("attn_out", layer), sublayer_site("mlp_out", layer))
+             for layer in range(L)]
+    output = [(resid_site(layer + 1),) for layer in range(L)]
+    variants = [*single, (sublayer_site("mlp_out", 0, (-2, -1)),), *whole, *output]
+    fast, ld_run, ld_donor = patch_pairs(adapter, pairs, variants, batch_size=4)
+    ref = patch_pairs(adapter, pairs, variants, method="reference", batch_size=4)[0]
+    np.testing.assert_allclose(fast, ref, atol=ATOL)
+    np.testing.assert_allclose(fast[:, 2 * L + 1:3 * L + 1], fast[:, 3 * L + 1:], atol=ATOL)
+    assert np.abs(fast[:, :2 * L] - ld_run[:, None]).max() > 1e-3  # the writes move the readout
+    np.testing.assert_allclose(fast[:, -1], ld_donor, atol=ATOL)  # the last block's output: the donor's readout
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt_neox"))
+def test_every_block_started_apart_equals_the_reference(tiny_adapters, records, family):
+    """The fast path's shortcut (each block's variants start at that block from its clean input) at the writes."""
+    adapter = tiny_adapters[family]
+    pairs = prepare_pairs(adapter, records, max_pairs=2, seed=1)
+    L = adapter.n_layers
+    variants = [(sublayer_site(kind, layer),) for layer in range(L) for kind in SUBLAYERS] + [()]
+    sublayers = [(kind, layer) for kind in SUBLAYERS for layer in range(L)]
+    _, acts = collect(adapter, pairs.donor, pairs.token_ids, offsets=(-1,), sublayers=sublayers)
+    index = torch.from_numpy(pairs.ld_index)
+    for i in range(len(pairs)):
+        run, donor = torch.tensor([pairs.run[i]]), Donor((-1,), {k: a[i:i + 1] for k, a in acts.items()})
+        fast = patch_fast(adapter, run, donor, variants, pairs.token_ids, index[i:i + 1], every_block_apart=True)
+        ref = patch_reference(adapter, run, donor, variants, pairs.token_ids, index[i:i + 1])
+        np.testing.assert_allclose(fast.numpy(), ref.numpy(), atol=ATOL)
+
+
+def test_a_block_without_a_write_is_refused(tiny_adapters):
+    adapter = tiny_adapters["llama"]
+    with pytest.raises(IndexError, match="block 2 of llama has no mlp_out site"):
+        with adapter.hooks(mlp_out={2: lambda x: None}):
+            pass
