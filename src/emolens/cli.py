@@ -161,6 +161,15 @@ def _cmd_patch_heads(a: argparse.Namespace) -> None:
         batch_size=batch_size, **_patching_kwargs(a)))
 
 
+def _cmd_sublayers(a: argparse.Namespace) -> None:
+    from emolens.phases import sublayers
+
+    adapter, records = _model_and_records(a)
+    _with_backoff(a, lambda batch_size: sublayers.run(
+        adapter, records, a.out, n_resamples=a.n_boot, n_perm=a.n_perm, alpha=a.alpha,
+        min_separation=a.min_separation, batch_size=batch_size, **_patching_kwargs(a)))
+
+
 def _steering_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """The steering options both steering subcommands share, and the settings their provenance records."""
     options = {"n_null": a.n_null, "max_prompts": a.max_prompts, "n_boot": a.n_boot, "seed": a.seed}

@@ -88,3 +88,33 @@ def test_a_block_without_a_write_is_refused(tiny_adapters):
     with pytest.raises(IndexError, match="block 2 of llama has no mlp_out site"):
         with adapter.hooks(mlp_out={2: lambda x: None}):
             pass
+
+
+def test_the_phase_writes_every_blocks_two_effects_and_its_identity(tiny_adapters, records, tmp_path):
+    from emolens.data.readout import Readout
+    from emolens.io import load_pickle
+    from emolens.phases import sublayers
+
+    adapter = tiny_adapters["gpt_neox"]  # parallel attention and MLP
+    out = tmp_path / "sublayers.pkl"
+    sublayers.run(adapter, records, out, max_pairs=12, message_positions=1, min_separation=0.0, n_resamples=50,
+                  n_perm=50, readout=Readout(suffix=" is"))
+    result = load_pickle(out, schema=sublayers.SCHEMA)
+    L, P = adapter.n_layers, len(result["pairs"])
+    assert result["effect"].shape == (P, 2, L) and result["summary"].shape == (2, L)
+    assert np.isfinite(result["summary"]).all() and result["block_identity"] < 1e-4 and result["sublayer_sum"] < 1e-5
+    assert ((result["ci_low"] <= result["summary"] + 1e-9) & (result["summary"] <= result["ci_high"] + 1e-9)).all()
+    np.testing.assert_allclose(result["attention_minus_mlp_difference"], result["summary"][0] - result["summary"][1],
+                               atol=1e-9)
+    assert ((result["attention_minus_mlp_p_perm"] > 0) & (result["attention_minus_mlp_p_perm"] <= 1)).all()
+
+
+def test_a_model_whose_blocks_scale_their_writes_is_refused(tokenizer):
+    from emolens.config import ModelLoadError
+    from emolens.model import tiny
+    from emolens.model.adapter import ModelAdapter
+    from emolens.phases.sublayers import check_additive
+
+    adapter = ModelAdapter(tiny.tiny_model("minicpm3", len(tokenizer)), tokenizer, name="scaled")
+    with pytest.raises(ModelLoadError, match="models.scaled: its blocks are not input \\+ attention write"):
+        check_additive(adapter, list(range(5, 17)))

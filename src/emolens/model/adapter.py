@@ -186,7 +186,7 @@ def resolve_sites(model: nn.Module, hand: dict[str, str] | None = None,
 # the MLP, and the post-norms that follow them (a block with an MLP post-norm names its attention post-norm
 # post_attention_layernorm; elsewhere that is the norm before the MLP).
 MIXER_NAMES = ("linear_attn", "mamba", "mixer", "conv", "temporal_block", "self_attn", "attention", "attn")
-MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "mlp_block", "fc2")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "mlp_block")
 MLP_POST_NORMS = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_ffn_norm", "post_norm2")
 ATTN_POST_NORMS = ("post_self_attn_layernorm", "post_operator_norm", "post_norm1", "post_attention_layernorm")
 
@@ -326,7 +326,7 @@ class ModelAdapter:
             for layer, fn in (fns or {}).items():
                 if not 0 <= layer < self.n_layers or self.sublayers[kind][layer] is None:
                     raise IndexError(f"block {layer} of {self.name} has no {kind} site")
-                handles.append(self.sublayers[kind][layer].register_forward_hook(_post_hook(fn)))
+                handles.append(self.sublayers[kind][layer].register_forward_hook(_write_hook(fn), with_kwargs=True))
         try:
             yield
         finally:
@@ -353,3 +353,25 @@ def _post_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
         return (new, *output[1:]) if isinstance(output, tuple) else new
     return hook
 
+
+
+def _write_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
+    """A sublayer's output hook that hands ``fn`` [batch, pos, d] also where the module returns its tokens flattened,
+    [batch * pos, d] (Llama-4's MoE), and gives the replacement back in the module's shape."""
+    post = _post_hook(lambda hidden: _unflatten(fn, hidden, shape))
+    shape: torch.Size | None = None
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        nonlocal shape
+        x = args[0] if args else kwargs.get("hidden_states")
+        shape = x.shape if isinstance(x, torch.Tensor) else None
+        return post(module, args, output)
+    return hook
+
+
+def _unflatten(fn: Callable[[torch.Tensor], torch.Tensor | None], hidden: torch.Tensor,
+               shape: torch.Size | None) -> torch.Tensor | None:
+    if shape is None or hidden.dim() != 2 or len(shape) != 3 or hidden.numel() != shape.numel():
+        return fn(hidden)
+    new = fn(hidden.view(shape))  # [batch, pos, d]
+    return None if new is None else new.reshape(hidden.shape)

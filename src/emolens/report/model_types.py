@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from emolens.data.dataset import build_dataset
 from emolens.data.readout import DEFAULT
 from emolens.model.loading import load_model
 from emolens.model.organisms import train_tokenizer
 from emolens.model.tiny import UNSUPPORTED, tested, tiny_model
-from emolens.phases.equivalence import differences
+from emolens.phases.equivalence import differences, sublayer_sum_difference
 
 
 def check_type(model_type: str, tokenizer: Any, run: list[int], donor: list[int], token_ids: list[int],
@@ -35,7 +37,8 @@ def check_type(model_type: str, tokenizer: Any, run: list[int], donor: list[int]
     adapter = load_model({"path": str(path), "dtype": "float32"}, name=model_type, device="cpu")
     row = {"type": model_type, "class": type(adapter.model).__name__, "sites": adapter.sites,
            "layers": adapter.n_layers, "head_layers": adapter.head_layers, "prefix_cache": adapter.prefix_cache,
-           "float32": differences(adapter, run, donor, token_ids)}
+           "float32": differences(adapter, run, donor, token_ids), "sublayer_sites": adapter.sublayer_paths,
+           "sublayer_sum": sublayer_sum_difference(adapter, torch.tensor([run]))}
     if int8:
         try:
             quantised = load_model({"path": str(path), "dtype": "float32", "quantization": "int8"}, name=model_type,
