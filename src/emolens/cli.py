@@ -246,9 +246,14 @@ def _cmd_timing(a: argparse.Namespace) -> None:
 
 
 def _cmd_figures(a: argparse.Namespace) -> None:
-    from emolens.report import figures
+    from emolens import layout
+    from emolens.report import attention_mlp, figures
 
     figures.run(a.results, a.models, a.out, organisms=a.organisms, profile=a.profile)
+    attention_mlp.attention_vs_mlp({m: layout.sublayers(a.results, m) for m in a.models},
+                                   Path(a.out) / "attention_vs_mlp.png",
+                                   labels=figures.model_labels(a.models, a.organisms),
+                                   profile=a.profile or Path(a.results).name)
 
 
 def _cmd_preflight(a: argparse.Namespace) -> None:

@@ -91,12 +91,15 @@ def test_a_block_without_a_write_is_refused(tiny_adapters):
 
 
 def test_the_phase_writes_every_blocks_two_effects_and_its_identity(tiny_adapters, records, tmp_path):
+    from emolens import layout
     from emolens.data.readout import Readout
-    from emolens.io import load_pickle
+    from emolens.io import load_pickle, save_pickle
     from emolens.phases import sublayers
+    from emolens.report import attention_mlp
+    from emolens.report.findings import _table
 
     adapter = tiny_adapters["gpt_neox"]  # parallel attention and MLP
-    out = tmp_path / "sublayers.pkl"
+    out = layout.sublayers(tmp_path, "neox")
     sublayers.run(adapter, records, out, max_pairs=12, message_positions=1, min_separation=0.0, n_resamples=50,
                   n_perm=50, readout=Readout(suffix=" is"))
     result = load_pickle(out, schema=sublayers.SCHEMA)
@@ -107,6 +110,15 @@ def test_the_phase_writes_every_blocks_two_effects_and_its_identity(tiny_adapter
     np.testing.assert_allclose(result["attention_minus_mlp_difference"], result["summary"][0] - result["summary"][1],
                                atol=1e-9)
     assert ((result["attention_minus_mlp_p_perm"] > 0) & (result["attention_minus_mlp_p_perm"] <= 1)).all()
+    ok, message = attention_mlp.check(out, L)  # the report reads it: the check, the findings section, the figure
+    assert ok, message
+    broken = result | {"block_identity": 0.5}
+    save_pickle(broken, tmp_path / "broken.pkl")
+    assert not attention_mlp.check(tmp_path / "broken.pkl", L)[0]
+    lines = attention_mlp.section(tmp_path, ["neox", "absent"], _table)
+    assert lines[0].startswith("## Attention or MLP?") and sum(line.startswith("| neox | ") for line in lines) == 1 + L
+    attention_mlp.attention_vs_mlp({"neox": out}, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
 
 
 def test_a_model_whose_blocks_scale_their_writes_is_refused(tokenizer):

@@ -367,6 +367,7 @@ FIGURES = {
     "steering_dose_response": "steering dose-response per layer band",
     "steering_specificity": "steering specificity at the best index",
     "steering_ablation": "emotion-subspace ablation",
+    "attention_vs_mlp": "attention vs MLP write per block at the last position (report.attention_mlp)",
 }
 CROSS_MODEL_FIGURES = {
     "alignment": "cross-model alignment (linear CKA, raw and item-centred, with nulls)",
