@@ -130,3 +130,20 @@ def test_a_model_whose_blocks_scale_their_writes_is_refused(tokenizer):
     adapter = ModelAdapter(tiny.tiny_model("minicpm3", len(tokenizer)), tokenizer, name="scaled")
     with pytest.raises(ModelLoadError, match="models.scaled: its blocks are not input \\+ attention write"):
         check_additive(adapter, list(range(5, 17)))
+
+
+@pytest.mark.parametrize(("model_type", "attn", "mlp"), [
+    ("mistral", ["self_attn"], ["mlp"]),  # post_attention_layernorm is the norm before the MLP: not a write
+    ("olmo2", ["post_attention_layernorm"], ["post_feedforward_layernorm"]),  # post-norms only
+    ("glm4", ["post_self_attn_layernorm"], ["post_mlp_layernorm"]),
+    ("qwen3_next", ["linear_attn", "self_attn"], ["mlp"]),  # hybrid: the mixer's output in linear-attention blocks
+    ("jamba", ["mamba", "self_attn"], ["feed_forward"]),
+])
+def test_structure_finds_the_writes_of_types_outside_the_table(tokenizer, model_type, attn, mlp):
+    from emolens.model import tiny
+    from emolens.model.adapter import ModelAdapter
+    from emolens.phases.equivalence import sublayer_sum_difference
+
+    adapter = ModelAdapter(tiny.tiny_model(model_type, len(tokenizer)), name=model_type)
+    assert adapter.sublayer_paths == {"attn_out": attn, "mlp_out": mlp}
+    assert sublayer_sum_difference(adapter, torch.tensor([list(range(5, 17))])) < 1e-5
