@@ -121,15 +121,24 @@ def test_the_phase_writes_every_blocks_two_effects_and_its_identity(tiny_adapter
     assert (tmp_path / "figure.png").stat().st_size > 10_000
 
 
-def test_a_model_whose_blocks_scale_their_writes_is_refused(tokenizer):
-    from emolens.config import ModelLoadError
+def test_a_model_whose_blocks_scale_their_writes_gets_a_file_that_says_why(tokenizer, tmp_path):
+    from emolens import layout
+    from emolens.data.dataset import build_dataset
+    from emolens.io import load_pickle
     from emolens.model import tiny
     from emolens.model.adapter import ModelAdapter
-    from emolens.phases.sublayers import check_additive
+    from emolens.phases import sublayers
+    from emolens.report import attention_mlp
+    from emolens.report.findings import _table
 
     adapter = ModelAdapter(tiny.tiny_model("minicpm3", len(tokenizer)), tokenizer, name="scaled")
-    with pytest.raises(ModelLoadError, match="models.scaled: its blocks are not input \\+ attention write"):
-        check_additive(adapter, list(range(5, 17)))
+    out = layout.sublayers(tmp_path, "scaled")
+    sublayers.run(adapter, build_dataset()[:4], out, message_positions=1)
+    result = load_pickle(out, schema=sublayers.SCHEMA)
+    assert not result["applicable"] and "residual multipliers" in result["reason"] and "effect" not in result
+    assert attention_mlp.check(out, adapter.n_layers)[0]
+    assert any("not measured" in line for line in attention_mlp.section(tmp_path, ["scaled"], _table))
+    attention_mlp.attention_vs_mlp({"scaled": out}, tmp_path / "figure.png")
 
 
 @pytest.mark.parametrize(("model_type", "attn", "mlp"), [

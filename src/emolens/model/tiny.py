@@ -60,7 +60,7 @@ UNSUPPORTED: dict[str, str] = {
 
 # Types whose blocks are not input + attention write + MLP write (emolens.phases.equivalence.sublayer_sum_difference):
 # patching their attention or MLP output is exact, but it is not the write into the stream, and the
-# attention-vs-MLP phase refuses them.
+# attention-vs-MLP phase measures nothing on them (its file says why).
 _SCALED = "the block scales its sublayer writes (residual multipliers or gates) before adding them"
 _INSIDE = "a sublayer adds the residual inside itself (its output is the stream, not its write)"
 NOT_ADDITIVE: dict[str, str] = {

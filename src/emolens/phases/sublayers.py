@@ -1,18 +1,18 @@
 """Attention vs MLP: is the emotion moved into the last position by attention, or computed there by MLPs, and where?
 
 Method. A block writes into the residual stream twice: its attention (a hybrid's mixer) output and its MLP output
-(after a post-norm where the block has one; a parallel block such as GPT-NeoX's adds both to the stream it read),
-so block output = block input + attention write + MLP write (the adapter's choice is checked by that identity
-here, and a model whose blocks scale or gate their writes is refused). For every (source, target) pair of the
-residual sweep (the same pair options, so the same pairs), each block's attention write and MLP write at the last
-position is replaced by the donor's, one at a time, and the logit difference LD of the two label tokens is read
-at the last position, with the prefix-cached engine of :mod:`emolens.engine.patching` (one token per variant).
-Attention at the last position reads the other positions: its effect is emotion moved in from the message; an
-MLP reads the last position only: its effect is emotion computed (or re-read) at the last token. Each cell is
-summarised as the residual sweep's is (:func:`emolens.stats.effects.summarise`: pairs the clean model does not
-separate are left out and counted, ratio of sums with a frame-then-item BCa CI); attention minus MLP per block
-is tested by sign flips of frame sums (the frame is the unit), Benjamini-Hochberg over the blocks. One identity
-rides along: the last block's input and both its writes patched together give the donor's output, effect 1.
+(after a post-norm where the block has one; a parallel block such as GPT-NeoX's adds both to the stream it read), so
+block output = block input + attention write + MLP write (the adapter's choice is checked by that identity here; a
+model whose blocks scale or gate their writes gets a file that says why, and no numbers). For every (source, target)
+pair of the residual sweep (the same pair options, so the same pairs), each block's attention write and MLP write at
+the last position is replaced by the donor's, one at a time, and the logit difference LD of the two label tokens is
+read at the last position, with the prefix-cached engine of :mod:`emolens.engine.patching` (one token per variant).
+Attention at the last position reads the other positions: its effect is emotion moved in from the message; an MLP
+reads the last position only: its effect is emotion computed (or re-read) at the last token. Each cell is summarised
+as the residual sweep's is (:func:`emolens.stats.effects.summarise`: pairs the clean model does not separate are
+left out and counted, ratio of sums with a frame-then-item BCa CI); attention minus MLP per block is tested by sign
+flips of frame sums (the frame is the unit), Benjamini-Hochberg over the blocks. One identity rides along: the last
+block's input and both its writes patched together give the donor's output, effect 1.
 
 Inputs: a model adapter, the dataset records. Output: ``results/<p>/sublayers/<m>.pkl`` (schema
 ``emolens.sublayers/1``).
@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from emolens.config import ModelLoadError
 from emolens.data.readout import DEFAULT, Readout
 from emolens.engine.pairs import Pairs
 from emolens.engine.patching import SUBLAYERS, normalised, patch_pairs, resid_site, sublayer_site
@@ -46,16 +45,16 @@ log = logging.getLogger(__name__)
 SCHEMA = "emolens.sublayers/1"
 
 
-def check_additive(adapter: ModelAdapter, tokens: Sequence[int]) -> float:
-    """|block output - input - attention write - MLP write| on one prompt; a ModelLoadError above the build's
-    tolerance (the writes patched would not be what the block adds to the stream)."""
+def additivity(adapter: ModelAdapter, tokens: Sequence[int]) -> tuple[float | None, str | None]:
+    """|block output - input - attention write - MLP write| on one prompt, and why the phase cannot measure this model
+    (None when the writes add up within the build's tolerance)."""
     found = sublayer_sum_difference(adapter, torch.tensor([list(tokens)], device=adapter.device))
     limit = TOLERANCE[str(adapter.dtype).removeprefix("torch.") if adapter.quantization is None else "int8"]
-    if found is None or not found <= limit:
-        why = NOT_ADDITIVE.get(adapter.config.model_type, "the attention and MLP modules found do not add up")
-        raise ModelLoadError(f"models.{adapter.name}: its blocks are not input + attention write + MLP write (largest "
-                             f"difference {found}, tolerance {limit:g}; sites {adapter.sublayer_paths}): {why}")
-    return found
+    if found is not None and found <= limit:
+        return found, None
+    why = NOT_ADDITIVE.get(adapter.config.model_type, "the attention and MLP modules found do not add up")
+    return found, (f"its blocks are not input + attention write + MLP write (largest difference {found}, tolerance "
+                   f"{limit:g}; sites {adapter.sublayer_paths}): {why}")
 
 
 def sublayer_sweep(adapter: ModelAdapter, pairs: Pairs, batch_size: int
@@ -101,7 +100,13 @@ def run(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out: str | Pat
     started = time.time()
     pairs, _, _, labels = prepare_readout_pairs(adapter, records, message_positions, direction=direction,
                                                 max_pairs=max_pairs, seed=seed, readout=readout)
-    additive = check_additive(adapter, pairs.run[0])
+    additive, why_not = additivity(adapter, pairs.run[0])
+    if why_not:  # written, so the workflow goes on; the report says why this model has no attention-vs-MLP numbers
+        log.warning("%s: not measured: %s", adapter.name, why_not)
+        save_pickle({"schema": SCHEMA, "model": adapter.name, "n_layers": adapter.n_layers, "applicable": False,
+                     "reason": why_not, "sublayer_sum": additive, "sites": adapter.sublayer_paths,
+                     "provenance": provenance(settings or {}, started, model=adapter.name)}, out)
+        return {"applicable": False, "reason": why_not}
     log.info("%s: attention and MLP writes of %d blocks (%s), %d pairs of %d frames, %s", adapter.name,
              adapter.n_layers, adapter.sublayer_paths, len(pairs), len(set(labels.frames)), direction)
     ld, ld_block, ld_run, ld_donor = sublayer_sweep(adapter, pairs, batch_size)
@@ -113,6 +118,7 @@ def run(adapter: ModelAdapter, records: Sequence[dict[str, Any]], out: str | Pat
         "schema": SCHEMA,
         "model": adapter.name,
         "n_layers": adapter.n_layers,
+        "applicable": True,
         "kinds": list(SUBLAYERS),
         "blocks": list(range(adapter.n_layers)),
         "relative_depth": (np.arange(adapter.n_layers) + 0.5) / adapter.n_layers,  # block l's middle

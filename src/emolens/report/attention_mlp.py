@@ -9,6 +9,7 @@ and both writes patched: effect 1).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,12 @@ def attention_vs_mlp(files: dict[str, Path], out: str | Path, labels: dict[str, 
     fig, axes = _grid(len(files), width=3.6, height=2.8)
     for ax, (m, path) in zip(axes, files.items(), strict=False):
         s = load_pickle(path, schema=SCHEMA)
+        if not s.get("applicable", True):
+            ax.text(0.5, 0.5, "\n".join(textwrap.wrap(f"not measured: {s['reason']}", 50)), ha="center",
+                    va="center", fontsize=6, transform=ax.transAxes)
+            ax.set(title=_label(labels, m, wrap=True), xticks=[], yticks=[])
+            ax.title.set_fontsize(8)
+            continue
         depth = np.asarray(s["relative_depth"], float)
         for k, kind in enumerate(s["kinds"]):
             mean, low, high = (np.asarray(s[key], float)[k] for key in ("summary", "ci_low", "ci_high"))
@@ -83,6 +90,9 @@ def section(results: str | Path, models: Sequence[str], table: Callable[[list[st
     rows, blocks = [], []
     for m, path in files.items():
         s = load_pickle(path, schema=SCHEMA)
+        if not s.get("applicable", True):
+            rows.append([m, "n/a", "n/a", f"not measured: {s['reason']}"])
+            continue
         summary = np.asarray(s["summary"], float)
         best = [int(np.nanargmax(np.where(np.isfinite(row), row, -np.inf))) for row in summary]
         rows.append([m, *(f"block {b} (depth {s['relative_depth'][b]:.2f}): {_cell(s, k, b)}"
@@ -98,6 +108,8 @@ def check(path: Path, n_layers: int) -> tuple[bool, str]:
     """Both writes of every block summarised (finite, inside their CIs) and the identity: the last block's input and
     both writes patched give the donor's output (effect 1 on every kept pair); the writes add up to the blocks."""
     s = load_pickle(path, schema=SCHEMA)
+    if not s.get("applicable", True):  # a model whose blocks do not add up: the file must say so, and be right
+        return s["sublayer_sum"] is None or not s["sublayer_sum"] < 1e-4, f"not measured: {s['reason']}"
     summary, low, high = (np.asarray(s[k], float) for k in ("summary", "ci_low", "ci_high"))
     ok_shape = summary.shape == (2, n_layers) and np.asarray(s["effect"]).shape == (len(s["pairs"]), 2, n_layers)
     inside = np.isfinite(summary).any() and bool(np.all((low <= summary + 1e-9) & (summary <= high + 1e-9)
