@@ -241,6 +241,9 @@ class ModelAdapter:
         table = FAMILIES.get(model.config.model_type)
         writes = [(table.attn, table.mlp) if table and not (hand or {}).get("layers") else find_sublayers(block, p)
                   for block, p in zip(self.layers, attn_out, strict=True)]
+        kinds = layer_types(tc, len(self.layers)) or [""] * len(self.layers)
+        writes = [(None, a) if m is None and any(t in kind for t in ("mlp", "moe")) else (a, m)  # Nemotron-H's
+                  for (a, m), kind in zip(writes, kinds, strict=True)]  # one-sublayer blocks: an MLP block's mixer
         self.sublayer_paths = {"attn_out": sorted({a for a, _ in writes if a}),
                                "mlp_out": sorted({m for _, m in writes if m})}
         # kind -> each block's module whose output is that sublayer's write into the residual stream (or None)

@@ -66,7 +66,8 @@ def sublayer_sweep(adapter: ModelAdapter, pairs: Pairs, batch_size: int
     cells = [(k, layer) for k, kind in enumerate(SUBLAYERS) for layer in range(L)
              if adapter.sublayers[kind][layer] is not None]
     variants = [(sublayer_site(SUBLAYERS[k], layer),) for k, layer in cells]
-    variants.append((resid_site(L - 1), *(sublayer_site(kind, L - 1) for kind in SUBLAYERS)))
+    variants.append((resid_site(L - 1), *(sublayer_site(kind, L - 1) for kind in SUBLAYERS
+                                          if adapter.sublayers[kind][L - 1] is not None)))
     ld, ld_run, ld_donor = patch_pairs(adapter, pairs, variants, batch_size=batch_size, desc="attention vs MLP")
     out = np.full((len(pairs), len(SUBLAYERS), L), np.nan)
     for j, (k, layer) in enumerate(cells):
