@@ -161,6 +161,15 @@ def _cmd_patch_heads(a: argparse.Namespace) -> None:
         batch_size=batch_size, **_patching_kwargs(a)))
 
 
+def _cmd_sublayers(a: argparse.Namespace) -> None:
+    from emolens.phases import sublayers
+
+    adapter, records = _model_and_records(a)
+    _with_backoff(a, lambda batch_size: sublayers.run(
+        adapter, records, a.out, n_resamples=a.n_boot, n_perm=a.n_perm, alpha=a.alpha,
+        min_separation=a.min_separation, batch_size=batch_size, **_patching_kwargs(a)))
+
+
 def _steering_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """The steering options both steering subcommands share, and the settings their provenance records."""
     options = {"n_null": a.n_null, "max_prompts": a.max_prompts, "n_boot": a.n_boot, "seed": a.seed}
@@ -251,9 +260,14 @@ def _cmd_timing(a: argparse.Namespace) -> None:
 
 
 def _cmd_figures(a: argparse.Namespace) -> None:
-    from emolens.report import figures
+    from emolens import layout
+    from emolens.report import attention_mlp, figures
 
     figures.run(a.results, a.models, a.out, organisms=a.organisms, profile=a.profile)
+    attention_mlp.attention_vs_mlp({m: layout.sublayers(a.results, m) for m in a.models},
+                                   Path(a.out) / "attention_vs_mlp.png",
+                                   labels=figures.model_labels(a.models, a.organisms),
+                                   profile=a.profile or Path(a.results).name)
 
 
 def _cmd_preflight(a: argparse.Namespace) -> None:

@@ -72,6 +72,11 @@ def residual_sweep(r: Root, model: str) -> Path:
     return Path(r) / "patching" / "residual" / f"{model}_residual_sweep.pkl"
 
 
+def sublayers(r: Root, model: str) -> Path:
+    """A model's attention-vs-MLP patching file (:mod:`emolens.phases.sublayers`)."""
+    return Path(r) / "sublayers" / f"{model}.pkl"
+
+
 def head_scores(r: Root, model: str) -> Path:
     return Path(r) / "screening" / f"head_scores_{model}.json"
 

@@ -156,7 +156,7 @@ def _vectors_options(p: argparse.ArgumentParser) -> None:
 
 
 def _patching_options(p: argparse.ArgumentParser, name: str) -> None:
-    """Options of residual-chunk, screen-heads and patch-heads (which one: ``name``)."""
+    """Options of residual-chunk, screen-heads, patch-heads and sublayers (which one: ``name``)."""
     _model_args(p)
     p.add_argument("--out", required=True, help="result file to write (pickle; screen-heads: JSON)")
     _setting(p, "--direction", "patching.direction", "denoising patches the source run's activations into the "
@@ -175,6 +175,10 @@ def _patching_options(p: argparse.ArgumentParser, name: str) -> None:
     if name == "patch-heads":
         p.add_argument("--screening", required=True, help="phase-6a head_scores JSON")
         _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples", type=int)
+    if name == "sublayers":
+        _setting(p, "--n-boot", "patching.n_boot", "frame-then-item bootstrap resamples", type=int)
+        _setting(p, "--n-perm", "statistics.n_perm", "sign flips of frames, attention minus MLP", type=int)
+        _setting(p, "--alpha", "statistics.alpha", "BH level over the blocks", type=float)
 
 
 def _residual_merge_options(p: argparse.ArgumentParser) -> None:
@@ -329,6 +333,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("patch-heads", "phase 6b: the top-K heads, alone and jointly",
      lambda p: _patching_options(p, "patch-heads")),
     ("residual-merge", "phase 5: check and merge a model's chunk files", _residual_merge_options),
+    ("sublayers", "attention vs MLP: every block's two writes into the stream patched at the last position",
+     lambda p: _patching_options(p, "sublayers")),
     ("steer", "steering dose-response, specificity, KL cost and directional ablation of the emotion vectors",
      lambda p: _steering_options(p, "steer")),
     ("steer-transfer", "steer a model with every other model's emotion vectors carried through a ridge map",

@@ -91,6 +91,8 @@ MIRRORED = {  # every CLI option that mirrors a config setting, by command
     "patch-heads": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions", "--min-separation",
                     "--n-boot"},
     "residual-merge": {"--seed", "--n-boot", "--min-separation"},
+    "sublayers": {"--device", "--direction", "--max-pairs", "--seed", "--message-positions", "--min-separation",
+                  "--n-boot", "--n-perm", "--alpha"},
     "steer": {"--device", "--seed", "--n-null", "--max-prompts", "--n-boot", "--alphas", "--n-random",
               "--layer-stride", "--kl-prompts", "--kl-budget", "--n-random-subspaces"},
     "steer-transfer": {"--device", "--seed", "--n-null", "--max-prompts", "--n-boot", "--ridge"},

@@ -1,7 +1,8 @@
 """An independent reference: TransformerLens's TransformerBridge on the small families.
 
 Our residual capture and our fast patching engine must agree with TransformerLens's hook points
-(``blocks.l.hook_resid_pre``, ``blocks.l.attn.hook_z``) on the same checkpoint.
+(``blocks.l.hook_resid_pre``, ``blocks.l.attn.hook_z``, ``blocks.l.hook_attn_out``, ``blocks.l.hook_mlp_out``) on
+the same checkpoint.
 """
 
 import numpy as np
@@ -76,3 +77,19 @@ def test_fast_patching_equals_transformer_lens(tiny_adapters, bridges, family):
         resid = _tl_patched_ld(bridge, pairs, i, f"blocks.{layer}.hook_resid_pre", set_resid)
         z = _tl_patched_ld(bridge, pairs, i, f"blocks.{layer}.attn.hook_z", set_head)
         np.testing.assert_allclose(ld[i], [resid, z], atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sublayer_writes_equal_hook_attn_out_and_hook_mlp_out(tiny_adapters, bridges, family):
+    """Our attn_out and mlp_out sites are TransformerLens's blocks.l.hook_attn_out and blocks.l.hook_mlp_out."""
+    from emolens.engine.patching import SUBLAYERS, collect
+
+    adapter, bridge = tiny_adapters[family], bridges[family]
+    prompts = [adapter.tokenizer(prompt(r["text"]))["input_ids"] for r in _records()[:2]]
+    sites = [(kind, layer) for kind in SUBLAYERS for layer in range(adapter.n_layers)]
+    _, acts = collect(adapter, prompts, [0], offsets=(-3, -1), sublayers=sites)
+    for i, ids in enumerate(prompts):
+        _, cache = bridge.run_with_cache(torch.tensor([ids]))
+        for kind, layer in sites:
+            hook = cache[f"blocks.{layer}.hook_{kind}"][0, [-3, -1]]  # [2, d_model]
+            np.testing.assert_allclose(acts[kind, layer][i].numpy(), hook.detach().numpy(), atol=1e-5)

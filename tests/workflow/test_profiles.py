@@ -16,7 +16,7 @@ SCHEDULER_COMMANDS = ["sbatch", "sinfo", "squeue", "sacct", "sacctmgr", "scontro
 # Commands that would submit or cancel work. Read-only queries are allowed: the slurm plugin, loaded to
 # build Snakemake's command line, runs `scontrol show config` when scontrol is on PATH, in any mode.
 SUBMIT_OR_CANCEL = {"sbatch", "scancel", "qsub", "qdel"}
-GPU_RULES = {"activations", "residual_chunk", "screen_heads", "patch_heads"}
+GPU_RULES = {"activations", "residual_chunk", "screen_heads", "patch_heads", "sublayers"}
 
 
 def _profile(name: str) -> dict:

@@ -32,7 +32,7 @@ STATISTICS = ["effect", "power", "k"] if CROSS_MODEL else ["effect", "power"]  #
 # The report's figures (emolens.report.figures.FIGURES and, with two models or more, CROSS_MODEL_FIGURES), each
 # with its caption in workflow/report/<name>.rst.
 FIGURES = ["probe_accuracy", "residual_patching", "head_scores", "residual_effect_last_position", "readout_baseline",
-           "steering_dose_response", "steering_specificity", "steering_ablation"]
+           "steering_dose_response", "steering_specificity", "steering_ablation", "attention_vs_mlp"]
 FIGURES += ["alignment", "steering_transfer"] if CROSS_MODEL else []
 # Models the workflow fetches from the Hugging Face hub (no local path, not built here): pre-flight checks them first.
 HUB_MODELS = [m for m, s in config["models"].items() if s.get("hf_id") and not s.get("path") and not s.get("gguf_file")]
@@ -200,6 +200,7 @@ def timed_jobs():
         jobs.append(("residual_merge", m, None, layout.residual_sweep(RESULTS, m)))
         jobs.append(("screen_heads", m, None, layout.head_scores(RESULTS, m)))
         jobs.append(("patch_heads", m, None, layout.head_patching(RESULTS, m)))
+        jobs.append(("sublayers", m, None, layout.sublayers(RESULTS, m)))
         jobs.append(("steer", m, None, layout.steering(RESULTS, m)))
     jobs += [("align_pair", p, None, layout.alignment_pair(RESULTS, p)) for p in ALIGN_PAIRS]
     jobs += [("steer_transfer", m, None, layout.steering_transfer(RESULTS, m)) for m in TRANSFER_TARGETS]
@@ -219,6 +220,7 @@ def phase_outputs():
         *per_model(layout.residual_sweep(RESULTS, "{model}")),
         *per_model(layout.head_scores(RESULTS, "{model}")),
         *per_model(layout.head_patching(RESULTS, "{model}")),
+        *per_model(layout.sublayers(RESULTS, "{model}")),
         *([layout.alignment_summary(RESULTS)] if CROSS_MODEL else []),
         *per_model(layout.steering(RESULTS, "{model}")),
         *([layout.steering_transfer_summary(RESULTS)] if TRANSFER_TARGETS else []),

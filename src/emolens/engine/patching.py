@@ -1,28 +1,27 @@
 """Activation patching: one engine, two small site setters, a fast prefix-cached path and a reference.
 
-Method. A *pair* is an ordered (source, target) pair of prompts of the same item with different
-emotions. The metric is the logit difference LD = logit[source label] - logit[target label] at the
-run prompt's last position, read from the label tokens only (final norm, then the few unembedding
-rows); which prompt is run and which donates is the pairs' direction (:mod:`emolens.engine.pairs`). The
-normalised effect is (LD_patched - LD_run) / (LD_donor - LD_run): 0 = the run prompt unpatched,
-1 = the donor clean.
+Method. A *pair* is an ordered (source, target) pair of prompts of the same item with different emotions. The
+metric is the logit difference LD = logit[source label] - logit[target label] at the run prompt's last position,
+read from the label tokens only (final norm, then the few unembedding rows); which prompt is run and which donates
+is the pairs' direction (:mod:`emolens.engine.pairs`). The normalised effect is (LD_patched - LD_run) /
+(LD_donor - LD_run): 0 = the run prompt unpatched, 1 = the donor clean.
 
-Site grammar, written down once. A :class:`Site` is (kind, layer, head, offsets):
-``kind="resid"``: residual index ``layer`` in 0..L (the stream entering block l; L = the last
-block's output before the final norm); ``kind="head"``: head ``head`` of attention layer ``layer``,
-i.e. its d_head slice of the attention output projection's input. ``offsets`` are positions counted
-from the end of the prompt (-1 = last token), so a donor of another length lines up at its end. A
+Site grammar, written down once. A :class:`Site` is (kind, layer, head, offsets): ``kind="resid"``: residual index
+``layer`` in 0..L (the stream entering block l; L = the last block's output before the final norm);
+``kind="head"``: head ``head`` of attention layer ``layer``, i.e. its d_head slice of the attention output
+projection's input; ``kind="attn_out"``/``"mlp_out"``: what block ``layer``'s attention (a hybrid's mixer) or MLP
+adds to the residual stream (TransformerLens's ``hook_attn_out``, ``hook_mlp_out``). ``offsets`` are positions
+counted from the end of the prompt (-1 = last token), so a donor of another length lines up at its end. A
 *variant* is a tuple of sites patched together in one forward.
 
-The engine. :func:`patch_reference` is the test oracle: for each variant, a full forward of the
-whole run prompt with the patch, full-vocabulary logits, batched over prompts (as TransformerLens's
-patching utilities do). :func:`patch_fast` uses causality: a patch at position p changes nothing
-before p, so the run prompt's prefix tokens[:p] is run once with the KV cache, the cache is copied
-along the batch, the variants go in the batch dimension, and only tokens[p:] are run, with label
-logits at the last position. For last-position patching that is one token per variant, through the blocks
-from the first patched one on. Both paths
-build their hooks from the same setters (:func:`set_resid`, :func:`set_head`); the empty variant
-``()`` is the unpatched run, so one engine call also yields the clean LD of the run prompt.
+The engine. :func:`patch_reference` is the test oracle: for each variant, a full forward of the whole run prompt
+with the patch, full-vocabulary logits, batched over prompts (as TransformerLens's patching utilities do).
+:func:`patch_fast` uses causality: a patch at position p changes nothing before p, so the run prompt's prefix
+tokens[:p] is run once with the KV cache, the cache is copied along the batch, the variants go in the batch
+dimension, and only tokens[p:] are run, with label logits at the last position. For last-position patching that
+is one token per variant, through the blocks from the first patched one on. Both paths build their hooks from the
+same setters (:func:`set_resid` for every [batch, pos, d_model] site, :func:`set_head`); the empty variant ``()``
+is the unpatched run, so one engine call also yields the clean LD of the run prompt.
 """
 
 from __future__ import annotations
@@ -46,14 +45,15 @@ from emolens.stopwatch import charged
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["resid", "head"]
+Kind = Literal["resid", "head", "attn_out", "mlp_out"]
+SUBLAYERS: tuple[Kind, ...] = ("attn_out", "mlp_out")  # the two writes into the residual stream per block
 Key = tuple[str, int]  # (kind, layer): one hook point
 
 
 # --- sites -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Site:
-    """One patch site: residual index or (layer, head), at positions counted from the end."""
+    """One patch site: residual index, (layer, head) or a block's sublayer write, at positions from the end."""
 
     kind: Kind
     layer: int
@@ -74,6 +74,11 @@ def head_site(layer: int, head: int, offsets: Sequence[int] = (-1,)) -> Site:
     return Site("head", layer, head, tuple(offsets))
 
 
+def sublayer_site(kind: Kind, layer: int, offsets: Sequence[int] = (-1,)) -> Site:
+    """Block ``layer``'s attention (``kind="attn_out"``) or MLP (``"mlp_out"``) write at ``offsets`` from the end."""
+    return Site(kind, layer, None, tuple(offsets))
+
+
 @dataclass
 class Donor:
     """Donor activations for a batch of pairs, at positions counted from the end of the donor prompt."""
@@ -84,7 +89,7 @@ class Donor:
 
 # --- site setters: each builds one hook function --------------------------------------------------
 def set_resid(rows: torch.Tensor, pos: torch.Tensor, values: torch.Tensor) -> Callable:
-    """Hook that writes ``values`` [n, d_model] into the residual stream at (rows[i], pos[i])."""
+    """Hook that writes ``values`` [n, d_model] into the residual stream (or a sublayer write) at (rows[i], pos[i])."""
     def hook(x: torch.Tensor) -> torch.Tensor:  # x [batch, pos, d_model]
         x = x.clone()
         x[rows, pos] = values.to(x.dtype)
@@ -136,18 +141,17 @@ def _hooks(adapter: ModelAdapter, table: list, row_variant: np.ndarray, row_prom
             p[2].append(np.repeat(row_prompt[rows_v], m))
             p[3].append(np.tile(off_idx, len(rows_v)))
             p[4].append(np.tile(heads, len(rows_v)))
-    resid: dict[int, Callable] = {}
-    head_inputs: dict[int, Callable] = {}
+    hooks: dict[str, dict[int, Callable]] = {"resid": {}, "head_inputs": {}, "attn_out": {}, "mlp_out": {}}
     device = adapter.device
     for (kind, layer), p in parts.items():
         rows, pos, prompt, off, heads = (torch.from_numpy(np.concatenate(a)).to(device) for a in p)
         acts = donor.acts[(kind, layer)]  # [batch, n_offsets, width]
-        if kind == "resid":
-            resid[layer] = set_resid(rows, pos, acts[prompt, off])
-        else:
+        if kind == "head":
             per_head = acts.unflatten(-1, (adapter.n_heads, adapter.d_head))  # [batch, n_off, head, d_head]
-            head_inputs[layer] = set_head(rows, pos, heads, per_head[prompt, off, heads], adapter.n_heads)
-    return {"resid": resid, "head_inputs": head_inputs}
+            hooks["head_inputs"][layer] = set_head(rows, pos, heads, per_head[prompt, off, heads], adapter.n_heads)
+        else:  # the residual stream or a sublayer's write: [batch, pos, d_model]
+            hooks[kind][layer] = set_resid(rows, pos, acts[prompt, off])
+    return hooks
 
 
 def logit_difference(logits: torch.Tensor, ld_index: torch.Tensor) -> torch.Tensor:
@@ -208,26 +212,23 @@ def patch_fast(adapter: ModelAdapter, run_ids: torch.Tensor, donor: Donor, varia
                every_block_apart: bool = False) -> torch.Tensor:
     """Patched LD [batch, n_variants], prefix-cached; same contract as :func:`patch_reference`.
 
-    Variants are grouped by their earliest patched position p (the empty variant ``()``, the
-    unpatched run, joins the latest group). Groups go in order of p, and one KV cache of the
-    distinct run prompts grows from one group's prefix tokens[:p] to the next, so every prefix
-    token is run once per distinct prompt. Within a group, causality holds in depth too: a variant changes
-    nothing before its first patched block b (:func:`first_block`), so one clean pass of the suffix
-    tokens[p:] gives each distinct prompt's residual stream entering every such b, and the variants of
-    each b run from there (:func:`skipping_blocks`: the blocks below b return their input; the heads
+    Variants are grouped by their earliest patched position p (the empty variant ``()``, the unpatched run, joins
+    the latest group). Groups go in order of p, and one KV cache of the distinct run prompts grows from one group's
+    prefix tokens[:p] to the next, so every prefix token is run once per distinct prompt. Within a group, causality
+    holds in depth too: a variant changes nothing before its first patched block b (:func:`first_block`), so one
+    clean pass of the suffix tokens[p:] gives each distinct prompt's residual stream entering every such b, and the
+    variants of each b run from there (:func:`skipping_blocks`: the blocks below b return their input; the heads
     sweep's average variant runs half the blocks). Consecutive blocks share a run until it fills half a chunk
-    (:func:`block_runs`), so a small batch runs as few forwards as without the shortcut;
-    ``every_block_apart`` runs each block's variants apart, as the equivalence check does to test every
-    start. A model whose blocks hand each other more than the residual stream (GLM-DSA's top-k indices)
-    runs every block. Rows (variant, prompt) are cut into chunks of
-    as many tokens as ``batch_size`` whole prompts (batch_size * T / (T - p) rows); each chunk gets its
-    own copy of the cache rows it needs, in buffers reused from chunk to chunk (:func:`expand_cache`;
-    the prefix cache itself is never handed to the forward), and only tokens[p:] are run, with the label
-    logits read at the last position. The cache goes in as ``cache=`` (transformers 5 renamed
-    ``past_key_values``). Position ids of the suffix come from the cache length (HF derives them),
-    so learned absolute positions (GPT-2, GPT-Neo) are right as well as rotary ones; sliding-window
-    layers (Gemma-3, GPT-Neo local) keep the last window - 1 keys, which is all a suffix token can
-    see. A patch at p = 0 leaves no prefix: the whole prompt is run.
+    (:func:`block_runs`), so a small batch runs as few forwards as without the shortcut; ``every_block_apart`` runs
+    each block's variants apart, as the equivalence check does to test every start. A model whose blocks hand each
+    other more than the residual stream (GLM-DSA's top-k indices) runs every block. Rows (variant, prompt) are cut
+    into chunks of as many tokens as ``batch_size`` whole prompts (batch_size * T / (T - p) rows); each chunk gets
+    its own copy of the cache rows it needs, in buffers reused from chunk to chunk (:func:`expand_cache`; the prefix
+    cache itself is never handed to the forward), and only tokens[p:] are run, with the label logits read at the
+    last position. The cache goes in as ``cache=`` (transformers 5 renamed ``past_key_values``). Position ids of the
+    suffix come from the cache length (HF derives them), so learned absolute positions (GPT-2, GPT-Neo) are right as
+    well as rotary ones; sliding-window layers (Gemma-3, GPT-Neo local) keep the last window - 1 keys, which is all
+    a suffix token can see. A patch at p = 0 leaves no prefix: the whole prompt is run.
     """
     n, length = run_ids.shape
     device = adapter.device
@@ -309,11 +310,12 @@ def keep_input(store: dict, key: Any, pos: torch.Tensor | None = None) -> Callab
 @torch.inference_mode()
 def collect(adapter: ModelAdapter, tokens: Sequence[Sequence[int]], token_ids: Sequence[int], *,
             offsets: Sequence[int] = (-1,), resid: Sequence[int] = (), heads: Sequence[int] = (),
-            batch_size: int = 32) -> tuple[torch.Tensor, dict[Key, torch.Tensor]]:
+            sublayers: Sequence[Key] = (), batch_size: int = 32) -> tuple[torch.Tensor, dict[Key, torch.Tensor]]:
     """Clean label logits [N, n_labels] and activations at ``offsets`` from each prompt's end.
 
     ``resid``: residual indices to keep -> [N, n_offsets, d_model]; ``heads``: layers whose
-    o_proj input to keep -> [N, n_offsets, n_heads * d_head]. One forward per length bucket.
+    o_proj input to keep -> [N, n_offsets, n_heads * d_head]; ``sublayers``: (kind, block) writes to keep ->
+    [N, n_offsets, d_model]. One forward per length bucket.
     """
     offsets = tuple(offsets)
     if tokens and offsets and min(offsets) < -min(len(t) for t in tokens):
@@ -325,8 +327,11 @@ def collect(adapter: ModelAdapter, tokens: Sequence[Sequence[int]], token_ids: S
         ids = torch.tensor([list(tokens[i]) for i in batch], device=device)
         pos = torch.tensor(offsets, dtype=torch.long, device=device) + ids.shape[1]
         captured: dict[Key, torch.Tensor] = {}
+        writes = {kind: {layer: keep_input(captured, (kind, layer), pos) for k, layer in sublayers if k == kind}
+                  for kind in SUBLAYERS}
         with adapter.hooks(resid={layer: keep_input(captured, ("resid", layer), pos) for layer in resid},
-                           head_inputs={layer: keep_input(captured, ("head", layer), pos) for layer in heads}):
+                           head_inputs={layer: keep_input(captured, ("head", layer), pos) for layer in heads},
+                           **writes):
             hidden = adapter.forward_final(ids, use_cache=False).last_hidden_state
         logits[batch] = adapter.label_logits(hidden[:, -1], list(token_ids)).float().cpu()
         for key, x in captured.items():
@@ -372,12 +377,13 @@ def patch_pairs(adapter: ModelAdapter, pairs: Pairs, variants: Sequence[Variant]
     offsets = tuple(sorted({o for v in variants for s in v for o in s.offsets}))
     resid = sorted({s.layer for v in variants for s in v if s.kind == "resid"})
     heads = sorted({s.layer for v in variants for s in v if s.kind == "head"})
+    sublayers = sorted({(s.kind, s.layer) for v in variants for s in v if s.kind in SUBLAYERS})
     engine = ENGINES[method if adapter.prefix_cache else "reference"]
     token_ids = pairs.token_ids
     donors = sorted({tuple(pairs.donor[i]) for i in subset})
     which = {t: u for u, t in enumerate(donors)}
     donor_logits, acts = collect(adapter, donors, token_ids, offsets=offsets, resid=resid, heads=heads,
-                                 batch_size=batch_size)  # [U, n_labels], {key: [U, n_off, width]}
+                                 sublayers=sublayers, batch_size=batch_size)  # [U, n_labels], {key: [U, n_off, width]}
     u_of = np.array([which[tuple(pairs.donor[i])] for i in subset])
     index = torch.from_numpy(pairs.ld_index[subset])
     ld_donor = logit_difference(donor_logits[u_of], index).double().numpy()

@@ -7,7 +7,10 @@ label-token readout (final norm, then the few unembedding rows). No other module
 
 Site naming, written down once: residual index l < L is the stream entering block l (HF
 ``hidden_states[l]``); index L is the last block's output before the final norm. A head site is
-(layer, head), the head's d_head slice of the attention output projection's input.
+(layer, head), the head's d_head slice of the attention output projection's input. A sublayer write
+(``attn_out``, ``mlp_out``, TransformerLens's ``hook_attn_out``/``hook_mlp_out``) is what block l's attention (a
+hybrid's mixer) or its MLP adds to the residual stream: the sublayer's output, after its post-norm where the block
+has one (Gemma-3, OLMo-2); a parallel block (GPT-NeoX) adds both to the stream it read.
 """
 
 from __future__ import annotations
@@ -33,20 +36,25 @@ class Family:
     layers: str  # attribute path of the decoder block list, from the CausalLM object
     attn_out: str  # attribute path of the attention output projection, from one block
     body: str  # attribute path of the module whose last_hidden_state is final-normed
+    attn: str  # attribute path, from one block, of the module whose output the attention adds to the stream
+    mlp: str  # the same for the MLP
     learned_positions: bool = False  # absolute position embeddings added at index 0 (else rotary, inside attention)
     tied: bool = False  # tie_word_embeddings where a config does not say
 
 
 # The one table of the six families (the demo organisms, the plan's parameter counts, the known sites).
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("gpt2", "transformer.h", "attn.c_proj", "transformer", learned_positions=True, tied=True),
-    "gpt_neox": Family("gpt_neox", "gpt_neox.layers", "attention.dense", "gpt_neox"),
-    "gpt_neo": Family("gpt_neo", "transformer.h", "attn.attention.out_proj", "transformer", learned_positions=True,
-                      tied=True),
-    "llama": Family("llama", "model.layers", "self_attn.o_proj", "model"),
-    "qwen3": Family("qwen3", "model.layers", "self_attn.o_proj", "model"),
-    "gemma3_text": Family("gemma3", "model.layers", "self_attn.o_proj", "model", tied=True),
-    "gemma3": Family("gemma3", "model.language_model.layers", "self_attn.o_proj", "model.language_model", tied=True),
+    "gpt2": Family("gpt2", "transformer.h", "attn.c_proj", "transformer", "attn", "mlp", learned_positions=True,
+                   tied=True),
+    "gpt_neox": Family("gpt_neox", "gpt_neox.layers", "attention.dense", "gpt_neox", "attention", "mlp"),
+    "gpt_neo": Family("gpt_neo", "transformer.h", "attn.attention.out_proj", "transformer", "attn", "mlp",
+                      learned_positions=True, tied=True),
+    "llama": Family("llama", "model.layers", "self_attn.o_proj", "model", "self_attn", "mlp"),
+    "qwen3": Family("qwen3", "model.layers", "self_attn.o_proj", "model", "self_attn", "mlp"),
+    "gemma3_text": Family("gemma3", "model.layers", "self_attn.o_proj", "model", "post_attention_layernorm",
+                          "post_feedforward_layernorm", tied=True),
+    "gemma3": Family("gemma3", "model.language_model.layers", "self_attn.o_proj", "model.language_model",
+                     "post_attention_layernorm", "post_feedforward_layernorm", tied=True),
 }
 FAMILY_NAMES = tuple(dict.fromkeys(f.name for f in FAMILIES.values()))  # the six, in the table's order
 
@@ -174,6 +182,29 @@ def resolve_sites(model: nn.Module, hand: dict[str, str] | None = None,
     return layers, paths, body
 
 
+# Names of a block's sublayers (its direct children), in order of preference: the mixer of a block without heads,
+# the MLP, and the post-norms that follow them (a block with an MLP post-norm names its attention post-norm
+# post_attention_layernorm; elsewhere that is the norm before the MLP).
+MIXER_NAMES = ("linear_attn", "mamba", "mixer", "conv", "temporal_block", "self_attn", "attention", "attn")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "mlp_block")
+MLP_POST_NORMS = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_ffn_norm", "post_norm2")
+ATTN_POST_NORMS = ("post_self_attn_layernorm", "post_operator_norm", "post_norm1", "post_attention_layernorm")
+
+
+def find_sublayers(block: nn.Module, attn_out: str | None) -> tuple[str | None, str | None]:
+    """(attention write, MLP write) of one block: the direct child holding the attention output projection (else,
+    in a block without heads, the first mixer of :data:`MIXER_NAMES`) and the first of :data:`MLP_NAMES`, each
+    replaced by its post-norm where the block has one; None where there is none. The equivalence check proves the
+    choice: block output - block input = attention write + MLP write."""
+    children = dict(block.named_children())
+    attn = attn_out.split(".")[0] if attn_out else next((n for n in MIXER_NAMES if n in children), None)
+    mlp = next((n for n in MLP_NAMES if n in children), None)
+    mlp_post = next((n for n in MLP_POST_NORMS if n in children and mlp), None)
+    attn_posts = ATTN_POST_NORMS if mlp_post else ATTN_POST_NORMS[:-1]
+    attn_post = next((n for n in attn_posts if n in children and attn), None)
+    return attn_post or attn, mlp_post or mlp
+
+
 def _learned_positions(body: nn.Module, model: nn.Module) -> bool:
     """Whether the body adds a learned position table to the input embeddings (an Embedding other than the
     token one, named for positions)."""
@@ -207,11 +238,22 @@ class ModelAdapter:
         self.attn_out: list[nn.Module | None] = [p and _get(block, p) for block, p in zip(self.layers, attn_out,
                                                                                             strict=True)]
         self.head_layers: list[int] = [i for i, m in enumerate(self.attn_out) if m is not None]
+        table = FAMILIES.get(model.config.model_type)
+        writes = [(table.attn, table.mlp) if table and not (hand or {}).get("layers") else find_sublayers(block, p)
+                  for block, p in zip(self.layers, attn_out, strict=True)]
+        kinds = layer_types(tc, len(self.layers)) or [""] * len(self.layers)
+        writes = [(None, a) if m is None and any(t in kind for t in ("mlp", "moe")) else (a, m)  # Nemotron-H's
+                  for (a, m), kind in zip(writes, kinds, strict=True)]  # one-sublayer blocks: an MLP block's mixer
+        self.sublayer_paths = {"attn_out": sorted({a for a, _ in writes if a}),
+                               "mlp_out": sorted({m for _, m in writes if m})}
+        # kind -> each block's module whose output is that sublayer's write into the residual stream (or None)
+        self.sublayers: dict[str, list[nn.Module | None]] = {
+            kind: [path and _get(block, path) for block, path in zip(self.layers, paths, strict=True)]
+            for kind, paths in zip(("attn_out", "mlp_out"), zip(*writes, strict=True), strict=True)}
         # the fast patching engine forks a KV cache; a hybrid's recurrent or convolution state it cannot fork
         self.prefix_cache: bool = len(self.head_layers) == len(self.layers) and not any(
             "hybrid" in kind for kind in layer_types(tc, len(self.layers)) or ())  # Falcon-H1: attention + SSM
         self.body: nn.Module = _get(model, body)
-        table = FAMILIES.get(model.config.model_type)
         self.learned_positions = table.learned_positions if table else _learned_positions(self.body, model)
         self.n_layers: int = len(self.layers)
         self.n_heads: int = tc.num_attention_heads
@@ -260,12 +302,15 @@ class ModelAdapter:
     @contextmanager
     def hooks(self, resid: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] | None = None,
               head_inputs: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] | None = None,
+              attn_out: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] | None = None,
+              mlp_out: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] | None = None,
               ) -> Iterator[None]:
-        """Attach functions to residual indices (0..L) and attention-output inputs (per layer).
+        """Attach functions to residual indices (0..L), attention-output inputs and sublayer writes (per block).
 
         Each function gets the tensor [batch, pos, d] at that site and may return a replacement
         (or None to leave it). Residual index l < L is block l's input; index L is the last
-        block's output. Head-input tensors are [batch, pos, n_heads * d_head].
+        block's output. Head-input tensors are [batch, pos, n_heads * d_head]; ``attn_out`` and ``mlp_out``
+        get what block l's attention (mixer) and MLP add to the stream, [batch, pos, d_model].
         """
         handles = []
         for idx, fn in (resid or {}).items():
@@ -280,6 +325,11 @@ class ModelAdapter:
                 raise IndexError(f"block {layer} of {self.name} has no attention heads (layer type "
                                  "without softmax attention)")
             handles.append(self.attn_out[layer].register_forward_pre_hook(_pre_hook(fn), with_kwargs=True))
+        for kind, fns in (("attn_out", attn_out), ("mlp_out", mlp_out)):
+            for layer, fn in (fns or {}).items():
+                if not 0 <= layer < self.n_layers or self.sublayers[kind][layer] is None:
+                    raise IndexError(f"block {layer} of {self.name} has no {kind} site")
+                handles.append(self.sublayers[kind][layer].register_forward_hook(_write_hook(fn), with_kwargs=True))
         try:
             yield
         finally:
@@ -306,3 +356,25 @@ def _post_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
         return (new, *output[1:]) if isinstance(output, tuple) else new
     return hook
 
+
+
+def _write_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
+    """A sublayer's output hook that hands ``fn`` [batch, pos, d] also where the module returns its tokens flattened,
+    [batch * pos, d] (Llama-4's MoE), and gives the replacement back in the module's shape."""
+    post = _post_hook(lambda hidden: _unflatten(fn, hidden, shape))
+    shape: torch.Size | None = None
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        nonlocal shape
+        x = args[0] if args else kwargs.get("hidden_states")
+        shape = x.shape if isinstance(x, torch.Tensor) else None
+        return post(module, args, output)
+    return hook
+
+
+def _unflatten(fn: Callable[[torch.Tensor], torch.Tensor | None], hidden: torch.Tensor,
+               shape: torch.Size | None) -> torch.Tensor | None:
+    if shape is None or hidden.dim() != 2 or len(shape) != 3 or hidden.numel() != shape.numel():
+        return fn(hidden)
+    new = fn(hidden.view(shape))  # [batch, pos, d]
+    return None if new is None else new.reshape(hidden.shape)

@@ -58,6 +58,19 @@ UNSUPPORTED: dict[str, str] = {
     "openai-gpt": _OUTPUTS,
 }
 
+# Types whose blocks are not input + attention write + MLP write (emolens.phases.equivalence.sublayer_sum_difference):
+# patching their attention or MLP output is exact, but it is not the write into the stream, and the
+# attention-vs-MLP phase measures nothing on them (its file says why).
+_SCALED = "the block scales its sublayer writes (residual multipliers or gates) before adding them"
+_INSIDE = "a sublayer adds the residual inside itself (its output is the stream, not its write)"
+NOT_ADDITIVE: dict[str, str] = {
+    **dict.fromkeys(["beam", "ergo", "minicpm3", "minimax"], _SCALED),
+    **dict.fromkeys(["bloom", "mpt"], _INSIDE),
+    "falcon_h1": "attention and a Mamba mixer write in parallel, each scaled: one attention write cannot hold both",
+    "hy_v4": "hyper-connections: several residual streams per token, mixed by the block",
+    **dict.fromkeys(["biogpt", "opt", "xglm"], "the MLP is no module of its own (fc1 and fc2 sit in the block)"),
+}
+
 
 OPTIONAL = ("num_key_value_heads", "head_dim", "intermediate_size")  # set only where the type's config has them
 

@@ -5,7 +5,10 @@ independent reference: residual capture (every index 0..L-1 against Hugging Face
 and the final-normed output of the body against the last of them), the label readout (final norm and
 the label rows of the unembedding against the model's own logits), and patching (the fast
 prefix-cached engine against the full-recompute oracle, every residual index and every head at the
-last position, and the last two positions of one residual index). The model-type tests run them on a
+last position, and the last two positions of one residual index; apart, every block's attention and MLP write,
+``sublayer_patching``). Beside them, whether the two writes the adapter finds add up to each block's output
+(``sublayer_sum``: a block that scales or gates its writes has no such decomposition; reported, not required,
+except by the attention-vs-MLP phase). The model-type tests run them on a
 tiny model of every type; the ``equivalence`` rule runs them on each model of a profile, with its real
 weights, before any long job (:func:`run`), after refusing any prompt longer than the model's context.
 """
@@ -16,7 +19,8 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,16 @@ from emolens.config import ModelLoadError
 from emolens.data.dataset import DatasetError, load_dataset
 from emolens.data.readout import DEFAULT, Readout
 from emolens.engine.inputs import tokenize
-from emolens.engine.patching import Donor, collect, head_site, patch_fast, patch_reference, resid_site
+from emolens.engine.patching import (
+    SUBLAYERS,
+    Donor,
+    collect,
+    head_site,
+    patch_fast,
+    patch_reference,
+    resid_site,
+    sublayer_site,
+)
 from emolens.io import provenance, save_json
 from emolens.model.adapter import ModelAdapter
 from emolens.model.loading import load_model
@@ -61,6 +74,44 @@ def readout_difference(adapter: ModelAdapter, ids: torch.Tensor, token_ids: Sequ
     return float((labels - logits).abs().max())
 
 
+@torch.inference_mode()
+def sublayer_sum_difference(adapter: ModelAdapter, ids: torch.Tensor) -> float | None:
+    """Largest |block output - block input - attention write - MLP write| over the blocks (a write the adapter does
+    not find in a block counts as zero, as in Nemotron-H's one-sublayer blocks); None where it finds none."""
+    captured: dict[tuple[str, int], torch.Tensor] = {}
+
+    def keep(key: tuple[str, int]) -> Callable[[torch.Tensor], None]:
+        return lambda x: captured.__setitem__(key, x.detach().clone())
+    writes = {kind: {i: keep((kind, i)) for i, m in enumerate(adapter.sublayers[kind]) if m is not None}
+              for kind in SUBLAYERS}
+    if not any(writes.values()):
+        return None
+    with adapter.hooks(resid={i: keep(("resid", i)) for i in range(adapter.n_layers + 1)}, **writes):
+        adapter.forward_final(ids)
+    zero, worst = torch.zeros(()), 0.0
+    for i in range(adapter.n_layers):
+        step = captured["resid", i + 1] - captured["resid", i]  # [batch, pos, d_model]
+        written = captured.get(("attn_out", i), zero) + captured.get(("mlp_out", i), zero)
+        worst = max(worst, float((step - written).abs().max()) if written.shape in (step.shape, ()) else np.inf)
+    return worst
+
+
+def _fast_vs_oracle(adapter: ModelAdapter, run: Sequence[int], donor: Sequence[int], token_ids: Sequence[int],
+                    variants: list) -> float:
+    """Largest |fast - full recompute| of the patched LD of ``variants`` (and the clean run), every block's variants
+    started at that block."""
+    sites = {s for v in variants for s in v}
+    _, acts = collect(adapter, [list(donor)], token_ids, offsets=(-2, -1),
+                      resid=sorted({s.layer for s in sites if s.kind == "resid"}),
+                      heads=sorted({s.layer for s in sites if s.kind == "head"}),
+                      sublayers=sorted({(s.kind, s.layer) for s in sites if s.kind in SUBLAYERS}))
+    donor_acts, run_ids = Donor((-2, -1), acts), torch.tensor([list(run)])
+    index = torch.tensor([[0, 1]])
+    fast = patch_fast(adapter, run_ids, donor_acts, [*variants, ()], token_ids, index, every_block_apart=True)
+    reference = patch_reference(adapter, run_ids, donor_acts, [*variants, ()], token_ids, index)
+    return float((fast - reference).abs().max())
+
+
 def patching_difference(adapter: ModelAdapter, run: Sequence[int], donor: Sequence[int],
                         token_ids: Sequence[int]) -> float | None:
     """Largest |fast - full recompute| of the patched logit difference over every residual index and head at
@@ -71,14 +122,18 @@ def patching_difference(adapter: ModelAdapter, run: Sequence[int], donor: Sequen
         return None
     variants = [(resid_site(layer),) for layer in range(adapter.n_layers + 1)]
     variants += [(head_site(layer, h),) for layer in adapter.head_layers for h in range(adapter.n_heads)]
-    variants += [(resid_site(adapter.n_layers // 2, (-2, -1)),), ()]
-    _, acts = collect(adapter, [list(donor)], token_ids, offsets=(-2, -1), resid=range(adapter.n_layers + 1),
-                      heads=adapter.head_layers)
-    donor_acts, run_ids = Donor((-2, -1), acts), torch.tensor([list(run)])
-    index = torch.tensor([[0, 1]])
-    fast = patch_fast(adapter, run_ids, donor_acts, variants, token_ids, index, every_block_apart=True)
-    reference = patch_reference(adapter, run_ids, donor_acts, variants, token_ids, index)
-    return float((fast - reference).abs().max())
+    return _fast_vs_oracle(adapter, run, donor, token_ids, [*variants, (resid_site(adapter.n_layers // 2, (-2, -1)),)])
+
+
+def sublayer_patching_difference(adapter: ModelAdapter, run: Sequence[int], donor: Sequence[int],
+                                 token_ids: Sequence[int]) -> float | None:
+    """Largest |fast - full recompute| over every block's attention and MLP write at the last position (and one at
+    the last two); None for a hybrid (full recompute only) or a model where the adapter finds no write."""
+    variants = [(sublayer_site(kind, layer),) for kind in SUBLAYERS for layer, m in enumerate(adapter.sublayers[kind])
+                if m is not None]
+    if not adapter.prefix_cache or not variants:
+        return None
+    return _fast_vs_oracle(adapter, run, donor, token_ids, [*variants, (replace(variants[0][0], offsets=(-2, -1)),)])
 
 
 def differences(adapter: ModelAdapter, run: Sequence[int], donor: Sequence[int],
@@ -88,7 +143,8 @@ def differences(adapter: ModelAdapter, run: Sequence[int], donor: Sequence[int],
     ids = torch.tensor([list(run)], device=adapter.device)
     return {"residual": residual_difference(adapter, ids),
             "readout": readout_difference(adapter, ids, token_ids),
-            "patching": patching_difference(adapter, run, donor, token_ids) if patching else None}
+            "patching": patching_difference(adapter, run, donor, token_ids) if patching else None,
+            "sublayer_patching": sublayer_patching_difference(adapter, run, donor, token_ids) if patching else None}
 
 
 @torch.inference_mode()
@@ -159,8 +215,9 @@ def identities(adapter: ModelAdapter, records: Sequence[dict[str, Any]], tokens:
     mates = [t for t in tokens[1:] if len(t) == len(tokens[0]) and t != tokens[0]][:BATCH_MATES]
     noise = batch_noise(adapter, [tokens[0], *mates], token_ids)
     limit = tolerance(adapter, noise)
+    additive = sublayer_sum_difference(adapter, torch.tensor([list(tokens[0])], device=adapter.device))
     return {"prompts": [records[0]["id"], records[donor]["id"]], "max_difference": found, "batch_noise": noise,
-            "tolerance": limit,
+            "tolerance": limit, "sublayer_sum": additive,
             "failed": {k: v for k, v in found.items() if v is not None and not (np.isfinite(v) and v <= limit)}}
 
 
@@ -189,7 +246,8 @@ def run(settings: dict[str, Any], dataset: str | Path, out_json: str | Path, nam
               "n_layers": adapter.n_layers, "prefix_cache": adapter.prefix_cache, "context": context_limit(adapter),
               "longest_prompt": max(len(t) for t in tokens[False]),
               "prompts": found["prompts"], "max_difference": found["max_difference"], "tolerance": limit,
-              "quantization": adapter.quantization, "batch_noise": noise,
+              "quantization": adapter.quantization, "batch_noise": noise, "sublayer_sum": found["sublayer_sum"],
+              "sublayer_sites": adapter.sublayer_paths,
               "provenance": provenance({"settings": settings, "readout": readout.as_dict()}, started,
                                        dataset=str(dataset), model_id=name)}
     save_json(result, out_json)

@@ -206,9 +206,8 @@ def alignment_depths(summary: Path, out: str | Path, labels: dict[str, str] | No
             if cell is not None:
                 ax.plot(_relative_depths(pair), floats(cell["value"]), color="black", ls="--", lw=1.4,
                         label="ceiling: a model / its twin" if j == 0 else None)
-        ax.axhline(0, color="0.8", lw=0.6)
+        ax.axhline(0, color="0.8", lw=0.6), ax.tick_params(labelsize=6)
         ax.set_title(title, fontsize=8), ax.set_xlabel("relative depth (of the first model)", fontsize=7)
-        ax.tick_params(labelsize=6)
     axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=5, loc="center", frameon=False,
                     ncols=2 if len(by_kind.get("models", [])) > 8 else 1)  # five panels on six axes
     _suptitle(fig, "Cross-model alignment by depth: floor, pairs, words, ceiling", profile,
@@ -375,6 +374,7 @@ FIGURES = {
     "steering_dose_response": "steering dose-response per layer band",
     "steering_specificity": "steering specificity at the best index",
     "steering_ablation": "emotion-subspace ablation",
+    "attention_vs_mlp": "attention vs MLP write per block at the last position (report.attention_mlp)",
 }
 CROSS_MODEL_FIGURES = {
     "alignment": "cross-model alignment by depth between its floor (null) and ceiling (twin), with the words reference",

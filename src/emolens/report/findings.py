@@ -19,6 +19,7 @@ import numpy as np
 
 from emolens import emotion_order
 from emolens.io import atomic_path
+from emolens.report import attention_mlp
 from emolens.report.alignment_findings import alignment_section
 from emolens.report.markdown import number as _f
 from emolens.report.markdown import table as _table
@@ -330,7 +331,8 @@ def render(results: str | Path, organisms: list[str] | None = None) -> str:
                       f"Emotions: {emotions}. Models: {', '.join(res.readout) or 'none'}. Every number below is "
                       "read from the result files.", "",
                       *readout_section(res), *probe_section(res), *length_section(res), *patching_section(res),
-                      *heads_section(res), *steering_section(res), *alignment_section(res),
+                      *heads_section(res), *attention_mlp.section(results, list(res.readout), _table),
+                      *steering_section(res), *alignment_section(res),
                       *caveats(res, organisms or [])])
 
 

@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from emolens.data.dataset import build_dataset
 from emolens.data.readout import DEFAULT
 from emolens.model.loading import load_model
 from emolens.model.organisms import train_tokenizer
-from emolens.model.tiny import UNSUPPORTED, tested, tiny_model
-from emolens.phases.equivalence import differences
+from emolens.model.tiny import NOT_ADDITIVE, UNSUPPORTED, tested, tiny_model
+from emolens.phases.equivalence import differences, sublayer_sum_difference
 
 
 def check_type(model_type: str, tokenizer: Any, run: list[int], donor: list[int], token_ids: list[int],
@@ -35,7 +37,8 @@ def check_type(model_type: str, tokenizer: Any, run: list[int], donor: list[int]
     adapter = load_model({"path": str(path), "dtype": "float32"}, name=model_type, device="cpu")
     row = {"type": model_type, "class": type(adapter.model).__name__, "sites": adapter.sites,
            "layers": adapter.n_layers, "head_layers": adapter.head_layers, "prefix_cache": adapter.prefix_cache,
-           "float32": differences(adapter, run, donor, token_ids)}
+           "float32": differences(adapter, run, donor, token_ids), "sublayer_sites": adapter.sublayer_paths,
+           "sublayer_sum": sublayer_sum_difference(adapter, torch.tensor([run]))}
     if int8:
         try:
             quantised = load_model({"path": str(path), "dtype": "float32", "quantization": "int8"}, name=model_type,
@@ -49,18 +52,24 @@ def check_type(model_type: str, tokenizer: Any, run: list[int], donor: list[int]
 def markdown(rows: list[dict[str, Any]]) -> str:
     """docs/model-types.md's table: type, residual, heads, int8 and the largest differences, then the unsupported
     types."""
-    lines = ["| type | class | residual | heads | int8 | largest difference (residual / readout / patching) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| type | class | residual | heads | int8 | largest difference (residual / readout / patching / sublayer "
+             "patching) | writes: attention / MLP (their sum's difference) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r["float32"]
         heads = "all blocks" if len(r["head_layers"]) == r["layers"] else f"blocks {r['head_layers']} (hybrid)"
         int8 = "yes" if isinstance(r.get("int8"), dict) else f"no ({r.get('int8')})"
         attn = ", ".join(r["sites"]["attn_out"])
         diffs = " / ".join("full recompute" if d[k] is None else f"{d[k]:.1e}"
-                           for k in ("residual", "readout", "patching"))
-        lines.append(f"| {r['type']} | {r['class']} | {r['sites']['layers']} | {heads}: {attn} | {int8} | {diffs} |")
+                           for k in ("residual", "readout", "patching", "sublayer_patching"))
+        writes = " / ".join(", ".join(r["sublayer_sites"][k]) or "none" for k in ("attn_out", "mlp_out"))
+        total = "n/a" if r["sublayer_sum"] is None else f"{r['sublayer_sum']:.1e}"
+        lines.append(f"| {r['type']} | {r['class']} | {r['sites']['layers']} | {heads}: {attn} | {int8} | {diffs} | "
+                     f"{writes} ({total}) |")
     lines += ["", f"{len(rows)} types checked; not supported:", ""]
     lines += [f"- {t}: {why}" for t, why in sorted(UNSUPPORTED.items())]
+    lines += ["", "Blocks that are not input + attention write + MLP write (patched exactly, but the attention-vs-MLP "
+              "phase measures nothing on them):", ""]
+    lines += [f"- {t}: {why}" for t, why in sorted(NOT_ADDITIVE.items())]
     return "\n".join(lines) + "\n"
 
 

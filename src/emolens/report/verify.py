@@ -13,6 +13,7 @@ from typing import Any
 
 from emolens import emotion_order, layout
 from emolens.io import ResultFileError, save_json
+from emolens.report import attention_mlp
 from emolens.report.checks import (
     ONE_MODEL,
     check_activations,
@@ -84,6 +85,7 @@ def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]
         checks("residual_chunks", m, lambda m=m: check_chunks(layout.residual_chunks(r, m), n_layers[m]))
         checks("head_screening", m, lambda m=m: check_screening(layout.head_scores(r, m), n_layers[m]))
         checks("head_patching", m, lambda m=m: check_head_patching(layout.head_patching(r, m)))
+        checks("sublayers", m, lambda m=m: attention_mlp.check(layout.sublayers(r, m), n_layers[m]))
         checks("head_split", m, lambda m=m: check_head_split(layout.head_scores(r, m), layout.head_patching(r, m)))
         checks("steering", m, lambda m=m: check_steering(layout.steering(r, m), layout.steering_transfer(r, m),
                                                          emotions))
