@@ -34,20 +34,19 @@ Outputs: ``statistics/effect.json``, ``statistics/power.json``, ``statistics/k.j
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from statsmodels.stats.power import TTestPower
 
 from emolens import emotion_order
 from emolens.io import load_pickle, provenance, save_json
 from emolens.phases.alignment import comparable_layers, design_units, split_halves
 from emolens.phases.emotion_structure import EmotionGrams, label_codes, label_structure, permuted_labels
 from emolens.stats import families
+from emolens.stats.power import detectable_d, required_n
 from emolens.stats.resampling import group_sums, max_statistic_pvalues, ratio_of_sums, sign_flip_pvalue
 
 COHEN_D = (0.2, 0.5, 0.8)  # Cohen's small, medium and large effects
@@ -142,20 +141,6 @@ def _effect_tables(model: dict, n_boot: int, n_perm: int, seed: int) -> dict[str
         out["heads"] = {k: v[:-1] for k, v in table.items()} | {"heads": [list(x) for x in h["heads"]]}
         out["joint"] = {k: v[-1] for k, v in table.items()}
     return out
-
-
-# --- power -----------------------------------------------------------------------------------------------
-
-def required_n(d: float, alpha: float, power: float) -> int:
-    """Smallest n (>= 2) at which a two-sided one-sample t-test reaches the target power at |d|."""
-    return max(2, math.ceil(TTestPower().solve_power(effect_size=abs(d), alpha=alpha, power=power)))
-
-
-def detectable_d(n: int, alpha: float, power: float) -> float | None:
-    """Smallest |d| a two-sided one-sample t-test on n units detects with the target power."""
-    if n < 3:
-        return None
-    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power))
 
 
 # --- run --------------------------------------------------------------------------------------------------
