@@ -6,7 +6,7 @@ centring), and orthogonal Procrustes (one global scale) between PCA scores trunc
 PCA and rotation fit on the fit half and R^2 scored on the held-out half. Each null shuffles the
 prompt correspondence (across all prompts, or by given permutations such as within items): for CKA
 by permuting the indices of one centred Gram, computed once; for k-NN by relabelling one neighbour
-table. Also here: the ridge map from one model's width to the other's (the smaller of its two forms) with
+table. Also here: the ridge map from one model's width to the other's (dual form, so any widths) with
 its held-out R^2, principal angles between spans, and the Spearman RSA of two sets of emotion
 vectors. None of these reads an emotion label; the label tests are in :mod:`emolens.phases.emotion_structure`.
 """
