@@ -156,15 +156,16 @@ def permutation_null(stat_fn: Callable[[np.ndarray, np.ndarray], float], x: np.n
 
 @dataclass(frozen=True)
 class LinearMap:
-    """Ridge map from a's space to b's, W = Xa^T (Xa Xa^T + lam I)^-1 Xb = (Xa^T Xa + lam I)^-1 Xa^T Xb."""
+    """Ridge map from a's space to b's, kept in dual form W = Xa^T (Xa Xa^T + lam I)^-1 Xb (rank <= n)."""
 
-    weights: np.ndarray  # [da, db]
+    xa: np.ndarray  # [n, da] centred training activations of a
+    dual: np.ndarray  # [n, db]
     mean_a: np.ndarray  # [da]
     mean_b: np.ndarray  # [db]
 
     def directions(self, v: np.ndarray) -> np.ndarray:
         """Carry directions (differences of points, e.g. emotion vectors) from a's space to b's."""
-        return v @ self.weights  # [..., da] -> [..., db]
+        return (v @ self.xa.T) @ self.dual  # [..., da] -> [..., db]
 
     def points(self, x: np.ndarray) -> np.ndarray:
         """Predict b's activations from a's."""
@@ -172,17 +173,13 @@ class LinearMap:
 
 
 def fit_linear_map(xa_train: np.ndarray, xb_train: np.ndarray, ridge: float) -> LinearMap:
-    """Ridge regression from a's width to b's; ridge is relative to the mean eigenvalue of a's Gram. Solved in
-    the smaller of the two equal forms: the dual (n x n, a real model's width above n) or the primal (da x da,
-    a narrow model's: an organism's 64-128 dimensions against hundreds of prompts)."""
+    """Ridge regression from a's width to b's; ridge is relative to the mean eigenvalue of a's Gram."""
     mean_a, mean_b = xa_train.mean(0), xb_train.mean(0)
     xa, xb = xa_train - mean_a, xb_train - mean_b  # [n, da], [n, db]
-    n, da = xa.shape
-    lam = ridge * float(np.sum(xa * xa)) / n  # trace of the Gram Xa Xa^T over n
-    if da < n:
-        return LinearMap(np.linalg.solve(xa.T @ xa + lam * np.eye(da), xa.T @ xb), mean_a, mean_b)
-    dual = np.linalg.solve(xa @ xa.T + lam * np.eye(n), xb)  # [n, db]
-    return LinearMap(xa.T @ dual, mean_a, mean_b)
+    g = xa @ xa.T  # [n, n]: the dual form costs n^2 d whatever the widths
+    lam = ridge * np.trace(g) / len(g)
+    dual = np.linalg.solve(g + lam * np.eye(len(g)), xb)
+    return LinearMap(xa, dual, mean_a, mean_b)
 
 
 def map_r2(lmap: LinearMap, xa_test: np.ndarray, xb_test: np.ndarray) -> float:
