@@ -65,7 +65,7 @@ pytestmark = pytest.mark.slow  # hundreds of studies: one test per family, label
 
 ALPHA, N_PERM = 0.05, 99
 EMOTION_COUNTS = (3, 4, 5)  # label-set sizes calibrated; 4 is the built-in set
-SIMS = {3: (100, 20), 4: (200, 40), 5: (100, 20)}  # (null, planted) datasets per label-set size
+SIMS = {3: (60, 20), 4: (200, 40), 5: (60, 20)}  # (null, planted) datasets per label-set size (bound at 60: 0.134)
 LATENT, WIDTHS, N_LAYERS, TEMPLATE, LENGTH = 8, (16, 20), 2, 0.5, 1.0
 EFFECT, MIN_POWER, PATCH_EFFECT, PROBE_GAIN = 1.0, 0.75, 0.2, 0.1
 WEAK_POWER = {("rsa", 3): 0.35}  # three emotion means give the RSA 3 distances to correlate: power about 0.57
