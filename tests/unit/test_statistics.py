@@ -14,9 +14,10 @@ from emolens import EMOTIONS
 from emolens.io import save_pickle
 from emolens.phases.aligned_dims import k_axis_scores, run_k
 from emolens.phases.emotion_structure import EmotionGrams
-from emolens.phases.statistics import detectable_d, frame_tests, required_n, run_effect, run_power
+from emolens.phases.statistics import frame_tests, run_effect, run_power
 from emolens.stats import families
 from emolens.stats.geometry import emotion_vectors
+from emolens.stats.power import detectable_d, required_n
 from emolens.stats.resampling import ratio_of_sums, sign_flip_pvalue
 
 

@@ -22,17 +22,16 @@ Outputs: ``statistics/effect.json``, ``statistics/power.json``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from statsmodels.stats.power import TTestPower
 
 from emolens.io import load_pickle, provenance, save_json
 from emolens.stats import families
+from emolens.stats.power import detectable_d, required_n
 from emolens.stats.resampling import group_sums, ratio_of_sums, sign_flip_pvalue
 
 COHEN_D = (0.2, 0.5, 0.8)  # Cohen's small, medium and large effects
@@ -150,20 +149,6 @@ def register_effects(model: dict, register_of: dict[str, str], n_boot: int, n_pe
                                                                 seed).items()}
         out[register] = tables
     return out
-
-
-# --- power -----------------------------------------------------------------------------------------------
-
-def required_n(d: float, alpha: float, power: float) -> int:
-    """Smallest n (>= 2) at which a two-sided one-sample t-test reaches the target power at |d|."""
-    return max(2, math.ceil(TTestPower().solve_power(effect_size=abs(d), alpha=alpha, power=power)))
-
-
-def detectable_d(n: int, alpha: float, power: float) -> float | None:
-    """Smallest |d| a two-sided one-sample t-test on n units detects with the target power."""
-    if n < 3:
-        return None
-    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power))
 
 
 # --- run --------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from emolens.report.alignment_findings import alignment_section
 from emolens.report.markdown import number as _f
 from emolens.report.markdown import table as _table
 from emolens.report.results import Results, load
+from emolens.stats.power import design_resolution
 
 log = logging.getLogger(__name__)
 WEAK_READOUT = 1 / 3  # calibrated accuracy below this share of the way from chance to 1: the model barely reads the
@@ -322,6 +323,29 @@ def caveats(res: Results, organisms: list[str]) -> list[str]:
     return ["## Caveats", "", *(f"- {n}" for n in notes or ["none found in the files"]), ""]
 
 
+def resolution_section(res: Results) -> list[str]:
+    """What the run's design resolves, from its dataset card's frames and the statistics' alpha and power (power in
+    frames, :func:`emolens.stats.power.design_resolution`), with a warning when it has fewer frames than the
+    design calibration covers: the tests then run, but their false-positive rates there are not known."""
+    card, settings = res.dataset_card, res.statistics.get("power", {})
+    if not card.get("n_frames") or not emotions_of(res):
+        return []
+    r = design_resolution(card["n_frames"], card["n_prompts"], len(emotions_of(res)), settings.get("alpha", 0.05),
+                          settings.get("power", 0.8))
+    lines = ["## What can this design resolve?", "",
+             f"{r['n_frames']} frames ({card['n_prompts']} prompts), alpha {r['alpha']}, power {r['power']}: the "
+             f"smallest effect a test over frames detects is Cohen's d {_f(r['detectable_d'])} (over the held-out half "
+             f"of alignment, k and steering: d {_f(r['detectable_d_half'])}); for a probe, an accuracy "
+             f"{_f(r['accuracy_gain'])} above chance ({_f(r['chance'])}) at the least (frames that differ in "
+             "difficulty need more; two-sided t-test over frames, statsmodels TTestPower).", ""]
+    if r["below_calibration"]:
+        lines += [f"**Warning:** {r['n_frames']} frames, fewer than the {r['calibrated_frames']} the calibration "
+                  "suite simulates (docs/statistics.md): no false-positive rate of these tests is known at this size, "
+                  f"and alignment, k and steering test on {r['n_frames'] // 2}; read every count below as "
+                  "provisional.", ""]
+    return lines
+
+
 def render(results: str | Path, organisms: list[str] | None = None) -> str:
     """The findings page of a profile's results directory, as markdown."""
     res = load(results)
@@ -329,7 +353,7 @@ def render(results: str | Path, organisms: list[str] | None = None) -> str:
     emotions = ", ".join(emotions_of(res)) or "none found"
     return "\n".join([f"# What the run found: profile `{profile}`", "",
                       f"Emotions: {emotions}. Models: {', '.join(res.readout) or 'none'}. Every number below is "
-                      "read from the result files.", "",
+                      "read from the result files.", "", *resolution_section(res),
                       *readout_section(res), *probe_section(res), *length_section(res), *patching_section(res),
                       *heads_section(res), *attention_mlp.section(results, list(res.readout), _table),
                       *steering_section(res), *alignment_section(res),
