@@ -217,7 +217,7 @@ def steering_section(res: Results) -> list[str]:
     lines = ["## Do the vectors cause anything? (steering and ablation on held-out frames)", "",
              "The index and dose are chosen on the fit half: the largest on-target shift whose off-label KL stays "
              "within the budget; doses are in standard deviations of the residual along each vector. On the held-out "
-             "half, per emotion (gratitude, anger, apology, neutral): the on-target LD shift with its p against "
+             f"half, per emotion ({', '.join(emotions_of(res))}): the on-target LD shift with its p against "
              "label-permuted vectors; specificity, row form (its own readout minus the largest other readout it "
              "moves) and column form (its readout under it minus the most any other emotion's vector moves that "
              "readout), with p against the permuted null; the share of items it moves the right way; and the drop in "
