@@ -92,7 +92,7 @@ MIRRORED = {  # every CLI option that mirrors a config setting, by command
                     "--n-boot"},
     "residual-merge": {"--seed", "--n-boot", "--min-separation"},
     "steer": {"--device", "--seed", "--n-null", "--max-prompts", "--n-boot", "--alphas", "--n-random",
-              "--layer-stride", "--kl-prompts", "--kl-budget", "--n-random-subspaces"},
+              "--layer-stride", "--kl-prompts", "--kl-budget", "--n-random-subspaces", "--templates", "--max-depth"},
     "steer-transfer": {"--device", "--seed", "--n-null", "--max-prompts", "--n-boot", "--ridge"},
     "align": {"--seed", "--n-perm", "--knn-k"}, "align-summary": {"--alpha"},
     "stats": {"--seed", "--n-boot", "--n-perm", "--alpha", "--power"},

@@ -28,7 +28,8 @@ def test_masking_removes_every_emotion_word_of_explicit_texts_and_nothing_else()
 
 def test_masking_takes_whole_words_and_a_users_label_set():
     patterns = word_patterns(EMOTIONS)
-    assert mask_text("I'm so angry, we made it. Thankfully fine.", patterns) == "I'm so [MASK], we made it. [MASK] fine."
+    text = "I'm so angry, we made it. Thankfully fine."
+    assert mask_text(text, patterns) == "I'm so [MASK], we made it. [MASK] fine."
     assert mask_text("I was mad at Madrid", patterns) == "I was [MASK] at Madrid"  # "mad" is a whole word only
     own = word_patterns({"joy": " joy", "fear": " fear"})
     assert mask_text("Joyful, no fearing here, enjoy", own) == "[MASK], no [MASK] here, enjoy"
