@@ -218,6 +218,8 @@ def _steering_options(p: argparse.ArgumentParser, name: str) -> None:
         _setting(p, "--kl-budget", "steering.kl_budget", "largest off-label KL (nats) of the chosen dose", type=float)
         _setting(p, "--templates", "steering.templates", "other readout suffixes the chosen vector is measured under, "
                  "as a JSON list", type=_json_list)
+        _setting(p, "--n-perm", "steering.n_perm", "label permutations of the permuted null at the chosen dose "
+                 "(none: n_null // n_emotions)", type=_count_or_none)
         _setting(p, "--max-depth", "steering.max_depth", "relative depth of the second, inner steering choice",
                  type=float)
     else:

@@ -301,3 +301,27 @@ def test_steering_equals_an_independent_forward_hook(tiny_adapters):
         handle.remove()
     assert np.abs(want - clean.labels[0]).max() > 1e-2  # the vector does move the logits
     np.testing.assert_allclose(steered, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_robustness_check_accepts_the_run_and_catches_a_deep_inner_choice_and_a_moved_template(steering_run,
+                                                                                                    tmp_path):
+    from emolens.report.results import Results
+    from emolens.report.robustness import check_robustness, robustness_section
+
+    vec = tmp_path / "v.pkl"
+    save_pickle({"schema": "emolens.vectors/1", "masked": None, "probe_accuracy": np.zeros(3), "provenance": {}}, vec)
+    path = steering_run / "steering" / "llama.json"
+    ok, detail = check_robustness(vec, path)
+    assert ok, detail
+    result = json.loads(path.read_text())
+    deep = json.loads(path.read_text())
+    deep["best_within_depth"]["layer"] = result["n_layers"]
+    (tmp_path / "deep.json").write_text(json.dumps(deep))
+    assert not check_robustness(vec, tmp_path / "deep.json")[0]
+    moved = json.loads(path.read_text())
+    moved["template_shift"][1]["on_target_ld"][0] += 0.5
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    ok, detail = check_robustness(vec, tmp_path / "moved.json")
+    assert not ok and "run's suffix" in detail
+    page = "\n".join(robustness_section(Results(tmp_path, steering={"llama": result})))
+    assert "Another readout template" in page and "inside the network" in page

@@ -30,6 +30,7 @@ rule steer:
         kl_budget=config["steering"]["kl_budget"],
         templates=json.dumps(config["steering"]["templates"]),
         max_depth=config["steering"]["max_depth"],
+        n_perm=config["steering"]["n_perm"],
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -44,6 +45,7 @@ rule steer:
         "--alphas {params.alphas} --layer-stride {params.layer_stride} --kl-prompts {params.kl_prompts} "
         "--n-random-subspaces {params.n_random_subspaces} --n-random {params.n_random} "
         "--kl-budget {params.kl_budget} --templates {params.templates:q} --max-depth {params.max_depth} "
+        "--n-perm {params.n_perm} "
         "--device {params.device} 2> {log}"
 
 

@@ -187,12 +187,14 @@ def choose_on_fit_half(adapter: ModelAdapter, fit: Measured, x_fit: np.ndarray, 
 
 
 def null_tests(adapter: ModelAdapter, held: Measured, split: Split, x: np.ndarray, vectors: np.ndarray, layer: int,
-               alpha: float, n_null: int, boot: ItemBootstrap, seed: int, batch_size: int) -> dict[str, Any]:
+               alpha: float, n_null: int, boot: ItemBootstrap, seed: int, batch_size: int,
+               n_perm: int | None = None) -> dict[str, Any]:
     """At the chosen (index, dose), on the held-out half: the emotion vectors and ``n_null`` directions of each
-    matched null in one batched run, and every test on them (:func:`chosen_dose_tests`)."""
+    matched null in one batched run (``n_perm`` label permutations, default n_null // n_emotions), and every test on
+    them (:func:`chosen_dose_tests`)."""
     rng = np.random.default_rng([seed, 7, layer])
     k = len(vectors)  # the run's emotions
-    n_perm = max(n_null // k, 1)
+    n_perm = n_perm or max(n_null // k, 1)
     nulls = {"permuted": permuted_vectors(x, split.fit_emotions, split.fit_frames, n_perm, rng).reshape(-1, x.shape[1]),
              "gaussian": gaussian_directions(x, n_null, rng),
              "isotropic": random_directions(n_null, x.shape[1], rng)}
@@ -209,7 +211,8 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                  n_null: int = 200, max_prompts: int | None = None, kl_prompts: int = 24, kl_budget: float = 0.5,
                  n_random_subspaces: int = 5, n_boot: int = 1000, seed: int = 0, batch_size: int = 32,
                  readout: Readout = DEFAULT, dataset: str | Path = "dataset", templates: Sequence[str] = (),
-                 max_depth: float = 0.75, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                 max_depth: float = 0.75, n_perm: int | None = None,
+                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Steering dose-response, the chosen dose's tests, KL cost and directional ablation of one model; save the JSON."""
     started = time.time()
     act = load_pickle(activations, schema="emolens.activations/2")
@@ -264,7 +267,8 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     layer, alpha = layers[s], alphas[a]
 
     def tests_at(half: Measured, m: int, a: float) -> dict[str, Any]:  # the chosen-dose tests at (index m, dose a)
-        return null_tests(adapter, half, split, x_fit[:, m], vectors[:, m], m, a, n_null, boot, seed, batch_size)
+        return null_tests(adapter, half, split, x_fit[:, m], vectors[:, m], m, a, n_null, boot, seed, batch_size,
+                          n_perm)
 
     def ld(tests: dict[str, Any]) -> dict[str, Any]:
         return {LD_NAMES.get(k, k): v for k, v in tests.items()}

@@ -20,6 +20,7 @@ import numpy as np
 from emolens import emotion_order
 from emolens.io import atomic_path
 from emolens.report.results import Results, load
+from emolens.report.robustness import robustness_section
 
 log = logging.getLogger(__name__)
 WEAK_READOUT = 1 / 3  # calibrated accuracy below this share of the way from chance to 1: the model barely reads the
@@ -344,7 +345,7 @@ def render(results: str | Path, organisms: list[str] | None = None) -> str:
                       f"Emotions: {emotions}. Models: {', '.join(res.readout) or 'none'}. Every number below is "
                       "read from the result files.", "",
                       *readout_section(res), *probe_section(res), *length_section(res), *patching_section(res),
-                      *heads_section(res), *steering_section(res), *alignment_section(res),
+                      *heads_section(res), *steering_section(res), *robustness_section(res), *alignment_section(res),
                       *caveats(res, organisms or [])])
 
 
