@@ -88,6 +88,11 @@ def masked_rows(res: Results) -> list[list[Any]]:
     return rows
 
 
+def _head(lines: list[str]) -> list[str]:
+    """The section's title, before its first paragraph only."""
+    return [] if lines else ["## Robustness", ""]
+
+
 def robustness_section(res: Results) -> list[str]:
     """The findings page's robustness section: masked probes, template shift, the inner steering choice."""
     lines: list[str] = []
@@ -101,7 +106,7 @@ def robustness_section(res: Results) -> list[str]:
                                "drop [band]", "best masked (p_fwer, labels permuted by frame)", "chance"], rows), ""]
     shifted = {m: s for m, s in res.steering.items() if s.get("template_shift")}
     if shifted:
-        lines += ["" if lines else "## Robustness", "**Another readout template.** The vector and dose chosen on the "
+        lines += [*_head(lines), "**Another readout template.** The vector and dose chosen on the "
                   "run's suffix, on the same held-out prompts read through other suffixes (the same label words, "
                   "nulls and bootstrap); per emotion, p against label-permuted vectors:", ""]
         rows = []
@@ -120,7 +125,7 @@ def robustness_section(res: Results) -> list[str]:
                          "specificity, row (p)", "specificity, column (p)"], rows) + [""]
     inner = {m: s for m, s in res.steering.items() if s.get("best_within_depth", {}).get("layer") is not None}
     if inner:
-        lines += ["" if lines else "## Robustness", "**Steering inside the network.** At the last index a class-mean "
+        lines += [*_head(lines), "**Steering inside the network.** At the last index a class-mean "
                   "difference edits the readout's own input; the same choice rule among indices at relative depth "
                   f"{_f(next(iter(inner.values()))['best_within_depth']['max_depth'])} or less, tested on the same "
                   "held-out items (p floor 1/(permutations + 1)):", ""]
