@@ -158,7 +158,7 @@ MEASURES = {
                          "null where no steered index is that shallow",
     "template_shift": "per readout template (steering.templates: another suffix, the same label words), at the chosen "
                       "(index, dose): the clean calibrated and raw readout accuracy under it, and the held-out tests "
-                      "of best (the same null directions and bootstrap) read through it",
+                      "of best against its label-permuted null (the same directions and bootstrap) read through it",
     "ablation": "per ablated index: calibrated readout accuracy (the run's own offsets) and probe accuracy at each "
                 "later probed index, emotion subspace vs random subspaces of the same dimension; at the chosen "
                 "index (best.ablation_null), against label-permuted emotion subspaces and random subspaces matched "
@@ -188,16 +188,19 @@ def choose_on_fit_half(adapter: ModelAdapter, fit: Measured, x_fit: np.ndarray, 
 
 def null_tests(adapter: ModelAdapter, held: Measured, split: Split, x: np.ndarray, vectors: np.ndarray, layer: int,
                alpha: float, n_null: int, boot: ItemBootstrap, seed: int, batch_size: int,
-               n_perm: int | None = None) -> dict[str, Any]:
+               n_perm: int | None = None, which: Sequence[str] = ("permuted", "gaussian", "isotropic")
+               ) -> dict[str, Any]:
     """At the chosen (index, dose), on the held-out half: the emotion vectors and ``n_null`` directions of each
     matched null in one batched run (``n_perm`` label permutations, default n_null // n_emotions), and every test on
-    them (:func:`chosen_dose_tests`)."""
+    them (:func:`chosen_dose_tests`); ``which`` nulls only (the permuted one is drawn first, so it is the same
+    whichever others run)."""
     rng = np.random.default_rng([seed, 7, layer])
     k = len(vectors)  # the run's emotions
     n_perm = n_perm or max(n_null // k, 1)
     nulls = {"permuted": permuted_vectors(x, split.fit_emotions, split.fit_frames, n_perm, rng).reshape(-1, x.shape[1]),
              "gaussian": gaussian_directions(x, n_null, rng),
              "isotropic": random_directions(n_null, x.shape[1], rng)}
+    nulls = {name: dirs for name, dirs in nulls.items() if name in which}
     directions = np.concatenate([vectors, *nulls.values()])
     shift = shifts_at(adapter, held, layer, dose_steps(x, directions), [alpha], batch_size)["ld"][0]  # [D, I, n]
     blocks, start = {}, k
@@ -266,9 +269,9 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
     s, a = selection["position"], selection["alpha_position"]
     layer, alpha = layers[s], alphas[a]
 
-    def tests_at(half: Measured, m: int, a: float) -> dict[str, Any]:  # the chosen-dose tests at (index m, dose a)
+    def tests_at(half: Measured, m: int, a: float, *which: str) -> dict[str, Any]:  # the tests at (index m, dose a)
         return null_tests(adapter, half, split, x_fit[:, m], vectors[:, m], m, a, n_null, boot, seed, batch_size,
-                          n_perm)
+                          n_perm, which or ("permuted", "gaussian", "isotropic"))
 
     def ld(tests: dict[str, Any]) -> dict[str, Any]:
         return {LD_NAMES.get(k, k): v for k, v in tests.items()}

@@ -3,9 +3,10 @@
 Method. (1) Template shift: the (index, dose) chosen on the fit half under the run's readout suffix is measured
 again on the same held-out prompts under each of ``steering.templates`` (other readout suffixes, the same label
 words: each must stay one token, :meth:`emolens.data.readout.Readout.label_token_ids`). Each template gets its own
-clean run and calibration, and the same tests as the chosen point (on-target shift, both specificity forms, the
-same label-permuted, Gaussian and isotropic null directions, the same bootstrap), so a template equal to the
-run's suffix reproduces the chosen point's numbers exactly. The clean calibrated and raw readout accuracy under
+clean run and calibration, and the chosen point's tests against its label-permuted null (on-target shift and both
+specificity forms, the same permuted directions and bootstrap; the Gaussian and isotropic nulls, which test the
+on-target shift only, are left out to keep the cost at a third), so a template equal to the run's suffix
+reproduces the chosen point's numbers exactly. The clean calibrated and raw readout accuracy under
 each template says whether the model reads the emotion there at all. (2) Inside the network: adding a class-mean
 difference at the last index edits the readout's own input; the same choice rule restricted to the steered
 indices at relative depth ``steering.max_depth`` or less (:func:`emolens.stats.steering_stats.choose_within_depth`)
@@ -29,7 +30,7 @@ from emolens.model.adapter import ModelAdapter
 from emolens.phases.ablation import calibrated_accuracy
 from emolens.stats.steering_stats import choose_within_depth
 
-Tests = Callable[[Measured, int, float], dict[str, Any]]  # (a half's prompts, index, dose) -> chosen_dose_tests
+Tests = Callable[..., dict[str, Any]]  # (a half's prompts, index, dose, *nulls) -> chosen_dose_tests
 
 
 def template_shift(adapter: ModelAdapter, records: Sequence[dict[str, Any]], readout: Readout,
@@ -46,7 +47,7 @@ def template_shift(adapter: ModelAdapter, records: Sequence[dict[str, Any]], rea
         out.append({"suffix": suffix, "same_as_run": suffix == readout.suffix,
                     "accuracy_calibrated": float(calibrated_accuracy(held.clean.labels[0], truth)),
                     "accuracy_raw": float((held.clean.labels[0].argmax(-1) == truth).mean()),
-                    **tests(held, layer, alpha)})
+                    **tests(held, layer, alpha, "permuted")})
     return out
 
 
