@@ -108,7 +108,7 @@ def robustness_section(res: Results) -> list[str]:
     if shifted:
         lines += [*_head(lines), "**Another readout template.** The vector and dose chosen on the "
                   "run's suffix, on the same held-out prompts read through other suffixes (the same label words, "
-                  "nulls and bootstrap); per emotion, p against label-permuted vectors:", ""]
+                  "label-permuted vectors and bootstrap); per emotion, p against the label-permuted vectors:", ""]
         rows = []
         for m, s in shifted.items():
             b = s["best"]
