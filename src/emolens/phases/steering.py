@@ -154,8 +154,9 @@ MEASURES = {
           "over the KL prompts (neutral ones where the run has neutral); nonlabel: over tokens other than the labels, "
           "renormalised",
     "best_within_depth": "the same choice rule among the steered indices at relative depth max_depth or less (the "
-                         "last index edits the readout's own input), with the same held-out tests as best; layer "
-                         "null where no steered index is that shallow",
+                         "last index edits the readout's own input), with best's held-out tests against the "
+                         "label-permuted null (all of best's where it is the same point); layer null where no steered "
+                         "index is that shallow",
     "template_shift": "per readout template (steering.templates: another suffix, the same label words), at the chosen "
                       "(index, dose): the clean calibrated and raw readout accuracy under it, and the held-out tests "
                       "of best against its label-permuted null (the same directions and bootstrap) read through it",

@@ -10,7 +10,7 @@ reproduces the chosen point's numbers exactly. The clean calibrated and raw read
 each template says whether the model reads the emotion there at all. (2) Inside the network: adding a class-mean
 difference at the last index edits the readout's own input; the same choice rule restricted to the steered
 indices at relative depth ``steering.max_depth`` or less (:func:`emolens.stats.steering_stats.choose_within_depth`)
-gives a second point, tested on the held-out half like the first.
+gives a second point, tested on the held-out half like the first against the label-permuted null.
 
 Inputs: what :func:`emolens.phases.steering.run_steering` measured. Output: the ``template_shift`` and
 ``best_within_depth`` entries of the steering file.
@@ -54,8 +54,8 @@ def template_shift(adapter: ModelAdapter, records: Sequence[dict[str, Any]], rea
 def within_depth(selection: dict[str, Any], layers: Sequence[int], alphas: Sequence[float], n_layers: int,
                  max_depth: float, best: dict[str, Any], held: Measured, tests: Tests) -> dict[str, Any]:
     """The fit half's choice among indices at relative depth ``max_depth`` or less, tested on the held-out half
-    (the chosen point's own tests, ``best``, where it is the same point); ``layer`` None where none is that
-    shallow."""
+    against the label-permuted null (the chosen point's own tests, ``best``, where it is the same point); ``layer``
+    None where none is that shallow."""
     choice = choose_within_depth(np.asarray(selection["on_target_ld"]), np.asarray(selection["kl_nonlabel_max"]),
                                  layers, n_layers, alphas, selection["kl_budget"], max_depth)
     if choice is None:
@@ -65,4 +65,4 @@ def within_depth(selection: dict[str, Any], layers: Sequence[int], alphas: Seque
     return {"max_depth": max_depth, "layer": layer, "relative_depth": layer / n_layers, "alpha": alpha,
             "same_as_best": same, "within_budget": choice["within_budget"],
             "fit_on_target": choice["fit_on_target"], "fit_kl_nonlabel": choice["fit_kl_nonlabel"],
-            **(best if same else tests(held, layer, alpha))}
+            **(best if same else tests(held, layer, alpha, "permuted"))}
