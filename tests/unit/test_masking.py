@@ -64,3 +64,7 @@ def test_masked_test_is_the_unmasked_probe_when_nothing_is_masked_and_drops_when
     assert out["accuracy_masked"][1] < 0.45 and out["p_fwer"][1] > 0.05
     assert out["drop"][1] > 0.4 and out["drop_band_low"][1] > 0 and out["drop"][0] == 0
     assert out["accuracy_masked_by_emotion"].shape == (2, 4) and out["chance"] == 0.25
+    changed = np.array([labels[r] != "neutral" for r in rows])
+    out = masked_test(x, same | {"last": gone, "changed": changed}, labels, frames, items, fold, 39, 200, 0)
+    assert out["accuracy_masked_changed"][1] < out["accuracy_masked"][1] + 0.1
+    assert out["accuracy_unmasked_changed"][1] > 0.9

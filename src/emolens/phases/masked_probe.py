@@ -8,7 +8,8 @@ tested on the held-out fold's explicit prompts twice: as written and masked. The
 masked accuracy, paired on the same prompts) has a simultaneous 95% band over layers from the two-stage
 bootstrap (frames, then items); masked accuracy is tested against chance with the decoding test's null
 (labels permuted by frame, the whole fit recomputed; ``p_fwer`` family-wise over layers). Neutral explicit
-texts name no emotion and stay unmasked, so the drop comes from the other emotions' prompts.
+texts name no emotion and stay unmasked, so the drop comes from the other emotions' prompts, and the accuracy on
+the prompts that lost a word alone (``*_changed``) is the sharper number: the pooled one keeps the neutral ones.
 
 Inputs: the activations' ``masked`` part and the probes' folds. Output: the ``masked`` entry of the vectors file.
 """
@@ -30,6 +31,11 @@ from emolens.stats.resampling import (
     simultaneous_band,
     two_stage_weights,
 )
+
+
+def _mean(hits: np.ndarray) -> np.ndarray:
+    """[S, n] hits -> [S] accuracy, NaN where n = 0."""
+    return hits.mean(1) if hits.shape[1] else np.full(len(hits), np.nan)
 
 
 def masked_test(x: np.ndarray, masked: dict[str, Any], labels: Sequence[str], frames: Sequence[str],
@@ -74,12 +80,14 @@ def masked_test(x: np.ndarray, masked: dict[str, Any], labels: Sequence[str], fr
     w = two_stage_weights(item_frames(its, np.asarray(frames)[rows]), n_boot, np.random.default_rng([seed, 5]))
     low, high, _ = simultaneous_band(diff.mean(1), (w @ item_sum) / (w @ item_n)[:, None])
     truth = y[rows]
+    changed = np.asarray(masked["changed"], bool)  # the prompts that named their emotion (not neutral ones)
     return {"probe": "the decoding test's ridge probe, fitted on the unmasked prompts of the training folds",
             "placeholder": masked["placeholder"], "n_prompts": len(rows),
             "n_changed": int(np.sum(masked["changed"])), "emotions": classes.tolist(),
             "accuracy_unmasked": hit_u.mean(1), "accuracy_masked": masked_acc,
             "accuracy_unmasked_by_emotion": np.stack([hit_u[:, truth == c].mean(1) for c in range(len(classes))], 1),
             "accuracy_masked_by_emotion": np.stack([hit_m[:, truth == c].mean(1) for c in range(len(classes))], 1),
+            "accuracy_unmasked_changed": _mean(hit_u[:, changed]), "accuracy_masked_changed": _mean(hit_m[:, changed]),
             "drop": diff.mean(1), "drop_band_low": low, "drop_band_high": high, "chance": 1 / len(classes),
             "null_mean": null.mean(0), "null_q95": np.quantile(null, 0.95, axis=0), "n_perm": n_perm,
             "p_perm": perm_pvalues(masked_acc, null, tol=1e-12),

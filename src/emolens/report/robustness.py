@@ -81,7 +81,9 @@ def masked_rows(res: Results) -> list[list[Any]]:
         acc_u, acc_m = np.asarray(mk["accuracy_unmasked"]), np.asarray(mk["accuracy_masked"])
         s, best = int(acc_u.argmax()), int(acc_m.argmax())
         depth = np.linspace(0, 1, len(acc_u))
-        rows.append([m, f"{s} ({_f(depth[s])})", _f(acc_u[s]), _f(acc_m[s]),
+        changed = (f"{_f(mk['accuracy_unmasked_changed'][s])} -> {_f(mk['accuracy_masked_changed'][s])}"
+                   if "accuracy_masked_changed" in mk else "n/a")
+        rows.append([m, f"{s} ({_f(depth[s])})", _f(acc_u[s]), _f(acc_m[s]), changed,
                      f"{_f(mk['drop'][s])} [{_f(mk['drop_band_low'][s])}, {_f(mk['drop_band_high'][s])}]",
                      f"{_f(acc_m[best])} at {best} (p_fwer {_f(mk['p_fwer'][best], 3)})",
                      f"{_f(mk['chance'])} (null mean {_f(np.max(mk['null_mean']))})"])
@@ -103,6 +105,7 @@ def robustness_section(res: Results) -> list[str]:
                   "emotion word replaced by a placeholder (neutral explicit texts name no emotion and stay as they "
                   "are); the drop is paired on the same prompts, with a 95% band over indices (frames, then items):",
                   "", *_table(["model", "index (depth)", "explicit, unmasked", "explicit, masked",
+                               "texts that named it: unmasked -> masked",
                                "drop [band]", "best masked (p_fwer, labels permuted by frame)", "chance"], rows), ""]
     shifted = {m: s for m, s in res.steering.items() if s.get("template_shift")}
     if shifted:
