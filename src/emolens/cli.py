@@ -183,7 +183,8 @@ def _cmd_steer(a: argparse.Namespace) -> None:
     adapter, records = _model_and_records(a)
     kwargs = _steering_kwargs(a)
     extra = {"alphas": a.alphas, "layer_stride": a.layer_stride, "n_random": a.n_random, "kl_prompts": a.kl_prompts,
-             "kl_budget": a.kl_budget, "n_random_subspaces": a.n_random_subspaces}
+             "kl_budget": a.kl_budget, "n_random_subspaces": a.n_random_subspaces, "templates": a.templates,
+             "max_depth": a.max_depth, "n_perm": a.n_perm}
     kwargs["settings"].update(extra)
     _with_backoff(a, lambda batch_size: steering.run_steering(
         adapter, records, a.activations, a.out, batch_size=batch_size, **extra, **kwargs))

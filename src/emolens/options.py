@@ -86,6 +86,14 @@ def _readout_arg(p: argparse.ArgumentParser) -> None:
                         "default four whole); default: the defaults")
 
 
+def _json_list(text: str) -> list[str]:
+    """A JSON list of strings (readout suffixes hold newlines and spaces)."""
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, got {text!r}")
+    return value
+
+
 def _setting(p: argparse.ArgumentParser, flag: str, key: str, help: str, **kw: Any) -> None:
     """An option that mirrors the config key ``key`` (kept on the action as ``config_key``): its default is the
     schema's, so a command run by hand and the workflow agree."""
@@ -212,6 +220,12 @@ def _steering_options(p: argparse.ArgumentParser, name: str) -> None:
         _setting(p, "--n-random-subspaces", "steering.n_random_subspaces", "random subspaces ablated as the null",
                  type=int)
         _setting(p, "--kl-budget", "steering.kl_budget", "largest off-label KL (nats) of the chosen dose", type=float)
+        _setting(p, "--templates", "steering.templates", "other readout suffixes the chosen vector is measured under, "
+                 "as a JSON list", type=_json_list)
+        _setting(p, "--n-perm", "steering.n_perm", "label permutations of the permuted null at the chosen dose "
+                 "(none: n_null // n_emotions)", type=_count_or_none)
+        _setting(p, "--max-depth", "steering.max_depth", "relative depth of the second, inner steering choice",
+                 type=float)
     else:
         p.add_argument("--activations", nargs="+", required=True,
                        help="phase-2 activations of every model (<name>.pkl), this one included")

@@ -10,7 +10,7 @@ import torch
 
 from emolens import EMOTIONS
 from emolens.data.dataset import build_dataset
-from emolens.data.readout import DEFAULT
+from emolens.data.readout import DEFAULT, READOUT_SUFFIX
 from emolens.engine.edits import Prompts, clean_run, prepare_prompts, run_edits
 from emolens.engine.patching import collect
 from emolens.engine.steered import dose_steps, measure, shifts_at, steer_index, steering_shifts
@@ -191,6 +191,9 @@ def test_transfer_through_the_identity_map_equals_own_steering(tiny_adapters):
     np.testing.assert_allclose(np.einsum("eie->e", ld) / ld.shape[1], src["on_target_mapped"], rtol=1e-5, atol=1e-6)
 
 
+TEMPLATES = ("\nThis message expresses", READOUT_SUFFIX)  # the run's own suffix last: it must change nothing
+
+
 @pytest.fixture(scope="module")
 def steering_run(tiny_adapters, tmp_path_factory):
     """run_steering on two tiny models of different widths, then run_transfer both ways and the summary,
@@ -208,7 +211,8 @@ def steering_run(tiny_adapters, tmp_path_factory):
     st, acts = root / "steering", [root / "activations" / f"{f}.pkl" for f in ("llama", "qwen3")]
     for family in ("llama", "qwen3"):
         run_steering(tiny_adapters[family], records, root / "activations" / f"{family}.pkl", st / f"{family}.json",
-                     alphas=[0, 1, 4], n_random=3, kl_prompts=3, n_random_subspaces=2, **kwargs)
+                     alphas=[0, 1, 4], n_random=3, kl_prompts=3, n_random_subspaces=2, max_depth=0.5,
+                     templates=TEMPLATES if family == "llama" else (), **kwargs)
     for family in ("llama", "qwen3"):
         run_transfer(tiny_adapters[family], records, acts, st / f"{family}.json",
                      st / "transfer" / f"into_{family}.json", **kwargs)
@@ -231,6 +235,23 @@ def test_run_steering_writes_what_verification_accepts(steering_run):
     summary = json.loads((st / "transfer" / "summary.json").read_text())
     assert summary["models"] == ["llama", "qwen3"]
     assert summary["fraction_mean"][0][0] is None and summary["layer_a"][1][0] is not None
+
+
+def test_template_shift_under_the_runs_own_suffix_is_the_chosen_point_and_the_inner_choice_is_shallow(steering_run):
+    result = json.loads((steering_run / "steering" / "llama.json").read_text())
+    best, (other, same) = result["best"], result["template_shift"]
+    assert same["same_as_run"] and not other["same_as_run"] and same["suffix"] == READOUT_SUFFIX
+    for key in ("on_target_ld", "specificity_row", "specificity_column", "on_target_p_permuted",
+                "specificity_row_p", "specificity_column_p", "null_permuted_q95", "on_target_ld_ci_low"):
+        np.testing.assert_allclose(same[key], best[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    assert "on_target_p_gaussian" not in same and "on_target_p_gaussian" in best
+    assert same["accuracy_calibrated"] == pytest.approx(result["clean"]["accuracy_calibrated"])
+    assert np.shape(other["specificity_row_p"]) == (4,) and 0 <= other["accuracy_raw"] <= 1
+    inner = result["best_within_depth"]
+    assert inner["layer"] in result["layers"] and inner["layer"] <= 0.5 * result["n_layers"]
+    assert np.shape(inner["on_target_p_permuted"]) == (4,) and inner["max_depth"] == 0.5
+    assert inner["same_as_best"] == ((inner["layer"], inner["alpha"]) == (best["layer"], best["alpha"]))
+    assert json.loads((steering_run / "steering" / "qwen3.json").read_text())["template_shift"] == []
 
 
 def fit_items(result) -> set[str]:
@@ -281,3 +302,27 @@ def test_steering_equals_an_independent_forward_hook(tiny_adapters):
         handle.remove()
     assert np.abs(want - clean.labels[0]).max() > 1e-2  # the vector does move the logits
     np.testing.assert_allclose(steered, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_robustness_check_accepts_the_run_and_catches_a_deep_inner_choice_and_a_moved_template(steering_run,
+                                                                                                    tmp_path):
+    from emolens.report.results import Results
+    from emolens.report.robustness import check_robustness, robustness_section
+
+    vec = tmp_path / "v.pkl"
+    save_pickle({"schema": "emolens.vectors/1", "masked": None, "probe_accuracy": np.zeros(3), "provenance": {}}, vec)
+    path = steering_run / "steering" / "llama.json"
+    ok, detail = check_robustness(vec, path)
+    assert ok, detail
+    result = json.loads(path.read_text())
+    deep = json.loads(path.read_text())
+    deep["best_within_depth"]["layer"] = result["n_layers"]
+    (tmp_path / "deep.json").write_text(json.dumps(deep))
+    assert not check_robustness(vec, tmp_path / "deep.json")[0]
+    moved = json.loads(path.read_text())
+    moved["template_shift"][1]["on_target_ld"][0] += 0.5
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    ok, detail = check_robustness(vec, tmp_path / "moved.json")
+    assert not ok and "run's suffix" in detail
+    page = "\n".join(robustness_section(Results(tmp_path, steering={"llama": result})))
+    assert "Another readout template" in page and "inside the network" in page

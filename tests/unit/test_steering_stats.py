@@ -11,6 +11,7 @@ from emolens.stats.resampling import frame_label_permutations
 from emolens.stats.steering_stats import (
     ItemBootstrap,
     choose_dose,
+    choose_within_depth,
     chosen_dose_tests,
     gaussian_directions,
     permuted_vectors,
@@ -68,6 +69,20 @@ def test_choose_dose_keeps_the_budget_and_says_when_it_cannot():
     assert pick["half_max_position"] == 1  # half of the chosen shift (2.0) is first reached at dose 1
     none = choose_dose(on, kl + 1.0, alphas, budget=0.5)
     assert not none["within_budget"] and none["alpha_position"] == 1
+
+
+def test_the_choice_within_depth_never_goes_deeper_and_is_the_choice_where_it_may_go_anywhere():
+    rng = np.random.default_rng(0)
+    layers, alphas = [0, 3, 6, 9, 12], [0.0, 1.0, 4.0]
+    for _ in range(50):
+        on, kl = rng.normal(size=(5, 3)), rng.exponential(0.4, size=(5, 3))
+        pick = choose_within_depth(on, kl, layers, 12, alphas, 0.5, 0.75)
+        assert layers[pick["position"]] <= 9
+        anywhere = choose_within_depth(on, kl, layers, 12, alphas, 0.5, 1.0)
+        assert anywhere == choose_dose(on[..., None], kl[..., None], alphas, 0.5)
+    on[3], on[4] = 50.0, 100.0  # the last index is by far the best: the inner choice still stays inside
+    assert choose_within_depth(on, kl * 0, layers, 12, alphas, 0.5, 0.75)["position"] == 3
+    assert choose_within_depth(on, kl, layers[3:], 12, alphas, 0.5, 0.5) is None
 
 
 def _simulated(rng: np.random.Generator, n_perm: int, planted: float) -> tuple[np.ndarray, dict, ItemBootstrap]:

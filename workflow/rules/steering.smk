@@ -28,6 +28,9 @@ rule steer:
         n_random_subspaces=config["steering"]["n_random_subspaces"],
         n_random=config["steering"]["n_random"],
         kl_budget=config["steering"]["kl_budget"],
+        templates=json.dumps(config["steering"]["templates"]),
+        max_depth=config["steering"]["max_depth"],
+        n_perm=config["steering"]["n_perm"],
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -41,7 +44,8 @@ rule steer:
         "--dataset {input.dataset} --activations {input.activations} --out {output} {params.flags} "
         "--alphas {params.alphas} --layer-stride {params.layer_stride} --kl-prompts {params.kl_prompts} "
         "--n-random-subspaces {params.n_random_subspaces} --n-random {params.n_random} "
-        "--kl-budget {params.kl_budget} "
+        "--kl-budget {params.kl_budget} --templates {params.templates:q} --max-depth {params.max_depth} "
+        "--n-perm {params.n_perm} "
         "--device {params.device} 2> {log}"
 
 

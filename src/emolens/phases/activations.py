@@ -8,7 +8,8 @@ unembedding rows, is the readout baseline's answer (:mod:`emolens.phases.behavio
 runs each prompt through each model once for both files. Batches group prompts of equal token length,
 so no padding enters any sum. We keep the last token's vector and the mean over the prompt's tokens,
 stored in float32 at every width: float16 would overflow (inf) on residual streams of very large norm
-such as Gemma-3's.
+such as Gemma-3's. The explicit prompts run once more with their emotion words masked
+(:mod:`emolens.data.masking`), keeping only the last token: the probes' robustness test (``masked``).
 
 Inputs: one model's settings, the dataset JSONL and the readout. Outputs: ``results/<p>/activations/<m>.pkl``
 (:data:`SCHEMA`) and ``results/<p>/readout/<m>.json``.
@@ -27,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from emolens.data.dataset import load_dataset
+from emolens.data.masking import PLACEHOLDER, masked_explicit
 from emolens.data.readout import DEFAULT, Readout
 from emolens.data.surface import length_match, token_counts
 from emolens.engine.inputs import length_buckets, tokenize
@@ -66,6 +68,20 @@ def extract(adapter: ModelAdapter, texts: Sequence[str], batch_size: int,
     return {"last": last, "mean": mean, "labels": labels}
 
 
+def masked_forward(adapter: ModelAdapter, records: Sequence[dict[str, Any]], settings: dict[str, Any], name: str,
+                   readout: Readout = DEFAULT) -> dict[str, Any] | None:
+    """The explicit prompts again with their emotion words masked (:mod:`emolens.data.masking`): the last token at
+    every index, "last" [N_explicit, L+1, d], and the label logits, for the probes' masked test; None where no
+    record is explicit."""
+    rows, texts = masked_explicit(records, readout.labels)
+    if not rows:
+        return None
+    out, _ = run_with_backoff(lambda bs: extract(adapter, texts, bs, readout), settings.get("batch_size", 16),
+                              what=f"masked activations {name}")
+    return {"rows": np.asarray(rows), "last": out["last"], "labels": out["labels"], "placeholder": PLACEHOLDER,
+            "changed": np.array([t != records[i]["text"] for i, t in zip(rows, texts, strict=True)])}
+
+
 def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: str,
         device: str = "auto", readout: Readout = DEFAULT, readout_out: str | Path | None = None) -> None:
     """Load the model and dataset, extract every layer's residual stream, save the pickle; with ``readout_out``,
@@ -80,6 +96,7 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
     labels = resid.pop("labels")
     if readout_out is not None:
         save_readout(readout_result(adapter, settings, records, labels, name, readout, started), readout_out)
+    masked = masked_forward(adapter, records, settings, name, readout)
     text_tokens = token_counts(texts, adapter.tokenizer)
     match = length_match(text_tokens, [r["item_id"] for r in records])
     if match["beyond"]:
@@ -100,6 +117,7 @@ def run(settings: dict[str, Any], dataset: str | Path, out: str | Path, name: st
         "learned_positions": adapter.learned_positions,
         "suffix": readout.suffix,
         "readout": readout.as_dict(),
+        "masked": masked,
         "quantization": adapter.quantization,
         "provenance": provenance(settings, started, model=name),
     }, out)

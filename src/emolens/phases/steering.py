@@ -22,7 +22,8 @@ with the half-max dose there for transfer; the held-out half then gives the dose
 index (with ``n_random`` isotropic directions for comparison) and, at the chosen point, the on-target
 shift, both specificity forms, the steerable fraction of items and ``n_null`` directions of each
 matched null. 95% CIs resample frames, then items within frames. The same run ablates the emotion
-subspace at each steered index (:mod:`emolens.phases.ablation`).
+subspace at each steered index (:mod:`emolens.phases.ablation`), and measures the chosen vector under other readout
+templates and a second choice at relative depth ``max_depth`` or less (:mod:`emolens.phases.steering_robust`).
 
 Inputs: a model, the dataset, its phase-2 activations. Output: ``results/<p>/steering/<m>.json``
 (:data:`SCHEMA`), read by :mod:`emolens.phases.transfer`.
@@ -52,6 +53,7 @@ from emolens.phases.ablation import (
     matched_null,
     random_basis,
 )
+from emolens.phases.steering_robust import template_shift, within_depth
 from emolens.phases.vectors import join_records
 from emolens.stats.geometry import emotion_vectors
 from emolens.stats.resampling import frame_groups, frame_split
@@ -151,6 +153,13 @@ MEASURES = {
     "kl": "[layer][alpha](...): mean KL(clean || steered) of the full next-token distribution at the last position "
           "over the KL prompts (neutral ones where the run has neutral); nonlabel: over tokens other than the labels, "
           "renormalised",
+    "best_within_depth": "the same choice rule among the steered indices at relative depth max_depth or less (the "
+                         "last index edits the readout's own input), with best's held-out tests against the "
+                         "label-permuted null (all of best's where it is the same point); layer null where no steered "
+                         "index is that shallow",
+    "template_shift": "per readout template (steering.templates: another suffix, the same label words), at the chosen "
+                      "(index, dose): the clean calibrated and raw readout accuracy under it, and the held-out tests "
+                      "of best against its label-permuted null (the same directions and bootstrap) read through it",
     "ablation": "per ablated index: calibrated readout accuracy (the run's own offsets) and probe accuracy at each "
                 "later probed index, emotion subspace vs random subspaces of the same dimension; at the chosen "
                 "index (best.ablation_null), against label-permuted emotion subspaces and random subspaces matched "
@@ -179,15 +188,20 @@ def choose_on_fit_half(adapter: ModelAdapter, fit: Measured, x_fit: np.ndarray, 
 
 
 def null_tests(adapter: ModelAdapter, held: Measured, split: Split, x: np.ndarray, vectors: np.ndarray, layer: int,
-               alpha: float, n_null: int, boot: ItemBootstrap, seed: int, batch_size: int) -> dict[str, Any]:
+               alpha: float, n_null: int, boot: ItemBootstrap, seed: int, batch_size: int,
+               n_perm: int | None = None, which: Sequence[str] = ("permuted", "gaussian", "isotropic")
+               ) -> dict[str, Any]:
     """At the chosen (index, dose), on the held-out half: the emotion vectors and ``n_null`` directions of each
-    matched null in one batched run, and every test on them (:func:`chosen_dose_tests`)."""
+    matched null in one batched run (``n_perm`` label permutations, default n_null // n_emotions), and every test on
+    them (:func:`chosen_dose_tests`); ``which`` nulls only (the permuted one is drawn first, so it is the same
+    whichever others run)."""
     rng = np.random.default_rng([seed, 7, layer])
     k = len(vectors)  # the run's emotions
-    n_perm = max(n_null // k, 1)
+    n_perm = n_perm or max(n_null // k, 1)
     nulls = {"permuted": permuted_vectors(x, split.fit_emotions, split.fit_frames, n_perm, rng).reshape(-1, x.shape[1]),
              "gaussian": gaussian_directions(x, n_null, rng),
              "isotropic": random_directions(n_null, x.shape[1], rng)}
+    nulls = {name: dirs for name, dirs in nulls.items() if name in which}
     directions = np.concatenate([vectors, *nulls.values()])
     shift = shifts_at(adapter, held, layer, dose_steps(x, directions), [alpha], batch_size)["ld"][0]  # [D, I, n]
     blocks, start = {}, k
@@ -200,7 +214,8 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                  out_json: str | Path, *, alphas: Sequence[float] = ALPHAS, layer_stride: int = 1, n_random: int = 20,
                  n_null: int = 200, max_prompts: int | None = None, kl_prompts: int = 24, kl_budget: float = 0.5,
                  n_random_subspaces: int = 5, n_boot: int = 1000, seed: int = 0, batch_size: int = 32,
-                 readout: Readout = DEFAULT, dataset: str | Path = "dataset",
+                 readout: Readout = DEFAULT, dataset: str | Path = "dataset", templates: Sequence[str] = (),
+                 max_depth: float = 0.75, n_perm: int | None = None,
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Steering dose-response, the chosen dose's tests, KL cost and directional ablation of one model; save the JSON."""
     started = time.time()
@@ -254,8 +269,18 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
         kl[f"random_mean{suffix}"] = values[..., len(emotions):].mean(-1)
     s, a = selection["position"], selection["alpha_position"]
     layer, alpha = layers[s], alphas[a]
-    tests = null_tests(adapter, held, split, x_fit[:, layer], vectors[:, layer], layer, alpha, n_null, boot, seed,
-                       batch_size)
+
+    def tests_at(half: Measured, m: int, a: float, *which: str) -> dict[str, Any]:  # the tests at (index m, dose a)
+        return null_tests(adapter, half, split, x_fit[:, m], vectors[:, m], m, a, n_null, boot, seed, batch_size,
+                          n_perm, which or ("permuted", "gaussian", "isotropic"))
+
+    def ld(tests: dict[str, Any]) -> dict[str, Any]:
+        return {LD_NAMES.get(k, k): v for k, v in tests.items()}
+
+    tests = tests_at(held, layer, alpha)
+    inner = within_depth(selection, layers, alphas, adapter.n_layers, max_depth, tests, held, tests_at)
+    shifted = template_shift(adapter, split.heldout, readout, templates, kl_prompts, layer, alpha, tests_at,
+                             held.items, batch_size)
     ablation_null = matched_null(adapter, held.prompts, held.clean, layer, x_fit[:, layer], split.fit_emotions,
                                  split.fit_frames, probes, n_null, seed, batch_size)
     clean_accuracy = float(calibrated_accuracy(held.clean.labels[0], held.prompts.truth))
@@ -285,7 +310,7 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
             "half_max_alpha": selection["half_max_alpha"], "within_budget": selection["within_budget"],
             "effective_band": selection["effective_band"],
             "norm_ratio": alpha * sd[s] / norms[layer],
-            **{LD_NAMES.get(k, k): v for k, v in tests.items()},
+            **ld(tests),
             "specificity_prob": shift["prob"]["specificity"][s, a],
             "kl": kl["emotion"][s, a], "kl_nonlabel": kl["emotion_nonlabel"][s, a],
             "ablation_readout_drop": ablation[s]["readout_drop"],
@@ -303,6 +328,8 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
             "probe_accuracy_random_mean": [[ab["probe_accuracy_random_mean"].get(m) for m in layers]
                                            for ab in ablation],
         },
+        "best_within_depth": ld(inner),
+        "template_shift": [ld(t) for t in shifted],
         "measures": MEASURES,
         "readout": readout.as_dict(), "label_token_ids": dict(zip(emotions, held.prompts.token_ids, strict=True)),
         "provenance": provenance(settings or {}, started, model=adapter.name),

@@ -41,9 +41,10 @@ from emolens import emotion_order
 from emolens.data.dataset import REGISTERS, load_dataset, surface_accuracy
 from emolens.data.surface import length_match, words
 from emolens.io import load_pickle, provenance, save_pickle
+from emolens.phases.masked_probe import masked_test
 from emolens.stats.erasure import erased
 from emolens.stats.geometry import emotion_vectors, item_centred
-from emolens.stats.probes import lexical_model, probe_model
+from emolens.stats.probes import lexical_model, probe_model, ridge_hat
 from emolens.stats.resampling import (
     frame_groups,
     frame_label_permutations,
@@ -204,14 +205,6 @@ def length_control(x: np.ndarray, records: Sequence[dict[str, Any]], text_tokens
             "erased_decoding_test": decoding_test(x, labels, groups, fold, n_perm, seed, concept=concept)}
 
 
-def ridge_hat(xtr: np.ndarray, xte: np.ndarray, lam: float) -> np.ndarray:
-    """[n_te, n_tr] map from training targets to ridge predictions on xte, Xte (Xtr^T Xtr + lam I)^-1 Xtr^T,
-    solved in the smaller of the primal (width) and dual (prompts) forms: they are equal."""
-    if xtr.shape[1] < len(xtr):
-        return xte @ np.linalg.solve(xtr.T @ xtr + lam * np.eye(xtr.shape[1]), xtr.T)
-    return np.linalg.solve(xtr @ xtr.T + lam * np.eye(len(xtr)), xtr @ xte.T).T
-
-
 def decoding_test(x: np.ndarray, labels: Sequence[str], frames: Sequence[str], fold: np.ndarray, n_perm: int,
                   seed: int, ridge: float = 1.0, concept: np.ndarray | None = None) -> dict[str, Any]:
     """Is the emotion decodable above chance? A ridge-classifier probe per layer of x [N, S, d] on the
@@ -283,6 +276,8 @@ def run(activations: str | Path, dataset: str | Path, vectors_out: str | Path, s
     name = act["provenance"].get("model")
     report = probe_report(x, records, folds, seed, name, n_perm, n_boot)
     report["length"] = length_control(x, records, np.asarray(act["text_tokens"]), report["fold"], seed, n_perm, name)
+    report["masked"] = None if act.get("masked") is None else masked_test(
+        x, act["masked"], act["emotions"], report["groups"], items, report["fold"], n_perm, n_boot, seed)
     xc = item_centred(x, items)
     bases, ratios = zip(*(subspace(xc[:, s], k_max) for s in range(n_sites)), strict=True)
     common = {"emotions": list(emotion_order(emotions)), "n_layers": act["n_layers"], "d_model": act["d_model"],

@@ -24,6 +24,7 @@ from emolens.report.alignment_findings import alignment_section
 from emolens.report.markdown import number as _f
 from emolens.report.markdown import table as _table
 from emolens.report.results import Results, load
+from emolens.report.robustness import robustness_section
 from emolens.stats.power import design_resolution
 
 log = logging.getLogger(__name__)
@@ -356,7 +357,7 @@ def render(results: str | Path, organisms: list[str] | None = None) -> str:
                       "read from the result files.", "", *resolution_section(res),
                       *readout_section(res), *probe_section(res), *length_section(res), *patching_section(res),
                       *heads_section(res), *attention_mlp.section(results, list(res.readout), _table),
-                      *steering_section(res), *alignment_section(res),
+                      *steering_section(res), *robustness_section(res), *alignment_section(res),
                       *caveats(res, organisms or [])])
 
 

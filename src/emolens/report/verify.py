@@ -33,6 +33,7 @@ from emolens.report.checks import (
     check_vectors,
     load_result,
 )
+from emolens.report.robustness import check_robustness
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def verify(results: str | Path, models: list[str], records: list[dict[str, Any]]
         checks("head_split", m, lambda m=m: check_head_split(layout.head_scores(r, m), layout.head_patching(r, m)))
         checks("steering", m, lambda m=m: check_steering(layout.steering(r, m), layout.steering_transfer(r, m),
                                                          emotions))
+        checks("robustness", m, lambda m=m: check_robustness(layout.vectors(r, m), layout.steering(r, m)))
         if len(models) > 1:
             checks("self_alignment", m, lambda m=m: check_self_alignment(m, pair_files))
     if len(models) > 1:

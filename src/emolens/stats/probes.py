@@ -1,16 +1,17 @@
-"""The classifiers every accuracy in emolens comes from, so the probe and its baselines differ only in
-what they read.
+"""The classifiers every accuracy in emolens comes from, so the probe and its baselines differ only in what they read.
 
-The probe and the surface baseline: standardised multinomial logistic regression (on one layer's
-activations, or on surface counts of the text), optionally after LEACE erasure of a concept
-(:mod:`emolens.stats.erasure`). The lexical baseline: TF-IDF word 1-2-grams and ``char_wb`` 2-5-grams of the
-text, then logistic regression. scikit-learn is imported when a model is made: a job that fits no probe (most
-model jobs) does not pay its second of start-up.
+The probe and the surface baseline: standardised multinomial logistic regression (on one layer's activations, or on
+surface counts of the text), optionally after LEACE erasure of a concept (:mod:`emolens.stats.erasure`). The
+lexical baseline: TF-IDF word 1-2-grams and ``char_wb`` 2-5-grams of the text, then logistic regression. The ridge
+hat map of the decoding test's probe (:func:`ridge_hat`). scikit-learn is imported when a model is made: a job that
+fits no probe (most model jobs) does not pay its second of start-up.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -46,3 +47,11 @@ def lexical_model(seed: int) -> Pipeline:
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))
     return make_pipeline(FeatureUnion([("words", word_vectorizer()), ("chars", chars)]),
                          LogisticRegression(max_iter=2000, random_state=seed))
+
+
+def ridge_hat(xtr: np.ndarray, xte: np.ndarray, lam: float) -> np.ndarray:
+    """[n_te, n_tr] map from training targets to ridge predictions on xte, Xte (Xtr^T Xtr + lam I)^-1 Xtr^T,
+    solved in the smaller of the primal (width) and dual (prompts) forms: they are equal."""
+    if xtr.shape[1] < len(xtr):
+        return xte @ np.linalg.solve(xtr.T @ xtr + lam * np.eye(xtr.shape[1]), xtr.T)
+    return np.linalg.solve(xtr @ xtr.T + lam * np.eye(len(xtr)), xtr @ xte.T).T

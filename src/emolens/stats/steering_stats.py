@@ -208,3 +208,15 @@ def choose_dose(on_target_fit: np.ndarray, kl_fit: np.ndarray, alphas: Sequence[
     half = int(np.flatnonzero(moving & (score[s] >= 0.5 * score[s, a]))[0]) if score[s, a] > 0 else int(a)
     return {"position": int(s), "alpha_position": int(a), "half_max_position": half, "within_budget": within,
             "fit_on_target": float(score[s, a]), "fit_kl_nonlabel": float(cost[s, a])}
+
+
+def choose_within_depth(on_target_ld: np.ndarray, kl_max: np.ndarray, layers: Sequence[int], n_layers: int,
+                        alphas: Sequence[float], budget: float, max_depth: float) -> dict[str, Any] | None:
+    """:func:`choose_dose` among the steered indices at relative depth ``max_depth`` or less (index / n_layers),
+    from the fit half's mean on-target shift and largest off-label KL [S, A]; ``position`` indexes ``layers``.
+    None where no steered index is that shallow."""
+    inside = [s for s, m in enumerate(layers) if m <= max_depth * n_layers]
+    if not inside:
+        return None
+    choice = choose_dose(on_target_ld[inside, :, None], kl_max[inside, :, None], alphas, budget)
+    return choice | {"position": inside[choice["position"]]}
