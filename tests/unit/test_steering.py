@@ -232,6 +232,10 @@ def test_run_steering_writes_what_verification_accepts(steering_run):
         assert result["split"]["n_prompts"] <= 24 and result["split"]["n_kl_prompts"] == 3
         assert result["best"]["layer"] in result["layers"]
         assert not set(result["split"]["heldout_items"]) & fit_items(result)
+        by = result["best"]["by_register"]  # each register's held-out items alone, from the same shifts
+        assert set(by) <= {"explicit", "implicit"} and by
+        assert all(np.shape(t["on_target_ld"]) == (4,) and np.shape(t["on_target_p_permuted"]) == (4,)
+                   for t in by.values())
     summary = json.loads((st / "transfer" / "summary.json").read_text())
     assert summary["models"] == ["llama", "qwen3"]
     assert summary["fraction_mean"][0][0] is None and summary["layer_a"][1][0] is not None

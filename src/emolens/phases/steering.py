@@ -207,7 +207,23 @@ def null_tests(adapter: ModelAdapter, held: Measured, split: Split, x: np.ndarra
     blocks, start = {}, k
     for name, dirs in nulls.items():
         blocks[name], start = shift[start:start + len(dirs)], start + len(dirs)
-    return chosen_dose_tests(shift[:k], blocks, boot) | {"n_null": n_null, "n_permutations": n_perm}
+    return chosen_dose_tests(shift[:k], blocks, boot) | {
+        "n_null": n_null, "n_permutations": n_perm,
+        "by_register": register_tests(shift[:k], blocks, split.heldout, held.items, len(boot.weights), seed)}
+
+
+def register_tests(emotion: np.ndarray, nulls: dict[str, np.ndarray], heldout: Sequence[dict[str, Any]],
+                   items: Sequence[str], n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """:func:`chosen_dose_tests` on each register's held-out items alone (item shifts [D, I, n]), each with its own
+    frame-then-item bootstrap: the same directions, no new forward."""
+    register_of = {str(r["item_id"]): r.get("register") for r in heldout}
+    registers = np.array([register_of.get(str(i)) for i in items], dtype=object)
+    out = {}
+    for register in sorted({g for g in registers if g}):
+        rows = np.flatnonzero(registers == register)
+        boot = item_bootstrap(heldout, [items[i] for i in rows], n_boot, np.random.default_rng([seed, 8]))
+        out[register] = chosen_dose_tests(emotion[:, rows], {n: b[:, rows] for n, b in nulls.items()}, boot)
+    return out
 
 
 def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activations: str | Path,
@@ -275,7 +291,8 @@ def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activ
                           n_perm, which or ("permuted", "gaussian", "isotropic"))
 
     def ld(tests: dict[str, Any]) -> dict[str, Any]:
-        return {LD_NAMES.get(k, k): v for k, v in tests.items()}
+        return {LD_NAMES.get(k, k): {g: ld(t) for g, t in v.items()} if k == "by_register" else v
+                for k, v in tests.items()}
 
     tests = tests_at(held, layer, alpha)
     inner = within_depth(selection, layers, alphas, adapter.n_layers, max_depth, tests, held, tests_at)

@@ -244,6 +244,7 @@ def steering_section(res: Results) -> list[str]:
                      "specificity, row (p)", "specificity, column (p)", "items steered",
                      "ablation readout drop (p permuted, matched)"],
                     rows)
+    lines += register_steering(res)
     t = res.steering_transfer
     if t:
         models = t["models"]
@@ -256,6 +257,18 @@ def steering_section(res: Results) -> list[str]:
         lines += _table(["a \\ b", *models], [[a, *cell[i]] for i, a in enumerate(models)])
         lines += transfer_sections(t)
     return lines + [""]
+
+
+def register_steering(res: Results) -> list[str]:
+    """The chosen point's on-target shift and row specificity on each register's held-out items alone."""
+    rows = [[m, g, " ".join(_f(v) for v in t["on_target_ld"]) + " (p " + " ".join(
+                _f(v, 3) for v in t["on_target_p_permuted"]) + ")",
+             " ".join(_f(v) for v in t["specificity_row"]) + " (p " + " ".join(
+                _f(v, 3) for v in t["specificity_row_p"]) + ")"]
+            for m, s in res.steering.items() for g, t in (s["best"].get("by_register") or {}).items()]
+    return ["", "The same chosen point on each register's held-out items alone (the same shifts and nulls; explicit "
+            "texts name the emotion, implicit ones do not):", "",
+            *_table(["model", "register", "on-target LD shift (p)", "specificity, row (p)"], rows)] if rows else []
 
 
 def transfer_sections(t: dict[str, Any]) -> list[str]:
