@@ -67,6 +67,7 @@ from emolens.stats.steering_stats import (
     permuted_vectors,
     projection_sd,
     random_directions,
+    register_bootstraps,
     shift_summary,
 )
 
@@ -216,14 +217,8 @@ def register_tests(emotion: np.ndarray, nulls: dict[str, np.ndarray], heldout: S
                    items: Sequence[str], n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
     """:func:`chosen_dose_tests` on each register's held-out items alone (item shifts [D, I, n]), each with its own
     frame-then-item bootstrap: the same directions, no new forward."""
-    register_of = {str(r["item_id"]): r.get("register") for r in heldout}
-    registers = np.array([register_of.get(str(i)) for i in items], dtype=object)
-    out = {}
-    for register in sorted({g for g in registers if g}):
-        rows = np.flatnonzero(registers == register)
-        boot = item_bootstrap(heldout, [items[i] for i in rows], n_boot, np.random.default_rng([seed, 8]))
-        out[register] = chosen_dose_tests(emotion[:, rows], {n: b[:, rows] for n, b in nulls.items()}, boot)
-    return out
+    return {register: chosen_dose_tests(emotion[:, rows], {n: b[:, rows] for n, b in nulls.items()}, boot)
+            for register, (rows, boot) in register_bootstraps(heldout, items, n_boot, seed).items()}
 
 
 def run_steering(adapter: ModelAdapter, records: Sequence[dict[str, Any]], activations: str | Path,

@@ -47,6 +47,7 @@ from emolens.stats.steering_stats import (
     on_target,
     permuted_vectors,
     random_directions,
+    register_bootstraps,
     unit,
 )
 from emolens.stats.words import words_partialled
@@ -116,14 +117,8 @@ def register_fractions(own: np.ndarray, mapped: np.ndarray, random: np.ndarray, 
                        seed: int) -> dict[str, dict[str, Any]]:
     """:func:`transfer_fraction` on each register's held-out items alone (own, mapped [I, n]; random [R, I, n];
     permuted [P, I, n]), each with its own frame-then-item bootstrap."""
-    register_of = {str(r["item_id"]): r.get("register") for r in held_records}
-    registers = np.array([register_of.get(str(i)) for i in items], dtype=object)
-    out = {}
-    for register in sorted({g for g in registers if g}):
-        rows = np.flatnonzero(registers == register)
-        boot = item_bootstrap(held_records, [items[i] for i in rows], n_boot, np.random.default_rng([seed, 7]))
-        out[register] = transfer_fraction(own[rows], mapped[rows], random[:, rows], boot, permuted[:, rows])
-    return out
+    return {register: transfer_fraction(own[rows], mapped[rows], random[:, rows], boot, permuted[:, rows])
+            for register, (rows, boot) in register_bootstraps(held_records, items, n_boot, seed).items()}
 
 
 def transfer_effect(adapter: ModelAdapter, held: Measured, xb_fit: np.ndarray, layer: int, alpha: float,

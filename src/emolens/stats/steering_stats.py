@@ -117,6 +117,19 @@ def item_bootstrap(records: Sequence[dict[str, Any]], items: Sequence[str], n_bo
     return ItemBootstrap(weights / weights.sum(1, keepdims=True), frames)
 
 
+def register_bootstraps(records: Sequence[dict[str, Any]], items: Sequence[str], n_boot: int,
+                        seed: int) -> dict[str, tuple[np.ndarray, ItemBootstrap]]:
+    """Each register's rows among ``items`` (ids of ``records``) and their own two-stage resampling."""
+    register_of = {str(r["item_id"]): r.get("register") for r in records}
+    registers = np.array([register_of.get(str(i)) for i in items], dtype=object)
+    out = {}
+    for register in sorted({g for g in registers if g}):
+        rows = np.flatnonzero(registers == register)
+        out[register] = rows, item_bootstrap(records, [items[i] for i in rows], n_boot,
+                                             np.random.default_rng([seed, 8]))
+    return out
+
+
 def on_target(shift: np.ndarray) -> np.ndarray:
     """[..., n, I, n] item shifts of the n emotion vectors -> [..., I, n] each vector's shift of its own readout."""
     return np.stack([shift[..., e, :, e] for e in range(shift.shape[-1])], axis=-1)
