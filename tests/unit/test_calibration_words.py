@@ -111,14 +111,17 @@ def bound(n_sims: int) -> float:
 
 def test_words_partialled_removes_what_the_words_predict_and_keeps_the_rest():
     d, rng = design(), np.random.default_rng(1)
-    lexical = d["words"] @ rng.standard_normal((d["words"].shape[1], 6))
+    fit, test = d["split"]
+    shared = (d["words"][fit] != 0).any(0) & (d["words"][test] != 0).any(0)  # words both halves use
+    lexical = d["words"][:, shared] @ rng.standard_normal((shared.sum(), 6))
     other = rng.standard_normal((len(lexical), 6))
     left = words_partialled(np.stack([lexical, other], 1), d["words"], d["split"], RIDGE)  # [n, 2, 6]: axes kept
     assert left.shape == (len(lexical), 2, 6)
-    # scenario words shared across halves are learned from the other half; frame-specific ones cannot be
+    # a map learned on the other half's frames removes part of any function of the shared words (0.71 of its norm
+    # is left at ridge 0.1: rare words are shrunk), and almost none of what no word predicts
     assert np.linalg.norm(left[:, 0]) < 0.8 * np.linalg.norm(lexical - lexical.mean(0))
     assert np.linalg.norm(left[:, 1]) > 0.9 * np.linalg.norm(other)  # what no word predicts stays
-    fit, test = d["split"]  # cross-fitted: one half's residuals do not depend on its own activations
+    # cross-fitted: one half's residuals do not depend on its own activations
     moved = np.stack([lexical, other], 1).copy()
     moved[fit[:5]] += 100.0
     again = words_partialled(moved, d["words"], d["split"], RIDGE)
@@ -126,7 +129,7 @@ def test_words_partialled_removes_what_the_words_predict_and_keeps_the_rest():
     assert np.abs(again[test] - left[test]).max() > 1e-3
 
 
-N_TEST = 24  # studies per world in the test run (N_SIMS for the table)
+N_TEST = 16  # studies per world in the test run (the table: 100)
 
 
 @pytest.mark.slow
