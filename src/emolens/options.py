@@ -230,8 +230,7 @@ def _steering_options(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--activations", nargs="+", required=True,
                        help="phase-2 activations of every model (<name>.pkl), this one included")
         p.add_argument("--steering", required=True, help="this model's steering JSON (its best index and alpha)")
-        p.add_argument("--words", help="the words reference's activations: adds each source with the words "
-                                       "partialled out of both models")
+        p.add_argument("--words", help="the words reference's activations: each source also words-partialled")
         _setting(p, "--ridge", "steering.ridge", "ridge of the map, relative to a's mean eigenvalue", type=float)
 
 
@@ -249,13 +248,10 @@ def _words_options(p: argparse.ArgumentParser) -> None:
 
 def _align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", nargs=2, required=True, metavar=("A", "B"), help="the two models' activations")
-    p.add_argument("--vectors", nargs=2, default=(), metavar=("A", "B"),
-                   help="the two models' vectors pickles (for the descriptive numbers; the words reference has none)")
+    p.add_argument("--vectors", nargs=2, default=(), metavar=("A", "B"), help="the two models' vectors (descriptive)")
     p.add_argument("--subspaces", nargs=2, default=(), metavar=("A", "B"), help="the two models' subspaces pickles")
     p.add_argument("--words", help="the words reference's activations: adds the words-controlled section")
-    p.add_argument("--kind", choices=("models", "words", "ceiling"), default="models",
-                   help="models; words (B is the words reference); ceiling (B is A's twin: the same model in "
-                        "another build or seed)")
+    p.add_argument("--kind", choices=("models", "words", "ceiling"), default="models", help="B: model, words, twin")
     p.add_argument("--out", required=True, help="alignment pickle of the pair to write")
     _setting(p, "--seed", "seed", "seed of the frame split and the permutations", type=int)
     _setting(p, "--n-perm", "alignment.n_perm", "permutations of each null", type=int)
@@ -277,8 +273,7 @@ def _stats_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subspaces", nargs="*", default=[], help="subspaces pickles of every model, same order (k)")
     p.add_argument("--dataset", help="the dataset JSONL: adds each register's effects (effect)")
     p.add_argument("--words", help="the words reference's activations: adds k with the words controlled (k)")
-    p.add_argument("--ceiling-activations", nargs="*", default=[],
-                   help="activations of each ceiling twin (the same model in another build or seed; k)")
+    p.add_argument("--ceiling-activations", nargs="*", default=[], help="each ceiling twin's activations (k)")
     p.add_argument("--ceiling-of", nargs="*", default=[], help="the model of each ceiling twin, same order (k)")
     p.add_argument("--out", required=True, help="JSON to write")
     _setting(p, "--seed", "seed", "seed of the bootstrap, permutations and split", type=int)

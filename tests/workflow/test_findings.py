@@ -1,6 +1,7 @@
 """The findings page is generated from the result files: its numbers are the files' numbers."""
 
 import json
+import re
 
 from emolens.report.findings import render
 
@@ -17,7 +18,7 @@ def test_findings_page_reports_the_files_numbers(mini_workdir, wf):
                     "Where is the emotion carried?", "Which heads move it?", "Is it the same across models?",
                     "Caveats"):
         assert f"## {heading}" in page
-    assert "demo organisms trained on this dataset" in page and "nan" not in page.lower()
+    assert "demo organisms trained on this dataset" in page and not re.search(r"\bnan\b", page.lower())
     pair = json.loads((results / "alignment" / "summary.json").read_text())["pairs"][0]  # one pair: per depth too
     (la, lb), (na, nb), cka = pair["matched_layers"][-1], pair["n_layers"], pair["measures"]["linear_cka"]
     row = next(line for line in page.splitlines() if line.startswith(f"| {la} / {lb} | "))

@@ -7,13 +7,14 @@ import numpy as np
 
 from emolens.data.dataset import load_dataset
 from emolens.io import load_pickle
+from emolens.phases.alignment import WORDS
 from emolens.report.checks import check_dataset, check_head_split
 from emolens.report.verify import run as verify
 
 
 def _verify(workdir, wf):
     results = workdir / wf.results
-    models = sorted(p.stem for p in (results / "activations").glob("*.pkl"))
+    models = sorted(p.stem for p in (results / "activations").glob("*.pkl") if p.stem != WORDS)  # no reference
     failed = verify(results, models, load_dataset(workdir / wf.dataset), results / "check.json")
     checks = json.loads((results / "check.json").read_text())["checks"]
     return failed, {(c["check"], c["model"]) for c in checks if not c["passed"]}
