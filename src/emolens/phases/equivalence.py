@@ -76,8 +76,10 @@ def readout_difference(adapter: ModelAdapter, ids: torch.Tensor, token_ids: Sequ
 
 @torch.inference_mode()
 def sublayer_sum_difference(adapter: ModelAdapter, ids: torch.Tensor) -> float | None:
-    """Largest |block output - block input - attention write - MLP write| over the blocks (a write the adapter does
-    not find in a block counts as zero, as in Nemotron-H's one-sublayer blocks); None where it finds none."""
+    """Largest |block output - block input - attention write - MLP write| over the blocks, relative to the largest
+    |block output| (float32 round-off grows with the stream's scale, in the hundreds in real models); a write the
+    adapter does not find in a block counts as zero, as in Nemotron-H's one-sublayer blocks; None where it finds
+    none."""
     captured: dict[tuple[str, int], torch.Tensor] = {}
 
     def keep(key: tuple[str, int]) -> Callable[[torch.Tensor], None]:
@@ -92,7 +94,8 @@ def sublayer_sum_difference(adapter: ModelAdapter, ids: torch.Tensor) -> float |
     for i in range(adapter.n_layers):
         step = captured["resid", i + 1] - captured["resid", i]  # [batch, pos, d_model]
         written = captured.get(("attn_out", i), zero) + captured.get(("mlp_out", i), zero)
-        worst = max(worst, float((step - written).abs().max()) if written.shape in (step.shape, ()) else np.inf)
+        scale = max(float(captured["resid", i + 1].abs().max()), 1.0)
+        worst = max(worst, float((step - written).abs().max()) / scale if written.shape in (step.shape, ()) else np.inf)
     return worst
 
 
