@@ -148,23 +148,28 @@ def _rows(act: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
     return act | kept | {"resid": {k: v[rows] for k, v in act["resid"].items()}}
 
 
-def control_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, words: np.ndarray | None, seed: int, n_perm: int,
-              ridge: float, position: str, alpha: float) -> dict[str, dict[str, Any]]:
-    """k per control section of phase 4: on each register's prompts alone, and with the words partialled out of
-    both models' activations (:func:`emolens.stats.words.words_partialled`, on the pair's own halves)."""
+def control_k(act_a: dict, act_b: dict, sub_a: dict, sub_b: dict, partialled: tuple[dict, dict] | None, seed: int,
+              n_perm: int, ridge: float, position: str, alpha: float) -> dict[str, dict[str, Any]]:
+    """k per control section of phase 4: on each register's prompts alone, and on both models' activations with the
+    words partialled out (``partialled``: :func:`words_partialled_activations` of each)."""
     out = {}
     registers = act_a.get("registers")
     for register in [] if registers is None else sorted(set(registers)):
         rows = np.flatnonzero(np.asarray(registers) == register)
         out[str(register)] = _pair_k(_rows(act_a, rows), _rows(act_b, rows), sub_a, sub_b, seed, n_perm, ridge,
                                      position, alpha)
-    if words is not None:
-        _, frames, regs = design_units(act_a, "activations")
-        split = split_halves(frames, regs, seed)
-        a, b = ({**act, "resid": {position: words_partialled(act["resid"][position], words, split, ridge)}}
-                for act in (act_a, act_b))
-        out[WORDS_PARTIALLED] = _pair_k(a, b, sub_a, sub_b, seed, n_perm, ridge, position, alpha)
+    if partialled is not None:
+        out[WORDS_PARTIALLED] = _pair_k(*partialled, sub_a, sub_b, seed, n_perm, ridge, position, alpha)
     return out
+
+
+def words_partialled_activations(act: dict[str, Any], words: np.ndarray, seed: int, ridge: float,
+                                 position: str) -> dict[str, Any]:
+    """An activations file with the words partialled out of its ``position`` readout
+    (:func:`emolens.stats.words.words_partialled`, on phase 4's halves)."""
+    _, frames, registers = design_units(act, "activations")
+    split = split_halves(frames, registers, seed)
+    return {**act, "resid": {position: words_partialled(act["resid"][position], words, split, ridge)}}
 
 
 def _keep_position(act: dict[str, Any], position: str) -> dict[str, Any]:
@@ -190,6 +195,8 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
     acts = [_keep_position(load_pickle(p, "emolens.activations/2"), position) for p in act_files]
     subs = [load_pickle(p, "emolens.subspaces/1") for p in sub_files]
     features = words_of(words, acts[0]["ids"]) if acts else None
+    partialled = ([words_partialled_activations(act, features, seed, ridge, position) for act in acts]
+                  if features is not None else None)  # once per model, not once per pair it is in
     pairs = []
     for i, j in itertools.combinations(range(len(names)), 2):
         act_a, act_b, sub_a, sub_b = acts[i], acts[j], subs[i], subs[j]
@@ -198,8 +205,9 @@ def run_k(act_files: Sequence[str | Path], sub_files: Sequence[str | Path], out_
         quant = [act_a.get("quantization"), act_b.get("quantization")]
         pairs.append({"models": [names[i], names[j]], "int8_involved": any(quant)}
                      | _pair_k(act_a, act_b, sub_a, sub_b, seed, n_perm, ridge, position, alpha)
-                     | {"controls": control_k(act_a, act_b, sub_a, sub_b, features, seed, n_perm, ridge, position,
-                                              alpha)})
+                     | {"controls": control_k(act_a, act_b, sub_a, sub_b,
+                                              (partialled[i], partialled[j]) if partialled else None, seed, n_perm,
+                                              ridge, position, alpha)})
     twins = []
     for path, model in ceilings:
         i, twin = names.index(model), _keep_position(load_pickle(path, "emolens.activations/2"), position)

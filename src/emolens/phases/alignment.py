@@ -256,12 +256,13 @@ def _similarity_tests(x: np.ndarray, y: np.ndarray, split: Pair, perms: Perms, s
                       rng: np.random.Generator, suffix: str, full: bool) -> dict[str, tuple[float, np.ndarray]]:
     """Linear CKA of x [n, dx] and y [n, dy] with its null under ``perms`` (shuffles of all prompts, or given
     within-item permutations); with ``full``, also debiased CKA, mutual k-NN and Procrustes."""
-    gx, gy = center_gram(x @ x.T), center_gram(y @ y.T)
+    kx, ky = x @ x.T, y @ y.T  # [n, n]: both centrings start from these
+    gx, gy = center_gram(kx), center_gram(ky)
     tests = {f"linear_cka{suffix}": (gram_cka(gx, gy), gram_permutation_null(gx, gy, perms, rng))}
     if not full:
         return tests
     train, test = split
-    ux, uy = u_center_gram(x @ x.T), u_center_gram(y @ y.T)
+    ux, uy = u_center_gram(kx), u_center_gram(ky)
     nx, ny = knn_indices(x, settings["k_nn"]), knn_indices(y, settings["k_nn"])
     k = min(settings["k_pca"], x.shape[1], y.shape[1], len(train) - 1)
     xs, ys = pca_scores(x, k, train), pca_scores(y, k, train)
