@@ -301,7 +301,7 @@ def test_probe_minus_lexical_band_covers_every_layer_and_fails_without_a_differe
 
 
 def test_ridge_hat_primal_equals_dual():
-    from emolens.phases.vectors import ridge_hat
+    from emolens.stats.probes import ridge_hat
 
     rng = np.random.default_rng(4)
     for width in (5, 60):  # narrower than the 30 training prompts (primal) and wider (dual)

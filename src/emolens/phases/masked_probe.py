@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from emolens.stats.probes import ridge_hat
+from emolens.stats.probes import ridge_classify
 from emolens.stats.resampling import (
     frame_label_permutations,
     group_sums,
@@ -60,18 +60,10 @@ def masked_test(x: np.ndarray, masked: dict[str, Any], labels: Sequence[str], fr
             if not len(pos):
                 continue
             te = rows[pos]
-            mu, sd = x[tr, s].mean(0), x[tr, s].std(0) + 1e-8
-            xtr = (x[tr, s] - mu) / sd
-            xte = (np.concatenate([x[te, s], xm[pos, s]]) - mu) / sd  # [2 n_te, d]: unmasked, then masked
-            lam = max(ridge * float((xtr * xtr).sum()) / len(tr), 1e-6)
-            hat = ridge_hat(xtr, xte, lam)  # [2 n_te, n_tr]
-            mean = onehot[tr].mean(0)
-            pred = (hat @ (onehot[tr] - mean) + mean).argmax(-1)
+            both = np.concatenate([x[te, s], xm[pos, s]])  # [2 n_te, d]: unmasked, then masked
+            pred, pred_null = ridge_classify(x[tr, s], both, onehot[tr], onehot_null[:, tr], ridge)
             hit_u[s, pos], hit_m[s, pos] = pred[:len(pos)] == y[te], pred[len(pos):] == y[te]
-            means = onehot_null[:, tr].mean(1, keepdims=True)  # [n_perm, 1, C]
-            centred = (onehot_null[:, tr] - means).transpose(1, 0, 2).reshape(len(tr), -1)  # [n_tr, n_perm C]
-            scores = (hat[len(pos):] @ centred).reshape(len(pos), n_perm, -1).transpose(1, 0, 2) + means
-            null[:, s] += (scores.argmax(-1) == y_null[:, te]).sum(-1)
+            null[:, s] += (pred_null[:, len(pos):] == y_null[:, te]).sum(-1)  # the masked prompts' null
     null /= len(rows)
     masked_acc = hit_m.mean(1)
     diff = hit_u.astype(float) - hit_m.astype(float)  # [S, M]

@@ -44,7 +44,7 @@ from emolens.io import load_pickle, provenance, save_pickle
 from emolens.phases.masked_probe import masked_test
 from emolens.stats.erasure import erased
 from emolens.stats.geometry import emotion_vectors, item_centred
-from emolens.stats.probes import lexical_model, probe_model, ridge_hat
+from emolens.stats.probes import lexical_model, probe_model, ridge_classify
 from emolens.stats.resampling import (
     frame_groups,
     frame_label_permutations,
@@ -225,16 +225,9 @@ def decoding_test(x: np.ndarray, labels: Sequence[str], frames: Sequence[str], f
         for k in np.unique(fold):
             tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             xs = x[:, s] if concept is None else erased(x[:, s], concept, tr)
-            mu, sd = xs[tr].mean(0), xs[tr].std(0) + 1e-8
-            xtr, xte = (xs[tr] - mu) / sd, (xs[te] - mu) / sd
-            lam = max(ridge * float((xtr * xtr).sum()) / len(tr), 1e-6)  # a constant layer (index 0 of rotary models)
-            hat = ridge_hat(xtr, xte, lam)  # [n_te, n_tr]
-            centred = onehot[tr] - onehot[tr].mean(0)
-            observed[s] += ((hat @ centred + onehot[tr].mean(0)).argmax(-1) == y[te]).sum()
-            means = onehot_null[:, tr].mean(1, keepdims=True)  # [n_perm, 1, C]
-            centred_null = (onehot_null[:, tr] - means).transpose(1, 0, 2).reshape(len(tr), -1)  # [n_tr, n_perm C]
-            scores = (hat @ centred_null).reshape(len(te), n_perm, -1).transpose(1, 0, 2) + means  # one GEMM
-            null[:, s] += (scores.argmax(-1) == y_null[:, te]).sum(-1)
+            predicted, predicted_null = ridge_classify(xs[tr], xs[te], onehot[tr], onehot_null[:, tr], ridge)
+            observed[s] += (predicted == y[te]).sum()
+            null[:, s] += (predicted_null == y_null[:, te]).sum(-1)
     observed, null = observed / len(y), null / len(y)
     p, p_fwer = perm_pvalues(observed, null, tol=1e-12), max_statistic_pvalues(observed, null, tol=1e-12)
     return {"probe": "ridge classifier on standardised features (dual form), the same frame-grouped folds",

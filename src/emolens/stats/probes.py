@@ -55,3 +55,21 @@ def ridge_hat(xtr: np.ndarray, xte: np.ndarray, lam: float) -> np.ndarray:
     if xtr.shape[1] < len(xtr):
         return xte @ np.linalg.solve(xtr.T @ xtr + lam * np.eye(xtr.shape[1]), xtr.T)
     return np.linalg.solve(xtr @ xtr.T + lam * np.eye(len(xtr)), xtr @ xte.T).T
+
+
+def ridge_classify(xtr: np.ndarray, xte: np.ndarray, onehot: np.ndarray, onehot_null: np.ndarray,
+                   ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """The decoding test's probe: a ridge classifier on xtr [n_tr, d] standardised by its own mean and sd, fit to the
+    labels onehot [n_tr, C] and to every permuted labelling onehot_null [P, n_tr, C] with one solve (a ridge fit is
+    linear in its targets, :func:`ridge_hat`); returns the classes it predicts for xte [n_te, d], [n_te] and
+    [P, n_te]."""
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    lam = max(ridge * float((xtr * xtr).sum()) / len(xtr), 1e-6)  # a constant layer (index 0 of rotary models)
+    hat = ridge_hat(xtr, xte, lam)  # [n_te, n_tr]
+    mean = onehot.mean(0)
+    predicted = (hat @ (onehot - mean) + mean).argmax(-1)
+    means = onehot_null.mean(1, keepdims=True)  # [P, 1, C]
+    centred = (onehot_null - means).transpose(1, 0, 2).reshape(len(xtr), -1)  # [n_tr, P C]
+    scores = (hat @ centred).reshape(len(xte), len(onehot_null), -1).transpose(1, 0, 2) + means  # one GEMM
+    return predicted, scores.argmax(-1)
